@@ -1,0 +1,73 @@
+# Every target installs what it needs on first use: a fresh clone runs `make synth`
+# or `make test` directly.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE_VERSION := 22.23.3
+# jsii wants a supported Node.js. When the machine's is older than 22, a Node 22 from
+# the npm registry (node-linux-<arch>) is installed into .tools/ and put first on PATH.
+NODE_ARCH := $(subst x86_64,x64,$(subst aarch64,arm64,$(shell uname -m)))
+NODE_TOOL := .tools/node/node_modules/node-linux-$(NODE_ARCH)/bin
+SYSTEM_NODE_MAJOR := $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+export PATH := $(CURDIR)/$(NODE_TOOL):$(CURDIR)/node_modules/.bin:$(PATH)
+CDK := node_modules/.bin/cdk
+STAGE ?=
+STAGE_ARG := $(if $(STAGE),-c stage=$(STAGE))
+STACKS := $(if $(STAGE),'$(STAGE)/*',--all)
+
+.PHONY: help synth test lint diff deploy bench clean
+
+help:
+	@echo "make synth [STAGE=dev]   synthesize every stage (or one) into cdk.out/"
+	@echo "make test                run the whole test suite"
+	@echo "make lint                ruff, and cfn-lint on synthesized templates"
+	@echo "make diff STAGE=name     cdk diff against the stage's account (needs credentials)"
+	@echo "make deploy STAGE=name   cdk deploy every stack of the stage (needs credentials)"
+	@echo "make bench               benchmarks; prints figures"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+.tools/.installed:
+	@if [ "$(SYSTEM_NODE_MAJOR)" -lt 22 ]; then \
+	  echo "system Node.js is $(SYSTEM_NODE_MAJOR).x; installing Node $(NODE_VERSION) into .tools/ for jsii"; \
+	  npm install --prefix .tools/node --no-save --no-audit --no-fund --loglevel=error node-linux-$(NODE_ARCH)@$(NODE_VERSION); \
+	fi
+	@mkdir -p .tools && touch $@
+
+TOOLS := $(VENV)/.installed node_modules/.installed .tools/.installed
+
+synth: $(TOOLS)
+	rm -rf cdk.out
+	time $(CDK) synth $(STAGE_ARG) --quiet
+	@echo "templates: $$(ls cdk.out/assembly-*/*.template.json | wc -l)"; ls cdk.out/assembly-*/*.template.json
+
+test: $(TOOLS)
+	$(PY) -m pytest
+
+lint: $(TOOLS) synth
+	$(PY) -m ruff check .
+	$(VENV)/bin/cfn-lint cdk.out/assembly-*/*.template.json || [ $$? -eq 4 ]  # 4: warnings only
+
+diff: $(TOOLS)
+	@test -n "$(STAGE)" || (echo "usage: make diff STAGE=dev|staging|prod" && exit 2)
+	$(CDK) diff $(STAGE_ARG) $(STACKS)
+
+deploy: $(TOOLS)
+	@test -n "$(STAGE)" || (echo "usage: make deploy STAGE=dev|staging|prod" && exit 2)
+	$(CDK) deploy $(STAGE_ARG) $(STACKS) --require-approval broadening
+
+bench: $(TOOLS)
+	$(PY) bench/bench_cache_decision.py
+
+clean:
+	rm -rf cdk.out .pytest_cache .ruff_cache

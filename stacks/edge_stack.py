@@ -1,0 +1,117 @@
+"""Edge stack, in us-east-1 (CloudFront's region): the home of the Lambda@Edge
+function and of the web ACL. The function itself is declared by the CDN stack through
+`cloudfront.experimental.EdgeFunction(stack_id=...)`, which places it here and hands
+its version ARN across regions through SSM."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_wafv2 as wafv2
+from constructs import Construct
+
+from stacks.common import retention
+from stacks.settings import StageSettings
+
+EDGE_REGION = "us-east-1"
+
+
+class EdgeStack(cdk.Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: StageSettings, **kwargs) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.cache_key_function_name = f"inference-cache-{settings.name}-cache-key"
+        self.cache_key_function_role = self._function_role()
+        self.web_acl: wafv2.CfnWebACL | None = None
+        if settings.waf_rate_limit_per_5_min is not None:
+            self.web_acl = self._web_acl(settings)
+
+    def _function_role(self) -> iam.Role:
+        role = iam.Role(
+            self,
+            "CacheKeyFunctionRole",
+            assumed_by=iam.CompositePrincipal(
+                iam.ServicePrincipal("lambda.amazonaws.com"), iam.ServicePrincipal("edgelambda.amazonaws.com")
+            ),
+            description="Lambda@Edge cache-key function: write its own logs, nothing else",
+        )
+        # Replicas log to /aws/lambda/us-east-1.<name> in whichever region served the request.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                resources=[
+                    f"arn:{self.partition}:logs:*:{self.account}:log-group:/aws/lambda/{EDGE_REGION}.{self.cache_key_function_name}:*"
+                ],
+            )
+        )
+        return role
+
+    def _web_acl(self, settings: StageSettings) -> wafv2.CfnWebACL:
+        def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+            return wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
+            )
+
+        acl = wafv2.CfnWebACL(
+            self,
+            "WebAcl",
+            scope="CLOUDFRONT",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=visibility(f"inference-cache-{settings.name}"),
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="RatePerClientIp",
+                    priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            limit=settings.waf_rate_limit_per_5_min,
+                            evaluation_window_sec=300,
+                            aggregate_key_type="IP",
+                        )
+                    ),
+                    visibility_config=visibility("rate-per-client-ip"),
+                ),
+                # Managed groups chosen for an API that takes large JSON bodies: the
+                # common rule set is left out because its 8 KB body-size rule would
+                # block ordinary prompts.
+                _managed_rule("AWSManagedRulesAmazonIpReputationList", 1, visibility),
+                _managed_rule("AWSManagedRulesKnownBadInputsRuleSet", 2, visibility),
+            ],
+        )
+        # WAF only delivers to log groups whose names start with aws-waf-logs-.
+        log_group_name = f"aws-waf-logs-inference-cache-{settings.name}"
+        waf_logs = logs.LogGroup(
+            self,
+            "WebAclLogs",
+            log_group_name=log_group_name,
+            retention=retention(settings.log_retention_days),
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        logging = wafv2.CfnLoggingConfiguration(
+            self,
+            "WebAclLogging",
+            resource_arn=acl.attr_arn,
+            log_destination_configs=[
+                self.format_arn(
+                    service="logs",
+                    resource="log-group",
+                    resource_name=log_group_name,
+                    arn_format=cdk.ArnFormat.COLON_RESOURCE_NAME,
+                )
+            ],
+        )
+        logging.node.add_dependency(waf_logs)
+        return acl
+
+
+def _managed_rule(name: str, priority: int, visibility) -> wafv2.CfnWebACL.RuleProperty:
+    return wafv2.CfnWebACL.RuleProperty(
+        name=name,
+        priority=priority,
+        override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+        statement=wafv2.CfnWebACL.StatementProperty(
+            managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(vendor_name="AWS", name=name)
+        ),
+        visibility_config=visibility(name),
+    )

@@ -1,0 +1,74 @@
+"""One stage (dev, staging, prod) of the inference edge cache: the same stacks for
+every stage, their differences carried by StageSettings."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from stacks.alerting_stack import AlertingStack
+from stacks.cdn_stack import CdnStack
+from stacks.edge_stack import EDGE_REGION, EdgeStack
+from stacks.foundation_stack import FoundationStack
+from stacks.inference_stack import InferenceStack
+from stacks.model_storage_stack import ModelStorageStack
+from stacks.nag import acknowledge_findings
+from stacks.settings import StageSettings
+
+
+class InferenceCacheStage(cdk.Stage):
+    def __init__(self, scope: Construct, settings: StageSettings, **kwargs) -> None:
+        home = cdk.Environment(account=settings.account, region=settings.home_region)
+        super().__init__(scope, settings.name, env=home, **kwargs)
+        self.settings = settings
+
+        def tags(stack: cdk.Stack) -> cdk.Stack:
+            cdk.Tags.of(stack).add("project", "inference-cache")
+            cdk.Tags.of(stack).add("stage", settings.name)
+            return stack
+
+        self.foundation = tags(FoundationStack(self, "Foundation", settings=settings, env=home))
+        self.alerting = tags(AlertingStack(self, "Alerting", settings=settings, env=home))
+        self.model_storage = tags(
+            ModelStorageStack(
+                self,
+                "ModelStorage",
+                settings=settings,
+                vpc=self.foundation.vpc,
+                subnets=self.foundation.private_subnets,
+                log_bucket=self.foundation.log_bucket,
+                env=home,
+            )
+        )
+        self.inference = tags(
+            InferenceStack(
+                self,
+                "Inference",
+                settings=settings,
+                vpc=self.foundation.vpc,
+                subnets=self.foundation.private_subnets,
+                log_bucket=self.foundation.log_bucket,
+                model_bucket=self.model_storage.model_bucket,
+                env=home,
+            )
+        )
+        self.edge = tags(
+            EdgeStack(self, "Edge", settings=settings, env=cdk.Environment(account=settings.account, region=EDGE_REGION))
+        )
+        self.cdn = tags(
+            CdnStack(
+                self,
+                "Cdn",
+                settings=settings,
+                edge_stack=self.edge,
+                origin_url=self.inference.origin_url,
+                results_bucket=self.inference.results_bucket,
+                log_bucket=self.foundation.log_bucket,
+                env=home,
+            )
+        )
+        acknowledge_findings(self)
+
+    @property
+    def stacks(self) -> list[cdk.Stack]:
+        return [c for c in self.node.children if isinstance(c, cdk.Stack)]

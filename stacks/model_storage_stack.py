@@ -1,0 +1,114 @@
+"""Model storage: the bucket the endpoint loads from, and FSx for Lustre beside it.
+
+SageMaker real-time endpoints load model data from S3 only, so the bucket is the
+source of truth. The Lustre file system is the workspace where models are prepared
+(converted, quantized, sharded); its data repository association moves new, changed
+and deleted files both ways between the file system and the bucket's models/ prefix.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_fsx as fsx
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from stacks.common import retention
+from stacks.settings import StageSettings
+
+MODELS_PREFIX = "models/"
+# Lustre: 988 for LNet, 1018-1023 for the servers' and clients' other connections.
+LUSTRE_PORTS = (ec2.Port.tcp(988), ec2.Port.tcp_range(1018, 1023))
+_SYNC_EVENTS = ["NEW", "CHANGED", "DELETED"]
+
+
+class ModelStorageStack(cdk.Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: StageSettings,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        log_bucket: s3.IBucket,
+        **kwargs,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+
+        self.model_bucket = s3.Bucket(
+            self,
+            "ModelBucket",
+            versioned=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            server_access_logs_bucket=log_bucket,
+            server_access_logs_prefix="model-bucket/",
+            lifecycle_rules=[
+                s3.LifecycleRule(noncurrent_version_expiration=cdk.Duration.days(30)),
+                s3.LifecycleRule(abort_incomplete_multipart_upload_after=cdk.Duration.days(2)),
+            ],
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+
+        # Hosts and jobs that mount the workspace join this group.
+        self.workspace_clients = ec2.SecurityGroup(
+            self, "WorkspaceClients", vpc=vpc, description="Lustre clients of the model workspace", allow_all_outbound=False
+        )
+        workspace_sg = ec2.SecurityGroup(
+            self, "WorkspaceServers", vpc=vpc, description="FSx for Lustre model workspace", allow_all_outbound=False
+        )
+        for port in LUSTRE_PORTS:
+            for peer in (workspace_sg, self.workspace_clients):
+                workspace_sg.add_ingress_rule(peer, port, "Lustre traffic")
+                workspace_sg.add_egress_rule(peer, port, "Lustre traffic")
+            self.workspace_clients.add_egress_rule(workspace_sg, port, "Lustre traffic to the workspace")
+            self.workspace_clients.add_ingress_rule(workspace_sg, port, "Lustre callbacks from the workspace")
+
+        # One subnet: a Lustre file system lives in a single availability zone.
+        subnet = vpc.select_subnets(subnet_type=subnets.subnet_type).subnets[0]
+        self.workspace = fsx.LustreFileSystem(
+            self,
+            "Workspace",
+            vpc=vpc,
+            vpc_subnet=subnet,
+            security_group=workspace_sg,
+            storage_capacity_gib=settings.workspace.capacity_gib,
+            file_system_type_version=fsx.FileSystemTypeVersion.V_2_15,
+            lustre_configuration=fsx.LustreConfiguration(
+                deployment_type=fsx.LustreDeploymentType.PERSISTENT_2,
+                per_unit_storage_throughput=settings.workspace.throughput_per_tib,
+                data_compression_type=fsx.LustreDataCompressionType.LZ4,
+            ),
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        # FSx only writes to log groups under /aws/fsx/.
+        workspace_logs = logs.LogGroup(
+            self,
+            "WorkspaceLogs",
+            log_group_name=f"/aws/fsx/inference-cache-{settings.name}-workspace",
+            retention=retention(settings.log_retention_days),
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        cfn_fs: fsx.CfnFileSystem = self.workspace.node.default_child
+        cfn_fs.add_property_override(
+            "LustreConfiguration.LogConfiguration",
+            {"Level": "WARN_ERROR", "Destination": workspace_logs.log_group_arn},
+        )
+
+        self.repository_association = fsx.CfnDataRepositoryAssociation(
+            self,
+            "ModelsRepository",
+            file_system_id=self.workspace.file_system_id,
+            file_system_path="/" + MODELS_PREFIX.rstrip("/"),
+            data_repository_path=f"s3://{self.model_bucket.bucket_name}/{MODELS_PREFIX}",
+            # Metadata only; file contents load lazily on first read.
+            batch_import_meta_data_on_create=True,
+            s3=fsx.CfnDataRepositoryAssociation.S3Property(
+                auto_import_policy=fsx.CfnDataRepositoryAssociation.AutoImportPolicyProperty(events=_SYNC_EVENTS),
+                auto_export_policy=fsx.CfnDataRepositoryAssociation.AutoExportPolicyProperty(events=_SYNC_EVENTS),
+            ),
+        )

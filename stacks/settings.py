@@ -1,0 +1,243 @@
+"""Typed stage settings, validated when a stage is built.
+
+Pure Python on purpose (no aws_cdk import): `bin/cache-key` and the tests read
+the cache settings of a stage without paying for the CDK's start-up.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+CachePolicy = Literal["deterministic", "all"]
+
+INFERENCE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/invocations")
+RESULTS_PREFIX = "_cache/"
+# CloudFront hands origin-request triggers at most 1 MB of body (inputTruncated beyond).
+EDGE_BODY_LIMIT_BYTES = 1_048_576
+# Response timeout CloudFront allows without a quota increase; SageMaker allows the
+# container 60 s, so the whole path is bounded by the same minute.
+ORIGIN_READ_TIMEOUT_SECONDS = 60
+
+_ACCOUNT = re.compile(r"^\d{12}$")
+_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_CERT_ARN = re.compile(r"^arn:aws:acm:us-east-1:\d{12}:certificate/[0-9a-f-]{36}$")
+_ECR_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[\w./-]+:[\w.-]+$")
+_GPU_INSTANCE = re.compile(r"^ml\.(g4dn|g5|g6|g6e|p4d|p4de|p5|p5e|p5en)\.\d*x?large$")
+# GPU families with NVMe instance storage: SageMaker rejects VolumeSizeInGB (and a
+# volume KMS key) for them; the model lives on the local NVMe.
+_NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en")
+FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
+
+
+class SettingsError(ValueError):
+    """A stage's settings break a rule; raised at synth so nothing half-valid deploys."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise SettingsError(message)
+
+
+@dataclass(frozen=True)
+class CustomDomain:
+    """Viewer-facing name; a custom certificate is what lets CloudFront refuse TLS < 1.2."""
+
+    name: str
+    certificate_arn: str
+
+    def __post_init__(self) -> None:
+        _require("." in self.name and not self.name.startswith("."), f"bad domain name {self.name!r}")
+        _require(
+            bool(_CERT_ARN.match(self.certificate_arn)),
+            f"certificate for {self.name} must be an ACM certificate in us-east-1 (CloudFront's region)",
+        )
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What the edge function, the origin adapter and bin/cache-key decide with."""
+
+    policy: CachePolicy = "deterministic"
+    default_ttl_seconds: int = 86_400
+    max_ttl_seconds: int = 7 * 86_400
+    tenant_scoped: bool = False
+    # Fields that never change the output; dropped from the canonical body.
+    excluded_fields: tuple[str, ...] = ("user", "metadata", "store")
+    # Server defaults the stage declares (e.g. {"temperature": 1.0}); a parameter sent
+    # with exactly this value is treated as absent.
+    declared_server_defaults: Mapping[str, float] = field(default_factory=dict)
+    max_body_bytes: int = EDGE_BODY_LIMIT_BYTES
+    max_nesting_depth: int = 32
+    lookup_timeout_ms: int = 300
+
+    def __post_init__(self) -> None:
+        _require(self.policy in ("deterministic", "all"), f"cache policy {self.policy!r} is not deterministic|all")
+        _require(0 < self.default_ttl_seconds <= self.max_ttl_seconds, "need 0 < default TTL <= max TTL")
+        _require(self.max_ttl_seconds <= 365 * 86_400, "max TTL above one year")
+        _require(
+            0 < self.max_body_bytes <= EDGE_BODY_LIMIT_BYTES,
+            f"body limit must be within the {EDGE_BODY_LIMIT_BYTES} bytes CloudFront gives origin triggers",
+        )
+        _require(2 <= self.max_nesting_depth <= 128, "nesting limit must be 2..128")
+        # The edge function has 30 s in all; a lookup that waits longer than a second
+        # costs more than the GPU call it might save on a small model.
+        _require(10 <= self.lookup_timeout_ms <= 1000, "lookup timeout must be 10..1000 ms")
+
+    @property
+    def max_ttl_days(self) -> int:
+        return max(1, math.ceil(self.max_ttl_seconds / 86_400))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model the endpoint serves and the container that serves it."""
+
+    model_id: str
+    model_version: str
+    image_uri: str
+    # Key prefix in the model bucket holding uncompressed safetensors for this version.
+    s3_prefix: str
+    # Serving container's quantization option (LMI OPTION_QUANTIZE); None = full precision.
+    quantization: str | None = None
+    tensor_parallel_degree: int | str = "max"
+    max_rolling_batch_size: int = 64
+    extra_environment: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model_id.strip()), "model id is empty")
+        _require(bool(re.match(r"^[\w.-]{1,64}$", self.model_version)), f"model version {self.model_version!r}")
+        _require(bool(_ECR_IMAGE.match(self.image_uri)), f"image {self.image_uri!r} is not an ECR image URI")
+        _require(
+            self.s3_prefix.startswith("models/") and self.s3_prefix.endswith("/"),
+            "model prefix must be under models/ and end with / (the endpoint loads a whole prefix)",
+        )
+        _require(self.quantization in (None, "awq", "fp8", "gptq", "bitsandbytes"), f"quantization {self.quantization!r}")
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    instance_type: str
+    min_instances: int
+    max_instances: int
+    # Concurrent requests per model copy that target tracking holds.
+    target_concurrency: float
+    scale_out_cooldown_seconds: int = 60
+    scale_in_cooldown_seconds: int = 600
+    volume_size_gb: int | None = None
+    # Large models take minutes to download and to warm up; 60 s defaults would kill them.
+    startup_health_check_timeout_seconds: int = 1800
+    model_data_download_timeout_seconds: int = 1800
+
+    def __post_init__(self) -> None:
+        _require(bool(_GPU_INSTANCE.match(self.instance_type)), f"{self.instance_type} is not a GPU instance type")
+        # Scaling a plain production variant to zero is not possible (inference components are).
+        _require(1 <= self.min_instances <= self.max_instances, "need 1 <= min instances <= max instances")
+        _require(self.max_instances <= 100, "max instances above 100")
+        _require(self.target_concurrency > 0, "scaling target must be positive")
+        _require(0 <= self.scale_out_cooldown_seconds <= self.scale_in_cooldown_seconds, "scale-out cooldown must not exceed scale-in cooldown")
+        for name in ("startup_health_check_timeout_seconds", "model_data_download_timeout_seconds"):
+            _require(60 <= getattr(self, name) <= 3600, f"{name} must be 60..3600")
+        if self.has_instance_storage:
+            _require(self.volume_size_gb is None, f"{self.instance_type} has NVMe storage; SageMaker rejects VolumeSizeInGB")
+        else:
+            _require(self.volume_size_gb is not None and 1 <= self.volume_size_gb <= 512, "volume size 1..512 GB required")
+
+    @property
+    def has_instance_storage(self) -> bool:
+        return self.instance_type.split(".")[1] in _NVME_FAMILIES
+
+
+@dataclass(frozen=True)
+class ModelWorkspaceSettings:
+    """FSx for Lustre beside the model bucket."""
+
+    capacity_gib: int = 1200
+    throughput_per_tib: int = 250
+
+    def __post_init__(self) -> None:
+        _require(
+            self.capacity_gib in (1200, 2400) or (self.capacity_gib > 0 and self.capacity_gib % 2400 == 0),
+            "PERSISTENT_2 capacity is 1200, 2400 or a multiple of 2400 GiB",
+        )
+        _require(self.throughput_per_tib in FSX_THROUGHPUT_PER_TIB, f"throughput per TiB is one of {FSX_THROUGHPUT_PER_TIB}")
+
+
+@dataclass(frozen=True)
+class SlaSettings:
+    availability_target: float = 0.999
+    edge_origin_latency_p99_ms: int = 10_000
+    model_latency_p99_ms: int = 8_000
+    origin_adapter_duration_p99_ms: int = 9_000
+    endpoint_error_rate_max: float = 0.01
+    cache_hit_ratio_floor: float = 0.2
+    alarm_email: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(0.9 <= self.availability_target < 1, "availability target must be in [0.9, 1)")
+        _require(0 < self.endpoint_error_rate_max < 1, "error-rate objective must be in (0, 1)")
+        _require(0 <= self.cache_hit_ratio_floor < 1, "hit-ratio floor must be in [0, 1)")
+        _require(
+            self.model_latency_p99_ms < self.origin_adapter_duration_p99_ms <= self.edge_origin_latency_p99_ms,
+            "latency objectives must nest: model < origin adapter <= edge origin latency",
+        )
+        _require(self.edge_origin_latency_p99_ms <= ORIGIN_READ_TIMEOUT_SECONDS * 1000, "latency objective beyond the origin timeout")
+        _require(self.alarm_email is None or "@" in self.alarm_email, "alarm email is not an address")
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    name: str
+    account: str
+    home_region: str
+    availability_zones: tuple[str, ...]
+    vpc_cidr: str
+    domain: CustomDomain
+    cache: CacheSettings
+    model: ModelSettings
+    endpoint: EndpointSettings
+    workspace: ModelWorkspaceSettings
+    sla: SlaSettings
+    # Requests per 5 minutes per client IP before WAF blocks; None = no web ACL.
+    waf_rate_limit_per_5_min: int | None = None
+    # Origin Shield in front of the results bucket collapses lookups from all edges.
+    origin_shield: bool = False
+    log_retention_days: int = 30
+
+    def __post_init__(self) -> None:
+        _require(bool(re.match(r"^[a-z][a-z0-9]{1,15}$", self.name)), f"stage name {self.name!r}")
+        _require(bool(_ACCOUNT.match(self.account)), f"{self.name}: account must be 12 digits")
+        _require(bool(_REGION.match(self.home_region)), f"{self.name}: bad region {self.home_region!r}")
+        _require(len(self.availability_zones) >= 2, f"{self.name}: need at least two availability zones")
+        _require(
+            all(az.startswith(self.home_region) for az in self.availability_zones),
+            f"{self.name}: availability zones must be in {self.home_region}",
+        )
+        _require(bool(re.match(r"^\d+\.\d+\.\d+\.\d+/(1[6-9]|2[0-4])$", self.vpc_cidr)), f"{self.name}: VPC CIDR /16../24")
+        _require(
+            self.waf_rate_limit_per_5_min is None or 10 <= self.waf_rate_limit_per_5_min <= 2_000_000_000,
+            "WAF rate limit must be 10..2e9 (WAF's bounds)",
+        )
+        _require(self.log_retention_days in (7, 14, 30, 60, 90, 180, 365, 731), "log retention not a CloudWatch value")
+
+    def edge_cache_config(self) -> dict:
+        """The JSON baked into the edge function's bundle (Lambda@Edge has no env vars)."""
+        c = self.cache
+        return {
+            "stage": self.name,
+            "routes": list(INFERENCE_ROUTES),
+            "policy": c.policy,
+            "default_ttl_seconds": c.default_ttl_seconds,
+            "max_ttl_seconds": c.max_ttl_seconds,
+            "tenant_scoped": c.tenant_scoped,
+            "excluded_fields": list(c.excluded_fields),
+            "declared_server_defaults": dict(c.declared_server_defaults),
+            "max_body_bytes": c.max_body_bytes,
+            "max_nesting_depth": c.max_nesting_depth,
+            "lookup_timeout_ms": c.lookup_timeout_ms,
+            "model_id": self.model.model_id,
+            "model_version": self.model.model_version,
+            "results_path": "/" + RESULTS_PREFIX,
+        }

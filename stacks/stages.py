@@ -1,0 +1,126 @@
+"""The stages, in one place. Accounts and certificates here are placeholders that
+synthesize offline; README "Stages and real accounts" says what to replace."""
+
+from __future__ import annotations
+
+from stacks.settings import (
+    CacheSettings,
+    CustomDomain,
+    EndpointSettings,
+    ModelSettings,
+    ModelWorkspaceSettings,
+    SlaSettings,
+    StageSettings,
+)
+
+DEFAULT_STAGE = "dev"
+
+_MODEL_ID = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def _lmi_image(region: str) -> str:
+    # DJL LMI (vLLM backend): accepts OpenAI "messages" bodies on /invocations.
+    return f"763104351884.dkr.ecr.{region}.amazonaws.com/djl-inference:0.36.0-lmi18.0.0-cu128"
+
+
+STAGES: dict[str, StageSettings] = {
+    s.name: s
+    for s in (
+        StageSettings(
+            name="dev",
+            account="111111111111",
+            home_region="us-west-2",
+            availability_zones=("us-west-2a", "us-west-2b"),
+            vpc_cidr="10.10.0.0/16",
+            domain=CustomDomain(
+                name="inference.dev.example.com",
+                certificate_arn="arn:aws:acm:us-east-1:111111111111:certificate/00000000-0000-4000-8000-000000000001",
+            ),
+            cache=CacheSettings(policy="deterministic", default_ttl_seconds=3_600, max_ttl_seconds=86_400),
+            model=ModelSettings(
+                model_id=_MODEL_ID,
+                model_version="2026-11-01",
+                image_uri=_lmi_image("us-west-2"),
+                s3_prefix="models/llama-3.1-8b-instruct/2026-11-01/",
+            ),
+            endpoint=EndpointSettings(
+                instance_type="ml.g5.2xlarge",
+                min_instances=1,
+                max_instances=2,
+                target_concurrency=4,
+                scale_out_cooldown_seconds=60,
+                scale_in_cooldown_seconds=300,
+            ),
+            workspace=ModelWorkspaceSettings(capacity_gib=1200, throughput_per_tib=125),
+            sla=SlaSettings(availability_target=0.99, alarm_email=None),
+            log_retention_days=14,
+        ),
+        StageSettings(
+            name="staging",
+            account="222222222222",
+            home_region="us-west-2",
+            availability_zones=("us-west-2a", "us-west-2b"),
+            vpc_cidr="10.20.0.0/16",
+            domain=CustomDomain(
+                name="inference.staging.example.com",
+                certificate_arn="arn:aws:acm:us-east-1:222222222222:certificate/00000000-0000-4000-8000-000000000002",
+            ),
+            cache=CacheSettings(policy="deterministic", tenant_scoped=True),
+            model=ModelSettings(
+                model_id=_MODEL_ID,
+                model_version="2026-11-01",
+                image_uri=_lmi_image("us-west-2"),
+                s3_prefix="models/llama-3.1-8b-instruct/2026-11-01/",
+                quantization="fp8",
+            ),
+            endpoint=EndpointSettings(
+                instance_type="ml.g6e.2xlarge",
+                min_instances=1,
+                max_instances=4,
+                target_concurrency=8,
+            ),
+            workspace=ModelWorkspaceSettings(capacity_gib=1200, throughput_per_tib=250),
+            sla=SlaSettings(availability_target=0.995, alarm_email="inference-oncall@example.com"),
+            waf_rate_limit_per_5_min=20_000,
+        ),
+        StageSettings(
+            name="prod",
+            account="333333333333",
+            home_region="us-east-2",
+            availability_zones=("us-east-2a", "us-east-2b", "us-east-2c"),
+            vpc_cidr="10.30.0.0/16",
+            domain=CustomDomain(
+                name="inference.example.com",
+                certificate_arn="arn:aws:acm:us-east-1:333333333333:certificate/00000000-0000-4000-8000-000000000003",
+            ),
+            cache=CacheSettings(policy="deterministic", tenant_scoped=True),
+            model=ModelSettings(
+                model_id=_MODEL_ID,
+                model_version="2026-11-01",
+                image_uri=_lmi_image("us-east-2"),
+                s3_prefix="models/llama-3.1-8b-instruct/2026-11-01/",
+                quantization="fp8",
+            ),
+            endpoint=EndpointSettings(
+                instance_type="ml.g6e.2xlarge",
+                min_instances=2,
+                max_instances=8,
+                target_concurrency=8,
+                scale_out_cooldown_seconds=60,
+                scale_in_cooldown_seconds=900,
+            ),
+            workspace=ModelWorkspaceSettings(capacity_gib=2400, throughput_per_tib=500),
+            sla=SlaSettings(availability_target=0.999, alarm_email="inference-oncall@example.com"),
+            waf_rate_limit_per_5_min=10_000,
+            origin_shield=True,
+            log_retention_days=90,
+        ),
+    )
+}
+
+
+def stage(name: str) -> StageSettings:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}") from None

@@ -1,0 +1,52 @@
+"""Shared fixtures. The whole app (every stage) is synthesized once per test session."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+for path in (ROOT, ROOT / "lambdas" / "shared"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+
+@dataclass
+class SynthesizedStage:
+    stage: object  # InferenceCacheStage
+    templates: dict[str, dict]  # stack name ("Cdn", ...) -> template
+    messages: dict[str, list]  # stack name -> synthesis messages (errors, warnings, info)
+    template_files: dict[str, Path]
+
+
+@pytest.fixture(scope="session")
+def synthesized(tmp_path_factory) -> dict[str, SynthesizedStage]:
+    import aws_cdk as cdk
+
+    import app as cdk_app
+
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    application = cdk_app.build_app(cdk.App(outdir=str(outdir), context=context))
+    application.synth()
+    result = {}
+    for stage in (c for c in application.node.children if isinstance(c, cdk.Stage)):
+        assembly = stage.synth()
+        templates, messages, files = {}, {}, {}
+        for artifact in assembly.stacks:
+            name = artifact.hierarchical_id.split("/")[-1]
+            templates[name] = artifact.template
+            messages[name] = list(artifact.messages)
+            files[name] = Path(assembly.directory) / artifact.template_file
+        result[stage.stage_name] = SynthesizedStage(stage, templates, messages, files)
+    return result
+
+
+from stacks.stages import STAGES  # noqa: E402
+
+STAGE_NAMES = tuple(STAGES)
+STACK_NAMES = ("Foundation", "Alerting", "ModelStorage", "Inference", "Edge", "Cdn")

@@ -1,0 +1,175 @@
+"""The distribution: behaviors, the edge function's association, origin access
+controls, error caching, the results cache policy, TLS, logs, metrics and WAF."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk.assertions import Template
+
+from stacks.stages import STAGES
+from tests.conftest import STAGE_NAMES
+
+CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+ALL_VIEWER_EXCEPT_HOST = "b689b0a8-53d0-40ab-baf2-68738e2966ac"
+
+
+def _distribution_config(synthesized, stage) -> dict:
+    resources = synthesized[stage].templates["Cdn"]["Resources"]
+    (config,) = [
+        r["Properties"]["DistributionConfig"] for r in resources.values() if r["Type"] == "AWS::CloudFront::Distribution"
+    ]
+    return config
+
+
+def _behavior(config, pattern) -> dict:
+    (behavior,) = [b for b in config["CacheBehaviors"] if b["PathPattern"] == pattern]
+    return behavior
+
+
+def _origin(config, origin_id) -> dict:
+    (origin,) = [o for o in config["Origins"] if o["Id"] == origin_id]
+    return origin
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.parametrize("pattern", ["/v1/*", "/invocations"])
+def test_inference_routes_take_all_methods_uncached_through_the_cache_key_function(synthesized, stage, pattern):
+    config = _distribution_config(synthesized, stage)
+    behavior = _behavior(config, pattern)
+    assert set(behavior["AllowedMethods"]) == {"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "POST", "DELETE"}
+    assert behavior["CachePolicyId"] == CACHING_DISABLED
+    assert behavior["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST
+    assert behavior["ViewerProtocolPolicy"] == "https-only"
+    (association,) = behavior["LambdaFunctionAssociations"]
+    assert association["EventType"] == "origin-request"
+    assert association["IncludeBody"] is True
+    # The version ARN read across regions from the edge stack (a numbered version).
+    reader, attribute = association["LambdaFunctionARN"]["Fn::GetAtt"]
+    assert reader.startswith("CacheKeyFunctionArnReader") and attribute == "FunctionArn"
+    origin = _origin(config, behavior["TargetOriginId"])
+    assert origin["CustomOriginConfig"]["OriginProtocolPolicy"] == "https-only"
+    assert origin["CustomOriginConfig"]["OriginReadTimeout"] == 60
+    assert origin["CustomOriginConfig"]["OriginSSLProtocols"] == ["TLSv1.2"]
+    assert "lambda-url" not in str(origin["DomainName"])  # taken from the function URL, not typed in
+    assert "FunctionUrl" in str(origin["DomainName"])
+    assert "OriginAccessControlId" in origin
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_results_behavior_is_get_head_from_the_results_bucket_keyed_on_path_only(synthesized, stage):
+    config = _distribution_config(synthesized, stage)
+    behavior = _behavior(config, "/_cache/*")
+    assert behavior["AllowedMethods"] == ["GET", "HEAD"]
+    assert "LambdaFunctionAssociations" not in behavior
+    assert behavior["ViewerProtocolPolicy"] == "https-only"
+    origin = _origin(config, behavior["TargetOriginId"])
+    assert "ResultsBucket" in str(origin["DomainName"])
+    assert "OriginAccessControlId" in origin
+    assert origin["S3OriginConfig"] == {"OriginAccessIdentity": ""}
+    assert origin.get("OriginShield", {}).get("Enabled", False) is STAGES[stage].origin_shield
+
+    policies = Template.from_json(synthesized[stage].templates["Cdn"]).find_resources("AWS::CloudFront::CachePolicy")
+    (policy,) = policies.values()
+    cache = STAGES[stage].cache
+    policy_config = policy["Properties"]["CachePolicyConfig"]
+    assert behavior["CachePolicyId"]["Ref"] in policies
+    assert policy_config["MinTTL"] == 0
+    assert policy_config["DefaultTTL"] == cache.default_ttl_seconds
+    assert policy_config["MaxTTL"] == cache.max_ttl_seconds
+    key = policy_config["ParametersInCacheKeyAndForwardedToOrigin"]
+    assert key["HeadersConfig"] == {"HeaderBehavior": "none"}
+    assert key["QueryStringsConfig"] == {"QueryStringBehavior": "none"}
+    assert key["CookiesConfig"] == {"CookieBehavior": "none"}
+    assert key["EnableAcceptEncodingGzip"] is False and key["EnableAcceptEncodingBrotli"] is False
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_default_behavior_is_read_only_and_uncached(synthesized, stage):
+    default = _distribution_config(synthesized, stage)["DefaultCacheBehavior"]
+    assert set(default["AllowedMethods"]) == {"GET", "HEAD", "OPTIONS"}
+    assert default["CachePolicyId"] == CACHING_DISABLED
+    assert "LambdaFunctionAssociations" not in default
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_errors_are_never_cached_at_the_edge(synthesized, stage):
+    responses = _distribution_config(synthesized, stage)["CustomErrorResponses"]
+    ttls = {r["ErrorCode"]: r["ErrorCachingMinTTL"] for r in responses}
+    assert ttls[403] == 0 and ttls[404] == 0
+    assert set(ttls.values()) == {0}
+    assert {500, 502, 503, 504} <= set(ttls)
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_origin_access_controls_sign_every_request(synthesized, stage):
+    template = Template.from_json(synthesized[stage].templates["Cdn"])
+    controls = template.find_resources("AWS::CloudFront::OriginAccessControl")
+    types = sorted(c["Properties"]["OriginAccessControlConfig"]["OriginAccessControlOriginType"] for c in controls.values())
+    assert types == ["lambda", "s3"]
+    for control in controls.values():
+        assert control["Properties"]["OriginAccessControlConfig"]["SigningBehavior"] == "always"
+        assert control["Properties"]["OriginAccessControlConfig"]["SigningProtocol"] == "sigv4"
+    # CloudFront needs both actions on a function URL created after October 2025.
+    permissions = [p["Properties"] for p in template.find_resources("AWS::Lambda::Permission").values()]
+    assert sorted(p["Action"] for p in permissions) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
+    for permission in permissions:
+        assert permission["Principal"] == "cloudfront.amazonaws.com"
+        assert "OriginAdapter" in str(permission["FunctionName"])
+        assert "Distribution" in str(permission["SourceArn"]) and "*" not in str(permission["SourceArn"])
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_results_bucket_policy_is_tls_only_and_readable_by_this_distribution_only(synthesized, stage):
+    template = Template.from_json(synthesized[stage].templates["Cdn"])
+    (policy,) = template.find_resources("AWS::S3::BucketPolicy").values()
+    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    deny = statements["DenyInsecureTransport"]
+    assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    read = statements["AllowThisDistributionToReadResults"]
+    assert read["Effect"] == "Allow"
+    assert read["Principal"] == {"Service": "cloudfront.amazonaws.com"}
+    assert read["Action"] == "s3:GetObject"
+    assert "/_cache/*" in str(read["Resource"])
+    source_arn = read["Condition"]["StringEquals"]["AWS:SourceArn"]
+    assert "Distribution" in str(source_arn) and "*" not in str(source_arn)
+    assert len(statements) == 2
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_viewer_tls_logging_and_metrics(synthesized, stage):
+    config = _distribution_config(synthesized, stage)
+    settings = STAGES[stage]
+    assert config["Aliases"] == [settings.domain.name]
+    assert config["ViewerCertificate"] == {
+        "AcmCertificateArn": settings.domain.certificate_arn,
+        "MinimumProtocolVersion": "TLSv1.2_2021",
+        "SslSupportMethod": "sni-only",
+    }
+    assert config["Logging"]["Prefix"] == f"cloudfront/{stage}/"
+    assert "AccessLogs" in str(config["Logging"]["Bucket"])
+    Template.from_json(synthesized[stage].templates["Cdn"]).has_resource_properties(
+        "AWS::CloudFront::MonitoringSubscription",
+        {"MonitoringSubscription": {"RealtimeMetricsSubscriptionConfig": {"RealtimeMetricsSubscriptionStatus": "Enabled"}}},
+    )
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_web_acl_with_rate_rule_where_the_stage_asks(synthesized, stage):
+    limit = STAGES[stage].waf_rate_limit_per_5_min
+    config = _distribution_config(synthesized, stage)
+    edge = Template.from_json(synthesized[stage].templates["Edge"])
+    acls = edge.find_resources("AWS::WAFv2::WebACL")
+    if limit is None:
+        assert acls == {} and "WebACLId" not in config
+        return
+    (acl,) = acls.values()
+    assert acl["Properties"]["Scope"] == "CLOUDFRONT"
+    (rate,) = [r for r in acl["Properties"]["Rules"] if "RateBasedStatement" in r["Statement"]]
+    assert rate["Statement"]["RateBasedStatement"]["Limit"] == limit
+    assert rate["Statement"]["RateBasedStatement"]["AggregateKeyType"] == "IP"
+    assert rate["Action"] == {"Block": {}}
+    # The common rule set's 8 KB body rule would block ordinary prompts.
+    names = {r["Name"] for r in acl["Properties"]["Rules"]}
+    assert "AWSManagedRulesCommonRuleSet" not in names
+    assert "WebAcl" in str(config["WebACLId"])
+    edge.resource_count_is("AWS::WAFv2::LoggingConfiguration", 1)
