@@ -70,21 +70,6 @@ class ModelStorageStack(cdk.Stack):
 
         # One subnet: a Lustre file system lives in a single availability zone.
         subnet = vpc.select_subnets(subnet_type=subnets.subnet_type).subnets[0]
-        self.workspace = fsx.LustreFileSystem(
-            self,
-            "Workspace",
-            vpc=vpc,
-            vpc_subnet=subnet,
-            security_group=workspace_sg,
-            storage_capacity_gib=settings.workspace.capacity_gib,
-            file_system_type_version=fsx.FileSystemTypeVersion.V_2_15,
-            lustre_configuration=fsx.LustreConfiguration(
-                deployment_type=fsx.LustreDeploymentType.PERSISTENT_2,
-                per_unit_storage_throughput=settings.workspace.throughput_per_tib,
-                data_compression_type=fsx.LustreDataCompressionType.LZ4,
-            ),
-            removal_policy=cdk.RemovalPolicy.RETAIN,
-        )
         # FSx only writes to log groups under /aws/fsx/.
         workspace_logs = logs.LogGroup(
             self,
@@ -93,16 +78,30 @@ class ModelStorageStack(cdk.Stack):
             retention=retention(settings.log_retention_days),
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )
-        cfn_fs: fsx.CfnFileSystem = self.workspace.node.default_child
-        cfn_fs.add_property_override(
-            "LustreConfiguration.LogConfiguration",
-            {"Level": "WARN_ERROR", "Destination": workspace_logs.log_group_arn},
+        # The L1 on purpose: the L2 opens 988-1023 wholesale; Lustre needs 988 and 1018-1023.
+        self.workspace = fsx.CfnFileSystem(
+            self,
+            "Workspace",
+            file_system_type="LUSTRE",
+            file_system_type_version="2.15",
+            storage_capacity=settings.workspace.capacity_gib,
+            subnet_ids=[subnet.subnet_id],
+            security_group_ids=[workspace_sg.security_group_id],
+            lustre_configuration=fsx.CfnFileSystem.LustreConfigurationProperty(
+                deployment_type="PERSISTENT_2",
+                per_unit_storage_throughput=settings.workspace.throughput_per_tib,
+                data_compression_type="LZ4",
+                log_configuration=fsx.CfnFileSystem.LogConfigurationProperty(
+                    level="WARN_ERROR", destination=workspace_logs.log_group_arn
+                ),
+            ),
         )
+        self.workspace.apply_removal_policy(cdk.RemovalPolicy.RETAIN)
 
         self.repository_association = fsx.CfnDataRepositoryAssociation(
             self,
             "ModelsRepository",
-            file_system_id=self.workspace.file_system_id,
+            file_system_id=self.workspace.ref,
             file_system_path="/" + MODELS_PREFIX.rstrip("/"),
             data_repository_path=f"s3://{self.model_bucket.bucket_name}/{MODELS_PREFIX}",
             # Metadata only; file contents load lazily on first read.

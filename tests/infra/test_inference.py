@@ -1,0 +1,149 @@
+"""The GPU endpoint, its scaling, the origin adapter and the results bucket."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from stacks.stages import STAGES
+from tests.conftest import STAGE_NAMES
+
+
+def _template(synthesized, stage) -> Template:
+    return Template.from_json(synthesized[stage].templates["Inference"])
+
+
+def _only(template: Template, resource_type: str) -> dict:
+    (resource,) = template.find_resources(resource_type).values()
+    return resource["Properties"]
+
+
+def _statements(template: Template, role_prefix: str) -> list[dict]:
+    policies = template.find_resources("AWS::IAM::Policy")
+    (policy,) = [p for name, p in policies.items() if name.startswith(role_prefix)]
+    return policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_endpoint_variant_timeouts_routing_and_capacity(synthesized, stage):
+    settings = STAGES[stage].endpoint
+    template = _template(synthesized, stage)
+    (variant,) = _only(template, "AWS::SageMaker::EndpointConfig")["ProductionVariants"]
+    assert variant["InstanceType"] == settings.instance_type
+    assert variant["InitialInstanceCount"] == settings.min_instances
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == settings.startup_health_check_timeout_seconds
+    assert variant["ModelDataDownloadTimeoutInSeconds"] == settings.model_data_download_timeout_seconds
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] >= 600
+    assert variant["RoutingConfig"] == {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+    # NVMe instance types reject an EBS volume size; the others need one.
+    assert ("VolumeSizeInGB" in variant) is (not settings.has_instance_storage)
+    assert _only(template, "AWS::SageMaker::Endpoint")["EndpointName"] == f"inference-cache-{stage}"
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_model_loads_uncompressed_prefix_network_isolated_in_the_vpc(synthesized, stage):
+    model_settings = STAGES[stage].model
+    model = _only(_template(synthesized, stage), "AWS::SageMaker::Model")
+    container = model["PrimaryContainer"]
+    assert container["Image"] == model_settings.image_uri
+    source = container["ModelDataSource"]["S3DataSource"]
+    assert source["S3DataType"] == "S3Prefix" and source["CompressionType"] == "None"
+    assert source["S3Uri"]["Fn::Join"][1][-1] == f"/{model_settings.s3_prefix}"
+    environment = container["Environment"]
+    assert environment["HF_MODEL_ID"] == "/opt/ml/model"
+    assert environment.get("OPTION_QUANTIZE") == model_settings.quantization
+    assert model["EnableNetworkIsolation"] is True
+    assert len(model["VpcConfig"]["Subnets"]) == len(STAGES[stage].availability_zones)
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_target_tracking_on_high_resolution_concurrency(synthesized, stage):
+    settings = STAGES[stage].endpoint
+    template = _template(synthesized, stage)
+    target = _only(template, "AWS::ApplicationAutoScaling::ScalableTarget")
+    assert target["MinCapacity"] == settings.min_instances
+    assert target["MaxCapacity"] == settings.max_instances
+    assert target["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert target["ServiceNamespace"] == "sagemaker"
+    assert "/variant/AllTraffic" in str(target["ResourceId"])
+    policy = _only(template, "AWS::ApplicationAutoScaling::ScalingPolicy")
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["PredefinedMetricSpecification"] == {
+        "PredefinedMetricType": "SageMakerVariantConcurrentRequestsPerModelHighResolution"
+    }
+    assert tracking["TargetValue"] == settings.target_concurrency
+    assert tracking["ScaleOutCooldown"] == settings.scale_out_cooldown_seconds
+    assert tracking["ScaleInCooldown"] == settings.scale_in_cooldown_seconds
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_origin_adapter_may_only_invoke_this_endpoint_and_write_cache_results(synthesized, stage):
+    template = _template(synthesized, stage)
+    statements = _statements(template, "OriginAdapterRole")
+    actions = {}
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        for action in [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]:
+            actions[action] = statement["Resource"]
+    assert set(actions) == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "sagemaker:InvokeEndpoint",
+        "s3:PutObject",
+        "xray:PutTraceSegments",
+        "xray:PutTelemetryRecords",
+    }
+    assert str(actions["sagemaker:InvokeEndpoint"]).endswith(f":endpoint/inference-cache-{stage}")
+    assert "ResultsBucket" in str(actions["s3:PutObject"]) and "/_cache/*" in str(actions["s3:PutObject"])
+    assert "OriginAdapterLogs" in str(actions["logs:PutLogEvents"])
+    template.has_resource_properties("AWS::IAM::Role", {
+        "AssumeRolePolicyDocument": {"Statement": [Match.object_like({"Principal": {"Service": "lambda.amazonaws.com"}})]},
+        "Description": Match.string_like_regexp("^Origin adapter"),
+    })
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_origin_adapter_function_and_its_url(synthesized, stage):
+    template = _template(synthesized, stage)
+    template.has_resource_properties("AWS::Lambda::Url", {"AuthType": "AWS_IAM", "InvokeMode": Match.absent()})
+    function = [
+        f["Properties"]
+        for f in template.find_resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("Handler") == "handler.handler"
+    ]
+    (function,) = function
+    assert function["Timeout"] == 60
+    assert function["Runtime"] == "python3.14"
+    assert function["TracingConfig"] == {"Mode": "Active"}
+    assert function["Environment"]["Variables"]["ENDPOINT_NAME"] == f"inference-cache-{stage}"
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_results_bucket_is_private_encrypted_logged_and_expires_after_max_ttl(synthesized, stage):
+    template = _template(synthesized, stage)
+    buckets = template.find_resources("AWS::S3::Bucket")
+    (bucket,) = [b["Properties"] for name, b in buckets.items() if name.startswith("ResultsBucket")]
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "AES256"
+    }
+    assert bucket["LoggingConfiguration"]["LogFilePrefix"] == "results-bucket/"
+    (expiry,) = [r for r in bucket["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "_cache/"]
+    assert expiry["ExpirationInDays"] == STAGES[stage].cache.max_ttl_days
+    assert expiry["Status"] == "Enabled"
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_model_role_reads_only_this_model_version(synthesized, stage):
+    statements = _statements(_template(synthesized, stage), "ModelExecutionRole")
+    (get_object,) = [s for s in statements if s["Action"] == "s3:GetObject"]
+    assert str(get_object["Resource"]).count(STAGES[stage].model.s3_prefix) == 1
+    (listing,) = [s for s in statements if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{STAGES[stage].model.s3_prefix}*"]}}
+    assert not any(s["Action"] in ("s3:*", "s3:PutObject") for s in statements)

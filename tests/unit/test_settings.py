@@ -1,0 +1,72 @@
+"""Stage settings are validated when a stage is built: bad values fail synth."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stacks.settings import CacheSettings, CustomDomain, EndpointSettings, ModelWorkspaceSettings, SettingsError, SlaSettings
+from stacks.stages import STAGES, stage
+
+
+def test_every_stage_is_valid_and_named_after_itself():
+    assert list(STAGES) == ["dev", "staging", "prod"]
+    for name, settings in STAGES.items():
+        assert settings.name == name
+
+
+def test_unknown_stage_names_the_known_ones():
+    with pytest.raises(KeyError, match="dev, staging, prod"):
+        stage("qa")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: CacheSettings(policy="sometimes"),
+        lambda: CacheSettings(default_ttl_seconds=600, max_ttl_seconds=60),
+        lambda: CacheSettings(max_body_bytes=2_000_000),
+        lambda: CacheSettings(lookup_timeout_ms=5000),
+        lambda: EndpointSettings(instance_type="ml.m5.xlarge", min_instances=1, max_instances=2, target_concurrency=4),
+        lambda: EndpointSettings(instance_type="ml.g5.2xlarge", min_instances=0, max_instances=2, target_concurrency=4),
+        lambda: EndpointSettings(instance_type="ml.g5.2xlarge", min_instances=3, max_instances=2, target_concurrency=4),
+        lambda: EndpointSettings(
+            instance_type="ml.g5.2xlarge", min_instances=1, max_instances=2, target_concurrency=4, volume_size_gb=100
+        ),
+        lambda: EndpointSettings(
+            instance_type="ml.g5.2xlarge",
+            min_instances=1,
+            max_instances=2,
+            target_concurrency=4,
+            startup_health_check_timeout_seconds=4000,
+        ),
+        lambda: ModelWorkspaceSettings(capacity_gib=3600),
+        lambda: ModelWorkspaceSettings(throughput_per_tib=200),
+        lambda: SlaSettings(availability_target=1.0),
+        lambda: SlaSettings(model_latency_p99_ms=20_000),
+        lambda: CustomDomain(name="x.example.com", certificate_arn="arn:aws:acm:eu-west-1:111111111111:certificate/x"),
+    ],
+)
+def test_invalid_settings_are_refused(build):
+    with pytest.raises(SettingsError):
+        build()
+
+
+def test_stage_level_rules():
+    dev = STAGES["dev"]
+    with pytest.raises(SettingsError, match="account"):
+        dataclasses.replace(dev, account="1234")
+    with pytest.raises(SettingsError, match="availability zones"):
+        dataclasses.replace(dev, availability_zones=("us-east-1a", "us-east-1b"))
+    with pytest.raises(SettingsError, match="WAF"):
+        dataclasses.replace(dev, waf_rate_limit_per_5_min=5)
+
+
+def test_edge_cache_config_carries_what_the_edge_function_needs():
+    config = STAGES["staging"].edge_cache_config()
+    assert config["routes"] == ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/invocations"]
+    assert config["tenant_scoped"] is True
+    assert config["model_version"] == STAGES["staging"].model.model_version
+    assert config["max_body_bytes"] <= 1_048_576
+    assert config["results_path"] == "/_cache/"
