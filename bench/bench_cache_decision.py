@@ -1,0 +1,163 @@
+"""Benchmark: cache decision time vs a baseline of json.loads(raw) + sha256(raw).
+
+Prints a table; asserts nothing. Run: .venv/bin/python bench/bench_cache_decision.py
+Goals (docs/cache-key.md): decision <= 3x baseline at 2-40 KB, p99 < 1 ms at 40 KB,
+cold import < 50 ms.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import py_compile
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT / "lambdas" / "shared"
+sys.path[:0] = [str(SHARED), str(ROOT)]
+# Imported after the path setup (deferred: ruff-clean without E402 exemptions).
+cache_decision = importlib.import_module("cache_decision")
+_stages = importlib.import_module("stacks.stages")
+DEFAULT_STAGE, stage = _stages.DEFAULT_STAGE, _stages.stage
+
+WORDS = (
+    "the model answers questions about invoices refunds shipping policy customer account order status "
+    "warehouse région délai livraison garantie return window days business support escalation agent tool "
+    "call json schema retrieval context document paragraph section summary"
+).split()
+
+
+def _text(rng: random.Random, n_bytes: int) -> str:
+    out, size = [], 0
+    while size < n_bytes:
+        w = rng.choice(WORDS)
+        out.append(w)
+        size += len(w.encode()) + 1
+    return " ".join(out)
+
+
+def chat_body(target_bytes: int, seed: int = 7) -> bytes:
+    """A realistic greedy chat body: a long system prompt (a third of the body), then
+    alternating turns, user 40-400 bytes, assistant 200-1500 bytes."""
+    rng = random.Random(seed)
+    system = _text(rng, max(60, target_bytes // 3))
+    messages = [{"role": "system", "content": system}]
+    body = {"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": messages, "temperature": 0,
+            "max_tokens": 512, "stop": ["</s>", "\n\nUser:"], "user": "u-123"}
+    size = len(json.dumps(body, ensure_ascii=False).encode())
+    while size < target_bytes:
+        user = len(messages) % 2 == 1
+        want = rng.randint(40, 400) if user else rng.randint(200, 1500)
+        content = _text(rng, min(want, max(20, target_bytes - size - 40)))
+        messages.append({"role": "user" if user else "assistant", "content": content})
+        size += len(json.dumps(messages[-1], ensure_ascii=False).encode()) + 1
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def _timed_pair(a, b, iterations: int) -> tuple[list[int], list[int]]:
+    """Interleaved, so that noise from other processes hits both sides alike."""
+    for _ in range(min(200, iterations)):  # warm
+        a()
+        b()
+    ta, tb = [], []
+    clock = time.perf_counter_ns
+    gc.disable()
+    try:
+        for _ in range(iterations):
+            t0 = clock()
+            a()
+            t1 = clock()
+            b()
+            t2 = clock()
+            ta.append(t1 - t0)
+            tb.append(t2 - t1)
+    finally:
+        gc.enable()
+    return ta, tb
+
+
+def _p(samples: list[int], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))] / 1000  # microseconds
+
+
+def import_times() -> dict[str, float]:
+    """Cold import of cache_decision in fresh interpreters, in ms: the -X importtime
+    cumulative figure, and the wall-time difference to a bare interpreter (median of 15);
+    each from source (as a bundle without bytecode compiles it at every cold start) and
+    from a cached .pyc."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(SHARED / "cache_decision.py", tmp)
+        for label, env_extra in (("source", {"PYTHONDONTWRITEBYTECODE": "1"}), ("pyc", {})):
+            env = {**os.environ, **env_extra}
+            if label == "pyc":
+                env.pop("PYTHONDONTWRITEBYTECODE", None)
+                py_compile.compile(os.path.join(tmp, "cache_decision.py"),
+                                   cfile=importlib.util.cache_from_source(os.path.join(tmp, "cache_decision.py")))
+            err = subprocess.run([sys.executable, "-X", "importtime", "-c", "import cache_decision"],
+                                 capture_output=True, text=True, cwd=tmp, env=env, check=True).stderr
+            results[f"{label} importtime"] = next(
+                int(line.split("|")[1]) / 1000 for line in err.splitlines() if line.rstrip().endswith("| cache_decision")
+            )
+
+            def run(code: str, env=env) -> float:
+                runs = []
+                for _ in range(15):
+                    t0 = time.perf_counter()
+                    subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env, check=True)
+                    runs.append(time.perf_counter() - t0)
+                return statistics.median(runs) * 1000
+
+            results[f"{label} wall"] = run("import cache_decision") - run("pass")
+    return results
+
+
+def main() -> None:
+    settings = stage(DEFAULT_STAGE).edge_cache_config()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-test"}
+    path = "/v1/chat/completions"
+    rows = []
+    for label, size, iterations in (("0.3 KB", 300, 20000), ("2 KB", 2048, 20000),
+                                    ("40 KB", 40960, 3000), ("900 KB", 900 * 1024, 200)):
+        raw = chat_body(size)
+        decision = cache_decision.decide(path, headers, raw, settings)
+        assert decision.cacheable, decision  # a benchmark of the error path would be meaningless
+
+        def baseline(raw=raw):
+            json.loads(raw)
+            hashlib.sha256(raw).hexdigest()
+
+        def decide(raw=raw):
+            cache_decision.decide(path, headers, raw, settings)
+
+        base, dec = _timed_pair(baseline, decide, iterations)
+        messages = len(json.loads(raw)["messages"])
+        rows.append((label, len(raw), messages, _p(base, .5), _p(base, .99), _p(dec, .5), _p(dec, .99)))
+
+    print(f"python {sys.version.split()[0]}, stage {settings['stage']}, route {path}")
+    print(f"{'body':>7} {'bytes':>8} {'msgs':>5} | {'base p50':>9} {'base p99':>9} | {'dec p50':>9} {'dec p99':>9} | "
+          f"{'x p50':>6} {'x p99':>6}")
+    for label, n, messages, bp50, bp99, dp50, dp99 in rows:
+        print(f"{label:>7} {n:>8} {messages:>5} | {bp50:>7.1f}us {bp99:>7.1f}us | {dp50:>7.1f}us {dp99:>7.1f}us | "
+              f"{dp50 / bp50:>6.2f} {dp99 / bp99:>6.2f}")
+    print("base = json.loads(raw) + sha256(raw); dec = cache_decision.decide(); x = dec / base")
+    t = import_times()
+    print(f"cold import cache_decision, from source: {t['source importtime']:.1f} ms (-X importtime), "
+          f"{t['source wall']:.1f} ms (fresh process minus bare interpreter); from .pyc: "
+          f"{t['pyc importtime']:.1f} ms, {t['pyc wall']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,574 @@
+"""cache_decision, rule by rule: equal keys, different keys, cacheability, client
+controls, tenant scoping and the errors the edge returns."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import unicodedata
+
+import cache_decision as cd
+import pytest
+
+from stacks.stages import STAGES
+
+CHAT, COMPLETIONS, EMBEDDINGS, INVOCATIONS = cd.CHAT, cd.COMPLETIONS, cd.EMBEDDINGS, cd.INVOCATIONS
+JSON = {"content-type": "application/json"}
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def settings(stage: str = "dev", **overrides) -> dict:
+    return {**STAGES[stage].edge_cache_config(), **overrides}
+
+
+def chat(content="What is 2+2?", **params) -> dict:
+    return {"model": "m", "messages": [{"role": "user", "content": content}], "temperature": 0, **params}
+
+
+def run(body, path=CHAT, headers=None, s=None, **kw) -> cd.Decision:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return cd.decide(path, JSON if headers is None else headers, raw, s or settings(), **kw)
+
+
+def key(body, path=CHAT, headers=None, s=None, **kw) -> str:
+    d = run(body, path, headers, s, **kw)
+    assert d.cacheable and d.error is None, d
+    assert HEX64.match(d.key)
+    return d.key
+
+
+def assert_error(d: cd.Decision, status: int, code: str, param=None):
+    assert d.error is not None, d
+    assert (d.error.status, d.error.code) == (status, code), d.error
+    if param is not None:
+        assert d.error.param == param
+    assert not d.cacheable and d.key is None and not d.lookup and not d.store
+    body = json.loads(d.error.body())
+    assert body == {
+        "error": {"message": d.error.message, "type": "invalid_request_error", "param": d.error.param, "code": code}
+    }
+    assert d.as_dict()["error"] == {"status": status, "message": d.error.message}
+
+
+# --------------------------------------------------------------------------- equal keys
+
+
+def test_whitespace_and_key_order_at_every_depth():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {}}}}}]
+    a = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"tools":' + json.dumps(tools).encode() + b"}"
+    b = json.dumps(
+        {"tools": [{"function": {"parameters": {"properties": {"a": {}}, "type": "object"}, "name": "f"}, "type": "function"}],
+         "temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "m"},
+        indent=3,
+    ).encode()
+    assert key(a) == key(b)
+
+
+def test_string_escapes():
+    plain = '{"model":"m","messages":[{"role":"user","content":"café / 😀"}],"temperature":0}'.encode()
+    escaped = b'{"model":"m","messages":[{"role":"user","content":"caf\\u00e9 \\/ \\ud83d\\ude00"}],"temperature":0}'
+    assert key(plain) == key(escaped)
+
+
+@pytest.mark.parametrize("spelling", [b"0.0", b"0e0", b"-0", b"-0.0", b"0E+3", b"0.000"])
+def test_zero_spellings(spelling):
+    base = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0}'
+    assert key(base.replace(b'"temperature":0', b'"temperature":' + spelling)) == key(base)
+
+
+@pytest.mark.parametrize("a, b", [(b"1", b"1.0"), (b"1", b"1e0"), (b"0.5", b"5e-1"), (b"0.5", b"0.50"), (b"100", b"1E2")])
+def test_numbers_by_value(a, b):
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"top_p":%s}'
+    assert key(body % a) == key(body % b)
+
+
+def test_large_integers_stay_exact():
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"seed":%d}'
+    assert key(body % 2**60) != key(body % (2**60 + 1))
+    assert key(body % 2**60) == key(b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,'
+                                    b'"seed":1152921504606846976.0}')
+
+
+def test_content_string_equals_single_text_part():
+    assert key(chat("hi")) == key(chat([{"type": "text", "text": "hi"}]))
+    # Two parts, or a part with more than type and text, is a different request.
+    assert key(chat("hi")) != key(chat([{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]))
+    assert key(chat("hi")) != key(chat([{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"n": 1}, {"stream": False}, {"presence_penalty": 0}, {"frequency_penalty": 0.0}, {"logprobs": False},
+     {"echo": False}, {"n": 1.0, "presence_penalty": -0.0}, {"logit_bias": None, "seed": None}],
+)
+def test_universal_defaults_and_nulls_are_elided(extra):
+    assert key(chat(**extra)) == key(chat())
+
+
+def test_non_universal_defaults_are_kept():
+    base = chat(seed=3)
+    for extra in ({"top_p": 1}, {"top_k": 0}, {"max_tokens": 16}, {"temperature": 1}):
+        assert key({**base, **extra}) != key(base), extra
+    # Not the same value as the default: logprobs 0 on /v1/completions returns logprobs.
+    comp = {"model": "m", "prompt": "x", "temperature": 0}
+    assert key({**comp, "logprobs": 0}, COMPLETIONS) != key(comp, COMPLETIONS)
+    assert key({**comp, "presence_penalty": False}, COMPLETIONS) != key(comp, COMPLETIONS)
+
+
+def test_declared_server_defaults_are_elided():
+    s = settings(declared_server_defaults={"temperature": 1.0, "top_p": 1.0})
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 1}
+    assert key({**base, "temperature": 1, "top_p": 1.0}, s=s) == key(base, s=s)
+    assert key({**base, "temperature": 0.9}, s=s) != key(base, s=s)
+
+
+def test_stop_order_repeats_and_string_form():
+    assert key(chat(stop=["b", "a"])) == key(chat(stop=["a", "b", "a"]))
+    assert key(chat(stop="a")) == key(chat(stop=["a"]))
+    assert key(chat(stop=[])) == key(chat())
+    assert key(chat(stop=["a"])) != key(chat(stop=["a", "b"]))
+    tgi = {"inputs": "x", "parameters": {"do_sample": False, "stop": ["y", "x"]}}
+    assert key(tgi, INVOCATIONS) == key({"inputs": "x", "parameters": {"stop": ["x", "y", "y"], "do_sample": False}},
+                                        INVOCATIONS)
+
+
+def test_excluded_fields_dropped_at_top_level_only():
+    base = chat()
+    assert key({**base, "user": "u1", "metadata": {"a": "b"}, "store": True}) == key(base)
+    s = settings(excluded_fields=["trace_id"])
+    assert key({**base, "trace_id": "t"}, s=s) == key(base, s=s)
+    assert key({**base, "user": "u1"}, s=s) != key(base, s=s)
+    nested = {**base, "response_format": {"type": "json_schema", "json_schema": {"user": 1}}}
+    assert key(nested) != key({**base, "response_format": {"type": "json_schema", "json_schema": {}}})
+
+
+def test_header_case_and_cloudfront_shape():
+    cloudfront = {"content-type": [{"key": "Content-Type", "value": "application/json"}]}
+    assert key(chat(), headers={"CONTENT-TYPE": "application/json"}) == key(chat(), headers=cloudfront) == key(chat())
+
+
+# --------------------------------------------------------------------------- different keys
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["What is 2+2? ", "what is 2+2?", "What is 2+3?", " What is 2+2?", "What is 2+2?\n"],
+)
+def test_any_change_in_prompt_text(variant):
+    assert key(chat(variant)) != key(chat())
+
+
+def test_unicode_normalization_forms_differ():
+    nfc = "café"
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfc != nfd
+    assert key(chat(nfc)) != key(chat(nfd))
+
+
+def test_long_texts_and_placeholder_forgery():
+    long = "x" * 5000
+    assert key(chat(long)) != key(chat(long[:-1] + "y"))
+    assert key(chat(long)) != key(chat(long + " "))
+    # Long texts leave the JSON behind a placeholder; a literal placeholder must not pose as one.
+    texts = []
+    token = cd._text_token(long, texts)
+    assert token == "\x00l" and texts == [b"l", (5000).to_bytes(8, "big"), long.encode()]
+    assert key(chat(token)) != key(chat(long))
+    assert key(chat("\x00" + token)) != key(chat(token))
+    assert key(chat("\x00a")) != key(chat("a"))
+    wide = "€" * 5000  # not Latin-1: its bytes are UTF-8
+    assert cd._text_token(wide, []) == "\x00u"
+    assert key(chat("\x00u")) != key(chat(wide))
+    assert key(chat(wide)) != key(chat(wide[:-1] + "¤"))
+    assert key(chat("é" * 300)) != key(chat("é" * 299 + "e\u0301"))
+    # Order, lengths and boundaries of long texts all count.
+    a, b = "a" * 300, "b" * 300
+
+    def two(first, second):
+        return {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": first},
+                                                             {"role": "user", "content": second}]}
+
+    assert key(two(a, b)) != key(two(b, a))
+    assert key(two(a + "b" * 10, b)) != key(two(a, "b" * 10 + b))
+    assert key(two(a, b)) != key(two(a, [{"type": "text", "text": b}, {"type": "text", "text": "c"}]))
+    # Same for prompt, input and TGI inputs.
+    assert key({"model": "m", "prompt": "\x00l", "temperature": 0}, COMPLETIONS) != key(
+        {"model": "m", "prompt": long, "temperature": 0}, COMPLETIONS
+    )
+    assert key({"model": "m", "input": ["\x00l"]}, EMBEDDINGS) != key({"model": "m", "input": [long]}, EMBEDDINGS)
+    assert key({"model": "m", "input": [a, b]}, EMBEDDINGS) != key({"model": "m", "input": [b, a]}, EMBEDDINGS)
+    assert key({"inputs": "\x00l", "parameters": {"do_sample": False}}, INVOCATIONS) != key(
+        {"inputs": long, "parameters": {"do_sample": False}}, INVOCATIONS
+    )
+
+
+def test_model_model_version_and_route():
+    assert key(chat()) != key({**chat(), "model": "m2"})
+    assert key(chat()) != key(chat(), s=settings(model_version="2099-01-01"))
+    assert key(chat()) != key(chat(), s=settings(model_id="other/model"))
+    assert key(chat()) != key(chat(), INVOCATIONS)
+
+
+def test_stream_flag():
+    assert key(chat(stream=True)) != key(chat())
+    assert key(chat(stream=True)) == key(chat(stream=True, n=1))
+
+
+def test_tools_and_their_order():
+    f = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    g = {"type": "function", "function": {"name": "g", "parameters": {}}}
+    assert key(chat(tools=[f, g])) != key(chat(tools=[g, f]))
+    assert key(chat(tools=[f])) != key(chat(tools=[g]))
+    assert key(chat(tools=[f])) != key(chat())
+
+
+@pytest.mark.parametrize(
+    "change", [{"seed": 2}, {"top_p": 0.95}, {"max_tokens": 11}, {"top_k": 40}, {"presence_penalty": 0.1},
+               {"frequency_penalty": -0.5}, {"logit_bias": {"1": 5}}, {"temperature": 0.7}],
+)
+def test_any_sampling_parameter_value(change):
+    base = chat(seed=1, top_p=0.9, max_tokens=10, temperature=0.5)
+    assert key({**base, **change}) != key(base)
+
+
+# --------------------------------------------------------------------------- cacheability
+
+
+@pytest.mark.parametrize(
+    "body, path, reason",
+    [
+        (chat(), CHAT, "greedy decoding"),
+        ({**chat(), "temperature": 0.7, "top_k": 1}, CHAT, "greedy decoding"),
+        ({**chat(), "temperature": 0.7, "seed": 42}, CHAT, "seeded sampling"),
+        ({**chat(), "temperature": 0, "n": 3}, CHAT, "greedy decoding"),
+        ({"model": "e", "input": ["a", "b"]}, EMBEDDINGS, "embeddings"),
+        ({"model": "m", "prompt": "x", "seed": 7}, COMPLETIONS, "seeded sampling"),
+        ({"inputs": "x", "parameters": {"do_sample": False, "max_new_tokens": 5}}, INVOCATIONS, "greedy decoding"),
+        ({"inputs": "x", "parameters": {"do_sample": True, "seed": 5}}, INVOCATIONS, "seeded sampling"),
+        ({"inputs": "x", "parameters": {"top_k": 1}}, INVOCATIONS, "greedy decoding"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 0}, INVOCATIONS, "greedy decoding"),
+    ],
+)
+def test_deterministic_policy_cacheable(body, path, reason):
+    d = run(body, path)
+    assert (d.cacheable, d.reason, d.lookup, d.store) == (True, reason, True, True)
+    assert d.as_dict() == {"cacheable": True, "key": d.key, "reason": reason, "error": None}
+
+
+@pytest.mark.parametrize(
+    "body, path, reason",
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, CHAT, "sampling without seed"),
+        ({**chat(), "temperature": 0.2}, CHAT, "sampling without seed"),
+        ({**chat(), "temperature": 0.7, "seed": 1, "n": 2}, CHAT, "n > 1 with sampling"),
+        ({"model": "m", "prompt": "x", "seed": 1, "best_of": 3}, COMPLETIONS, "n > 1 with sampling"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": 5}}, INVOCATIONS, "sampling without seed"),
+        # TGI samples when a warper is set, whatever do_sample says.
+        ({"inputs": "x", "parameters": {"do_sample": False, "temperature": 0.7}}, INVOCATIONS, "sampling without seed"),
+        ({**chat(), "temperature": 0.7, "seed": True}, CHAT, "sampling without seed"),
+    ],
+)
+def test_deterministic_policy_not_cacheable(body, path, reason):
+    d = run(body, path)
+    assert (d.cacheable, d.key, d.reason, d.error, d.lookup, d.store) == (False, None, reason, None, False, False)
+
+
+def test_declared_greedy_default_makes_absent_temperature_greedy():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    assert not run(body).cacheable
+    assert run(body, s=settings(declared_server_defaults={"temperature": 0.0})).reason == "greedy decoding"
+
+
+def test_policy_all():
+    s = settings(policy="all")
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0.9, "n": 4}
+    d = run(body, s=s)
+    assert (d.cacheable, d.reason) == (True, "policy all")
+    assert_error(run(b"{", s=s), 400, "invalid_json")
+
+
+def test_unknown_routes_pass_through_uncached():
+    for path in ("/v1/models", "/v1/chat/completions/", "/v1/chat/completions?x=1", "/health", ""):
+        d = run(b"not even json", path)
+        assert (d.cacheable, d.key, d.error, d.reason) == (False, None, None, "route not cached")
+    # The route list is the stage's.
+    d = run({"model": "e", "input": "x"}, EMBEDDINGS, s=settings(routes=[CHAT]))
+    assert (d.cacheable, d.error) == (False, None)
+
+
+# --------------------------------------------------------------------------- client controls
+
+
+def test_cache_control_no_cache_and_no_store():
+    plain = run(chat())
+    no_cache = run(chat(), headers={**JSON, "Cache-Control": "no-cache"})
+    assert (no_cache.cacheable, no_cache.lookup, no_cache.store, no_cache.key) == (True, False, True, plain.key)
+    assert "no-cache" in no_cache.reason
+    for value in ("no-store", "max-age=0, No-Store", "no-cache, no-store"):
+        d = run(chat(), headers={**JSON, "cache-control": value})
+        assert (d.cacheable, d.lookup, d.store, d.key, d.error, d.reason) == (False, False, False, None, None,
+                                                                              "client no-store")
+
+
+def test_ttl_header():
+    s = settings(default_ttl_seconds=3600, max_ttl_seconds=86_400)
+    assert run(chat(), s=s).ttl_seconds == 3600
+    assert run(chat(), headers={**JSON, "X-Inference-Cache-TTL": "60"}, s=s).ttl_seconds == 60
+    assert run(chat(), headers={**JSON, "x-inference-cache-ttl": " 99999999 "}, s=s).ttl_seconds == 86_400
+    zero = run(chat(), headers={**JSON, "x-inference-cache-ttl": "0"}, s=s)
+    assert (zero.cacheable, zero.lookup, zero.store, zero.ttl_seconds) == (True, True, False, 0)
+    assert run({"model": "m", "messages": [{"role": "user", "content": "x"}]}, s=s).ttl_seconds == 0
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "", "1e3", "٣", "9" * 13])
+def test_invalid_ttl_header_is_400(value):
+    assert_error(run(chat(), headers={**JSON, "x-inference-cache-ttl": value}), 400, "invalid_ttl",
+                 "x-inference-cache-ttl")
+
+
+# --------------------------------------------------------------------------- tenants
+
+
+def test_unscoped_stage_ignores_api_keys():
+    assert key(chat(), headers={**JSON, "authorization": "Bearer sk-a"}) == key(
+        chat(), headers={**JSON, "authorization": "Bearer sk-b"}) == key(chat())
+    assert key(chat(), tenant="abc") == key(chat())
+
+
+def test_scoped_stage_keys_per_tenant():
+    s = settings("staging")
+    assert s["tenant_scoped"]
+    a1 = key(chat(), headers={**JSON, "authorization": "Bearer sk-a"}, s=s)
+    a2 = key(chat(), headers={**JSON, "Authorization": "bearer  sk-a "}, s=s)
+    a3 = key(chat(), headers={**JSON, "x-api-key": "sk-a"}, s=s)
+    b = key(chat(), headers={**JSON, "authorization": "Bearer sk-b"}, s=s)
+    assert a1 == a2 == a3 != b
+    # The origin passes the id the edge forwarded instead of headers (OAC replaced Authorization).
+    tenant = cd.tenant_scope({"authorization": "Bearer sk-a"})
+    assert key(chat(), headers={**JSON, "authorization": "AWS4-HMAC-SHA256 Credential=..."}, s=s, tenant=tenant) == a1
+    assert key(chat(), s=s, tenant="other") != a1
+
+
+def test_scoped_stage_without_api_key_is_not_cacheable():
+    s = settings("staging")
+    for headers in (JSON, {**JSON, "authorization": "Basic dTpw"}, {**JSON, "authorization": "Bearer "}):
+        d = run(chat(), headers=headers, s=s)
+        assert (d.cacheable, d.key, d.error) == (False, None, None)
+        assert "API key" in d.reason
+
+
+def test_tenant_scope():
+    t = cd.tenant_scope({"Authorization": "Bearer sk-test"})
+    assert re.match(r"^[0-9a-f]{32}$", t)
+    assert "sk-test" not in t
+    assert cd.tenant_scope({"x-api-key": "sk-test"}) == t
+    assert cd.tenant_scope({}) is None and cd.tenant_scope(None) is None
+    assert cd.tenant_scope({"authorization": "Basic abc"}) is None
+    assert cd.tenant_scope({"authorization": [{"key": "Authorization", "value": "Bearer sk-test"}]}) == t
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        (b"", "empty_body"),
+        (b"   ", "invalid_json"),
+        (b'{"model": "m",', "invalid_json"),
+        (b"\xef\xbb\xbf{}", "invalid_json"),  # a UTF-8 BOM is not JSON
+        (b"[]", "not_an_object"),
+        (b'"x"', "not_an_object"),
+        (b"null", "not_an_object"),
+        (b'{"model":"m","prompt":"caf\xe9"}', "invalid_utf8"),
+        ('{"a":1}'.encode("utf-16"), "invalid_utf8"),
+        (b'{"model":"m","model":"n","messages":[]}', "duplicate_key"),
+        (b'{"model":"m","messages":[{"role":"user","role":"system","content":"x"}]}', "duplicate_key"),
+        (b'{"model":"m","temperature":NaN}', "non_finite_number"),
+        (b'{"model":"m","temperature":Infinity}', "non_finite_number"),
+        (b'{"model":"m","temperature":-Infinity}', "non_finite_number"),
+        (b'{"model":"m","temperature":1e999}', "number_out_of_range"),
+        (b'{"model":"m","temperature":-1e999999999}', "number_out_of_range"),
+        (b'{"model":"m","seed":' + b"9" * 5000 + b"}", "number_out_of_range"),
+    ],
+)
+def test_invalid_json_is_400(raw, code):
+    assert_error(run(raw), 400, code)
+
+
+def test_duplicate_key_names_the_param():
+    assert_error(run(b'{"model":"m","model":"n"}'), 400, "duplicate_key", "model")
+
+
+def test_nesting_limit():
+    s = settings(max_nesting_depth=4)
+    ok = chat(response_format={"a": {"b": 1}})  # body, response_format, a: depth 3
+    assert run(ok, s=s).cacheable
+    assert run(chat(response_format={"a": {"b": [1]}}), s=s).cacheable  # depth 4
+    assert_error(run(chat(response_format={"a": {"b": [[1]]}}), s=s), 400, "nesting_too_deep")
+    # Brackets inside strings do not nest.
+    assert run(chat("[[[[[[[[{{{{{{{{" * 50), s=s).cacheable
+    # Deep nesting in a large body (the cheap pre-check does not apply).
+    deep = chat("x" * 20_000, tools=[{"a": {"b": {"c": {"d": 1}}}}])
+    assert_error(run(deep, s=s), 400, "nesting_too_deep")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 1_000_000, b'{"a":' * 150_000 + b"1" + b"}" * 150_000, b'{"a":' + b"[" * 50 + b"]" * 50 + b"}"],
+    ids=["1MB-of-brackets", "150k-objects", "50-lists"],
+)
+def test_deep_nesting_is_400_and_fast(raw):
+    started = time.perf_counter()
+    d = run(raw)
+    assert time.perf_counter() - started < 2
+    assert_error(d, 400, "nesting_too_deep")
+
+
+def test_huge_exponent_is_fast():
+    started = time.perf_counter()
+    assert_error(run(b'{"model":"m","temperature":1e' + b"9" * 100_000 + b"}"), 400, "number_out_of_range")
+    assert time.perf_counter() - started < 1
+
+
+@pytest.mark.parametrize(
+    "body, path, code, param",
+    [
+        ({"model": "m"}, CHAT, "missing_field", "messages"),
+        ({"model": "m", "messages": None}, CHAT, "missing_field", "messages"),
+        ({"model": "m", "messages": "hi"}, CHAT, "invalid_type", "messages"),
+        ({"model": "m", "messages": []}, CHAT, "invalid_type", "messages"),
+        ({"model": "m", "messages": ["hi"]}, CHAT, "invalid_type", "messages"),
+        ({"messages": [{"role": "user", "content": "x"}]}, CHAT, "missing_field", "model"),
+        ({"model": 3, "messages": [{"role": "user", "content": "x"}]}, CHAT, "invalid_type", "model"),
+        ({"model": ""}, EMBEDDINGS, "invalid_type", "model"),
+        ({"model": "m"}, COMPLETIONS, "missing_field", "prompt"),
+        ({"model": "m", "prompt": 5}, COMPLETIONS, "invalid_type", "prompt"),
+        ({"model": "m"}, EMBEDDINGS, "missing_field", "input"),
+        ({"input": "x"}, EMBEDDINGS, "missing_field", "model"),
+        ({"parameters": {}}, INVOCATIONS, "missing_field", "inputs"),
+        ({"messages": {}}, INVOCATIONS, "invalid_type", "messages"),
+    ],
+)
+def test_missing_fields_are_400(body, path, code, param):
+    assert_error(run(body, path), 400, code, param)
+
+
+def test_invocations_needs_no_model():
+    assert run({"inputs": "x", "parameters": {"do_sample": False}}, INVOCATIONS).cacheable
+
+
+def test_body_too_large_is_413():
+    assert_error(run(chat(), truncated=True), 413, "body_too_large")
+    small = settings(max_body_bytes=100)
+    assert run(chat(), s=small).cacheable
+    assert_error(run(chat("x" * 100), s=small), 413, "body_too_large")
+
+
+@pytest.mark.parametrize(
+    "ctype, ok",
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("Application/JSON;charset=UTF-8", True),
+        ('application/json; charset="utf-8"', True),
+        ("application/vnd.api+json", True),
+        ("", True),
+        ("text/plain", False),
+        ("application/x-www-form-urlencoded", False),
+        ("multipart/form-data; boundary=x", False),
+        ("application/json; charset=latin-1", False),
+    ],
+)
+def test_content_type(ctype, ok):
+    d = run(chat(), headers={"Content-Type": ctype})
+    if ok:
+        assert d.cacheable
+    else:
+        assert_error(d, 415, "unsupported_media_type", "content-type")
+
+
+def test_missing_content_type_is_json():
+    assert run(chat(), headers={}).cacheable
+
+
+def test_content_encoding_is_415():
+    assert_error(run(chat(), headers={**JSON, "Content-Encoding": "gzip"}), 415, "unsupported_media_type",
+                 "content-encoding")
+    assert run(chat(), headers={**JSON, "Content-Encoding": "identity"}).cacheable
+
+
+def test_error_precedence():
+    # Size before media type before body: the edge can answer without parsing.
+    assert run(b"x" * 200, headers={"content-type": "text/plain"}, s=settings(max_body_bytes=100)).error.status == 413
+    assert run(b"{", headers={"content-type": "text/plain"}).error.status == 415
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_never_raises_on_odd_arguments():
+    odd = [
+        {"headers": None},
+        {"headers": {"content-type": None, 3: 4, "x": ["a", "b"]}},
+        {"body": "{\"model\": \"m\"}"},
+        {"body": None},
+        {"body": bytearray(b"{}")},
+        {"s": {}},
+        {"s": {"routes": [CHAT], "declared_server_defaults": "oops"}},
+        {"tenant": 5},
+    ]
+    for kw in odd:
+        body = kw.pop("body", json.dumps(chat()).encode())
+        d = cd.decide(CHAT, kw.pop("headers", JSON), body, kw.pop("s", settings("staging")), **kw)
+        assert isinstance(d, cd.Decision)
+
+
+def test_body_as_str_is_accepted():
+    assert cd.decide(CHAT, JSON, json.dumps(chat()), settings()).key == key(chat())
+
+
+def test_decision_is_repeatable_and_frozen():
+    raw = json.dumps(chat("x" * 1000)).encode()
+    d1, d2 = cd.decide(CHAT, JSON, raw, settings()), cd.decide(CHAT, JSON, raw, settings())
+    assert d1 == d2
+    with pytest.raises(AttributeError):
+        d1.key = "x"
+
+
+def test_canonical_payload_is_what_the_key_hashes():
+    import hashlib
+
+    payload = cd.canonical_payload(CHAT, JSON, json.dumps(chat()).encode(), settings())
+    assert hashlib.sha256(payload).hexdigest() == key(chat())
+    head, texts = payload.split(b"\x00", 1)
+    assert texts == b""  # no long texts here
+    version, route, model_id, model_version, tenant, stream, body = json.loads(head)
+    assert (version, route, model_id, model_version, tenant, stream) == (
+        cd.KEY_FORMAT, CHAT, settings()["model_id"], settings()["model_version"], None, False)
+    assert body == {"messages": [{"content": "What is 2+2?", "role": "user"}], "model": "m", "temperature": 0}
+    assert cd.canonical_payload(CHAT, JSON, b"{", settings()) is None
+
+
+def test_load_settings(tmp_path, monkeypatch):
+    explicit = tmp_path / "explicit.json"
+    explicit.write_text(json.dumps({"stage": "explicit"}))
+    from_env = tmp_path / "env.json"
+    from_env.write_text(json.dumps({"stage": "env"}))
+    beside = tmp_path / "bundle"
+    beside.mkdir()
+    (beside / cd.SETTINGS_FILE).write_text(json.dumps({"stage": "bundle"}))
+    monkeypatch.setattr(cd, "__file__", str(beside / "cache_decision.py"))
+    monkeypatch.delenv(cd.SETTINGS_ENV, raising=False)
+    assert cd.load_settings()["stage"] == "bundle"
+    monkeypatch.setenv(cd.SETTINGS_ENV, str(from_env))
+    assert cd.load_settings()["stage"] == "env"
+    assert cd.load_settings(str(explicit))["stage"] == "explicit"
+
+
+def test_every_stage_settings_work():
+    for name in STAGES:
+        s = settings(name)
+        d = run(chat(), headers={**JSON, "authorization": "Bearer sk-x"}, s=s)
+        assert d.cacheable and d.ttl_seconds == min(s["default_ttl_seconds"], s["max_ttl_seconds"])

@@ -1,0 +1,310 @@
+"""The Lambda@Edge origin-request handler, driven with CloudFront events in the
+documented shape. The /_cache/ lookup goes to a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import importlib.util
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from stacks.stages import STAGES
+
+EDGE_HANDLER = Path(__file__).resolve().parents[2] / "lambdas" / "edge" / "handler.py"
+CHAT = "/v1/chat/completions"
+GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}
+ANSWER = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"4"}}]}'
+
+
+class ResultsStore(ThreadingHTTPServer):
+    """Stands in for CloudFront's /_cache/* behavior: path -> (status, body, headers)."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _StoreHandler)
+        self.objects: dict[str, tuple[int, bytes, dict]] = {}
+        self.requests: list[tuple[str, str, dict]] = []
+        self.delay_seconds = 0.0
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _StoreHandler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        store: ResultsStore = self.server
+        store.requests.append((self.command, self.path, dict(self.headers)))
+        if store.delay_seconds:
+            time.sleep(store.delay_seconds)
+        status, body, headers = store.objects.get(self.path, (404, b"<Error>NoSuchKey</Error>", {}))
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **headers}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def store():
+    server = ResultsStore()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def edge(tmp_path, monkeypatch, store):
+    def load(**overrides):
+        config = {**STAGES["dev"].edge_cache_config(), "lookup_timeout_ms": 200, **overrides}
+        settings = tmp_path / "cache_settings.json"
+        settings.write_text(json.dumps(config))
+        monkeypatch.setenv("INFERENCE_CACHE_SETTINGS", str(settings))
+        monkeypatch.setenv("INFERENCE_CACHE_LOOKUP_BASE", store.base)
+        spec = importlib.util.spec_from_file_location("edge_handler_under_test", EDGE_HANDLER)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+def event(body: bytes | dict = GREEDY, uri: str = CHAT, method: str = "POST", headers: dict | None = None, truncated=False):
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    all_headers = {"content-type": "application/json", **(headers or {})}
+    return {
+        "Records": [
+            {
+                "cf": {
+                    "config": {
+                        "distributionDomainName": "d111111abcdef8.cloudfront.net",
+                        "distributionId": "EDFDVBD6EXAMPLE",
+                        "eventType": "origin-request",
+                        "requestId": "4TyzHTaYWb1GX1qTfsHhEqV6HUDd_BzoBZnwfnvQc_1oF26ClkoUSEQ==",
+                    },
+                    "request": {
+                        "clientIp": "203.0.113.178",
+                        "method": method,
+                        "uri": uri,
+                        "querystring": "",
+                        "headers": {
+                            **{k.lower(): [{"key": k, "value": v}] for k, v in all_headers.items()},
+                            "via": [{"key": "Via", "value": "2.0 abc.cloudfront.net (CloudFront)"}],
+                        },
+                        "body": {
+                            "inputTruncated": truncated,
+                            "action": "read-only",
+                            "encoding": "base64",
+                            "data": base64.b64encode(raw).decode(),
+                        },
+                        "origin": {"custom": {"domainName": "abc.lambda-url.us-west-2.on.aws", "port": 443}},
+                    },
+                }
+            }
+        ]
+    }
+
+
+def header(message: dict, name: str) -> str | None:
+    values = message.get("headers", {}).get(name)
+    return values[0]["value"] if values else None
+
+
+def forwarded_key(edge_module, body=GREEDY, headers=None) -> str:
+    """The key the handler forwards on a miss."""
+    return header(edge_module.handler(event(body, headers=headers), None), "x-inference-cache-key")
+
+
+def store_answer(store: ResultsStore, key: str, body: bytes = ANSWER, age_seconds: int = 5, **headers):
+    stored_at = email.utils.formatdate(time.time() - age_seconds, usegmt=True)
+    store.objects[f"/_cache/{key}"] = (200, body, {"Last-Modified": stored_at, **headers})
+
+
+def test_miss_forwards_the_post_with_key_and_body_hash(edge, store):
+    handler = edge()
+    result = handler.handler(event(), None)
+    assert result["method"] == "POST" and result["uri"] == CHAT
+    key = header(result, "x-inference-cache-key")
+    assert len(key) == 64 and int(key, 16) >= 0
+    raw = json.dumps(GREEDY).encode()
+    assert header(result, "x-amz-content-sha256") == hashlib.sha256(raw).hexdigest()
+    assert base64.b64decode(result["body"]["data"]) == raw  # body untouched
+    ((method, path, lookup_headers),) = store.requests
+    assert (method, path) == ("GET", f"/_cache/{key}")
+    # A fresh request: no viewer headers, above all no Via (CloudFront 403s long chains).
+    assert "Via" not in lookup_headers and "Content-Type" not in lookup_headers
+
+
+def test_hit_is_answered_at_the_edge(edge, store):
+    handler = edge()
+    key = forwarded_key(handler)
+    store_answer(store, key, age_seconds=42)
+    result = handler.handler(event(), None)
+    assert result["status"] == "200"
+    assert header(result, "x-inference-cache") == "HIT"
+    assert header(result, "content-type") == "application/json"
+    assert 41 <= int(header(result, "age")) <= 60
+    assert result["body"].encode() == ANSWER and result["bodyEncoding"] == "text"
+
+
+def test_same_request_in_other_clothes_hits(edge, store):
+    handler = edge()
+    store_answer(store, forwarded_key(handler))
+    reformatted = b'{ "temperature": 0.0, "messages": [{"content": [{"type": "text", "text": "What is 2+2?"}], "role": "user"}], "model": "m", "n": 1 }'
+    assert header(handler.handler(event(reformatted), None), "x-inference-cache") == "HIT"
+
+
+def test_stored_answer_older_than_the_requested_ttl_is_a_miss(edge, store):
+    handler = edge()
+    key = forwarded_key(handler)
+    store_answer(store, key, age_seconds=600)
+    result = handler.handler(event(headers={"x-inference-cache-ttl": "60"}), None)
+    assert "status" not in result and header(result, "x-inference-cache-key") == key
+
+
+def test_binary_answer_is_returned_base64(edge, store):
+    handler = edge()
+    key = forwarded_key(handler)
+    store_answer(store, key, body=b"\xff\x00binary", **{"Content-Type": "application/octet-stream"})
+    result = handler.handler(event(), None)
+    assert result["bodyEncoding"] == "base64" and base64.b64decode(result["body"]) == b"\xff\x00binary"
+
+
+def test_stored_object_too_large_for_a_generated_response_is_a_miss(edge, store):
+    handler = edge()
+    key = forwarded_key(handler)
+    store_answer(store, key, body=b'"' + b"a" * handler.GENERATED_BODY_LIMIT + b'"')
+    result = handler.handler(event(), None)
+    assert "status" not in result and header(result, "x-inference-cache-key") == key
+
+
+@pytest.mark.parametrize("status", [403, 500, 503])
+def test_lookup_error_status_forwards(edge, store, status):
+    handler = edge()
+    key = forwarded_key(handler)
+    store.objects[f"/_cache/{key}"] = (status, b"err", {})
+    result = handler.handler(event(), None)
+    assert "status" not in result and header(result, "x-inference-cache-key") == key
+
+
+def test_lookup_timeout_forwards_within_the_bound(edge, store):
+    handler = edge(lookup_timeout_ms=100)
+    key = forwarded_key(handler)
+    store_answer(store, key)
+    store.delay_seconds = 1.0
+    started = time.perf_counter()
+    result = handler.handler(event(), None)
+    elapsed = time.perf_counter() - started
+    assert "status" not in result and header(result, "x-inference-cache-key") == key
+    assert elapsed < 0.9  # gave up long before the store answered
+
+
+def test_lookup_unreachable_forwards(edge, store, monkeypatch):
+    handler = edge()
+    monkeypatch.setenv("INFERENCE_CACHE_LOOKUP_BASE", "http://127.0.0.1:9")  # discard port: refused
+    result = handler.handler(event(), None)
+    assert "status" not in result and header(result, "x-inference-cache-key")
+
+
+def test_no_cache_skips_the_lookup_but_forwards_the_key(edge, store):
+    handler = edge()
+    key = forwarded_key(handler)
+    store_answer(store, key)
+    store.requests.clear()
+    result = handler.handler(event(headers={"Cache-Control": "no-cache"}), None)
+    assert store.requests == []
+    assert header(result, "x-inference-cache-key") == key
+
+
+def test_no_store_skips_the_lookup(edge, store):
+    handler = edge()
+    store_answer(store, forwarded_key(handler))
+    store.requests.clear()
+    result = handler.handler(event(headers={"Cache-Control": "no-store"}), None)
+    assert store.requests == [] and "status" not in result
+
+
+def test_sampling_request_is_forwarded_without_key_or_lookup(edge, store):
+    handler = edge()
+    result = handler.handler(event({**GREEDY, "temperature": 0.7}), None)
+    assert store.requests == []
+    assert header(result, "x-inference-cache-key") is None
+    assert header(result, "x-amz-content-sha256")
+
+
+def test_viewer_cannot_inject_edge_headers(edge, store):
+    handler = edge(tenant_scoped=True)
+    forged = {"x-inference-cache-key": "0" * 64, "x-inference-tenant": "someone-else", "authorization": "Bearer sk-a"}
+    result = handler.handler(event(headers=forged), None)
+    assert header(result, "x-inference-cache-key") != "0" * 64
+    assert header(result, "x-inference-tenant") not in (None, "someone-else")
+    sampling = handler.handler(event({**GREEDY, "temperature": 1}, headers=forged), None)
+    assert header(sampling, "x-inference-cache-key") is None
+
+
+def test_tenants_do_not_share_answers(edge, store):
+    handler = edge(tenant_scoped=True)
+    key_a = forwarded_key(handler, headers={"authorization": "Bearer sk-tenant-a"})
+    store_answer(store, key_a)
+    result_b = handler.handler(event(headers={"authorization": "Bearer sk-tenant-b"}), None)
+    assert "status" not in result_b and header(result_b, "x-inference-cache-key") != key_a
+    result_a = handler.handler(event(headers={"authorization": "Bearer sk-tenant-a"}), None)
+    assert header(result_a, "x-inference-cache") == "HIT"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "truncated", "status", "code"),
+    [
+        (b"{not json", {}, False, 400, None),
+        (b"[1, 2]", {}, False, 400, None),
+        (b"", {}, False, 400, None),
+        (b'{"model": "m", "model": "n", "messages": []}', {}, False, 400, None),
+        (b'{"model": "m", "messages": [], "temperature": NaN}', {}, False, 400, None),
+        (b"\xff\xfe{}", {}, False, 400, None),
+        (json.dumps(GREEDY).encode(), {}, True, 413, None),
+        (json.dumps(GREEDY).encode(), {"content-type": "text/plain"}, False, 415, None),
+    ],
+)
+def test_bad_input_gets_an_openai_shaped_error_and_no_lookup(edge, store, body, headers, truncated, status, code):
+    handler = edge()
+    result = handler.handler(event(body, headers=headers, truncated=truncated), None)
+    assert result["status"] == str(status)
+    assert header(result, "x-inference-cache") == "BYPASS"
+    assert header(result, "cache-control") == "no-store"
+    error = json.loads(result["body"])["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert store.requests == []
+
+
+@pytest.mark.parametrize(("method", "uri"), [("GET", "/v1/models"), ("POST", "/v1/files"), ("GET", CHAT)])
+def test_other_requests_pass_unchanged(edge, store, method, uri):
+    handler = edge()
+    original = event(uri=uri, method=method)
+    expected = json.loads(json.dumps(original["Records"][0]["cf"]["request"]))
+    assert handler.handler(original, None) == expected
+    assert store.requests == []
+
+
+def test_unexpected_failure_forwards_uncached(edge, store):
+    handler = edge()
+    broken = event()
+    broken["Records"][0]["cf"]["request"]["body"]["data"] = "%%% not base64 %%%"
+    result = handler.handler(broken, None)
+    assert result["uri"] == CHAT and "status" not in result
+    assert header(result, "x-inference-cache-key") is None
