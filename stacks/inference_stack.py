@@ -4,6 +4,8 @@ adapter writes cacheable answers into."""
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import aws_cdk as cdk
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_ec2 as ec2
@@ -12,6 +14,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from stacks.bundles import lambda_bundle
@@ -245,6 +248,15 @@ class InferenceStack(cdk.Stack):
             )
         )
 
+        # Powertools from its public layer, the version pinned in requirements.txt, found
+        # through the SSM parameter AWS publishes for it (resolved at deploy, not synth).
+        powertools = lambda_.LayerVersion.from_layer_version_arn(
+            self,
+            "Powertools",
+            ssm.StringParameter.value_for_string_parameter(
+                self, f"/aws/service/powertools/python/arm64/python3.14/{version('aws-lambda-powertools')}"
+            ),
+        )
         function = lambda_.Function(
             self,
             "OriginAdapter",
@@ -257,6 +269,7 @@ class InferenceStack(cdk.Stack):
             # CloudFront gives the origin 60 s and SageMaker gives the container 60 s.
             timeout=cdk.Duration.seconds(ORIGIN_READ_TIMEOUT_SECONDS),
             role=role,
+            layers=[powertools],
             log_group=log_group,
             tracing=lambda_.Tracing.ACTIVE,
             environment={

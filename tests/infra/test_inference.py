@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from aws_cdk.assertions import Match, Template
 
@@ -147,3 +150,14 @@ def test_model_role_reads_only_this_model_version(synthesized, stage):
     (listing,) = [s for s in statements if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{STAGES[stage].model.s3_prefix}*"]}}
     assert not any(s["Action"] in ("s3:*", "s3:PutObject") for s in statements)
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_origin_adapter_uses_the_powertools_layer_of_the_pinned_version(synthesized, stage):
+    requirements = (Path(__file__).resolve().parents[2] / "requirements.txt").read_text()
+    pinned = re.search(r"^aws-lambda-powertools\S*==(\S+)$", requirements, re.M).group(1)
+    template = synthesized[stage].templates["Inference"]
+    parameters = {p.get("Default") for p in template.get("Parameters", {}).values()}
+    assert f"/aws/service/powertools/python/arm64/python3.14/{pinned}" in parameters
+    (function,) = [f for f in template["Resources"].values() if f["Properties"].get("Handler") == "handler.handler"]
+    assert len(function["Properties"]["Layers"]) == 1

@@ -1,0 +1,138 @@
+"""Latency of the local request path: a HIT, a MISS, and a direct call to the local
+model server, over the same local run (one subprocess, loopback, keep-alive clients),
+with ratios to the direct call; and HITs per second with a few concurrent clients.
+
+Prints figures; asserts nothing (shared, noisy machines). Run: make bench.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+N_LATENCY = 200
+N_MISS = 100
+CLIENTS = 4
+RPS_SECONDS = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_run() -> tuple[subprocess.Popen, dict]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "local_run", "--port", str(free_port()), "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+    for line in process.stdout:
+        if '"listening"' in line:
+            # Keep draining its output (a log line per request) so it never blocks.
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+            return process, json.loads(line)
+    raise SystemExit("local run did not start")
+
+
+class Client:
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        self.connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+
+    def post(self, path: str, body: dict) -> tuple[float, str | None]:
+        data = json.dumps(body).encode()
+        started = time.perf_counter()
+        self.connection.request("POST", path, body=data, headers={"content-type": "application/json"})
+        response = self.connection.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - started
+        if response.status != 200:
+            raise RuntimeError(f"{path}: {response.status}")
+        return elapsed, response.getheader("x-inference-cache")
+
+
+def chat(text: str) -> dict:
+    return {"model": "local", "messages": [{"role": "user", "content": text}], "temperature": 0}
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+
+
+def main() -> None:
+    process, started = start_local_run()
+    try:
+        front, model = Client(started["listening"]), Client(started["model_server"])
+        for i in range(20):  # warm both paths
+            model.post("/invocations", chat(f"warm {i}"))
+            front.post("/v1/chat/completions", chat("warm"))
+
+        direct = [model.post("/invocations", chat("direct"))[0] for _ in range(N_LATENCY)]
+        misses = []
+        for i in range(N_MISS):
+            elapsed, status = front.post("/v1/chat/completions", chat(f"miss number {i}"))
+            assert status == "MISS", status
+            misses.append(elapsed)
+        hits = []
+        for _ in range(N_LATENCY):
+            elapsed, status = front.post("/v1/chat/completions", chat("warm"))
+            assert status == "HIT", status
+            hits.append(elapsed)
+
+        embed = {"model": "all-MiniLM-L6-v2", "input": ["what an edge cache saves: " + "GPU time " * 40]}
+        front.post("/v1/embeddings", embed)
+        embed_direct = [model.post("/invocations", embed)[0] for _ in range(N_MISS)]
+        embed_hits = [front.post("/v1/embeddings", embed)[0] for _ in range(N_LATENCY)]
+
+        count = [0] * CLIENTS
+        deadline = time.perf_counter() + RPS_SECONDS
+
+        def hammer(index: int) -> None:
+            client = Client(started["listening"])
+            while time.perf_counter() < deadline:
+                client.post("/v1/chat/completions", chat("warm"))
+                count[index] += 1
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(CLIENTS)]
+        began = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rps = sum(count) / (time.perf_counter() - began)
+
+        d50, d99 = percentiles(direct)
+        print(f"local request path, {os.cpu_count()} cores; chat bodies of ~0.1 KB; the model is the test generator")
+        print(f"{'path':<28}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}{'p50/direct':>12}{'p99/direct':>12}")
+        for name, samples in (("direct model server", direct), ("MISS (edge+adapter+model)", misses), ("HIT (edge lookup)", hits)):
+            p50, p99 = percentiles(samples)
+            print(f"{name:<28}{len(samples):>6}{p50:>10.2f}{p99:>10.2f}{p50 / d50:>12.2f}{p99 / d99:>12.2f}")
+        e50, e99 = percentiles(embed_direct)
+        print("embeddings, all-MiniLM-L6-v2 on the CPU, one 0.4 KB input:")
+        for name, samples in (("direct model server", embed_direct), ("HIT (edge lookup)", embed_hits)):
+            p50, p99 = percentiles(samples)
+            print(f"{name:<28}{len(samples):>6}{p50:>10.2f}{p99:>10.2f}{p50 / e50:>12.2f}{p99 / e99:>12.2f}")
+        print(f"HITs per second with {CLIENTS} concurrent keep-alive clients over {RPS_SECONDS:.0f} s: {rps:.0f}")
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()

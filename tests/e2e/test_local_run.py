@@ -1,0 +1,99 @@
+"""End to end on the local run, with the official openai client: edge handler, origin
+adapter, results store and model server, all real code, over real sockets."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import openai
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def client(local_run):
+    return openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key="sk-local-test", max_retries=0)
+
+
+def cache_status(raw) -> str:
+    return raw.headers.get("x-inference-cache")
+
+
+def test_chat_completion_miss_then_hit_with_identical_answer(client):
+    ask = dict(model="local", messages=[{"role": "user", "content": "What does the edge cache save?"}], temperature=0)
+    first = client.chat.completions.with_raw_response.create(**ask)
+    second = client.chat.completions.with_raw_response.create(**ask)
+    assert (cache_status(first), cache_status(second)) == ("MISS", "HIT")
+    assert second.parse().model_dump() == first.parse().model_dump()
+    assert "not a language model" in first.parse().choices[0].message.content
+    assert int(second.headers["age"]) >= 0
+
+
+def test_same_request_serialized_differently_hits(client, local_run):
+    ask = dict(model="local", messages=[{"role": "user", "content": "Reserialized?"}], temperature=0, stop=["a", "b"])
+    assert cache_status(client.chat.completions.with_raw_response.create(**ask)) == "MISS"
+    # Other clothes: key order, spacing, a one-part content list, defaults spelled out, stop reordered.
+    body = (
+        b'{ "stop": ["b", "a", "a"], "n": 1, "temperature": 0.0, "stream": false,'
+        b' "messages": [ {"content": [{"type": "text", "text": "Reserialized?"}], "role": "user"} ], "model": "local" }'
+    )
+    request = urllib.request.Request(
+        local_run["listening"] + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.headers["x-inference-cache"] == "HIT"
+
+
+def test_embeddings_miss_then_hit_from_the_real_model(client):
+    first = client.embeddings.with_raw_response.create(model="all-MiniLM-L6-v2", input=["edge caches", "GPU time"])
+    second = client.embeddings.with_raw_response.create(model="all-MiniLM-L6-v2", input=["edge caches", "GPU time"])
+    assert (cache_status(first), cache_status(second)) == ("MISS", "HIT")
+    vectors = [d.embedding for d in first.parse().data]
+    assert len(vectors) == 2 and len(vectors[0]) == 384
+    assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-3  # normalized sentence embedding
+    assert vectors[0] != vectors[1]
+    assert [d.embedding for d in second.parse().data] == vectors
+
+
+def test_no_store_is_a_bypass_every_time(client):
+    ask = dict(model="local", messages=[{"role": "user", "content": "Do not keep this."}], temperature=0)
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(**ask, extra_headers={"Cache-Control": "no-store"})
+        assert cache_status(raw) == "BYPASS"
+    assert cache_status(client.chat.completions.with_raw_response.create(**ask)) == "MISS"
+
+
+def test_malformed_body_raises_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="local", messages="not a list of messages", temperature=0)
+    assert raised.value.status_code == 400
+    assert raised.value.body["type"] == "invalid_request_error"
+
+
+def test_model_error_surfaces_as_502(client):
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="local", messages=[{"role": "user", "content": "[[model-error]]"}], temperature=0)
+    assert raised.value.status_code == 502
+    assert "simulated model failure" in json.dumps(raised.value.body)
+
+
+def test_sampling_request_is_never_served_from_the_store(client):
+    ask = dict(model="local", messages=[{"role": "user", "content": "Tell me something random."}], temperature=0.9)
+    answers = [client.chat.completions.with_raw_response.create(**ask) for _ in range(3)]
+    assert [cache_status(a) for a in answers] == ["BYPASS"] * 3
+    assert len({a.parse().choices[0].message.content for a in answers}) == 3
+
+
+def test_streaming_request_is_replayed_as_the_same_event_stream(client):
+    ask = dict(model="local", messages=[{"role": "user", "content": "Stream it."}], temperature=0, stream=True)
+    first = client.chat.completions.with_raw_response.create(**ask)
+    second = client.chat.completions.with_raw_response.create(**ask)
+    assert (cache_status(first), cache_status(second)) == ("MISS", "HIT")
+    texts = ["".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices) for raw in (first, second)]
+    assert texts[0] == texts[1] and "not a language model" in texts[0]
+
+
+def test_models_are_listed(client):
+    assert [m.id for m in client.models.list().data] == ["meta-llama/Llama-3.1-8B-Instruct"]
