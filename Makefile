@@ -18,7 +18,7 @@ STAGE ?=
 STAGE_ARG := $(if $(STAGE),-c stage=$(STAGE))
 STACKS := $(if $(STAGE),'$(STAGE)/*',--all)
 
-.PHONY: help synth test lint diff deploy bench clean
+.PHONY: help synth test lint diff deploy serve bench dashboard clean
 
 help:
 	@echo "make synth [STAGE=dev]   synthesize every stage (or one) into cdk.out/"
@@ -26,7 +26,9 @@ help:
 	@echo "make lint                ruff, and cfn-lint on synthesized templates"
 	@echo "make diff STAGE=name     cdk diff against the stage's account (needs credentials)"
 	@echo "make deploy STAGE=name   cdk deploy every stack of the stage (needs credentials)"
+	@echo "make serve [PORT=8080]   the whole request path locally, for the openai client and curl"
 	@echo "make bench               benchmarks; prints figures"
+	@echo "make dashboard [STAGE=]  static HTML preview of each stage's dashboard in build/dashboards/"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,8 +68,17 @@ deploy: $(TOOLS)
 	@test -n "$(STAGE)" || (echo "usage: make deploy STAGE=dev|staging|prod" && exit 2)
 	$(CDK) deploy $(STAGE_ARG) $(STACKS) --require-approval broadening
 
+serve: $(VENV)/.installed
+	$(PY) -m local_run --port $${PORT:-8080} $(if $(STAGE),--stage $(STAGE))
+
 bench: $(TOOLS)
 	$(PY) bench/bench_cache_decision.py
+	$(PY) bench/bench_local_run.py
+
+# Synthesizes (the preview reads the dashboard body from the templates), then writes
+# build/dashboards/<stage>.html: no AWS account needed.
+dashboard: synth
+	$(PY) scripts/dashboard_preview.py --cdk-out cdk.out --out build/dashboards
 
 clean:
 	rm -rf cdk.out .pytest_cache .ruff_cache

@@ -1,7 +1,9 @@
 """Where alarms send their news: a paging topic and a ticket topic, encrypted.
 
-The SLA alarms and dashboards themselves come with the SLA work; other stacks only
-need somewhere to send alarms, which is this.
+A CloudWatch alarm can only notify a topic in its own region, so each stage has this
+stack twice: `<stage>/Alerting` in the home region and `<stage>/EdgeAlerting` in
+us-east-1 for the CloudFront and Lambda@Edge alarms (`region_label` tells the two
+apart in the notifications' display names). The alarms are in stacks/sla_alarms.py.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from stacks.settings import StageSettings
 
 
 class AlertingStack(cdk.Stack):
-    def __init__(self, scope: Construct, construct_id: str, *, settings: StageSettings, **kwargs) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, settings: StageSettings, region_label: str | None = None, **kwargs
+    ) -> None:
         super().__init__(scope, construct_id, **kwargs)
+        stage_label = f"{settings.name} {region_label}" if region_label else settings.name
 
         # A customer managed key: CloudWatch alarms cannot publish to a topic that
         # uses the AWS managed aws/sns key.
         self.key = kms.Key(
             self,
             "AlertKey",
-            description=f"inference-cache {settings.name}: encrypts alert topics",
+            description=f"inference-cache {stage_label}: encrypts alert topics",
             enable_key_rotation=True,
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
@@ -38,8 +43,8 @@ class AlertingStack(cdk.Stack):
                 conditions={"StringEquals": {"aws:SourceAccount": self.account}},
             )
         )
-        self.page_topic = self._topic("Page", f"inference-cache {settings.name}: page the on-call", settings)
-        self.ticket_topic = self._topic("Ticket", f"inference-cache {settings.name}: open a ticket", settings)
+        self.page_topic = self._topic("Page", f"inference-cache {stage_label}: page the on-call", settings)
+        self.ticket_topic = self._topic("Ticket", f"inference-cache {stage_label}: open a ticket", settings)
 
     def _topic(self, name: str, display_name: str, settings: StageSettings) -> sns.Topic:
         topic = sns.Topic(self, f"{name}Topic", display_name=display_name, master_key=self.key, enforce_ssl=True)

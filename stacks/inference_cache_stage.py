@@ -10,8 +10,9 @@ from stacks.alerting_stack import AlertingStack
 from stacks.cdn_stack import CdnStack
 from stacks.edge_stack import EDGE_REGION, EdgeStack
 from stacks.foundation_stack import FoundationStack
-from stacks.inference_stack import InferenceStack
+from stacks.inference_stack import VARIANT_NAME, InferenceStack
 from stacks.model_storage_stack import ModelStorageStack
+from stacks.monitoring_stack import EdgeMonitoringStack, MonitoringStack
 from stacks.nag import acknowledge_findings
 from stacks.settings import StageSettings
 
@@ -67,6 +68,42 @@ class InferenceCacheStage(cdk.Stage):
                 env=home,
             )
         )
+        # SLA alarms where their metrics live, each region with its own topics.
+        edge_env = cdk.Environment(account=settings.account, region=EDGE_REGION)
+        self.edge_alerting = tags(
+            AlertingStack(self, "EdgeAlerting", settings=settings, region_label=EDGE_REGION, env=edge_env)
+        )
+        self.edge_monitoring = tags(
+            EdgeMonitoringStack(
+                self,
+                "EdgeMonitoring",
+                settings=settings,
+                distribution_id=self.cdn.distribution.distribution_id,
+                edge_function_name=self.edge.cache_key_function_name,
+                page_topic=self.edge_alerting.page_topic,
+                ticket_topic=self.edge_alerting.ticket_topic,
+                env=edge_env,
+            )
+        )
+        self.monitoring = tags(
+            MonitoringStack(
+                self,
+                "Monitoring",
+                settings=settings,
+                distribution_id=self.cdn.distribution.distribution_id,
+                endpoint_name=self.inference.endpoint_name,
+                variant_name=VARIANT_NAME,
+                origin_adapter_name=self.inference.origin_adapter.function_name,
+                file_system_id=self.model_storage.workspace.ref,
+                page_topic=self.alerting.page_topic,
+                ticket_topic=self.alerting.ticket_topic,
+                edge_region=EDGE_REGION,
+                edge_alarm_names=self.edge_monitoring.alarm_names,
+                env=home,
+            )
+        )
+        # The dashboard names the us-east-1 alarms by ARN; create them first.
+        self.monitoring.add_stack_dependency(self.edge_monitoring)
         acknowledge_findings(self)
 
     @property

@@ -24,7 +24,7 @@ def _policy(role) -> IConstruct:
     return role.node.find_child("DefaultPolicy").node.default_child
 
 
-def acknowledge_findings(stage: "InferenceCacheStage") -> None:
+def acknowledge_findings(stage: InferenceCacheStage) -> None:
     s = stage.settings
     edge, inference, cdn, foundation = stage.edge, stage.inference, stage.cdn, stage.foundation
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal
 
 CachePolicy = Literal["deterministic", "all"]
 
@@ -165,8 +166,27 @@ class ModelWorkspaceSettings:
         _require(self.throughput_per_tib in FSX_THROUGHPUT_PER_TIB, f"throughput per TiB is one of {FSX_THROUGHPUT_PER_TIB}")
 
 
+# Error-budget burn-rate alerting (Google SRE workbook, "Alerting on SLOs"), over a
+# 30-day SLO window: 14.4x for 1 h spends 2 % of the budget, 6x for 6 h spends 5 %.
+# Each rule needs its long window AND a short window (1/12 of it) above the rate, so
+# an alert also stops soon after the errors do.
+SLO_WINDOW_DAYS = 30
+FAST_BURN_RATE = 14.4
+FAST_BURN_WINDOWS_SECONDS = (3600, 300)
+SLOW_BURN_RATE = 6.0
+SLOW_BURN_WINDOWS_SECONDS = (21_600, 1_800)
+# CloudWatch evaluates at most one day of an alarm's periods.
+_MAX_ALARM_MINUTES = 1440
+
+
 @dataclass(frozen=True)
 class SlaSettings:
+    """Service-level objectives and the alarm thresholds derived from them.
+
+    Latencies are p99 in milliseconds (SageMaker reports ModelLatency in microseconds;
+    the alarms convert). Ratios are fractions (0.01 = 1 %). GPU percentages are per GPU
+    (SageMaker sums them over an instance's GPUs; the alarms normalize)."""
+
     availability_target: float = 0.999
     edge_origin_latency_p99_ms: int = 10_000
     model_latency_p99_ms: int = 8_000
@@ -174,17 +194,55 @@ class SlaSettings:
     endpoint_error_rate_max: float = 0.01
     cache_hit_ratio_floor: float = 0.2
     alarm_email: str | None = None
+    # Lambda@Edge execution, validation and throttling errors per CloudFront request.
+    edge_function_error_rate_max: float = 0.001
+    # Ratio alarms (burn rates, error rates, hit ratio) judge only windows that carry at
+    # least this many requests per 5 minutes on average: a handful of requests on an
+    # idle stage is no evidence, and must not page.
+    min_requests_per_5_min: int = 10
+    # Sustained GPU saturation, as the average per GPU across the fleet.
+    gpu_utilization_high_pct: float = 90.0
+    # vLLM reserves ~90 % of GPU memory for its KV cache at start, so "high" sits above
+    # that reservation: the worst instance close to out-of-memory.
+    gpu_memory_high_pct: float = 97.0
+    gpu_high_minutes: int = 30
+    # Autoscaling at its maximum instance count this long: out of headroom.
+    capacity_pinned_minutes: int = 30
+    # FSx for Lustre workspace: free space below this fraction of its capacity.
+    fsx_free_capacity_floor: float = 0.1
 
     def __post_init__(self) -> None:
         _require(0.9 <= self.availability_target < 1, "availability target must be in [0.9, 1)")
+        _require(
+            FAST_BURN_RATE * self.error_budget < 1,
+            f"an error budget of {self.error_budget:.4g} cannot burn {FAST_BURN_RATE}x faster than allowed "
+            f"(the fast-burn alarm could never fire); availability target must exceed {1 - 1 / FAST_BURN_RATE:.4f}",
+        )
         _require(0 < self.endpoint_error_rate_max < 1, "error-rate objective must be in (0, 1)")
         _require(0 <= self.cache_hit_ratio_floor < 1, "hit-ratio floor must be in [0, 1)")
         _require(
             self.model_latency_p99_ms < self.origin_adapter_duration_p99_ms <= self.edge_origin_latency_p99_ms,
             "latency objectives must nest: model < origin adapter <= edge origin latency",
         )
+        _require(self.model_latency_p99_ms > 0, "model latency objective must be positive")
         _require(self.edge_origin_latency_p99_ms <= ORIGIN_READ_TIMEOUT_SECONDS * 1000, "latency objective beyond the origin timeout")
         _require(self.alarm_email is None or "@" in self.alarm_email, "alarm email is not an address")
+        _require(0 < self.edge_function_error_rate_max < 1, "edge function error-rate objective must be in (0, 1)")
+        _require(1 <= self.min_requests_per_5_min <= 1_000_000, "minimum requests per 5 minutes must be 1..1e6")
+        for name in ("gpu_utilization_high_pct", "gpu_memory_high_pct"):
+            _require(0 < getattr(self, name) <= 100, f"{name} is a per-GPU percentage in (0, 100]")
+        for name in ("gpu_high_minutes", "capacity_pinned_minutes"):
+            minutes = getattr(self, name)
+            _require(
+                minutes % 5 == 0 and 5 <= minutes <= _MAX_ALARM_MINUTES,
+                f"{name} must be a multiple of 5 in 5..{_MAX_ALARM_MINUTES} (alarms evaluate 5-minute periods, at most a day)",
+            )
+        _require(0 < self.fsx_free_capacity_floor < 1, "FSx free-capacity floor must be a fraction in (0, 1)")
+
+    @property
+    def error_budget(self) -> float:
+        """The fraction of requests allowed to fail over the SLO window."""
+        return round(1 - self.availability_target, 10)
 
 
 @dataclass(frozen=True)

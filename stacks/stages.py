@@ -52,7 +52,9 @@ STAGES: dict[str, StageSettings] = {
                 scale_in_cooldown_seconds=300,
             ),
             workspace=ModelWorkspaceSettings(capacity_gib=1200, throughput_per_tib=125),
-            sla=SlaSettings(availability_target=0.99, alarm_email=None),
+            # Dev traffic is a developer's test traffic: a burst of failures from one person is
+            # not evidence of an outage, so ratio alarms want twice the default volume.
+            sla=SlaSettings(availability_target=0.99, alarm_email=None, min_requests_per_5_min=20),
             log_retention_days=14,
         ),
         StageSettings(

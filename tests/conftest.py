@@ -49,4 +49,14 @@ def synthesized(tmp_path_factory) -> dict[str, SynthesizedStage]:
 from stacks.stages import STAGES  # noqa: E402
 
 STAGE_NAMES = tuple(STAGES)
-STACK_NAMES = ("Foundation", "Alerting", "ModelStorage", "Inference", "Edge", "Cdn")
+STACK_NAMES = (
+    "Foundation",
+    "Alerting",
+    "ModelStorage",
+    "Inference",
+    "Edge",
+    "Cdn",
+    "EdgeAlerting",
+    "EdgeMonitoring",
+    "Monitoring",
+)

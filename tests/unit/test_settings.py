@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from stacks.settings import CacheSettings, CustomDomain, EndpointSettings, ModelWorkspaceSettings, SettingsError, SlaSettings
+from stacks.settings import (
+    CacheSettings,
+    CustomDomain,
+    EndpointSettings,
+    ModelWorkspaceSettings,
+    SettingsError,
+    SlaSettings,
+)
 from stacks.stages import STAGES, stage
 
 

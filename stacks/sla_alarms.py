@@ -1,0 +1,626 @@
+"""SLA alarms. Each alarm lives in the region of its metrics: CloudFront and Lambda@Edge
+(as CloudFront reports them) in us-east-1, everything else in the stage's home region.
+
+Per region, one composite alarm pages (the region's "page" topic); it is the only
+alarm that pages there, so one incident is one page. Its children have no actions of
+their own. Everything else opens a ticket. Every description says what is wrong, what
+to look at first, and why missing data is treated the way it is (docs/sla.md has the
+same per stage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from stacks.gpu_instances import gpu_count
+from stacks.settings import (
+    FAST_BURN_RATE,
+    FAST_BURN_WINDOWS_SECONDS,
+    SLO_WINDOW_DAYS,
+    SLOW_BURN_RATE,
+    SLOW_BURN_WINDOWS_SECONDS,
+    StageSettings,
+)
+from stacks.sla_metrics import (
+    EdgeMetrics,
+    HomeMetrics,
+    burn_rate,
+    error_ratio,
+    instances_in_service,
+    min_requests,
+    per_gpu,
+    throttle_ratio,
+    window_tag,
+)
+
+# Latency and error-rate alarms look at 5-minute periods: latency must hold above its
+# objective for 3 periods in a row, an error rate for 2 of 3.
+PERIOD = cdk.Duration.minutes(5)
+LATENCY_PERIODS = 3
+ERROR_PERIODS, ERROR_DATAPOINTS = 3, 2
+# CloudFront's cache hit rate moves with the traffic mix; judge whole hours.
+HIT_RATIO_PERIOD = cdk.Duration.hours(1)
+HIT_RATIO_PERIODS = 3
+# FSx publishes one data point per disk per minute; Sum over one minute is the file
+# system's free space. 15 minutes in a row rules out a late disk's missing point.
+WORKSPACE_PERIOD = cdk.Duration.minutes(1)
+WORKSPACE_PERIODS = 15
+GIB = 1024**3
+
+NOT_BREACHING = cw.TreatMissingData.NOT_BREACHING
+MISSING = cw.TreatMissingData.MISSING
+
+
+def alarm_name(settings: StageSettings, slug: str) -> str:
+    return f"inference-cache-{settings.name}-{slug}"
+
+
+def _pct(ratio: float) -> str:
+    return f"{ratio * 100:g} %"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    slug: str
+    metric: cw.IMetric
+    threshold: float
+    comparison: cw.ComparisonOperator
+    evaluation_periods: int
+    datapoints: int
+    missing: cw.TreatMissingData
+    what: str
+    first: str
+    why_missing: str
+
+
+class _SlaAlarmsBase(Construct):
+    """Creates metric alarms from specs, routes them, and builds the paging composite."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: StageSettings,
+        page_topic: sns.ITopic,
+        ticket_topic: sns.ITopic,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.settings = settings
+        self.page_topic = page_topic
+        self.ticket_topic = ticket_topic
+        # Every alarm this construct made, by slug (metric and composite alarms).
+        self.alarms: dict[str, cw.AlarmBase] = {}
+        self.paging_children: list[cw.AlarmBase] = []
+        self.ticket_alarms: list[cw.AlarmBase] = []
+
+    @property
+    def page_alarm_slug(self) -> str:
+        return f"page-{cdk.Stack.of(self).region}"
+
+    def _alarm(self, spec: _Spec, route: str) -> cw.Alarm:
+        """route: "page" (child of this region's paging composite), "ticket", or
+        "child" (input to another composite only)."""
+        routing = {
+            "page": f"PAGES through {alarm_name(self.settings, self.page_alarm_slug)}.",
+            "ticket": "TICKET.",
+            "child": "",
+        }[route]
+        description = " ".join(
+            part
+            for part in (
+                routing,
+                spec.what,
+                f"Look first at: {spec.first}",
+                f"Missing data: {_missing_text(spec.missing)} ({spec.why_missing}).",
+            )
+            if part
+        )
+        alarm = cw.Alarm(
+            self,
+            _construct_id(spec.slug),
+            alarm_name=alarm_name(self.settings, spec.slug),
+            alarm_description=description,
+            metric=spec.metric,
+            threshold=spec.threshold,
+            comparison_operator=spec.comparison,
+            evaluation_periods=spec.evaluation_periods,
+            datapoints_to_alarm=spec.datapoints,
+            treat_missing_data=spec.missing,
+        )
+        self.alarms[spec.slug] = alarm
+        if route == "page":
+            self.paging_children.append(alarm)
+        elif route == "ticket":
+            alarm.add_alarm_action(cw_actions.SnsAction(self.ticket_topic))
+            self.ticket_alarms.append(alarm)
+        return alarm
+
+    def _composite(self, slug: str, rule: cw.IAlarmRule, description: str) -> cw.CompositeAlarm:
+        alarm = cw.CompositeAlarm(
+            self,
+            _construct_id(slug),
+            composite_alarm_name=alarm_name(self.settings, slug),
+            alarm_description=description,
+            alarm_rule=rule,
+        )
+        self.alarms[slug] = alarm
+        return alarm
+
+    def _page(self, summary: str) -> cw.CompositeAlarm:
+        children = ", ".join(alarm_name(self.settings, s) for s, a in self.alarms.items() if a in self.paging_children)
+        page = self._composite(
+            self.page_alarm_slug,
+            cw.AlarmRule.any_of(*(cw.AlarmRule.from_alarm(a, cw.AlarmState.ALARM) for a in self.paging_children)),
+            f"PAGE: {summary} Look first at: the child alarm(s) in ALARM, named in the notification (each "
+            f"child's description says where to start), and dashboard inference-cache-{self.settings.name}. "
+            f"Children: {children}.",
+        )
+        action = cw_actions.SnsAction(self.page_topic)
+        page.add_alarm_action(action)
+        page.add_ok_action(action)
+        self.page_alarm = page
+        return page
+
+
+class EdgeSlaAlarms(_SlaAlarmsBase):
+    """us-east-1: availability burn rates, edge latency, Lambda@Edge errors, hit ratio."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: StageSettings,
+        distribution_id: str,
+        edge_function_name: str,
+        page_topic: sns.ITopic,
+        ticket_topic: sns.ITopic,
+    ) -> None:
+        super().__init__(scope, construct_id, settings=settings, page_topic=page_topic, ticket_topic=ticket_topic)
+        sla = settings.sla
+        edge = EdgeMetrics(distribution_id)
+
+        fast = self._burn_rate_rule("fast", FAST_BURN_RATE, FAST_BURN_WINDOWS_SECONDS, edge)
+        slow = self._burn_rate_rule("slow", SLOW_BURN_RATE, SLOW_BURN_WINDOWS_SECONDS, edge)
+        self.paging_children.extend([fast, slow])
+
+        self._alarm(
+            _Spec(
+                slug="edge-origin-latency-p99",
+                metric=edge.origin_latency("p99", PERIOD),
+                threshold=sla.edge_origin_latency_p99_ms,
+                comparison=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=LATENCY_PERIODS,
+                datapoints=LATENCY_PERIODS,
+                missing=NOT_BREACHING,
+                what=(
+                    f"CloudFront OriginLatency p99 above {sla.edge_origin_latency_p99_ms} ms for "
+                    f"{LATENCY_PERIODS} x 5 min: requests that reach the origin (cache misses, lookups) "
+                    "are slower than the SLO and users wait."
+                ),
+                first=(
+                    "dashboard 'Latency p99 by layer'. SageMaker ModelLatency up too: GPUs slow or saturated "
+                    "(instances vs max, GPU utilization). Only the origin adapter: its Duration and throttles. "
+                    "Only OriginLatency: the edge lookup (results bucket, Origin Shield) or Lambda@Edge."
+                ),
+                why_missing="no origin traffic, nothing slow",
+            ),
+            "page",
+        )
+
+        floor = min_requests(sla.min_requests_per_5_min, PERIOD.to_seconds())
+        requests = edge.requests(PERIOD)
+        errors = edge.lambda_edge_errors(PERIOD)
+        self._alarm(
+            _Spec(
+                slug="edge-function-errors",
+                metric=cw.MathExpression(
+                    expression=(
+                        f"IF(requests >= {floor}, (FILL(execution, 0) + FILL(validation, 0) + FILL(limit, 0)) / requests, 0)"
+                    ),
+                    using_metrics={"requests": requests, **errors},
+                    period=PERIOD,
+                    label="Lambda@Edge errors per request",
+                ),
+                threshold=sla.edge_function_error_rate_max,
+                comparison=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=ERROR_PERIODS,
+                datapoints=ERROR_DATAPOINTS,
+                missing=NOT_BREACHING,
+                what=(
+                    "Lambda@Edge failures as CloudFront counts them (LambdaExecutionError + LambdaValidationError + "
+                    f"LambdaLimitExceededErrors) above {_pct(sla.edge_function_error_rate_max)} of requests in "
+                    f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min; viewers get 5xx for them. Execution: the "
+                    "cache-key function raised or timed out. Validation: it returned a malformed response (often "
+                    "right after a deploy). Limit: Lambda throttled it in a serving region."
+                ),
+                first=(
+                    f"the function's logs, /aws/lambda/us-east-1.{edge_function_name}, in the "
+                    "regions that serve the traffic (CloudFront console, Monitoring, Lambda@Edge), and the last edge deploy. "
+                    f"Windows under {floor} requests read 0."
+                ),
+                why_missing="no traffic, no errors",
+            ),
+            "ticket",
+        )
+
+        hit_floor = min_requests(sla.min_requests_per_5_min, HIT_RATIO_PERIOD.to_seconds())
+        self._alarm(
+            _Spec(
+                slug="cache-hit-ratio-low",
+                metric=cw.MathExpression(
+                    expression=f"IF(requests >= {hit_floor}, hitRate, 100)",
+                    using_metrics={
+                        "requests": edge.requests(HIT_RATIO_PERIOD),
+                        "hitRate": edge.cache_hit_rate(HIT_RATIO_PERIOD),
+                    },
+                    period=HIT_RATIO_PERIOD,
+                    label="CloudFront cache hit rate (%)",
+                ),
+                threshold=sla.cache_hit_ratio_floor * 100,
+                comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+                evaluation_periods=HIT_RATIO_PERIODS,
+                datapoints=HIT_RATIO_PERIODS,
+                missing=NOT_BREACHING,
+                what=(
+                    f"CloudFront CacheHitRate below {_pct(sla.cache_hit_ratio_floor)} for {HIT_RATIO_PERIODS} hours "
+                    "in a row. Only the /_cache/ lookups are cacheable here, so this is the share of stored results "
+                    "that the edge served without going to S3: results expire early or are not cached "
+                    "(Cache-Control, TTL, results cache policy)."
+                ),
+                first=(
+                    "dashboard 'Requests and hit ratio': CacheStore vs CacheMiss from the origin adapter (stores "
+                    "failing leave nothing to hit), the inference hit-ratio estimate, and the Cache-Control of "
+                    f"stored objects. Hours under {hit_floor} requests read as healthy."
+                ),
+                why_missing="no traffic, nothing to judge",
+            ),
+            "ticket",
+        )
+
+        self._page(
+            f"stage {settings.name}, us-east-1 (CloudFront): the availability SLO "
+            f"({_pct(sla.availability_target)} over {SLO_WINDOW_DAYS} days) is burning fast or the edge is slow."
+        )
+
+    def _burn_rate_rule(
+        self, speed: str, rate: float, windows: tuple[int, int], edge: EdgeMetrics
+    ) -> cw.CompositeAlarm:
+        sla = self.settings.sla
+        long_seconds, short_seconds = windows
+        spent = rate * long_seconds / (SLO_WINDOW_DAYS * 86_400)
+        slug = f"availability-{speed}-burn"
+        window_alarms = []
+        for seconds in windows:
+            text = window_tag(seconds)
+            floor = min_requests(sla.min_requests_per_5_min, seconds)
+            window_alarms.append(
+                self._alarm(
+                    _Spec(
+                        slug=f"{slug}-{text}",
+                        metric=burn_rate(edge, seconds, sla.error_budget, sla.min_requests_per_5_min),
+                        threshold=rate,
+                        comparison=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                        evaluation_periods=1,
+                        datapoints=1,
+                        missing=NOT_BREACHING,
+                        what=(
+                            f"Input to {alarm_name(self.settings, slug)}. CloudFront 5xx share over the last {text} is "
+                            f"above {rate:g}x the error budget ({_pct(sla.error_budget)} allowed, so above "
+                            f"{_pct(rate * sla.error_budget)}). Windows under {floor} requests read 0."
+                        ),
+                        first=(
+                            "dashboard 'Error rates': which layer's errors rise with CloudFront 5xx (Lambda@Edge "
+                            "errors, origin adapter errors or throttles, endpoint 5XX)."
+                        ),
+                        why_missing="no traffic, no errors",
+                    ),
+                    "child",
+                )
+            )
+        long_alarm, short_alarm = window_alarms
+        return self._composite(
+            slug,
+            cw.AlarmRule.all_of(
+                cw.AlarmRule.from_alarm(long_alarm, cw.AlarmState.ALARM),
+                cw.AlarmRule.from_alarm(short_alarm, cw.AlarmState.ALARM),
+            ),
+            f"Child of {alarm_name(self.settings, self.page_alarm_slug)}. Availability SLO {_pct(sla.availability_target)}: "
+            f"errors are burning the {SLO_WINDOW_DAYS}-day budget at more than {rate:g}x over {window_tag(long_seconds)} "
+            f"(~{spent * 100:.0f} % of the budget) AND are still doing so over the last {window_tag(short_seconds)}. "
+            "Look first at: dashboard 'Error rates' to find the failing layer, then 'Error budget remaining'.",
+        )
+
+
+class HomeSlaAlarms(_SlaAlarmsBase):
+    """Home region: endpoint, origin adapter, capacity and the model workspace."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: StageSettings,
+        metrics: HomeMetrics,
+        page_topic: sns.ITopic,
+        ticket_topic: sns.ITopic,
+    ) -> None:
+        super().__init__(scope, construct_id, settings=settings, page_topic=page_topic, ticket_topic=ticket_topic)
+        sla, endpoint = settings.sla, settings.endpoint
+        home = metrics
+        floor = min_requests(sla.min_requests_per_5_min, PERIOD.to_seconds())
+        gpus = gpu_count(endpoint.instance_type)
+        gpu_periods = sla.gpu_high_minutes // 5
+        pinned_periods = sla.capacity_pinned_minutes // 5
+        greater = cw.ComparisonOperator.GREATER_THAN_THRESHOLD
+        fleet_first = (
+            "dashboard 'Capacity': instances in service vs the maximum and GPU utilization. At the maximum "
+            "and hot: raise max_instances or the instance type. Not at the maximum: the model container "
+            "(/aws/sagemaker/Endpoints/" + f"inference-cache-{settings.name} logs)."
+        )
+
+        self._alarm(
+            _Spec(
+                slug="model-latency-p99",
+                metric=home.sagemaker("ModelLatency", "p99", PERIOD, "ModelLatency p99 (us)"),
+                threshold=sla.model_latency_p99_ms * 1000,
+                comparison=greater,
+                evaluation_periods=LATENCY_PERIODS,
+                datapoints=LATENCY_PERIODS,
+                missing=NOT_BREACHING,
+                what=(
+                    f"SageMaker ModelLatency p99 above {sla.model_latency_p99_ms} ms (the metric is in microseconds: "
+                    f"{sla.model_latency_p99_ms * 1000} us) for {LATENCY_PERIODS} x 5 min. The GPU answers slower "
+                    "than the innermost latency objective; edge latency follows."
+                ),
+                first=fleet_first,
+                why_missing="no invocations, nothing slow",
+            ),
+            "page",
+        )
+        self._alarm(
+            _Spec(
+                slug="origin-adapter-duration-p99",
+                metric=home.adapter("Duration", "p99", PERIOD, "origin adapter Duration p99 (ms)"),
+                threshold=sla.origin_adapter_duration_p99_ms,
+                comparison=greater,
+                evaluation_periods=LATENCY_PERIODS,
+                datapoints=LATENCY_PERIODS,
+                missing=NOT_BREACHING,
+                what=(
+                    f"Origin adapter Duration p99 above {sla.origin_adapter_duration_p99_ms} ms for "
+                    f"{LATENCY_PERIODS} x 5 min: cache misses take longer than the SLO at the origin."
+                ),
+                first=(
+                    "dashboard 'Latency p99 by layer': if ModelLatency rose with it, follow the model alarm; if not, "
+                    "the adapter itself (OverheadLatency, retries, results-bucket writes, cold starts) in its logs "
+                    "and X-Ray traces."
+                ),
+                why_missing="no invocations, nothing slow",
+            ),
+            "page",
+        )
+        self._alarm(
+            _Spec(
+                slug="endpoint-5xx-rate",
+                metric=error_ratio(
+                    home.sagemaker("Invocation5XXErrors", "Sum", PERIOD),
+                    home.sagemaker("Invocations", "Sum", PERIOD),
+                    floor,
+                    "endpoint 5XX errors per invocation",
+                ),
+                threshold=sla.endpoint_error_rate_max,
+                comparison=greater,
+                evaluation_periods=ERROR_PERIODS,
+                datapoints=ERROR_DATAPOINTS,
+                missing=NOT_BREACHING,
+                what=(
+                    f"SageMaker Invocation5XXErrors / Invocations above {_pct(sla.endpoint_error_rate_max)} in "
+                    f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: the endpoint fails requests (container errors, "
+                    f"timeouts, no capacity). Windows under {floor} invocations read 0."
+                ),
+                first=(
+                    f"the endpoint's logs (/aws/sagemaker/Endpoints/inference-cache-{settings.name}), instances in "
+                    "service vs max, and whether a model or endpoint-config deploy just happened."
+                ),
+                why_missing="no invocations, no errors",
+            ),
+            "page",
+        )
+        self._alarm(
+            _Spec(
+                slug="origin-adapter-error-rate",
+                metric=error_ratio(
+                    home.adapter("Errors", "Sum", PERIOD),
+                    home.adapter("Invocations", "Sum", PERIOD),
+                    floor,
+                    "origin adapter errors per invocation",
+                ),
+                threshold=sla.endpoint_error_rate_max,
+                comparison=greater,
+                evaluation_periods=ERROR_PERIODS,
+                datapoints=ERROR_DATAPOINTS,
+                missing=NOT_BREACHING,
+                what=(
+                    f"Origin adapter Lambda Errors / Invocations above {_pct(sla.endpoint_error_rate_max)} in "
+                    f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: unhandled exceptions or timeouts, which "
+                    f"CloudFront turns into 5xx. Windows under {floor} invocations read 0."
+                ),
+                first="the adapter's log group and X-Ray traces; the last deploy of the adapter; endpoint 5XX next to it.",
+                why_missing="no invocations, no errors",
+            ),
+            "page",
+        )
+        self._alarm(
+            _Spec(
+                slug="origin-adapter-throttle-rate",
+                metric=throttle_ratio(
+                    home.adapter("Invocations", "Sum", PERIOD),
+                    home.adapter("Throttles", "Sum", PERIOD),
+                    floor,
+                    "origin adapter throttles per request",
+                ),
+                threshold=sla.endpoint_error_rate_max,
+                comparison=greater,
+                evaluation_periods=ERROR_PERIODS,
+                datapoints=ERROR_DATAPOINTS,
+                missing=NOT_BREACHING,
+                what=(
+                    f"Origin adapter Throttles / (Invocations + Throttles) above {_pct(sla.endpoint_error_rate_max)} "
+                    f"in {ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: Lambda refuses requests for lack of "
+                    "concurrency; viewers get 5xx."
+                ),
+                first=(
+                    "the account's Lambda concurrency (ConcurrentExecutions vs the regional limit) and any reserved "
+                    "concurrency on the adapter; slow model latency holds concurrency longer."
+                ),
+                why_missing="no requests, no throttles",
+            ),
+            "page",
+        )
+
+        self._alarm(
+            _Spec(
+                slug="endpoint-model-error-rate",
+                metric=error_ratio(
+                    home.sagemaker("InvocationModelErrors", "Sum", PERIOD),
+                    home.sagemaker("Invocations", "Sum", PERIOD),
+                    floor,
+                    "endpoint model errors per invocation",
+                ),
+                threshold=sla.endpoint_error_rate_max,
+                comparison=greater,
+                evaluation_periods=ERROR_PERIODS,
+                datapoints=ERROR_DATAPOINTS,
+                missing=NOT_BREACHING,
+                what=(
+                    f"SageMaker InvocationModelErrors / Invocations above {_pct(sla.endpoint_error_rate_max)} in "
+                    f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min. Counts every non-2xx from the container, "
+                    "client errors (context too long, bad parameters) included, so it opens a ticket; 5XX pages."
+                ),
+                first=(
+                    f"the container's logs (/aws/sagemaker/Endpoints/inference-cache-{settings.name}) for the error "
+                    "messages, and the origin adapter's ModelError metric by route."
+                ),
+                why_missing="no invocations, no errors",
+            ),
+            "ticket",
+        )
+        self._alarm(
+            _Spec(
+                slug="capacity-pinned-at-max",
+                metric=instances_in_service(home, PERIOD),
+                threshold=endpoint.max_instances - 0.5,
+                comparison=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                evaluation_periods=pinned_periods,
+                datapoints=pinned_periods,
+                missing=NOT_BREACHING,
+                what=(
+                    f"The endpoint has served from its maximum of {endpoint.max_instances} instances for "
+                    f"{sla.capacity_pinned_minutes} min (Invocations / InvocationsPerInstance >= "
+                    f"{endpoint.max_instances - 0.5:g}): autoscaling has no headroom left, the next burst queues."
+                ),
+                first=fleet_first,
+                why_missing="no traffic, the fleet is not pinned",
+            ),
+            "ticket",
+        )
+        self._alarm(
+            _Spec(
+                slug="gpu-utilization-high",
+                metric=per_gpu(
+                    home.instance("GPUUtilization", "Average", PERIOD),
+                    gpus,
+                    "GPU utilization per GPU (%)",
+                    period=PERIOD,
+                ),
+                threshold=sla.gpu_utilization_high_pct,
+                comparison=greater,
+                evaluation_periods=gpu_periods,
+                datapoints=gpu_periods,
+                missing=NOT_BREACHING,
+                what=(
+                    f"Average GPU utilization across the fleet above {sla.gpu_utilization_high_pct:g} % per GPU for "
+                    f"{sla.gpu_high_minutes} min (GPUUtilization is summed over the {gpus} GPU(s) of an "
+                    f"{endpoint.instance_type}; the alarm divides by {gpus})."
+                ),
+                first=fleet_first,
+                why_missing="no instance reporting; endpoint-down is the 5XX alarm's job",
+            ),
+            "ticket",
+        )
+        self._alarm(
+            _Spec(
+                slug="gpu-memory-high",
+                metric=per_gpu(
+                    home.instance("GPUMemoryUtilization", "Maximum", PERIOD),
+                    gpus,
+                    "GPU memory per GPU, worst instance (%)",
+                    period=PERIOD,
+                ),
+                threshold=sla.gpu_memory_high_pct,
+                comparison=greater,
+                evaluation_periods=gpu_periods,
+                datapoints=gpu_periods,
+                missing=NOT_BREACHING,
+                what=(
+                    f"GPU memory on the worst instance above {sla.gpu_memory_high_pct:g} % per GPU for "
+                    f"{sla.gpu_high_minutes} min. vLLM reserves ~90 % for its KV cache at start, so this is beyond "
+                    "the reservation: close to out-of-memory."
+                ),
+                first=(
+                    "the container logs for CUDA out-of-memory or KV-cache preemption, the rolling batch size "
+                    "(max_rolling_batch_size) and the quantization setting."
+                ),
+                why_missing="no instance reporting; endpoint-down is the 5XX alarm's job",
+            ),
+            "ticket",
+        )
+        capacity_bytes = settings.workspace.capacity_gib * GIB
+        self._alarm(
+            _Spec(
+                slug="workspace-free-capacity-low",
+                metric=home.workspace("FreeDataStorageCapacity", "Sum", WORKSPACE_PERIOD, "FSx free capacity (bytes)"),
+                threshold=round(sla.fsx_free_capacity_floor * capacity_bytes),
+                comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+                evaluation_periods=WORKSPACE_PERIODS,
+                datapoints=WORKSPACE_PERIODS,
+                missing=MISSING,
+                what=(
+                    f"The FSx for Lustre model workspace has less than {_pct(sla.fsx_free_capacity_floor)} of its "
+                    f"{settings.workspace.capacity_gib} GiB free for {WORKSPACE_PERIODS} min: model preparation "
+                    "jobs will fail with ENOSPC."
+                ),
+                first=(
+                    "old model versions under /models on the workspace (the data repository association exports "
+                    "them to S3, so they can be released with lfs hsm_release), or grow the capacity in settings."
+                ),
+                why_missing="FSx always publishes while the file system exists; no data shows INSUFFICIENT_DATA, no ticket",
+            ),
+            "ticket",
+        )
+
+        self._page(
+            f"stage {settings.name}, {settings.home_region}: the GPU endpoint or the origin adapter is failing or "
+            "slower than its objective."
+        )
+
+
+def _missing_text(missing: cw.TreatMissingData) -> str:
+    return {
+        cw.TreatMissingData.NOT_BREACHING: "notBreaching",
+        cw.TreatMissingData.BREACHING: "breaching",
+        cw.TreatMissingData.IGNORE: "ignore",
+        cw.TreatMissingData.MISSING: "missing",
+    }[missing]
+
+
+def _construct_id(slug: str) -> str:
+    return "".join(part.capitalize() for part in slug.replace("_", "-").split("-"))
