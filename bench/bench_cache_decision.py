@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +30,7 @@ sys.path[:0] = [str(SHARED), str(ROOT)]
 # Imported after the path setup (deferred: ruff-clean without E402 exemptions).
 cache_decision = importlib.import_module("cache_decision")
 _stages = importlib.import_module("stacks.stages")
+lambda_bundle = importlib.import_module("stacks.bundles").lambda_bundle
 DEFAULT_STAGE, stage = _stages.DEFAULT_STAGE, _stages.stage
 
 WORDS = (
@@ -92,24 +94,25 @@ def _p(samples: list[int], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] / 1000  # microseconds
 
 
-def import_times() -> dict[str, float]:
-    """Cold import of cache_decision in fresh interpreters, in ms: the -X importtime
-    cumulative figure, and the wall-time difference to a bare interpreter (median of 15);
-    each from source (as a bundle without bytecode compiles it at every cold start) and
-    from a cached .pyc."""
+def import_times(bundle: Path, module: str) -> dict[str, float]:
+    """Cold import of `module` from a copy of the edge bundle in fresh interpreters, in ms:
+    the -X importtime cumulative figure, and the wall-time difference to a bare
+    interpreter (median of 15); each from source (a bundle without bytecode compiles it
+    at every cold start) and from cached .pyc files."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(SHARED / "cache_decision.py", tmp)
+        shutil.copytree(bundle, tmp, dirs_exist_ok=True)
         for label, env_extra in (("source", {"PYTHONDONTWRITEBYTECODE": "1"}), ("pyc", {})):
             env = {**os.environ, **env_extra}
+            env.pop("INFERENCE_CACHE_SETTINGS", None)  # the bundle's own cache_settings.json
             if label == "pyc":
                 env.pop("PYTHONDONTWRITEBYTECODE", None)
-                py_compile.compile(os.path.join(tmp, "cache_decision.py"),
-                                   cfile=importlib.util.cache_from_source(os.path.join(tmp, "cache_decision.py")))
-            err = subprocess.run([sys.executable, "-X", "importtime", "-c", "import cache_decision"],
+                for source in Path(tmp).glob("*.py"):
+                    py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))
+            err = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
                                  capture_output=True, text=True, cwd=tmp, env=env, check=True).stderr
             results[f"{label} importtime"] = next(
-                int(line.split("|")[1]) / 1000 for line in err.splitlines() if line.rstrip().endswith("| cache_decision")
+                int(line.split("|")[1]) / 1000 for line in err.splitlines() if line.rstrip().endswith(f"| {module}")
             )
 
             def run(code: str, env=env) -> float:
@@ -120,8 +123,18 @@ def import_times() -> dict[str, float]:
                     runs.append(time.perf_counter() - t0)
                 return statistics.median(runs) * 1000
 
-            results[f"{label} wall"] = run("import cache_decision") - run("pass")
+            results[f"{label} wall"] = run(f"import {module}") - run("pass")
     return results
+
+
+def zipped_size(bundle: Path) -> int:
+    """Bytes of the bundle zipped as the CDK zips an asset (deflate)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "bundle.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(bundle.iterdir()):
+                z.write(f, f.name)
+        return archive.stat().st_size
 
 
 def main() -> None:
@@ -153,10 +166,14 @@ def main() -> None:
         print(f"{label:>7} {n:>8} {messages:>5} | {bp50:>7.1f}us {bp99:>7.1f}us | {dp50:>7.1f}us {dp99:>7.1f}us | "
               f"{dp50 / bp50:>6.2f} {dp99 / bp99:>6.2f}")
     print("base = json.loads(raw) + sha256(raw); dec = cache_decision.decide(); x = dec / base")
-    t = import_times()
-    print(f"cold import cache_decision, from source: {t['source importtime']:.1f} ms (-X importtime), "
-          f"{t['source wall']:.1f} ms (fresh process minus bare interpreter); from .pyc: "
-          f"{t['pyc importtime']:.1f} ms, {t['pyc wall']:.1f} ms")
+    bundle = Path(lambda_bundle("edge", stage(DEFAULT_STAGE)))  # exactly what synth ships
+    for module in ("cache_decision", "handler"):
+        t = import_times(bundle, module)
+        print(f"cold import {module} (edge bundle), from source: {t['source importtime']:.1f} ms (-X importtime), "
+              f"{t['source wall']:.1f} ms (fresh process minus bare interpreter); from .pyc: "
+              f"{t['pyc importtime']:.1f} ms, {t['pyc wall']:.1f} ms")
+    files = sorted(p.name for p in bundle.iterdir())
+    print(f"edge function bundle: {zipped_size(bundle)} bytes zipped ({', '.join(files)}); limit 1 MB viewer / 50 MB origin")
 
 
 if __name__ == "__main__":

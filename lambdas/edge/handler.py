@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import os
+import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import cache_decision
 
@@ -33,8 +33,9 @@ STATUS_HEADER = "x-inference-cache"
 # Set only by this function; a viewer's own values must never reach the origin.
 _EDGE_OWNED_HEADERS = (CACHE_KEY_HEADER, cache_decision.TENANT_HEADER, "x-amz-content-sha256")
 # The lookup is a fresh request: none of the viewer's headers, above all no Via.
-_LOOKUP_HEADERS = {"User-Agent": "inference-cache-edge/1", "Accept": "*/*"}
+_LOOKUP_REQUEST = "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: inference-cache-edge/1\r\nAccept: */*\r\nConnection: close\r\n\r\n"
 _HTTP_DATE = "%a, %d %b %Y %H:%M:%S GMT"
+_TLS = None  # ssl context, made on the first HTTPS lookup (loading CA certificates costs ms)
 
 
 def handler(event, context):
@@ -107,22 +108,15 @@ def _forward(request: dict, key: str | None, tenant: str | None, body: bytes) ->
 
 def _lookup(config: dict, key: str, max_age: int) -> tuple[dict | None, str]:
     base = os.environ.get(LOOKUP_BASE_ENV) or f"https://{config['distributionDomainName']}"
-    scheme, _, host = base.partition("://")
-    connection_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    connection = connection_class(host, timeout=LOOKUP_TIMEOUT_SECONDS)
     try:
-        connection.request("GET", f"{RESULTS_PATH}{key}", headers=_LOOKUP_HEADERS)
-        stored = connection.getresponse()
-        if stored.status != 200:
-            # 403/404: nothing stored under this key (no ListBucket, so S3 says 403).
-            return None, "miss" if stored.status in (403, 404) else f"lookup-status-{stored.status}"
-        content = stored.read(GENERATED_BODY_LIMIT + 1)
-        content_type = stored.getheader("Content-Type", "application/json")
-        last_modified = stored.getheader("Last-Modified")
-    except (OSError, http.client.HTTPException, ValueError) as exc:  # timeouts, refusals, bad answers
+        status, headers, content = _get(base, f"{RESULTS_PATH}{key}")
+    except (OSError, ValueError) as exc:  # timeouts, refusals, malformed answers
         return None, f"lookup-failed-{type(exc).__name__}"
-    finally:
-        connection.close()
+    if status != 200:
+        # 403/404: nothing stored under this key (no ListBucket, so S3 says 403).
+        return None, "miss" if status in (403, 404) else f"lookup-status-{status}"
+    content_type = headers.get("content-type", "application/json")
+    last_modified = headers.get("last-modified")
     age = _age_seconds(last_modified)
     if age > max_age:
         return None, "older-than-requested-ttl"
@@ -146,6 +140,74 @@ def _lookup(config: dict, key: str, max_age: int) -> tuple[dict | None, str]:
     )
 
 
+def _get(base: str, path: str) -> tuple[int, dict, bytes]:
+    """One GET with Connection: close, within LOOKUP_TIMEOUT_SECONDS in all. A tiny
+    HTTP/1.1 client instead of http.client, whose email-parser imports cost ~20 ms of
+    every cold start. Reads at most the generated-response limit (plus headers)."""
+    global _TLS
+    scheme, _, authority = base.partition("://")
+    host, _, port = authority.partition(":")
+    deadline = time.monotonic() + LOOKUP_TIMEOUT_SECONDS
+    conn = socket.create_connection((host, int(port or (443 if scheme == "https" else 80))), LOOKUP_TIMEOUT_SECONDS)
+    try:
+        if scheme == "https":
+            if _TLS is None:
+                import ssl
+
+                _TLS = ssl.create_default_context()
+            conn = _TLS.wrap_socket(conn, server_hostname=host)
+        conn.sendall(_LOOKUP_REQUEST.format(path=path, host=authority).encode())
+        data = bytearray()
+        while len(data) <= GENERATED_BODY_LIMIT + 16_384:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("lookup took longer than its timeout")
+            conn.settimeout(remaining)
+            chunk = conn.recv(65_536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        conn.close()
+    head, separator, body = bytes(data).partition(b"\r\n\r\n")
+    if not separator:
+        raise ValueError("incomplete response head")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(body)
+    elif "content-length" in headers and status == 200:
+        length = int(headers["content-length"])
+        if length > GENERATED_BODY_LIMIT:
+            body = body[: GENERATED_BODY_LIMIT + 1]  # too large either way; no need for the rest
+        elif len(body) < length:
+            raise ValueError("response body shorter than its Content-Length")
+        else:
+            body = body[:length]
+    return status, headers, body
+
+
+def _dechunk(body: bytes) -> bytes:
+    out, position = bytearray(), 0
+    while len(out) <= GENERATED_BODY_LIMIT:
+        line_end = body.find(b"\r\n", position)
+        if line_end < 0:
+            raise ValueError("chunked body ends early")
+        size = int(body[position:line_end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        start = line_end + 2
+        out += body[start : start + size]
+        if start + size > len(body) and len(out) <= GENERATED_BODY_LIMIT:
+            raise ValueError("chunked body ends early")
+        position = start + size + 2
+    return bytes(out)  # past the limit: too large to generate, whatever follows
+
+
 def _encode_body(content: bytes) -> tuple[bytes, str]:
     """Text when it is UTF-8 (no base64 growth against the size limit)."""
     try:
@@ -159,7 +221,7 @@ def _age_seconds(last_modified: str | None) -> int:
     if not last_modified:
         return 0
     try:
-        stored_at = datetime.strptime(last_modified, _HTTP_DATE).replace(tzinfo=timezone.utc).timestamp()
+        stored_at = datetime.strptime(last_modified, _HTTP_DATE).replace(tzinfo=UTC).timestamp()
     except ValueError:
         return 0
     return max(0, int(time.time() - stored_at))

@@ -33,6 +33,7 @@ class ResultsStore(ThreadingHTTPServer):
         self.objects: dict[str, tuple[int, bytes, dict]] = {}
         self.requests: list[tuple[str, str, dict]] = []
         self.delay_seconds = 0.0
+        self.raw: dict[str, bytes] = {}  # path -> the exact bytes to answer with
 
     @property
     def base(self) -> str:
@@ -45,6 +46,10 @@ class _StoreHandler(BaseHTTPRequestHandler):
         store.requests.append((self.command, self.path, dict(self.headers)))
         if store.delay_seconds:
             time.sleep(store.delay_seconds)
+        if self.path in store.raw:
+            self.wfile.write(store.raw[self.path])
+            self.close_connection = True
+            return
         status, body, headers = store.objects.get(self.path, (404, b"<Error>NoSuchKey</Error>", {}))
         self.send_response(status)
         for name, value in {"Content-Type": "application/json", **headers}.items():
@@ -183,6 +188,37 @@ def test_binary_answer_is_returned_base64(edge, store):
     store_answer(store, key, body=b"\xff\x00binary", **{"Content-Type": "application/octet-stream"})
     result = handler.handler(event(), None)
     assert result["bodyEncoding"] == "base64" and base64.b64decode(result["body"]) == b"\xff\x00binary"
+
+
+def _raw_response(body_part: bytes, **headers) -> bytes:
+    stored_at = email.utils.formatdate(time.time() - 5, usegmt=True)
+    head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLast-Modified: {stored_at}\r\n{head}\r\n".encode() + body_part
+
+
+def test_chunked_answer_is_reassembled(edge, store):
+    handler = edge()
+    key = forwarded_key(handler)
+    chunks = b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in (ANSWER[:10], ANSWER[10:])) + b"0\r\n\r\n"
+    store.raw[f"/_cache/{key}"] = _raw_response(chunks, Transfer_Encoding="chunked")
+    result = handler.handler(event(), None)
+    assert header(result, "x-inference-cache") == "HIT" and result["body"].encode() == ANSWER
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        lambda: _raw_response(ANSWER[:20], Content_Length=str(len(ANSWER))),  # connection closed early
+        lambda: _raw_response(f"{len(ANSWER):x}\r\n".encode() + ANSWER[:20], Transfer_Encoding="chunked"),
+        lambda: b"HTTP/1.1 200 OK\r\nContent-Type: application/json",  # no end of head
+    ],
+)
+def test_incomplete_answer_is_never_served(edge, store, cut):
+    handler = edge()
+    key = forwarded_key(handler)
+    store.raw[f"/_cache/{key}"] = cut()
+    result = handler.handler(event(), None)
+    assert "status" not in result and header(result, "x-inference-cache-key") == key
 
 
 def test_stored_object_too_large_for_a_generated_response_is_a_miss(edge, store):
