@@ -20,92 +20,71 @@ from stacks.settings import StageSettings
 class InferenceCacheStage(cdk.Stage):
     def __init__(self, scope: Construct, settings: StageSettings, **kwargs) -> None:
         home = cdk.Environment(account=settings.account, region=settings.home_region)
+        edge = cdk.Environment(account=settings.account, region=EDGE_REGION)
         super().__init__(scope, settings.name, env=home, **kwargs)
         self.settings = settings
+        cdk.Tags.of(self).add("project", "inference-cache")
+        cdk.Tags.of(self).add("stage", settings.name)
 
-        def tags(stack: cdk.Stack) -> cdk.Stack:
-            cdk.Tags.of(stack).add("project", "inference-cache")
-            cdk.Tags.of(stack).add("stage", settings.name)
-            return stack
-
-        self.foundation = tags(FoundationStack(self, "Foundation", settings=settings, env=home))
-        self.alerting = tags(AlertingStack(self, "Alerting", settings=settings, env=home))
-        self.model_storage = tags(
-            ModelStorageStack(
-                self,
-                "ModelStorage",
-                settings=settings,
-                vpc=self.foundation.vpc,
-                subnets=self.foundation.private_subnets,
-                log_bucket=self.foundation.log_bucket,
-                env=home,
-            )
+        self.foundation = FoundationStack(self, "Foundation", settings=settings, env=home)
+        self.alerting = AlertingStack(self, "Alerting", settings=settings, env=home)
+        self.model_storage = ModelStorageStack(
+            self,
+            "ModelStorage",
+            settings=settings,
+            vpc=self.foundation.vpc,
+            subnets=self.foundation.private_subnets,
+            log_bucket=self.foundation.log_bucket,
+            env=home,
         )
-        self.inference = tags(
-            InferenceStack(
-                self,
-                "Inference",
-                settings=settings,
-                vpc=self.foundation.vpc,
-                subnets=self.foundation.private_subnets,
-                log_bucket=self.foundation.log_bucket,
-                model_bucket=self.model_storage.model_bucket,
-                env=home,
-            )
+        self.inference = InferenceStack(
+            self,
+            "Inference",
+            settings=settings,
+            vpc=self.foundation.vpc,
+            subnets=self.foundation.private_subnets,
+            log_bucket=self.foundation.log_bucket,
+            model_bucket=self.model_storage.model_bucket,
+            env=home,
         )
-        self.edge = tags(
-            EdgeStack(self, "Edge", settings=settings, env=cdk.Environment(account=settings.account, region=EDGE_REGION))
-        )
-        self.cdn = tags(
-            CdnStack(
-                self,
-                "Cdn",
-                settings=settings,
-                edge_stack=self.edge,
-                origin_url=self.inference.origin_url,
-                results_bucket=self.inference.results_bucket,
-                log_bucket=self.foundation.log_bucket,
-                env=home,
-            )
+        self.edge = EdgeStack(self, "Edge", settings=settings, env=edge)
+        self.cdn = CdnStack(
+            self,
+            "Cdn",
+            settings=settings,
+            edge_stack=self.edge,
+            origin_url=self.inference.origin_url,
+            results_bucket=self.inference.results_bucket,
+            log_bucket=self.foundation.log_bucket,
+            env=home,
         )
         # SLA alarms where their metrics live, each region with its own topics.
-        edge_env = cdk.Environment(account=settings.account, region=EDGE_REGION)
-        self.edge_alerting = tags(
-            AlertingStack(self, "EdgeAlerting", settings=settings, region_label=EDGE_REGION, env=edge_env)
+        self.edge_alerting = AlertingStack(self, "EdgeAlerting", settings=settings, region_label=EDGE_REGION, env=edge)
+        self.edge_monitoring = EdgeMonitoringStack(
+            self,
+            "EdgeMonitoring",
+            settings=settings,
+            distribution_id=self.cdn.distribution.distribution_id,
+            edge_function_name=self.edge.cache_key_function_name,
+            page_topic=self.edge_alerting.page_topic,
+            ticket_topic=self.edge_alerting.ticket_topic,
+            env=edge,
         )
-        self.edge_monitoring = tags(
-            EdgeMonitoringStack(
-                self,
-                "EdgeMonitoring",
-                settings=settings,
-                distribution_id=self.cdn.distribution.distribution_id,
-                edge_function_name=self.edge.cache_key_function_name,
-                page_topic=self.edge_alerting.page_topic,
-                ticket_topic=self.edge_alerting.ticket_topic,
-                env=edge_env,
-            )
-        )
-        self.monitoring = tags(
-            MonitoringStack(
-                self,
-                "Monitoring",
-                settings=settings,
-                distribution_id=self.cdn.distribution.distribution_id,
-                endpoint_name=self.inference.endpoint_name,
-                variant_name=VARIANT_NAME,
-                origin_adapter_name=self.inference.origin_adapter.function_name,
-                file_system_id=self.model_storage.workspace.ref,
-                page_topic=self.alerting.page_topic,
-                ticket_topic=self.alerting.ticket_topic,
-                edge_region=EDGE_REGION,
-                edge_alarm_names=self.edge_monitoring.alarm_names,
-                env=home,
-            )
+        self.monitoring = MonitoringStack(
+            self,
+            "Monitoring",
+            settings=settings,
+            distribution_id=self.cdn.distribution.distribution_id,
+            endpoint_name=self.inference.endpoint_name,
+            variant_name=VARIANT_NAME,
+            origin_adapter_name=self.inference.origin_adapter_name,
+            file_system_id=self.model_storage.workspace.ref,
+            page_topic=self.alerting.page_topic,
+            ticket_topic=self.alerting.ticket_topic,
+            edge_region=EDGE_REGION,
+            edge_alarm_names=self.edge_monitoring.alarm_names,
+            env=home,
         )
         # The dashboard names the us-east-1 alarms by ARN; create them first.
         self.monitoring.add_stack_dependency(self.edge_monitoring)
         acknowledge_findings(self)
-
-    @property
-    def stacks(self) -> list[cdk.Stack]:
-        return [c for c in self.node.children if isinstance(c, cdk.Stack)]

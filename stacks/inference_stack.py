@@ -40,6 +40,8 @@ class InferenceStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.settings = settings
         self.endpoint_name = f"inference-cache-{settings.name}"
+        # Named, so that alarms elsewhere refer to it by name, not by a stack export.
+        self.origin_adapter_name = f"inference-cache-{settings.name}-origin-adapter"
 
         self.results_bucket = self._results_bucket(log_bucket)
         self.endpoint = self._endpoint(vpc, subnets, model_bucket)
@@ -260,6 +262,7 @@ class InferenceStack(cdk.Stack):
         function = lambda_.Function(
             self,
             "OriginAdapter",
+            function_name=self.origin_adapter_name,
             description=f"inference-cache {self.settings.name}: calls the SageMaker endpoint on edge cache misses",
             runtime=lambda_.Runtime.PYTHON_3_14,
             architecture=lambda_.Architecture.ARM_64,

@@ -90,9 +90,9 @@ def test_tokens_become_readable_placeholders_and_both_regions_show(synthesized, 
     assert "Fn::" not in html_text and '{"Ref"' not in html_text
     assert set(re.findall(r"\$\{([^}]+)\}", html_text)) >= {
         "Cdn.Distribution",
-        "Inference.OriginAdapter",
         "ModelStorage.Workspace",
     }
+    assert f"inference-cache-{stage}-origin-adapter" in html_text  # named, so no token
     home = synthesized[stage].stage.settings.home_region
     parser = _Widgets()
     parser.feed(html_text)

@@ -116,6 +116,7 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
         if f["Properties"].get("Handler") == "handler.handler"
     ]
     (function,) = function
+    assert function["FunctionName"] == f"inference-cache-{stage}-origin-adapter"
     assert function["Timeout"] == 60
     assert function["Runtime"] == "python3.14"
     assert function["TracingConfig"] == {"Mode": "Active"}

@@ -292,7 +292,7 @@ def test_origin_adapter_duration_p99_in_milliseconds(synthesized, stage):
     assert metric_name == "Duration" and metric["namespace"] == "AWS/Lambda"
     assert metric["stat"] == "p99" and metric["period"] == 300
     assert set(metric["dimensions"]) == {"FunctionName"}
-    assert "Inference:ExportsOutputRefOriginAdapter" in imports(metric["dimensions"]["FunctionName"])
+    assert metric["dimensions"]["FunctionName"] == f"inference-cache-{stage}-origin-adapter"
     check_common(
         alarm,
         threshold=STAGES[stage].sla.origin_adapter_duration_p99_ms,
@@ -325,7 +325,7 @@ def test_error_rate_alarms_are_ratios_over_invocations(synthesized, stage, slug)
         if dims == "endpoint":
             assert_endpoint_dims(stage, metric["dimensions"])
         else:
-            assert "ExportsOutputRefOriginAdapter" in imports(metric["dimensions"]["FunctionName"])
+            assert metric["dimensions"]["FunctionName"] == f"inference-cache-{stage}-origin-adapter"
     e, t = metrics[errors]["id"], metrics[total]["id"]
     assert expression(alarm) == f"IF({t} >= {floor_for(stage, 300)}, FILL({e}, 0) / {t}, 0)"
     check_common(
