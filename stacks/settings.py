@@ -31,6 +31,17 @@ _GPU_INSTANCE = re.compile(r"^ml\.(g4dn|g5|g6|g6e|p4d|p4de|p5|p5e|p5en)\.\d*x?la
 # volume KMS key) for them; the model lives on the local NVMe.
 _NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en")
 FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
+# Retention periods this project allows, by the name of aws_logs.RetentionDays' member.
+LOG_RETENTION_DAYS = {
+    7: "ONE_WEEK",
+    14: "TWO_WEEKS",
+    30: "ONE_MONTH",
+    60: "TWO_MONTHS",
+    90: "THREE_MONTHS",
+    180: "SIX_MONTHS",
+    365: "ONE_YEAR",
+    731: "TWO_YEARS",
+}
 
 
 class SettingsError(ValueError):
@@ -278,7 +289,7 @@ class StageSettings:
             self.waf_rate_limit_per_5_min is None or 10 <= self.waf_rate_limit_per_5_min <= 2_000_000_000,
             "WAF rate limit must be 10..2e9 (WAF's bounds)",
         )
-        _require(self.log_retention_days in (7, 14, 30, 60, 90, 180, 365, 731), "log retention not a CloudWatch value")
+        _require(self.log_retention_days in LOG_RETENTION_DAYS, f"log retention is one of {sorted(LOG_RETENTION_DAYS)} days")
 
     def edge_cache_config(self) -> dict:
         """The JSON baked into the edge function's bundle (Lambda@Edge has no env vars)."""
