@@ -13,8 +13,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cw
 from constructs import Construct
 
-from stacks.gpu_instances import gpu_count
-from stacks.settings import FAST_BURN_RATE, SLO_WINDOW_DAYS, SLOW_BURN_RATE, StageSettings
+from stacks.settings import FAST_BURN_RATE, SLO_WINDOW_DAYS, SLOW_BURN_RATE, StageSettings, gpu_count
 from stacks.sla_metrics import (
     EdgeMetrics,
     HomeMetrics,

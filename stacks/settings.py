@@ -26,7 +26,6 @@ _ACCOUNT = re.compile(r"^\d{12}$")
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _CERT_ARN = re.compile(r"^arn:aws:acm:us-east-1:\d{12}:certificate/[0-9a-f-]{36}$")
 _ECR_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[\w./-]+:[\w.-]+$")
-_GPU_INSTANCE = re.compile(r"^ml\.(g4dn|g5|g6|g6e|p4d|p4de|p5|p5e|p5en)\.\d*x?large$")
 # GPU families with NVMe instance storage: SageMaker rejects VolumeSizeInGB (and a
 # volume KMS key) for them; the model lives on the local NVMe.
 _NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en")
@@ -46,6 +45,34 @@ LOG_RETENTION_DAYS = {
 
 class SettingsError(ValueError):
     """A stage's settings break a rule; raised at synth so nothing half-valid deploys."""
+
+
+# GPUs per SageMaker GPU hosting instance type: the instance types a stage may use.
+# SageMaker's GPUUtilization and GPUMemoryUtilization are summed over an instance's
+# GPUs (0-400 % on a 4-GPU instance); the alarms and the dashboard divide by this count.
+# Sizes not listed for a family do not exist as SageMaker hosting instances.
+_SINGLE_GPU_SIZES = ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")
+GPUS_PER_INSTANCE: dict[tuple[str, str], int] = {
+    **{("g4dn", size): 1 for size in _SINGLE_GPU_SIZES},
+    ("g4dn", "12xlarge"): 4,
+    **{(family, size): 1 for family in ("g5", "g6", "g6e") for size in _SINGLE_GPU_SIZES},
+    **{(family, "12xlarge"): 4 for family in ("g5", "g6", "g6e")},
+    **{(family, "24xlarge"): 4 for family in ("g5", "g6", "g6e")},
+    **{(family, "48xlarge"): 8 for family in ("g5", "g6", "g6e")},
+    ("p4d", "24xlarge"): 8,
+    ("p4de", "24xlarge"): 8,
+    ("p5", "48xlarge"): 8,
+    ("p5e", "48xlarge"): 8,
+    ("p5en", "48xlarge"): 8,
+}
+
+
+def gpu_count(instance_type: str) -> int:
+    """GPUs on one instance of `instance_type` (e.g. "ml.g6e.12xlarge" -> 4)."""
+    parts = instance_type.split(".")
+    if len(parts) != 3 or parts[0] != "ml" or (parts[1], parts[2]) not in GPUS_PER_INSTANCE:
+        raise SettingsError(f"{instance_type} is not a known GPU hosting instance type (GPUS_PER_INSTANCE)")
+    return GPUS_PER_INSTANCE[(parts[1], parts[2])]
 
 
 def _require(condition: bool, message: str) -> None:
@@ -144,7 +171,7 @@ class EndpointSettings:
     model_data_download_timeout_seconds: int = 1800
 
     def __post_init__(self) -> None:
-        _require(bool(_GPU_INSTANCE.match(self.instance_type)), f"{self.instance_type} is not a GPU instance type")
+        gpu_count(self.instance_type)  # a known GPU instance type, or SettingsError
         # Scaling a plain production variant to zero is not possible (inference components are).
         _require(1 <= self.min_instances <= self.max_instances, "need 1 <= min instances <= max instances")
         _require(self.max_instances <= 100, "max instances above 100")

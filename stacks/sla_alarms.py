@@ -18,7 +18,6 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from stacks.gpu_instances import gpu_count
 from stacks.settings import (
     FAST_BURN_RATE,
     FAST_BURN_WINDOWS_SECONDS,
@@ -26,6 +25,7 @@ from stacks.settings import (
     SLOW_BURN_RATE,
     SLOW_BURN_WINDOWS_SECONDS,
     StageSettings,
+    gpu_count,
 )
 from stacks.sla_metrics import (
     EdgeMetrics,

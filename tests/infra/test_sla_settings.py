@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stacks.gpu_instances import gpu_count
-from stacks.settings import SettingsError, SlaSettings
+from stacks.settings import SettingsError, SlaSettings, gpu_count
 from stacks.stages import STAGES
 
 
