@@ -180,8 +180,5 @@ def _json_headers(cache_status: str) -> dict:
 
 
 def _error(status: int, code: str, message: str) -> OriginResponse:
-    kind = "invalid_request_error" if status < 500 and status != 429 else "server_error"
-    if status == 429:
-        kind = "rate_limit_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    body = cache_decision.CacheError(status, message, None, code).body()
     return OriginResponse(status, body, _json_headers("BYPASS"))

@@ -55,8 +55,9 @@ class CacheError(namedtuple("CacheError", "status message param code")):
     __slots__ = ()
 
     def body(self) -> bytes:
-        """The OpenAI error shape."""
-        error = {"message": self.message, "type": "invalid_request_error", "param": self.param, "code": self.code}
+        """The OpenAI error shape (the origin adapter answers its errors with it too)."""
+        kind = "rate_limit_error" if self.status == 429 else "server_error" if self.status >= 500 else "invalid_request_error"
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
         return json.dumps({"error": error}).encode()
 
 

@@ -240,6 +240,8 @@ def test_endpoint_errors_map_to_openai_errors(origin, stubs, lambda_context, cap
     assert response["headers"].get("retry-after") == retry_after
     error = json.loads(decoded(response))["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    expected_type = {429: "rate_limit_error"}.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    assert error["type"] == expected_type
     if code == "ModelError":
         assert "CUDA out of memory" in error["message"]
         assert emitted_metrics(capsys)["ModelError"] == 1.0
