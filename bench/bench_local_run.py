@@ -10,10 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -21,29 +18,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from local_run.process import launched  # noqa: E402
+
 N_LATENCY = 200
 N_MISS = 100
 CLIENTS = 4
 RPS_SECONDS = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_local_run() -> tuple[subprocess.Popen, dict]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "local_run", "--port", str(free_port()), "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )
-    for line in process.stdout:
-        if '"listening"' in line:
-            # Keep draining its output (a log line per request) so it never blocks.
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-            return process, json.loads(line)
-    raise SystemExit("local run did not start")
 
 
 class Client:
@@ -72,9 +54,16 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
+def print_rows(*rows: tuple[str, list[float]]) -> None:
+    """One line per path; ratios to the first row, the direct call."""
+    d50, d99 = percentiles(rows[0][1])
+    for name, samples in rows:
+        p50, p99 = percentiles(samples)
+        print(f"{name:<28}{len(samples):>6}{p50:>10.2f}{p99:>10.2f}{p50 / d50:>12.2f}{p99 / d99:>12.2f}")
+
+
 def main() -> None:
-    process, started = start_local_run()
-    try:
+    with launched() as started:
         front, model = Client(started["listening"]), Client(started["model_server"])
         for i in range(20):  # warm both paths
             model.post("/invocations", chat(f"warm {i}"))
@@ -114,24 +103,12 @@ def main() -> None:
             t.join()
         rps = sum(count) / (time.perf_counter() - began)
 
-        d50, d99 = percentiles(direct)
         print(f"local request path, {os.cpu_count()} cores; chat bodies of ~0.1 KB; the model is the test generator")
         print(f"{'path':<28}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}{'p50/direct':>12}{'p99/direct':>12}")
-        for name, samples in (("direct model server", direct), ("MISS (edge+adapter+model)", misses), ("HIT (edge lookup)", hits)):
-            p50, p99 = percentiles(samples)
-            print(f"{name:<28}{len(samples):>6}{p50:>10.2f}{p99:>10.2f}{p50 / d50:>12.2f}{p99 / d99:>12.2f}")
-        e50, e99 = percentiles(embed_direct)
+        print_rows(("direct model server", direct), ("MISS (edge+adapter+model)", misses), ("HIT (edge lookup)", hits))
         print("embeddings, all-MiniLM-L6-v2 on the CPU, one 0.4 KB input:")
-        for name, samples in (("direct model server", embed_direct), ("HIT (edge lookup)", embed_hits)):
-            p50, p99 = percentiles(samples)
-            print(f"{name:<28}{len(samples):>6}{p50:>10.2f}{p99:>10.2f}{p50 / e50:>12.2f}{p99 / e99:>12.2f}")
+        print_rows(("direct model server", embed_direct), ("HIT (edge lookup)", embed_hits))
         print(f"HITs per second with {CLIENTS} concurrent keep-alive clients over {RPS_SECONDS:.0f} s: {rps:.0f}")
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

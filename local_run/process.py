@@ -1,0 +1,56 @@
+"""The local run as a child process, for the end-to-end tests and the benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launched(*args: str) -> Iterator[dict]:
+    """`python -m local_run --port <free> --quiet *args`; yields its start-up record
+    (where it listens, which model serves what) and stops it, with all it started."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "local_run", "--port", str(free_port()), "--quiet", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    try:
+        started = None
+        for line in process.stdout:  # the start-up line says where it listens
+            if line.startswith("{") and '"listening"' in line:
+                started = json.loads(line)
+                break
+        if started is None:
+            raise RuntimeError("the local run did not start:\n" + process.stdout.read())
+        # Keep reading what it prints (the edge function logs a line per request): a
+        # full pipe would block it.
+        threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+        yield started
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
