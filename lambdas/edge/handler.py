@@ -28,8 +28,8 @@ LOOKUP_TIMEOUT_SECONDS = SETTINGS["lookup_timeout_ms"] / 1000
 LOOKUP_BASE_ENV = "INFERENCE_CACHE_LOOKUP_BASE"
 # A generated origin-request response may be 1 MB with its headers; keep room for them.
 GENERATED_BODY_LIMIT = 1_048_576 - 8_192
-CACHE_KEY_HEADER = "x-inference-cache-key"
-STATUS_HEADER = "x-inference-cache"
+CACHE_KEY_HEADER = cache_decision.KEY_HEADER
+STATUS_HEADER = cache_decision.STATUS_HEADER
 # Set only by this function; a viewer's own values must never reach the origin.
 _EDGE_OWNED_HEADERS = (CACHE_KEY_HEADER, cache_decision.TENANT_HEADER, "x-amz-content-sha256")
 # The lookup is a fresh request: none of the viewer's headers, above all no Via.

@@ -11,8 +11,8 @@ import cache_decision
 from endpoint import EndpointFailure, SageMakerEndpoint
 from results_store import ResultsStore
 
-KEY_HEADER = "x-inference-cache-key"
-STATUS_HEADER = "x-inference-cache"
+KEY_HEADER = cache_decision.KEY_HEADER
+STATUS_HEADER = cache_decision.STATUS_HEADER
 # The viewer's credentials never enter the decision here: behind OAC the Authorization
 # header is CloudFront's signature. The tenant comes from the edge, in TENANT_HEADER.
 _NOT_FOR_DECISION = ("authorization", "x-api-key", cache_decision.TENANT_HEADER, KEY_HEADER)

@@ -22,6 +22,10 @@ SETTINGS_FILE = "cache_settings.json"
 KEY_FORMAT = "inference-cache-key/1"
 # Header the edge sets (overwriting any viewer value) to carry tenant_scope() to the origin.
 TENANT_HEADER = "x-inference-tenant"
+# Headers the edge and the origin adapter both speak: the key the edge computed (the
+# origin recomputes it and never trusts this), and HIT | MISS | BYPASS on answers.
+KEY_HEADER = "x-inference-cache-key"
+STATUS_HEADER = "x-inference-cache"
 TTL_HEADER = "x-inference-cache-ttl"
 _READ_HEADERS = ("content-type", "content-encoding", "cache-control", TTL_HEADER, "authorization", "x-api-key")
 
