@@ -72,8 +72,8 @@ serve: $(VENV)/.installed
 	$(PY) -m local_run --port $${PORT:-8080} $(if $(STAGE),--stage $(STAGE))
 
 bench: $(TOOLS)
-	$(PY) bench/bench_cache_decision.py
-	$(PY) bench/bench_local_run.py
+	$(PY) -m bench.bench_cache_decision
+	$(PY) -m bench.bench_local_run
 
 # Synthesizes (the preview reads the dashboard body from the templates), then writes
 # build/dashboards/<stage>.html: no AWS account needed.

@@ -4,8 +4,8 @@
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
+from config.stages import STAGES, stage
 from stacks.inference_cache_stage import InferenceCacheStage
-from stacks.stages import STAGES, stage
 
 
 def build_app(app: cdk.App) -> cdk.App:

@@ -1,6 +1,6 @@
 """Benchmark: cache decision time vs a baseline of json.loads(raw) + sha256(raw).
 
-Prints a table; asserts nothing. Run: .venv/bin/python bench/bench_cache_decision.py
+Prints a table; asserts nothing. Run: .venv/bin/python -m bench.bench_cache_decision (make bench).
 Goals (docs/cache-key.md): decision <= 3x baseline at 2-40 KB, p99 < 1 ms at 40 KB,
 cold import < 50 ms.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import importlib
 import importlib.util
 import json
 import os
@@ -24,14 +23,10 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT / "lambdas" / "shared"
-sys.path[:0] = [str(SHARED), str(ROOT)]
-# Imported after the path setup (deferred: ruff-clean without E402 exemptions).
-cache_decision = importlib.import_module("cache_decision")
-_stages = importlib.import_module("stacks.stages")
-lambda_bundle = importlib.import_module("stacks.bundles").lambda_bundle
-DEFAULT_STAGE, stage = _stages.DEFAULT_STAGE, _stages.stage
+from config.stages import DEFAULT_STAGE, stage
+from inference_cache import cache_decision
+from inference_cache.contract import SETTINGS_ENV
+from stacks.bundles import lambda_bundle
 
 WORDS = (
     "the model answers questions about invoices refunds shipping policy customer account order status "
@@ -104,10 +99,10 @@ def import_times(bundle: Path, module: str) -> dict[str, float]:
         shutil.copytree(bundle, tmp, dirs_exist_ok=True)
         for label, env_extra in (("source", {"PYTHONDONTWRITEBYTECODE": "1"}), ("pyc", {})):
             env = {**os.environ, **env_extra}
-            env.pop("INFERENCE_CACHE_SETTINGS", None)  # the bundle's own cache_settings.json
+            env.pop(SETTINGS_ENV, None)  # the bundle's own cache_settings.json
             if label == "pyc":
                 env.pop("PYTHONDONTWRITEBYTECODE", None)
-                for source in Path(tmp).glob("*.py"):
+                for source in Path(tmp).rglob("*.py"):
                     py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)))
             err = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
                                  capture_output=True, text=True, cwd=tmp, env=env, check=True).stderr
@@ -132,13 +127,13 @@ def zipped_size(bundle: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "bundle.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(bundle.iterdir()):
-                z.write(f, f.name)
+            for f in sorted(p for p in bundle.rglob("*") if p.is_file()):
+                z.write(f, f.relative_to(bundle))
         return archive.stat().st_size
 
 
 def main() -> None:
-    settings = stage(DEFAULT_STAGE).edge_cache_config()
+    settings = stage(DEFAULT_STAGE).edge_cache_settings()
     headers = {"content-type": "application/json", "authorization": "Bearer sk-test"}
     path = "/v1/chat/completions"
     rows = []
@@ -159,7 +154,7 @@ def main() -> None:
         messages = len(json.loads(raw)["messages"])
         rows.append((label, len(raw), messages, _p(base, .5), _p(base, .99), _p(dec, .5), _p(dec, .99)))
 
-    print(f"python {sys.version.split()[0]}, stage {settings['stage']}, route {path}")
+    print(f"python {sys.version.split()[0]}, stage {settings.stage}, route {path}")
     print(f"{'body':>7} {'bytes':>8} {'msgs':>5} | {'base p50':>9} {'base p99':>9} | {'dec p50':>9} {'dec p99':>9} | "
           f"{'x p50':>6} {'x p99':>6}")
     for label, n, messages, bp50, bp99, dp50, dp99 in rows:
@@ -167,12 +162,12 @@ def main() -> None:
               f"{dp50 / bp50:>6.2f} {dp99 / bp99:>6.2f}")
     print("base = json.loads(raw) + sha256(raw); dec = cache_decision.decide(); x = dec / base")
     bundle = Path(lambda_bundle("edge", stage(DEFAULT_STAGE)))  # exactly what synth ships
-    for module in ("cache_decision", "handler"):
+    for module in ("inference_cache.cache_decision", "inference_cache.edge.handler"):
         t = import_times(bundle, module)
         print(f"cold import {module} (edge bundle), from source: {t['source importtime']:.1f} ms (-X importtime), "
               f"{t['source wall']:.1f} ms (fresh process minus bare interpreter); from .pyc: "
               f"{t['pyc importtime']:.1f} ms, {t['pyc wall']:.1f} ms")
-    files = sorted(p.name for p in bundle.iterdir())
+    files = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
     print(f"edge function bundle: {zipped_size(bundle)} bytes zipped ({', '.join(files)}); limit 1 MB viewer / 50 MB origin")
 
 

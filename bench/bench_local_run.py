@@ -11,16 +11,11 @@ import http.client
 import json
 import os
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-from local_run.process import launched  # noqa: E402
+from local_run.process import launched
 
 N_LATENCY = 200
 N_MISS = 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -10,15 +11,20 @@ import tempfile
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from local_run.front import LAMBDAS, LocalFront, load_lambda  # noqa: E402
-from local_run.model_server import ModelServer  # noqa: E402
-from local_run.results_store import LocalS3  # noqa: E402
-from stacks.bundles import cache_settings_json  # noqa: E402
-from stacks.stages import DEFAULT_STAGE, stage  # noqa: E402
+from config.stages import DEFAULT_STAGE, stage
+from inference_cache.contract import (
+    ENDPOINT_NAME_ENV,
+    ENDPOINT_READ_TIMEOUT_ENV,
+    LOOKUP_BASE_ENV,
+    METRICS_NAMESPACE,
+    ORIGIN_ADAPTER_SERVICE,
+    RESULTS_BUCKET_ENV,
+    SETTINGS_ENV,
+    SETTINGS_FILE,
+)
+from local_run.front import LocalFront
+from local_run.model_server import ModelServer
+from local_run.results_store import LocalS3
 
 RESULTS_BUCKET = "local-results"
 
@@ -31,16 +37,17 @@ def start(port: int, stage_name: str, chat_url: str | None, quiet: bool = False)
     front = LocalFront(port, settings=settings, results_url=results.url, bucket=RESULTS_BUCKET, quiet=quiet)
 
     workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
-    (workdir / "cache_settings.json").write_text(cache_settings_json(settings))
+    (workdir / SETTINGS_FILE).write_text(settings.edge_cache_settings().to_json())
     # The adapter's boto3 clients reach the local servers through the standard
     # per-service endpoint variables; its code does not know it runs locally.
     (workdir / "aws_config").write_text("[default]\ns3 =\n    addressing_style = path\n")
     os.environ.update(
         {
-            "INFERENCE_CACHE_SETTINGS": str(workdir / "cache_settings.json"),
-            "INFERENCE_CACHE_LOOKUP_BASE": front.url,
-            "ENDPOINT_NAME": f"inference-cache-{settings.name}",
-            "RESULTS_BUCKET": RESULTS_BUCKET,
+            SETTINGS_ENV: str(workdir / SETTINGS_FILE),
+            LOOKUP_BASE_ENV: front.url,
+            ENDPOINT_NAME_ENV: f"inference-cache-{settings.name}",
+            ENDPOINT_READ_TIMEOUT_ENV: str(settings.endpoint.model_read_timeout_seconds),
+            RESULTS_BUCKET_ENV: RESULTS_BUCKET,
             "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": model.url,
             "AWS_ENDPOINT_URL_S3": results.url,
             "AWS_CONFIG_FILE": str(workdir / "aws_config"),
@@ -48,15 +55,19 @@ def start(port: int, stage_name: str, chat_url: str | None, quiet: bool = False)
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-            "POWERTOOLS_SERVICE_NAME": "origin-adapter",
-            "POWERTOOLS_METRICS_NAMESPACE": "InferenceCache",
+            "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
+            "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
             "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
         }
     )
     os.environ.pop("AWS_PROFILE", None)
-    front.attach(load_lambda("edge_handler", LAMBDAS / "edge"), load_lambda("origin_adapter_handler", LAMBDAS / "origin_adapter"))
+    # Imported only now: both read their settings from the environment set above.
+    front.attach(
+        importlib.import_module("inference_cache.edge.handler"),
+        importlib.import_module("inference_cache.origin_adapter.handler"),
+    )
     servers = [results, model, front]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()

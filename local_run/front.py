@@ -12,35 +12,21 @@ by the same stage settings, running the real edge handler and origin adapter cod
 from __future__ import annotations
 
 import base64
-import importlib.util
 import re
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-from stacks.settings import EDGE_BODY_LIMIT_BYTES, RESULTS_PREFIX, StageSettings
+from config.settings import StageSettings
+from inference_cache.contract import EDGE_BODY_LIMIT_BYTES, INVOCATIONS_ROUTE, RESULTS_PATH, STATUS_HEADER
+from local_run.events import function_url_event, origin_request_event
 
-LAMBDAS = Path(__file__).resolve().parent.parent / "lambdas"
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 # Hop-by-hop and CloudFront-managed headers that never reach a Lambda@Edge event.
 _DROPPED = {"host", "connection", "keep-alive", "transfer-encoding", "upgrade", "content-length"}
-
-
-def load_lambda(name: str, directory: Path):
-    """Import lambdas/<directory>/handler.py as it runs in its bundle: its siblings and
-    the shared cache decision module as top-level modules."""
-    for path in (LAMBDAS / "shared", directory):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    spec = importlib.util.spec_from_file_location(name, directory / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class LambdaContext:
@@ -98,33 +84,16 @@ class LocalFront(ThreadingHTTPServer):
 
     # -- /v1/*, /invocations: the edge function, then the origin ---------------------
     def inference(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
-        event = {
-            "Records": [
-                {
-                    "cf": {
-                        "config": {
-                            "distributionDomainName": self.url.removeprefix("http://"),
-                            "distributionId": "LOCAL",
-                            "eventType": "origin-request",
-                            "requestId": uuid.uuid4().hex,
-                        },
-                        "request": {
-                            "clientIp": "127.0.0.1",
-                            "method": method,
-                            "uri": uri,
-                            "querystring": query,
-                            "headers": {k: [{"key": k, "value": v}] for k, v in headers.items()},
-                            "body": {
-                                "inputTruncated": len(body) > EDGE_BODY_LIMIT_BYTES,
-                                "action": "read-only",
-                                "encoding": "base64",
-                                "data": base64.b64encode(body[:EDGE_BODY_LIMIT_BYTES]).decode(),
-                            },
-                        },
-                    }
-                }
-            ]
-        }
+        event = origin_request_event(
+            body=body[:EDGE_BODY_LIMIT_BYTES],
+            headers=headers,
+            uri=uri,
+            method=method,
+            querystring=query,
+            truncated=len(body) > EDGE_BODY_LIMIT_BYTES,
+            distribution_domain=self.url.removeprefix("http://"),
+            request_id=uuid.uuid4().hex,
+        )
         result = self.edge.handler(event, None)
         if "status" in result:  # answered at the edge: a hit or a refused request
             out_headers = {k: v[0]["value"] for k, v in result.get("headers", {}).items()}
@@ -135,15 +104,8 @@ class LocalFront(ThreadingHTTPServer):
         return self.to_origin(result["method"], result["uri"], query, forwarded, body)
 
     def to_origin(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
-        event = {
-            "version": "2.0",
-            "rawPath": uri,
-            "rawQueryString": query,
-            "headers": {**headers, "x-amz-cf-id": base64.urlsafe_b64encode(uuid.uuid4().bytes).decode(), "via": "2.0 local-front"},
-            "requestContext": {"http": {"method": method, "path": uri, "sourceIp": "127.0.0.1"}},
-            "body": base64.b64encode(body).decode(),
-            "isBase64Encoded": True,
-        }
+        cf_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
+        event = function_url_event(body=body, headers=headers, path=uri, method=method, query=query, cf_id=cf_id)
         with self.origin_lock:
             response = self.origin.handler(event, LambdaContext())
         raw = response.get("body", "")
@@ -165,9 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items() if k.lower() not in _DROPPED}
         method = self.command
         front = self.server
-        if uri.startswith("/" + RESULTS_PREFIX):
+        if uri.startswith(RESULTS_PATH):
             status, out, data = front.results_object(uri) if method in ("GET", "HEAD") else (403, {}, b"")
-        elif uri.startswith("/v1/") or uri == "/invocations":
+        elif uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE:
             status, out, data = front.inference(method, uri, query, headers, body)
         elif method in ("GET", "HEAD", "OPTIONS"):
             status, out, data = front.to_origin(method, uri, query, headers, body)
@@ -182,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
         if method != "HEAD":
             self.wfile.write(data)
         if not front.quiet:
-            cache = out.get("x-inference-cache", "-")
+            cache = out.get(STATUS_HEADER, "-")
             print(f"{method} {uri} -> {status} {cache} ({(time.perf_counter() - started) * 1000:.1f} ms)", flush=True)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _any

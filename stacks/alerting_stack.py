@@ -15,7 +15,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from stacks.settings import StageSettings
+from config.settings import StageSettings
 
 
 class AlertingStack(cdk.Stack):

@@ -1,32 +1,38 @@
-"""Lambda bundles assembled at synth: handler code, the shared cache decision module,
-and the stage's cache settings as JSON (Lambda@Edge has no environment variables)."""
+"""Lambda bundles assembled at synth: the runtime package's shared modules, the one
+component the function runs (inference_cache/edge or inference_cache/origin_adapter),
+and the stage's edge settings as JSON beside the package's modules (Lambda@Edge has no
+environment variables). Each function imports the package by its path, as the tests
+and the local run do."""
 
 from __future__ import annotations
 
 import atexit
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from stacks.settings import StageSettings
+import inference_cache
+from config.settings import StageSettings
+from inference_cache.contract import SETTINGS_FILE
 
-LAMBDAS_DIR = Path(__file__).resolve().parent.parent / "lambdas"
-SHARED_DIR = LAMBDAS_DIR / "shared"
-CACHE_SETTINGS_FILE = "cache_settings.json"
-
-
-def cache_settings_json(settings: StageSettings) -> str:
-    return json.dumps(settings.edge_cache_config(), indent=2, sort_keys=True) + "\n"
+PACKAGE_DIR = Path(inference_cache.__file__).resolve().parent
+EDGE_HANDLER = "inference_cache.edge.handler.handler"
+ORIGIN_ADAPTER_HANDLER = "inference_cache.origin_adapter.handler.handler"
 
 
-def lambda_bundle(function_dir: str, settings: StageSettings) -> str:
-    """A directory holding lambdas/<function_dir>/*.py, lambdas/shared/*.py and the
-    stage's cache settings. The asset hash is the content's, so it is stable."""
-    bundle = Path(tempfile.mkdtemp(prefix=f"{function_dir}-{settings.name}-"))
+def bundle_files(component: str) -> list[Path]:
+    """The package's source files a bundle of `component` holds, relative to the package's parent."""
+    files = sorted(PACKAGE_DIR.glob("*.py")) + sorted((PACKAGE_DIR / component).rglob("*.py"))
+    return [f.relative_to(PACKAGE_DIR.parent) for f in files]
+
+
+def lambda_bundle(component: str, settings: StageSettings) -> str:
+    """A directory holding inference_cache/*.py, inference_cache/<component>/ and the
+    stage's edge settings. The asset hash is the content's, so it is stable."""
+    bundle = Path(tempfile.mkdtemp(prefix=f"{component}-{settings.name}-"))
     atexit.register(shutil.rmtree, bundle, True)
-    for source in (LAMBDAS_DIR / function_dir, SHARED_DIR):
-        for module in sorted(source.glob("*.py")):
-            shutil.copyfile(module, bundle / module.name)
-    (bundle / CACHE_SETTINGS_FILE).write_text(cache_settings_json(settings))
+    for relative in bundle_files(component):
+        (bundle / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PACKAGE_DIR.parent / relative, bundle / relative)
+    (bundle / PACKAGE_DIR.name / SETTINGS_FILE).write_text(settings.edge_cache_settings().to_json())
     return str(bundle)

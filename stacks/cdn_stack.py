@@ -17,15 +17,15 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from stacks.bundles import lambda_bundle
+from config.settings import StageSettings
+from inference_cache.contract import INFERENCE_PATH_PATTERNS, ORIGIN_READ_TIMEOUT_SECONDS, RESULTS_PREFIX
+from stacks.bundles import EDGE_HANDLER, lambda_bundle
 from stacks.edge_stack import EdgeStack
-from stacks.settings import ORIGIN_READ_TIMEOUT_SECONDS, RESULTS_PREFIX, StageSettings
 
 # CloudFront accepts custom error-caching TTLs for these codes; all are set to 0 so an
 # error is never pinned at the edge (403/404 above all: that is what a cache miss on
 # /_cache/ looks like, and pinning it would send every repeat to the GPU).
 ERROR_CODES_NOT_CACHED = (400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504)
-INFERENCE_PATH_PATTERNS = ("/v1/*", "/invocations")
 
 
 class CdnStack(cdk.Stack):
@@ -52,7 +52,7 @@ class CdnStack(cdk.Stack):
             role=edge_stack.cache_key_function_role,
             description=f"inference-cache {settings.name}: canonical cache key and edge lookup for POST inference",
             runtime=lambda_.Runtime.PYTHON_3_13,
-            handler="handler.handler",
+            handler=EDGE_HANDLER,
             code=lambda_.Code.from_asset(lambda_bundle("edge", settings)),
             memory_size=256,
             timeout=cdk.Duration.seconds(5),

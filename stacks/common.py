@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aws_cdk import aws_logs as logs
 
-from stacks.settings import LOG_RETENTION_DAYS
+from config.aws_facts import LOG_RETENTION_DAYS
 
 
 def retention(days: int) -> logs.RetentionDays:

@@ -13,7 +13,8 @@ import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cw
 from constructs import Construct
 
-from stacks.settings import FAST_BURN_RATE, SLO_WINDOW_DAYS, SLOW_BURN_RATE, StageSettings, gpu_count
+from config.settings import StageSettings, gpu_count
+from stacks.burn_rates import FAST_BURN_RATE, SLO_WINDOW_DAYS, SLOW_BURN_RATE
 from stacks.sla_metrics import (
     EdgeMetrics,
     HomeMetrics,

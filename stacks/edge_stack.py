@@ -11,8 +11,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
+from config.settings import StageSettings
 from stacks.common import retention
-from stacks.settings import StageSettings
 
 EDGE_REGION = "us-east-1"
 

@@ -8,8 +8,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from config.settings import StageSettings
 from stacks.common import retention
-from stacks.settings import StageSettings
 
 
 class FoundationStack(cdk.Stack):

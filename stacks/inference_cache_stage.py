@@ -6,6 +6,7 @@ from __future__ import annotations
 import aws_cdk as cdk
 from constructs import Construct
 
+from config.settings import StageSettings
 from stacks.alerting_stack import AlertingStack
 from stacks.cdn_stack import CdnStack
 from stacks.edge_stack import EDGE_REGION, EdgeStack
@@ -14,7 +15,6 @@ from stacks.inference_stack import VARIANT_NAME, InferenceStack
 from stacks.model_storage_stack import ModelStorageStack
 from stacks.monitoring_stack import EdgeMonitoringStack, MonitoringStack
 from stacks.nag import acknowledge_findings
-from stacks.settings import StageSettings
 
 
 class InferenceCacheStage(cdk.Stage):

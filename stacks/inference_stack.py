@@ -17,9 +17,18 @@ from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from stacks.bundles import lambda_bundle
+from config.settings import StageSettings
+from inference_cache.contract import (
+    ENDPOINT_NAME_ENV,
+    ENDPOINT_READ_TIMEOUT_ENV,
+    METRICS_NAMESPACE,
+    ORIGIN_ADAPTER_SERVICE,
+    ORIGIN_READ_TIMEOUT_SECONDS,
+    RESULTS_BUCKET_ENV,
+    RESULTS_PREFIX,
+)
+from stacks.bundles import ORIGIN_ADAPTER_HANDLER, lambda_bundle
 from stacks.common import retention
-from stacks.settings import ORIGIN_READ_TIMEOUT_SECONDS, RESULTS_PREFIX, StageSettings
 
 VARIANT_NAME = "AllTraffic"
 
@@ -266,7 +275,7 @@ class InferenceStack(cdk.Stack):
             description=f"inference-cache {self.settings.name}: calls the SageMaker endpoint on edge cache misses",
             runtime=lambda_.Runtime.PYTHON_3_14,
             architecture=lambda_.Architecture.ARM_64,
-            handler="handler.handler",
+            handler=ORIGIN_ADAPTER_HANDLER,
             code=lambda_.Code.from_asset(lambda_bundle("origin_adapter", self.settings)),
             memory_size=512,
             # CloudFront gives the origin 60 s and SageMaker gives the container 60 s.
@@ -276,10 +285,11 @@ class InferenceStack(cdk.Stack):
             log_group=log_group,
             tracing=lambda_.Tracing.ACTIVE,
             environment={
-                "ENDPOINT_NAME": self.endpoint_name,
-                "RESULTS_BUCKET": self.results_bucket.bucket_name,
-                "POWERTOOLS_SERVICE_NAME": "origin-adapter",
-                "POWERTOOLS_METRICS_NAMESPACE": "InferenceCache",
+                ENDPOINT_NAME_ENV: self.endpoint_name,
+                RESULTS_BUCKET_ENV: self.results_bucket.bucket_name,
+                ENDPOINT_READ_TIMEOUT_ENV: str(self.settings.endpoint.model_read_timeout_seconds),
+                "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },
         )
         url = function.add_function_url(auth_type=lambda_.FunctionUrlAuthType.AWS_IAM)

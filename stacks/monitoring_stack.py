@@ -14,8 +14,8 @@ import aws_cdk as cdk
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from config.settings import StageSettings
 from stacks.dashboard import SlaDashboard
-from stacks.settings import StageSettings
 from stacks.sla_alarms import EdgeSlaAlarms, HomeSlaAlarms, alarm_name
 from stacks.sla_metrics import EdgeMetrics, HomeMetrics
 

@@ -18,14 +18,13 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from stacks.settings import (
+from config.settings import StageSettings, gpu_count
+from stacks.burn_rates import (
     FAST_BURN_RATE,
     FAST_BURN_WINDOWS_SECONDS,
     SLO_WINDOW_DAYS,
     SLOW_BURN_RATE,
     SLOW_BURN_WINDOWS_SECONDS,
-    StageSettings,
-    gpu_count,
 )
 from stacks.sla_metrics import (
     EdgeMetrics,

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from config.stages import STAGES
+
 ROOT = Path(__file__).resolve().parent.parent
-for path in (ROOT, ROOT / "lambdas" / "shared"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
 
 @dataclass
@@ -45,8 +43,6 @@ def synthesized(tmp_path_factory) -> dict[str, SynthesizedStage]:
         result[stage.stage_name] = SynthesizedStage(stage, templates, messages, files)
     return result
 
-
-from stacks.stages import STAGES  # noqa: E402
 
 STAGE_NAMES = tuple(STAGES)
 STACK_NAMES = (

@@ -1,43 +1,48 @@
-"""What the Lambda assets hold: the handler, the one shared cache decision module, and
-the stage's cache settings; nothing else."""
+"""What the Lambda assets hold: the runtime package's shared modules, the one component
+the function runs, and the stage's edge settings beside them; nothing else."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from stacks.stages import STAGES
+import inference_cache
+from config.stages import STAGES
+from inference_cache.cache_settings import EdgeCacheSettings
+from inference_cache.contract import SETTINGS_FILE
+from stacks.bundles import EDGE_HANDLER, ORIGIN_ADAPTER_HANDLER
 from tests.conftest import STAGE_NAMES
 
-LAMBDAS = Path(__file__).resolve().parents[2] / "lambdas"
-SHARED_MODULE = LAMBDAS / "shared" / "cache_decision.py"
+PACKAGE = Path(inference_cache.__file__).resolve().parent
+SHARED_MODULES = sorted(p.name for p in PACKAGE.glob("*.py"))
 
 
-def _asset_dir(synthesized, stage: str, stack: str, handler_function) -> Path:
+def _asset_dir(synthesized, stage: str, stack: str, handler: str) -> Path:
     template_file = synthesized[stage].template_files[stack]
     resources = synthesized[stage].templates[stack]["Resources"]
-    (function,) = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function" and handler_function(r["Properties"])]
+    (function,) = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("Handler") == handler]
     # Assets are staged once for the whole app, beside the stage assemblies.
     asset_hash = function["Properties"]["Code"]["S3Key"].removesuffix(".zip")
     return template_file.parent.parent / f"asset.{asset_hash}"
 
 
 @pytest.mark.parametrize(
-    ("stack", "is_function", "code_dir"),
-    [
-        ("Edge", lambda p: str(p.get("FunctionName", "")).endswith("-cache-key"), "edge"),
-        ("Inference", lambda p: p.get("Handler") == "handler.handler", "origin_adapter"),
-    ],
+    ("stack", "handler", "component"),
+    [("Edge", EDGE_HANDLER, "edge"), ("Inference", ORIGIN_ADAPTER_HANDLER, "origin_adapter")],
 )
 @pytest.mark.parametrize("stage", STAGE_NAMES)
-def test_bundle_holds_handler_shared_module_and_stage_settings(synthesized, stage, stack, is_function, code_dir):
-    asset = _asset_dir(synthesized, stage, stack, is_function)
-    handler_files = sorted(p.name for p in (LAMBDAS / code_dir).glob("*.py"))
-    assert "handler.py" in handler_files
-    assert sorted(p.name for p in asset.iterdir()) == sorted([*handler_files, "cache_decision.py", "cache_settings.json"])
-    for name in handler_files:
-        assert (asset / name).read_bytes() == (LAMBDAS / code_dir / name).read_bytes()
-    assert (asset / "cache_decision.py").read_bytes() == SHARED_MODULE.read_bytes()
-    assert json.loads((asset / "cache_settings.json").read_text()) == STAGES[stage].edge_cache_config()
+def test_bundle_holds_the_package_its_component_and_stage_settings(synthesized, stage, stack, handler, component):
+    asset = _asset_dir(synthesized, stage, stack, handler)
+    held = sorted(str(p.relative_to(asset)) for p in asset.rglob("*") if p.is_file())
+    component_modules = sorted(p.name for p in (PACKAGE / component).glob("*.py"))
+    assert "handler.py" in component_modules and "cache_decision.py" in SHARED_MODULES
+    expected = [f"inference_cache/{m}" for m in SHARED_MODULES] + [f"inference_cache/{component}/{m}" for m in component_modules]
+    assert held == sorted([*expected, f"inference_cache/{SETTINGS_FILE}"])
+    for relative in expected:
+        assert (asset / relative).read_bytes() == (PACKAGE.parent / relative).read_bytes()
+    # The handler string names a module the bundle holds.
+    module, _, function = handler.rpartition(".")
+    assert (asset / (module.replace(".", "/") + ".py")).is_file() and function == "handler"
+    baked = EdgeCacheSettings.from_json((asset / "inference_cache" / SETTINGS_FILE).read_text())
+    assert baked == STAGES[stage].edge_cache_settings()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aws_cdk.assertions import Template
 
-from stacks.stages import STAGES
+from config.stages import STAGES
 from tests.conftest import STAGE_NAMES
 
 CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"

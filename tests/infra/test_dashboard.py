@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from stacks.stages import STAGES
+from config.stages import STAGES
 from tests.conftest import STAGE_NAMES
 
 EDGE_REGION = "us-east-1"

@@ -4,7 +4,6 @@ CloudFormation tokens turned into readable placeholders."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,20 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from scripts import dashboard_preview as preview
 from tests.conftest import ROOT, STAGE_NAMES
 
 SCRIPT = ROOT / "scripts" / "dashboard_preview.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("dashboard_preview", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-preview = _module()
 
 
 class _Widgets(HTMLParser):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from stacks.stages import STAGES
+from config.stages import STAGES
+from stacks.bundles import ORIGIN_ADAPTER_HANDLER
 from tests.conftest import STAGE_NAMES
 
 
@@ -113,7 +114,7 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
     function = [
         f["Properties"]
         for f in template.find_resources("AWS::Lambda::Function").values()
-        if f["Properties"].get("Handler") == "handler.handler"
+        if f["Properties"].get("Handler") == ORIGIN_ADAPTER_HANDLER
     ]
     (function,) = function
     assert function["FunctionName"] == f"inference-cache-{stage}-origin-adapter"
@@ -121,6 +122,10 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
     assert function["Runtime"] == "python3.14"
     assert function["TracingConfig"] == {"Mode": "Active"}
     assert function["Environment"]["Variables"]["ENDPOINT_NAME"] == f"inference-cache-{stage}"
+    # What AdapterSettings.from_environment reads, set by the stack from the stage's settings.
+    assert function["Environment"]["Variables"]["ENDPOINT_READ_TIMEOUT_SECONDS"] == str(
+        STAGES[stage].endpoint.model_read_timeout_seconds
+    )
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
@@ -160,5 +165,5 @@ def test_origin_adapter_uses_the_powertools_layer_of_the_pinned_version(synthesi
     template = synthesized[stage].templates["Inference"]
     parameters = {p.get("Default") for p in template.get("Parameters", {}).values()}
     assert f"/aws/service/powertools/python/arm64/python3.14/{pinned}" in parameters
-    (function,) = [f for f in template["Resources"].values() if f["Properties"].get("Handler") == "handler.handler"]
+    (function,) = [f for f in template["Resources"].values() if f["Properties"].get("Handler") == ORIGIN_ADAPTER_HANDLER]
     assert len(function["Properties"]["Layers"]) == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aws_cdk.assertions import Match, Template
 
-from stacks.stages import STAGES
+from config.stages import STAGES
 from tests.conftest import STAGE_NAMES
 
 

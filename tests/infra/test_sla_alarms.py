@@ -15,8 +15,8 @@ import re
 
 import pytest
 
-from stacks.settings import SlaSettings
-from stacks.stages import STAGES
+from config.settings import SlaSettings
+from config.stages import STAGES
 from tests.conftest import ROOT, STAGE_NAMES
 
 EDGE_REGION = "us-east-1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from stacks.settings import SettingsError, SlaSettings, gpu_count
-from stacks.stages import STAGES
+from config.settings import SettingsError, SlaSettings, gpu_count
+from config.stages import STAGES
 
 
 def test_every_stage_has_valid_sla_settings_and_a_known_gpu_count():

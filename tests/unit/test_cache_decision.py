@@ -8,18 +8,28 @@ import re
 import time
 import unicodedata
 
-import cache_decision as cd
 import pytest
 
-from stacks.stages import STAGES
+from config.stages import STAGES
+from inference_cache import cache_decision as cd
+from inference_cache import cache_settings
+from inference_cache.cache_settings import EdgeCacheSettings
+from inference_cache.contract import (
+    CHAT_ROUTE,
+    COMPLETIONS_ROUTE,
+    EMBEDDINGS_ROUTE,
+    INVOCATIONS_ROUTE,
+    SETTINGS_ENV,
+    SETTINGS_FILE,
+)
 
-CHAT, COMPLETIONS, EMBEDDINGS, INVOCATIONS = cd.CHAT, cd.COMPLETIONS, cd.EMBEDDINGS, cd.INVOCATIONS
+CHAT, COMPLETIONS, EMBEDDINGS, INVOCATIONS = CHAT_ROUTE, COMPLETIONS_ROUTE, EMBEDDINGS_ROUTE, INVOCATIONS_ROUTE
 JSON = {"content-type": "application/json"}
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def settings(stage: str = "dev", **overrides) -> dict:
-    return {**STAGES[stage].edge_cache_config(), **overrides}
+def settings(stage: str = "dev", **overrides) -> EdgeCacheSettings:
+    return STAGES[stage].edge_cache_settings()._replace(**overrides)
 
 
 def chat(content="What is 2+2?", **params) -> dict:
@@ -338,7 +348,7 @@ def test_unscoped_stage_ignores_api_keys():
 
 def test_scoped_stage_keys_per_tenant():
     s = settings("staging")
-    assert s["tenant_scoped"]
+    assert s.tenant_scoped
     a1 = key(chat(), headers={**JSON, "authorization": "Bearer sk-a"}, s=s)
     a2 = key(chat(), headers={**JSON, "Authorization": "bearer  sk-a "}, s=s)
     a3 = key(chat(), headers={**JSON, "x-api-key": "sk-a"}, s=s)
@@ -546,29 +556,32 @@ def test_canonical_payload_is_what_the_key_hashes():
     assert texts == b""  # no long texts here
     version, route, model_id, model_version, tenant, stream, body = json.loads(head)
     assert (version, route, model_id, model_version, tenant, stream) == (
-        cd.KEY_FORMAT, CHAT, settings()["model_id"], settings()["model_version"], None, False)
+        cd.KEY_FORMAT, CHAT, settings().model_id, settings().model_version, None, False)
     assert body == {"messages": [{"content": "What is 2+2?", "role": "user"}], "model": "m", "temperature": 0}
     assert cd.canonical_payload(CHAT, JSON, b"{", settings()) is None
 
 
 def test_load_settings(tmp_path, monkeypatch):
+    def written(stage: str):
+        return settings()._replace(stage=stage).to_json()
+
     explicit = tmp_path / "explicit.json"
-    explicit.write_text(json.dumps({"stage": "explicit"}))
+    explicit.write_text(written("explicit"))
     from_env = tmp_path / "env.json"
-    from_env.write_text(json.dumps({"stage": "env"}))
+    from_env.write_text(written("env"))
     beside = tmp_path / "bundle"
     beside.mkdir()
-    (beside / cd.SETTINGS_FILE).write_text(json.dumps({"stage": "bundle"}))
-    monkeypatch.setattr(cd, "__file__", str(beside / "cache_decision.py"))
-    monkeypatch.delenv(cd.SETTINGS_ENV, raising=False)
-    assert cd.load_settings()["stage"] == "bundle"
-    monkeypatch.setenv(cd.SETTINGS_ENV, str(from_env))
-    assert cd.load_settings()["stage"] == "env"
-    assert cd.load_settings(str(explicit))["stage"] == "explicit"
+    (beside / SETTINGS_FILE).write_text(written("bundle"))
+    monkeypatch.setattr(cache_settings, "__file__", str(beside / "cache_settings.py"))
+    monkeypatch.delenv(SETTINGS_ENV, raising=False)
+    assert cache_settings.load().stage == "bundle"
+    monkeypatch.setenv(SETTINGS_ENV, str(from_env))
+    assert cache_settings.load().stage == "env"
+    assert cache_settings.load(str(explicit)).stage == "explicit"
 
 
 def test_every_stage_settings_work():
     for name in STAGES:
         s = settings(name)
         d = run(chat(), headers={**JSON, "authorization": "Bearer sk-x"}, s=s)
-        assert d.cacheable and d.ttl_seconds == min(s["default_ttl_seconds"], s["max_ttl_seconds"])
+        assert d.cacheable and d.ttl_seconds == min(s.default_ttl_seconds, s.max_ttl_seconds)

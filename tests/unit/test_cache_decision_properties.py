@@ -8,15 +8,16 @@ import math
 import random
 import re
 
-import cache_decision as cd
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from stacks.stages import STAGES
+from config.stages import STAGES
+from inference_cache import cache_decision as cd
+from inference_cache.contract import CHAT_ROUTE, COMPLETIONS_ROUTE, EMBEDDINGS_ROUTE, INVOCATIONS_ROUTE
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-DEV = STAGES["dev"].edge_cache_config()
-SCOPED = STAGES["staging"].edge_cache_config()
+DEV = STAGES["dev"].edge_cache_settings()
+SCOPED = STAGES["staging"].edge_cache_settings()
 JSON = {"content-type": "application/json"}
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -71,18 +72,18 @@ def requests(draw) -> tuple[str, dict]:
         if draw(st.booleans()):
             body["response_format"] = {"type": "json_schema", "json_schema": draw(json_value)}
         if kind == "chat":
-            return cd.CHAT, {"model": draw(model), **body}
-        return cd.INVOCATIONS, body
+            return CHAT_ROUTE, {"model": draw(model), **body}
+        return INVOCATIONS_ROUTE, body
     if kind == "completions":
         prompt = draw(st.one_of(text, st.lists(text, min_size=1, max_size=3)))
-        return cd.COMPLETIONS, {"model": draw(model), "prompt": prompt, **draw(sampling())}
+        return COMPLETIONS_ROUTE, {"model": draw(model), "prompt": prompt, **draw(sampling())}
     if kind == "embeddings":
         body = {"model": draw(model), "input": draw(st.one_of(text, st.lists(text, min_size=1, max_size=4),
                                                               st.lists(st.integers(0, 50000), min_size=1)))}
         if draw(st.booleans()):
             body["encoding_format"] = "float"
-        return cd.EMBEDDINGS, body
-    return cd.INVOCATIONS, {"inputs": draw(text), "parameters": draw(sampling(tgi=True))}
+        return EMBEDDINGS_ROUTE, body
+    return INVOCATIONS_ROUTE, {"inputs": draw(text), "parameters": draw(sampling(tgi=True))}
 
 
 # --------------------------------------------------------------------------- a JSON writer with random clothes
@@ -163,14 +164,14 @@ def equivalent(path: str, body: dict, rng: random.Random) -> dict:
     for m in body.get("messages", []):
         if rng.random() < 0.5:
             m["content"] = [{"type": "text", "text": m["content"]}]
-    params = body["parameters"] if path == cd.INVOCATIONS and "inputs" in body else body
+    params = body["parameters"] if path == INVOCATIONS_ROUTE and "inputs" in body else body
     defaults = {"n": rng.choice([1, 1.0]), "stream": False, "presence_penalty": rng.choice([0, 0.0, -0.0]),
                 "frequency_penalty": 0, "logprobs": False, "echo": False, "logit_bias": None}
     for name, value in defaults.items():
         if rng.random() < 0.4:
             target = body if name == "stream" or rng.random() < 0.5 else params
             target.setdefault(name, value)
-    for name in DEV["excluded_fields"]:
+    for name in DEV.excluded_fields:
         if rng.random() < 0.4:
             body[name] = rng.choice(["u-1", {"trace": [1, 2]}, True])
     stop = params.get("stop")
@@ -218,16 +219,16 @@ def different(path: str, body: dict, how: str, rng: random.Random) -> tuple[dict
         else:
             b["tools"] = tools + [{"type": "function", "function": {"name": "extra", "parameters": {}}}]
     elif how == "sampling":
-        params = b["parameters"] if path == cd.INVOCATIONS and "inputs" in b else b
+        params = b["parameters"] if path == INVOCATIONS_ROUTE and "inputs" in b else b
         names = {"max_tokens", "max_new_tokens", "top_p", "seed"} | ({"temperature"} if "seed" in params else set())
         name = rng.choice(sorted(set(params) & names) or ["max_tokens"])
         params[name] = params.get(name, 100) + 1
     else:
-        s = {**DEV, "model_version": DEV["model_version"] + "-next"}
+        s = DEV._replace(model_version=DEV.model_version + "-next")
     return a, b, s
 
 
-def key(path: str, raw: bytes, s: dict = DEV, headers=JSON) -> str:
+def key(path: str, raw: bytes, s=DEV, headers=JSON) -> str:
     d = cd.decide(path, headers, raw, s)
     assert d.cacheable and d.error is None, (d, raw[:300])
     assert HEX64.match(d.key)
@@ -274,7 +275,7 @@ def test_tenants_never_share_keys(request, api_key_a, api_key_b):
 
 # --------------------------------------------------------------------------- never raises
 
-paths = st.sampled_from([cd.CHAT, cd.COMPLETIONS, cd.EMBEDDINGS, cd.INVOCATIONS, "/v1/models", ""])
+paths = st.sampled_from([CHAT_ROUTE, COMPLETIONS_ROUTE, EMBEDDINGS_ROUTE, INVOCATIONS_ROUTE, "/v1/models", ""])
 header_values = st.one_of(st.text(max_size=40), st.sampled_from(["application/json", "no-store", "no-cache", "0", "-1",
                                                                  "Bearer x", "text/plain; charset=utf-8"]))
 headers = st.dictionaries(
@@ -283,8 +284,8 @@ headers = st.dictionaries(
     st.one_of(header_values, st.none(), st.integers(), st.lists(header_values, max_size=2)),
     max_size=5,
 )
-stage_settings = st.sampled_from([DEV, SCOPED, {**DEV, "policy": "all"}, {**DEV, "max_nesting_depth": 2},
-                                  {**DEV, "max_body_bytes": 64}])
+stage_settings = st.sampled_from([DEV, SCOPED, DEV._replace(policy="all"), DEV._replace(max_nesting_depth=2),
+                                  DEV._replace(max_body_bytes=64)])
 
 
 def _check(d) -> None:

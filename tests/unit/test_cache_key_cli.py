@@ -11,10 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cache_decision as cd
 import pytest
 
-from stacks.stages import DEFAULT_STAGE, STAGES
+from config.stages import DEFAULT_STAGE, STAGES
+from inference_cache import cache_decision as cd
+from inference_cache.contract import SETTINGS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "bin" / "cache-key"
@@ -24,7 +25,7 @@ GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}
 
 def cli(*args: str, stdin: bytes = b"", python: str | None = sys.executable) -> subprocess.CompletedProcess:
     command = [python, str(CLI), *args] if python else [str(CLI), *args]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", cd.SETTINGS_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", SETTINGS_ENV)}
     return subprocess.run(command, input=stdin, capture_output=True, cwd=ROOT, env=env, timeout=60)
 
 
@@ -34,7 +35,7 @@ def decisions(result: subprocess.CompletedProcess) -> list[dict]:
 
 
 def expected(body: bytes, path: str = CHAT, headers=None, stage: str = DEFAULT_STAGE) -> dict:
-    return cd.decide(path, headers or {}, body, STAGES[stage].edge_cache_config()).as_dict()
+    return cd.decide(path, headers or {}, body, STAGES[stage].edge_cache_settings()).as_dict()
 
 
 def test_single_request():
@@ -73,7 +74,7 @@ def test_stage_selects_settings():
 
 def test_settings_file(tmp_path):
     path = tmp_path / "cache_settings.json"
-    path.write_text(json.dumps({**STAGES["dev"].edge_cache_config(), "model_version": "next"}))
+    path.write_text(STAGES["dev"].edge_cache_settings()._replace(model_version="next").to_json())
     body = json.dumps(GREEDY).encode()
     [out] = decisions(cli("--path", CHAT, "--settings", str(path), stdin=body))
     [dev] = decisions(cli("--path", CHAT, stdin=body))

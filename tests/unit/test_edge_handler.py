@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from stacks.stages import STAGES
+import inference_cache
+from config.stages import STAGES
+from inference_cache.contract import LOOKUP_BASE_ENV, SETTINGS_ENV, SETTINGS_FILE
+from local_run.events import origin_request_event
 
-EDGE_HANDLER = Path(__file__).resolve().parents[2] / "lambdas" / "edge" / "handler.py"
+# Loaded afresh per test (module-level settings), from the package's own file.
+EDGE_HANDLER = Path(inference_cache.__file__).parent / "edge" / "handler.py"
 CHAT = "/v1/chat/completions"
 GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}
 ANSWER = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"4"}}]}'
@@ -76,11 +80,11 @@ def store():
 @pytest.fixture
 def edge(tmp_path, monkeypatch, store):
     def load(**overrides):
-        config = {**STAGES["dev"].edge_cache_config(), "lookup_timeout_ms": 200, **overrides}
-        settings = tmp_path / "cache_settings.json"
-        settings.write_text(json.dumps(config))
-        monkeypatch.setenv("INFERENCE_CACHE_SETTINGS", str(settings))
-        monkeypatch.setenv("INFERENCE_CACHE_LOOKUP_BASE", store.base)
+        config = STAGES["dev"].edge_cache_settings()._replace(**{"lookup_timeout_ms": 200, **overrides})
+        settings = tmp_path / SETTINGS_FILE
+        settings.write_text(config.to_json())
+        monkeypatch.setenv(SETTINGS_ENV, str(settings))
+        monkeypatch.setenv(LOOKUP_BASE_ENV, store.base)
         spec = importlib.util.spec_from_file_location("edge_handler_under_test", EDGE_HANDLER)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -90,39 +94,10 @@ def edge(tmp_path, monkeypatch, store):
 
 
 def event(body: bytes | dict = GREEDY, uri: str = CHAT, method: str = "POST", headers: dict | None = None, truncated=False):
+    """The recorded origin-request event (tests/events) with this request in it."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    all_headers = {"content-type": "application/json", **(headers or {})}
-    return {
-        "Records": [
-            {
-                "cf": {
-                    "config": {
-                        "distributionDomainName": "d111111abcdef8.cloudfront.net",
-                        "distributionId": "EDFDVBD6EXAMPLE",
-                        "eventType": "origin-request",
-                        "requestId": "4TyzHTaYWb1GX1qTfsHhEqV6HUDd_BzoBZnwfnvQc_1oF26ClkoUSEQ==",
-                    },
-                    "request": {
-                        "clientIp": "203.0.113.178",
-                        "method": method,
-                        "uri": uri,
-                        "querystring": "",
-                        "headers": {
-                            **{k.lower(): [{"key": k, "value": v}] for k, v in all_headers.items()},
-                            "via": [{"key": "Via", "value": "2.0 abc.cloudfront.net (CloudFront)"}],
-                        },
-                        "body": {
-                            "inputTruncated": truncated,
-                            "action": "read-only",
-                            "encoding": "base64",
-                            "data": base64.b64encode(raw).decode(),
-                        },
-                        "origin": {"custom": {"domainName": "abc.lambda-url.us-west-2.on.aws", "port": 443}},
-                    },
-                }
-            }
-        ]
-    }
+    viewer_headers = {"content-type": "application/json", **(headers or {}), "Via": "2.0 abc.cloudfront.net (CloudFront)"}
+    return origin_request_event(body=raw, headers=viewer_headers, uri=uri, method=method, truncated=truncated)
 
 
 def header(message: dict, name: str) -> str | None:

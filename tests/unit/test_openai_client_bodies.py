@@ -8,15 +8,15 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import cache_decision as cd
 import pytest
 
-from stacks.stages import STAGES
+from config.stages import STAGES
+from inference_cache import cache_decision as cd
 
 openai = pytest.importorskip("openai")
 
-DEV = STAGES["dev"].edge_cache_config()
-SCOPED = STAGES["staging"].edge_cache_config()
+DEV = STAGES["dev"].edge_cache_settings()
+SCOPED = STAGES["staging"].edge_cache_settings()
 MESSAGES = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "What is 2+2?"}]
 
 _RESPONSES = {
@@ -69,7 +69,7 @@ def server():
 def send(server):
     """send(kind, api_key="sk-test", **params) -> Decision for the request the client sent."""
 
-    def _send(kind: str, api_key: str = "sk-test", settings: dict = DEV, **params) -> cd.Decision:
+    def _send(kind: str, api_key: str = "sk-test", settings=DEV, **params) -> cd.Decision:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key=api_key,
                                max_retries=0, timeout=10)
         before = len(server.captured)

@@ -4,21 +4,30 @@ SageMaker and S3 stubbed at the boto3 boundary with botocore's Stubber."""
 from __future__ import annotations
 
 import base64
-import importlib
 import io
 import json
-import sys
 from dataclasses import dataclass
-from pathlib import Path
+from types import SimpleNamespace
 
-import cache_decision
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from stacks.stages import STAGES
+from config.stages import STAGES
+from inference_cache import cache_decision
+from inference_cache.contract import (
+    ENDPOINT_NAME_ENV,
+    ENDPOINT_READ_TIMEOUT_ENV,
+    METRICS_NAMESPACE,
+    ORIGIN_ADAPTER_SERVICE,
+    RESULTS_BUCKET_ENV,
+    SETTINGS_ENV,
+    SETTINGS_FILE,
+)
+from inference_cache.origin_adapter import handler as origin_handler
+from inference_cache.origin_adapter.settings import AdapterSettings
+from local_run.events import function_url_event
 
-ORIGIN_DIR = Path(__file__).resolve().parents[2] / "lambdas" / "origin_adapter"
 ENDPOINT = "inference-cache-dev"
 BUCKET = "results-bucket"
 GREEDY = {"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "2+2?"}], "temperature": 0}
@@ -47,29 +56,28 @@ def lambda_context():
 
 @pytest.fixture
 def origin(tmp_path, monkeypatch):
-    """The handler module, imported fresh with the dev stage's cache settings."""
-    settings = tmp_path / "cache_settings.json"
-    settings.write_text(json.dumps(STAGES["dev"].edge_cache_config()))
+    """The handler module with an adapter built afresh from the dev stage's settings (the
+    environment the Inference stack sets), put where the handler finds it."""
+    settings = tmp_path / SETTINGS_FILE
+    settings.write_text(STAGES["dev"].edge_cache_settings().to_json())
     for name, value in {
-        "INFERENCE_CACHE_SETTINGS": str(settings),
-        "ENDPOINT_NAME": ENDPOINT,
-        "RESULTS_BUCKET": BUCKET,
+        SETTINGS_ENV: str(settings),
+        ENDPOINT_NAME_ENV: ENDPOINT,
+        RESULTS_BUCKET_ENV: BUCKET,
+        ENDPOINT_READ_TIMEOUT_ENV: str(STAGES["dev"].endpoint.model_read_timeout_seconds),
         "AWS_DEFAULT_REGION": "us-west-2",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
-        "POWERTOOLS_SERVICE_NAME": "origin-adapter",
-        "POWERTOOLS_METRICS_NAMESPACE": "InferenceCache",
+        "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
+        "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
         "POWERTOOLS_TRACE_DISABLED": "true",
     }.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.syspath_prepend(str(ORIGIN_DIR))
-    for module in ("handler", "adapter", "endpoint", "results_store", "settings"):
-        sys.modules.pop(module, None)
-    handler = importlib.import_module("handler")
-    yield handler
-    handler.metrics.clear_metrics()
-    for module in ("handler", "adapter", "endpoint", "results_store", "settings"):
-        sys.modules.pop(module, None)
+    adapter_settings = AdapterSettings.from_environment()
+    adapter = origin_handler.build_adapter(adapter_settings)
+    monkeypatch.setattr(origin_handler, "_adapter", adapter)
+    yield SimpleNamespace(handler=origin_handler.handler, ADAPTER=adapter, SETTINGS=adapter_settings)
+    origin_handler.metrics.clear_metrics()
 
 
 @pytest.fixture
@@ -83,32 +91,9 @@ def stubs(origin):
 
 
 def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None) -> dict:
+    """The recorded function URL event (tests/events) with this request in it."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    return {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {
-            "content-type": "application/json",
-            "x-amz-cf-id": "4TyzHTaYWb1GX1qTfsHhEqV6HUDd_BzoBZnwfnvQc_1oF26ClkoUSEQ==",
-            "via": "2.0 abc.cloudfront.net (CloudFront)",
-            "authorization": "AWS4-HMAC-SHA256 Credential=ASIA.../us-west-2/lambda/aws4_request, SignedHeaders=host, Signature=abc",
-            "x-amz-content-sha256": "ignored-here",
-            "host": "abc.lambda-url.us-west-2.on.aws",
-            **(headers or {}),
-        },
-        "requestContext": {
-            "accountId": "anonymous",
-            "domainName": "abc.lambda-url.us-west-2.on.aws",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "130.176.0.1", "userAgent": "Amazon CloudFront"},
-            "requestId": "id",
-            "stage": "$default",
-            "timeEpoch": 1700000000000,
-        },
-        "body": base64.b64encode(raw).decode(),
-        "isBase64Encoded": True,
-    }
+    return function_url_event(body=raw, headers={"content-type": "application/json", **(headers or {})}, path=path, method=method)
 
 
 def endpoint_answer(sagemaker, answer=CHAT_ANSWER, expected_body=None):
@@ -288,7 +273,7 @@ def test_models_route_and_unknown_route(origin, stubs, lambda_context):
 
 
 def test_tenant_comes_from_the_edge_header_not_the_signature(origin, stubs, lambda_context, monkeypatch):
-    origin.ADAPTER.cache = {**origin.ADAPTER.cache, "tenant_scoped": True}
+    origin.ADAPTER.cache = origin.ADAPTER.cache._replace(tenant_scoped=True)
     sagemaker, s3 = stubs
     endpoint_answer(sagemaker)  # no tenant: not cacheable, not stored
     response = origin.handler(url_event(), lambda_context)

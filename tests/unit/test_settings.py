@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
-from stacks.settings import (
+from config.settings import (
     CacheSettings,
     CustomDomain,
     EndpointSettings,
@@ -14,7 +15,8 @@ from stacks.settings import (
     SettingsError,
     SlaSettings,
 )
-from stacks.stages import STAGES, stage
+from config.stages import STAGES, stage
+from inference_cache.cache_settings import EdgeCacheSettings
 
 
 def test_every_stage_is_valid_and_named_after_itself():
@@ -71,9 +73,30 @@ def test_stage_level_rules():
 
 
 def test_edge_cache_config_carries_what_the_edge_function_needs():
-    config = STAGES["staging"].edge_cache_config()
+    config = json.loads(STAGES["staging"].edge_cache_settings().to_json())
     assert config["routes"] == ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/invocations"]
     assert config["tenant_scoped"] is True
     assert config["model_version"] == STAGES["staging"].model.model_version
     assert config["max_body_bytes"] <= 1_048_576
     assert config["results_path"] == "/_cache/"
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_cache_setting_reaches_the_edge_settings_with_the_stage_value(name):
+    """A field added to CacheSettings and not to the edge record fails here (and at synth)."""
+    settings = STAGES[name]
+    edge = EdgeCacheSettings.from_json(settings.edge_cache_settings().to_json())
+    for f in dataclasses.fields(CacheSettings):
+        assert f.name in EdgeCacheSettings._fields
+        expected = getattr(settings.cache, f.name)
+        assert getattr(edge, f.name) == (tuple(expected) if isinstance(expected, tuple | list) else expected)
+    assert (edge.stage, edge.model_id, edge.model_version) == (name, settings.model.model_id, settings.model.model_version)
+
+
+def test_edge_settings_refuse_unknown_and_missing_fields():
+    values = json.loads(STAGES["dev"].edge_cache_settings().to_json())
+    with pytest.raises(TypeError):
+        EdgeCacheSettings.from_dict({**values, "new_setting": 1})
+    del values["policy"]
+    with pytest.raises(TypeError):
+        EdgeCacheSettings.from_dict(values)

@@ -7,15 +7,16 @@ import json
 import time
 from dataclasses import dataclass, field
 
-import cache_decision
-from endpoint import EndpointFailure, SageMakerEndpoint
-from results_store import ResultsStore
+from inference_cache import cache_decision
+from inference_cache.cache_settings import EdgeCacheSettings
+from inference_cache.contract import KEY_HEADER, MODELS_ROUTE, STATUS_HEADER, TENANT_HEADER
+from inference_cache.errors import ApiError
+from inference_cache.origin_adapter.endpoint import EndpointFailure, SageMakerEndpoint
+from inference_cache.origin_adapter.results_store import ResultsStore
 
-KEY_HEADER = cache_decision.KEY_HEADER
-STATUS_HEADER = cache_decision.STATUS_HEADER
 # The viewer's credentials never enter the decision here: behind OAC the Authorization
 # header is CloudFront's signature. The tenant comes from the edge, in TENANT_HEADER.
-_NOT_FOR_DECISION = ("authorization", "x-api-key", cache_decision.TENANT_HEADER, KEY_HEADER)
+_NOT_FOR_DECISION = ("authorization", "x-api-key", TENANT_HEADER, KEY_HEADER)
 
 
 @dataclass(frozen=True)
@@ -48,16 +49,16 @@ class Outcome:
 
 
 class InferenceAdapter:
-    def __init__(self, cache_settings: dict, endpoint: SageMakerEndpoint, store: ResultsStore, logger):
+    def __init__(self, cache_settings: EdgeCacheSettings, endpoint: SageMakerEndpoint, store: ResultsStore, logger):
         self.cache = cache_settings
         self.endpoint = endpoint
         self.store = store
         self.logger = logger
-        self.routes = frozenset(cache_settings["routes"])
+        self.routes = frozenset(cache_settings.routes)
 
     def answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
         outcome = Outcome()
-        if request.method == "GET" and request.path == "/v1/models":
+        if request.method == "GET" and request.path == MODELS_ROUTE:
             return self._models(), outcome
         if request.path not in self.routes:
             return _error(404, "not_found", f"No route {request.path}."), outcome
@@ -70,7 +71,7 @@ class InferenceAdapter:
             decision_headers,
             request.body,
             self.cache,
-            tenant=request.headers.get(cache_decision.TENANT_HEADER) or None,
+            tenant=request.headers.get(TENANT_HEADER) or None,
         )
         outcome.reason, outcome.key = decision.reason, decision.key
         if decision.error is not None:
@@ -110,8 +111,8 @@ class InferenceAdapter:
                 body,
                 content_type=content_type,
                 ttl_seconds=decision.ttl_seconds,
-                model=self.cache["model_id"],
-                model_version=self.cache["model_version"],
+                model=self.cache.model_id,
+                model_version=self.cache.model_version,
             )
             return len(body), False
         except Exception:  # a storage failure never fails the client's request
@@ -119,7 +120,7 @@ class InferenceAdapter:
             return 0, True
 
     def _models(self) -> OriginResponse:
-        model = {"id": self.cache["model_id"], "object": "model", "created": 0, "owned_by": "inference-cache"}
+        model = {"id": self.cache.model_id, "object": "model", "created": 0, "owned_by": "inference-cache"}
         body = json.dumps({"object": "list", "data": [model]}).encode()
         return OriginResponse(200, body, {"content-type": "application/json"})
 
@@ -180,5 +181,5 @@ def _json_headers(cache_status: str) -> dict:
 
 
 def _error(status: int, code: str, message: str) -> OriginResponse:
-    body = cache_decision.CacheError(status, message, None, code).body()
+    body = ApiError(status, message, None, code).body()
     return OriginResponse(status, body, _json_headers("BYPASS"))

@@ -2,8 +2,7 @@
 error the edge returns for invalid input.
 
 Shared by the Lambda@Edge origin-request function, the origin adapter and
-`bin/cache-key`; copied into each bundle as the top-level module `cache_decision`.
-Stdlib only, pure (no I/O except `load_settings`), and `decide` never raises.
+`bin/cache-key`. Stdlib only, pure (no I/O), and `decide` never raises.
 Rules and the choices behind them: docs/cache-key.md.
 """
 
@@ -12,28 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import json.encoder
-import os
 from collections import namedtuple
 from itertools import chain, compress, count, repeat
 
-SETTINGS_ENV = "INFERENCE_CACHE_SETTINGS"
-SETTINGS_FILE = "cache_settings.json"
+from inference_cache.cache_settings import EdgeCacheSettings
+from inference_cache.contract import (
+    CHAT_ROUTE,
+    COMPLETIONS_ROUTE,
+    EMBEDDINGS_ROUTE,
+    INVOCATIONS_ROUTE,
+    TTL_HEADER,
+)
+from inference_cache.errors import ApiError
+
 # Bump when the canonical form changes: every key changes with it (a fresh cache).
 KEY_FORMAT = "inference-cache-key/1"
-# Header the edge sets (overwriting any viewer value) to carry tenant_scope() to the origin.
-TENANT_HEADER = "x-inference-tenant"
-# Headers the edge and the origin adapter both speak: the key the edge computed (the
-# origin recomputes it and never trusts this), and HIT | MISS | BYPASS on answers.
-KEY_HEADER = "x-inference-cache-key"
-STATUS_HEADER = "x-inference-cache"
-TTL_HEADER = "x-inference-cache-ttl"
 _READ_HEADERS = ("content-type", "content-encoding", "cache-control", TTL_HEADER, "authorization", "x-api-key")
-
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-EMBEDDINGS = "/v1/embeddings"
-INVOCATIONS = "/invocations"
-_OPENAI_ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS)
 
 # Values every server uses when the parameter is absent: name -> (exact type, value).
 # Compared after number canonicalization, so 0.0, -0 and 0e0 are the int 0 here.
@@ -55,18 +48,8 @@ _TENANT_SALT = b"inference-cache-tenant/1\x00"
 
 
 # Immutable records as named tuples: dataclasses would add ~15 ms to every cold start.
-class CacheError(namedtuple("CacheError", "status message param code")):
-    __slots__ = ()
-
-    def body(self) -> bytes:
-        """The OpenAI error shape (the origin adapter answers its errors with it too)."""
-        kind = "rate_limit_error" if self.status == 429 else "server_error" if self.status >= 500 else "invalid_request_error"
-        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        return json.dumps({"error": error}).encode()
-
-
 class Decision(namedtuple("Decision", "cacheable key reason error lookup store ttl_seconds")):
-    """cacheable, key (64 hex or None), reason, error (CacheError or None), lookup (may be
+    """cacheable, key (64 hex or None), reason, error (ApiError or None), lookup (may be
     answered from the cache), store (a 2xx answer may be stored under key), ttl_seconds."""
 
     __slots__ = ()
@@ -78,18 +61,11 @@ class Decision(namedtuple("Decision", "cacheable key reason error lookup store t
 
 
 class _Reject(Exception):
-    """Invalid request: carries the CacheError the edge returns."""
+    """Invalid request: carries the ApiError the edge returns."""
 
     def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.error = CacheError(status, message, param, code)
-
-
-def load_settings(path: str | None = None) -> dict:
-    """Stage settings: `path`, else $INFERENCE_CACHE_SETTINGS, else cache_settings.json beside this file."""
-    path = path or os.environ.get(SETTINGS_ENV) or os.path.join(os.path.dirname(os.path.abspath(__file__)), SETTINGS_FILE)
-    with open(path, "rb") as f:
-        return json.loads(f.read())
+        self.error = ApiError(status, message, param, code)
 
 
 # --------------------------------------------------------------------------- headers
@@ -165,17 +141,17 @@ def _check_content_headers(h: dict) -> None:
         )
 
 
-def _client_controls(h: dict, settings: dict) -> tuple[bool, bool, int]:
+def _client_controls(h: dict, settings: EdgeCacheSettings) -> tuple[bool, bool, int]:
     """(no_store, no_cache, ttl_seconds) from Cache-Control and x-inference-cache-ttl."""
     no_store = no_cache = False
     cc = h.get("cache-control")
     if cc:
         directives = {d.split("=", 1)[0].strip().lower() for d in cc.split(",")}
         no_store, no_cache = "no-store" in directives, "no-cache" in directives
-    max_ttl = int(settings.get("max_ttl_seconds", 86_400))
+    max_ttl = settings.max_ttl_seconds
     raw = h.get(TTL_HEADER)
     if raw is None:
-        return no_store, no_cache, min(int(settings.get("default_ttl_seconds", 3_600)), max_ttl)
+        return no_store, no_cache, min(settings.default_ttl_seconds, max_ttl)
     raw = raw.strip()
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
         raise _Reject(400, "invalid_ttl", f"{TTL_HEADER} must be a whole number of seconds, got {raw[:40]!r}", TTL_HEADER)
@@ -384,22 +360,22 @@ def _sampling_reason(p: dict, declared: dict) -> tuple[bool, str]:
     return False, "sampling without seed"
 
 
-def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple[bool, bool, str]:
+def _canonical(route: str, obj: dict, settings: EdgeCacheSettings, texts: list) -> tuple[bool, bool, str]:
     """Validate and normalize `obj` in place, long prompt texts moved to `texts`;
     returns (stream, cacheable, reason)."""
-    declared = settings.get("declared_server_defaults")
+    declared = settings.declared_server_defaults
     declared = {k: _canon_setting(v) for k, v in declared.items()} if declared else {}
-    for name in settings.get("excluded_fields") or ():
+    for name in settings.excluded_fields:
         obj.pop(name, None)
-    if route != INVOCATIONS:
+    if route != INVOCATIONS_ROUTE:
         model = _require(obj, "model")
         if type(model) is not str or not model:
             raise _Reject(400, "invalid_type", "'model' must be a non-empty string", "model")
     params = obj
-    if route == CHAT or (route == INVOCATIONS and "messages" in obj):
+    if route == CHAT_ROUTE or (route == INVOCATIONS_ROUTE and "messages" in obj):
         _normalize_messages(obj, texts)
-    elif route == COMPLETIONS or route == EMBEDDINGS:
-        field = "prompt" if route == COMPLETIONS else "input"
+    elif route == COMPLETIONS_ROUTE or route == EMBEDDINGS_ROUTE:
+        field = "prompt" if route == COMPLETIONS_ROUTE else "input"
         value = _require(obj, field)
         if type(value) is not str and type(value) is not list:
             raise _Reject(400, "invalid_type", f"'{field}' must be a string or a list", field)
@@ -421,10 +397,10 @@ def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple[bool
     if type(stream) is not bool:  # an odd value stays in the body, where it keys apart
         obj["stream"] = stream
         stream = False
-    policy = settings.get("policy", "deterministic")
+    policy = settings.policy
     if policy == "all":
         return stream, True, "policy all"
-    if route == EMBEDDINGS:
+    if route == EMBEDDINGS_ROUTE:
         return stream, True, "embeddings"
     return (stream, *_sampling_reason(params, declared))
 
@@ -462,24 +438,24 @@ _encode = _make_encoder()
 # --------------------------------------------------------------------------- decision
 
 
-def _not_cacheable(reason: str, error: CacheError | None = None) -> Decision:
+def _not_cacheable(reason: str, error: ApiError | None = None) -> Decision:
     return Decision(False, None, reason, error, False, False, 0)
 
 
 def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision, bytes | None]:
-    if path not in (settings.get("routes") or ()):
+    if path not in settings.routes:
         return _not_cacheable("route not cached"), None
     if type(body) is not bytes:
         body = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     try:
-        max_bytes = int(settings.get("max_body_bytes", 1_048_576))
+        max_bytes = settings.max_body_bytes
         if truncated or len(body) > max_bytes:
             raise _Reject(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
         h = _lower_headers(headers)
         _check_content_headers(h)
         no_store, no_cache, ttl = _client_controls(h, settings)
         obj = _parse(body)
-        _check_depth(obj, body, int(settings.get("max_nesting_depth", 32)))
+        _check_depth(obj, body, settings.max_nesting_depth)
         texts: list[bytes] = []
         stream, ok, reason = _canonical(path, obj, settings, texts)
     except _Reject as r:
@@ -487,14 +463,14 @@ def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision,
     if not ok:
         return _not_cacheable(reason), None
     scope = None
-    if settings.get("tenant_scoped"):
+    if settings.tenant_scoped:
         scope = str(tenant) if tenant else tenant_scope(h)
         if not scope:
             return _not_cacheable("tenant-scoped stage, no API key"), None
     if no_store:
         return _not_cacheable("client no-store"), None
     payload = _key_bytes(
-        [KEY_FORMAT, path, settings.get("model_id"), settings.get("model_version"), scope, stream, obj], texts
+        [KEY_FORMAT, path, settings.model_id, settings.model_version, scope, stream, obj], texts
     )
     if no_cache:
         reason += ", client no-cache"
@@ -511,7 +487,7 @@ def _key_bytes(head: list, texts: list) -> bytes:
 
 
 def decide(
-    path: str, headers, body: bytes, settings: dict, *, truncated: bool = False, tenant: str | None = None
+    path: str, headers, body: bytes, settings: EdgeCacheSettings, *, truncated: bool = False, tenant: str | None = None
 ) -> Decision:
     """The cache decision for one request. Never raises: an unexpected failure is
     'not cacheable' (the request passes through uncached), never an error response."""
@@ -522,7 +498,7 @@ def decide(
 
 
 def canonical_payload(
-    path: str, headers, body: bytes, settings: dict, *, tenant: str | None = None
+    path: str, headers, body: bytes, settings: EdgeCacheSettings, *, tenant: str | None = None
 ) -> bytes | None:
     """The exact bytes the key hashes (to debug a miss), or None when there is no key."""
     try:

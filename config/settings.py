@@ -9,62 +9,30 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
-CachePolicy = Literal["deterministic", "all"]
+from config.aws_facts import (
+    FSX_THROUGHPUT_PER_TIB,
+    GPUS_PER_INSTANCE,
+    LOG_RETENTION_DAYS,
+    MAX_ALARM_MINUTES,
+    NVME_FAMILIES,
+)
+from inference_cache.cache_settings import EdgeCacheSettings
+from inference_cache.contract import EDGE_BODY_LIMIT_BYTES, INFERENCE_ROUTES, ORIGIN_READ_TIMEOUT_SECONDS, RESULTS_PATH
+from stacks.burn_rates import FAST_BURN_RATE
 
-INFERENCE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/invocations")
-RESULTS_PREFIX = "_cache/"
-# CloudFront hands origin-request triggers at most 1 MB of body (inputTruncated beyond).
-EDGE_BODY_LIMIT_BYTES = 1_048_576
-# Response timeout CloudFront allows without a quota increase; SageMaker allows the
-# container 60 s, so the whole path is bounded by the same minute.
-ORIGIN_READ_TIMEOUT_SECONDS = 60
+CachePolicy = Literal["deterministic", "all"]
 
 _ACCOUNT = re.compile(r"^\d{12}$")
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _CERT_ARN = re.compile(r"^arn:aws:acm:us-east-1:\d{12}:certificate/[0-9a-f-]{36}$")
 _ECR_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[\w./-]+:[\w.-]+$")
-# GPU families with NVMe instance storage: SageMaker rejects VolumeSizeInGB (and a
-# volume KMS key) for them; the model lives on the local NVMe.
-_NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en")
-FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
-# Retention periods this project allows, by the name of aws_logs.RetentionDays' member.
-LOG_RETENTION_DAYS = {
-    7: "ONE_WEEK",
-    14: "TWO_WEEKS",
-    30: "ONE_MONTH",
-    60: "TWO_MONTHS",
-    90: "THREE_MONTHS",
-    180: "SIX_MONTHS",
-    365: "ONE_YEAR",
-    731: "TWO_YEARS",
-}
 
 
 class SettingsError(ValueError):
     """A stage's settings break a rule; raised at synth so nothing half-valid deploys."""
-
-
-# GPUs per SageMaker GPU hosting instance type: the instance types a stage may use.
-# SageMaker's GPUUtilization and GPUMemoryUtilization are summed over an instance's
-# GPUs (0-400 % on a 4-GPU instance); the alarms and the dashboard divide by this count.
-# Sizes not listed for a family do not exist as SageMaker hosting instances.
-_SINGLE_GPU_SIZES = ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")
-GPUS_PER_INSTANCE: dict[tuple[str, str], int] = {
-    **{("g4dn", size): 1 for size in _SINGLE_GPU_SIZES},
-    ("g4dn", "12xlarge"): 4,
-    **{(family, size): 1 for family in ("g5", "g6", "g6e") for size in _SINGLE_GPU_SIZES},
-    **{(family, "12xlarge"): 4 for family in ("g5", "g6", "g6e")},
-    **{(family, "24xlarge"): 4 for family in ("g5", "g6", "g6e")},
-    **{(family, "48xlarge"): 8 for family in ("g5", "g6", "g6e")},
-    ("p4d", "24xlarge"): 8,
-    ("p4de", "24xlarge"): 8,
-    ("p5", "48xlarge"): 8,
-    ("p5e", "48xlarge"): 8,
-    ("p5en", "48xlarge"): 8,
-}
 
 
 def gpu_count(instance_type: str) -> int:
@@ -169,6 +137,9 @@ class EndpointSettings:
     # Large models take minutes to download and to warm up; 60 s defaults would kill them.
     startup_health_check_timeout_seconds: int = 1800
     model_data_download_timeout_seconds: int = 1800
+    # How long the origin adapter waits for the model's answer (SageMaker gives the
+    # container 60 s, CloudFront gives the origin 60 s).
+    model_read_timeout_seconds: int = 55
 
     def __post_init__(self) -> None:
         gpu_count(self.instance_type)  # a known GPU instance type, or SettingsError
@@ -177,6 +148,10 @@ class EndpointSettings:
         _require(self.max_instances <= 100, "max instances above 100")
         _require(self.target_concurrency > 0, "scaling target must be positive")
         _require(0 <= self.scale_out_cooldown_seconds <= self.scale_in_cooldown_seconds, "scale-out cooldown must not exceed scale-in cooldown")
+        _require(
+            0 < self.model_read_timeout_seconds < ORIGIN_READ_TIMEOUT_SECONDS,
+            f"model read timeout must be under the {ORIGIN_READ_TIMEOUT_SECONDS} s origin read timeout",
+        )
         for name in ("startup_health_check_timeout_seconds", "model_data_download_timeout_seconds"):
             _require(60 <= getattr(self, name) <= 3600, f"{name} must be 60..3600")
         if self.has_instance_storage:
@@ -186,7 +161,7 @@ class EndpointSettings:
 
     @property
     def has_instance_storage(self) -> bool:
-        return self.instance_type.split(".")[1] in _NVME_FAMILIES
+        return self.instance_type.split(".")[1] in NVME_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -202,19 +177,6 @@ class ModelWorkspaceSettings:
             "PERSISTENT_2 capacity is 1200, 2400 or a multiple of 2400 GiB",
         )
         _require(self.throughput_per_tib in FSX_THROUGHPUT_PER_TIB, f"throughput per TiB is one of {FSX_THROUGHPUT_PER_TIB}")
-
-
-# Error-budget burn-rate alerting (Google SRE workbook, "Alerting on SLOs"), over a
-# 30-day SLO window: 14.4x for 1 h spends 2 % of the budget, 6x for 6 h spends 5 %.
-# Each rule needs its long window AND a short window (1/12 of it) above the rate, so
-# an alert also stops soon after the errors do.
-SLO_WINDOW_DAYS = 30
-FAST_BURN_RATE = 14.4
-FAST_BURN_WINDOWS_SECONDS = (3600, 300)
-SLOW_BURN_RATE = 6.0
-SLOW_BURN_WINDOWS_SECONDS = (21_600, 1_800)
-# CloudWatch evaluates at most one day of an alarm's periods.
-_MAX_ALARM_MINUTES = 1440
 
 
 @dataclass(frozen=True)
@@ -272,8 +234,8 @@ class SlaSettings:
         for name in ("gpu_high_minutes", "capacity_pinned_minutes"):
             minutes = getattr(self, name)
             _require(
-                minutes % 5 == 0 and 5 <= minutes <= _MAX_ALARM_MINUTES,
-                f"{name} must be a multiple of 5 in 5..{_MAX_ALARM_MINUTES} (alarms evaluate 5-minute periods, at most a day)",
+                minutes % 5 == 0 and 5 <= minutes <= MAX_ALARM_MINUTES,
+                f"{name} must be a multiple of 5 in 5..{MAX_ALARM_MINUTES} (alarms evaluate 5-minute periods, at most a day)",
             )
         _require(0 < self.fsx_free_capacity_floor < 1, "FSx free-capacity floor must be a fraction in (0, 1)")
 
@@ -318,22 +280,17 @@ class StageSettings:
         )
         _require(self.log_retention_days in LOG_RETENTION_DAYS, f"log retention is one of {sorted(LOG_RETENTION_DAYS)} days")
 
-    def edge_cache_config(self) -> dict:
-        """The JSON baked into the edge function's bundle (Lambda@Edge has no env vars)."""
-        c = self.cache
-        return {
-            "stage": self.name,
-            "routes": list(INFERENCE_ROUTES),
-            "policy": c.policy,
-            "default_ttl_seconds": c.default_ttl_seconds,
-            "max_ttl_seconds": c.max_ttl_seconds,
-            "tenant_scoped": c.tenant_scoped,
-            "excluded_fields": list(c.excluded_fields),
-            "declared_server_defaults": dict(c.declared_server_defaults),
-            "max_body_bytes": c.max_body_bytes,
-            "max_nesting_depth": c.max_nesting_depth,
-            "lookup_timeout_ms": c.lookup_timeout_ms,
-            "model_id": self.model.model_id,
-            "model_version": self.model.model_version,
-            "results_path": "/" + RESULTS_PREFIX,
-        }
+    def edge_cache_settings(self) -> EdgeCacheSettings:
+        """What the edge function and the origin adapter decide with, baked into their
+        bundles (Lambda@Edge has no environment variables): every CacheSettings field,
+        generated from the dataclass (a new field cannot be forgotten), and the model."""
+        return EdgeCacheSettings.from_dict(
+            {
+                **{f.name: getattr(self.cache, f.name) for f in fields(CacheSettings)},
+                "stage": self.name,
+                "routes": INFERENCE_ROUTES,
+                "results_path": RESULTS_PATH,
+                "model_id": self.model.model_id,
+                "model_version": self.model.model_version,
+            }
+        )

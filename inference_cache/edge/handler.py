@@ -13,29 +13,21 @@ import base64
 import hashlib
 import json
 import os
-import socket
 import time
 from datetime import UTC, datetime
 
-import cache_decision
+from inference_cache import cache_decision, cache_settings
+from inference_cache.contract import CONTENT_SHA256_HEADER, KEY_HEADER, LOOKUP_BASE_ENV, STATUS_HEADER, TENANT_HEADER
+from inference_cache.edge import lookup
+from inference_cache.edge.lookup import GENERATED_BODY_LIMIT
+from inference_cache.errors import ApiError
 
-SETTINGS = cache_decision.load_settings()
-ROUTES = frozenset(SETTINGS["routes"])
-RESULTS_PATH = SETTINGS["results_path"]
-LOOKUP_TIMEOUT_SECONDS = SETTINGS["lookup_timeout_ms"] / 1000
-# For local runs and tests only (Lambda@Edge has no environment variables): where the
-# /_cache/ lookups go instead of https://{distributionDomainName}.
-LOOKUP_BASE_ENV = "INFERENCE_CACHE_LOOKUP_BASE"
-# A generated origin-request response may be 1 MB with its headers; keep room for them.
-GENERATED_BODY_LIMIT = 1_048_576 - 8_192
-CACHE_KEY_HEADER = cache_decision.KEY_HEADER
-STATUS_HEADER = cache_decision.STATUS_HEADER
+SETTINGS = cache_settings.load()
+ROUTES = frozenset(SETTINGS.routes)
+LOOKUP_TIMEOUT_SECONDS = SETTINGS.lookup_timeout_ms / 1000
 # Set only by this function; a viewer's own values must never reach the origin.
-_EDGE_OWNED_HEADERS = (CACHE_KEY_HEADER, cache_decision.TENANT_HEADER, "x-amz-content-sha256")
-# The lookup is a fresh request: none of the viewer's headers, above all no Via.
-_LOOKUP_REQUEST = "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: inference-cache-edge/1\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+_EDGE_OWNED_HEADERS = (KEY_HEADER, TENANT_HEADER, CONTENT_SHA256_HEADER)
 _HTTP_DATE = "%a, %d %b %Y %H:%M:%S GMT"
-_TLS = None  # ssl context, made on the first HTTPS lookup (loading CA certificates costs ms)
 
 
 def handler(event, context):
@@ -58,7 +50,7 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
     body_info = request.get("body") or {}
     body = _body_bytes(request, default=b"")
     headers = request.get("headers") or {}
-    tenant = cache_decision.tenant_scope(headers) if SETTINGS.get("tenant_scoped") else None
+    tenant = cache_decision.tenant_scope(headers) if SETTINGS.tenant_scoped else None
     decision = cache_decision.decide(
         request["uri"], headers, body, SETTINGS, truncated=bool(body_info.get("inputTruncated")), tenant=tenant
     )
@@ -99,17 +91,17 @@ def _forward(request: dict, key: str | None, tenant: str | None, body: bytes) ->
     for name in _EDGE_OWNED_HEADERS:
         headers.pop(name, None)
     if key:
-        headers[CACHE_KEY_HEADER] = [{"key": "X-Inference-Cache-Key", "value": key}]
+        headers[KEY_HEADER] = [{"key": "X-Inference-Cache-Key", "value": key}]
     if tenant:
-        headers[cache_decision.TENANT_HEADER] = [{"key": "X-Inference-Tenant", "value": tenant}]
+        headers[TENANT_HEADER] = [{"key": "X-Inference-Tenant", "value": tenant}]
     # OAC signs POSTs to a function URL only with the payload hash of the decoded body.
-    headers["x-amz-content-sha256"] = [{"key": "x-amz-content-sha256", "value": hashlib.sha256(body).hexdigest()}]
+    headers[CONTENT_SHA256_HEADER] = [{"key": "x-amz-content-sha256", "value": hashlib.sha256(body).hexdigest()}]
 
 
 def _lookup(config: dict, key: str, max_age: int) -> tuple[dict | None, str]:
     base = os.environ.get(LOOKUP_BASE_ENV) or f"https://{config['distributionDomainName']}"
     try:
-        status, headers, content = _get(base, f"{RESULTS_PATH}{key}")
+        status, headers, content = lookup.get(base, f"{SETTINGS.results_path}{key}", LOOKUP_TIMEOUT_SECONDS)
     except (OSError, ValueError) as exc:  # timeouts, refusals, malformed answers
         return None, f"lookup-failed-{type(exc).__name__}"
     if status != 200:
@@ -131,81 +123,13 @@ def _lookup(config: dict, key: str, max_age: int) -> tuple[dict | None, str]:
                 "content-type": [{"key": "Content-Type", "value": content_type}],
                 "age": [{"key": "Age", "value": str(age)}],
                 STATUS_HEADER: [{"key": "X-Inference-Cache", "value": "HIT"}],
-                CACHE_KEY_HEADER: [{"key": "X-Inference-Cache-Key", "value": key}],
+                KEY_HEADER: [{"key": "X-Inference-Cache-Key", "value": key}],
             },
             "body": body.decode(),
             "bodyEncoding": encoding,
         },
         "hit",
     )
-
-
-def _get(base: str, path: str) -> tuple[int, dict, bytes]:
-    """One GET with Connection: close, within LOOKUP_TIMEOUT_SECONDS in all. A tiny
-    HTTP/1.1 client instead of http.client, whose email-parser imports cost ~20 ms of
-    every cold start. Reads at most the generated-response limit (plus headers)."""
-    global _TLS
-    scheme, _, authority = base.partition("://")
-    host, _, port = authority.partition(":")
-    deadline = time.monotonic() + LOOKUP_TIMEOUT_SECONDS
-    conn = socket.create_connection((host, int(port or (443 if scheme == "https" else 80))), LOOKUP_TIMEOUT_SECONDS)
-    try:
-        if scheme == "https":
-            if _TLS is None:
-                import ssl
-
-                _TLS = ssl.create_default_context()
-            conn = _TLS.wrap_socket(conn, server_hostname=host)
-        conn.sendall(_LOOKUP_REQUEST.format(path=path, host=authority).encode())
-        data = bytearray()
-        while len(data) <= GENERATED_BODY_LIMIT + 16_384:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("lookup took longer than its timeout")
-            conn.settimeout(remaining)
-            chunk = conn.recv(65_536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        conn.close()
-    head, separator, body = bytes(data).partition(b"\r\n\r\n")
-    if not separator:
-        raise ValueError("incomplete response head")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    status = int(status_line.split(" ", 2)[1])
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(body)
-    elif "content-length" in headers and status == 200:
-        length = int(headers["content-length"])
-        if length > GENERATED_BODY_LIMIT:
-            body = body[: GENERATED_BODY_LIMIT + 1]  # too large either way; no need for the rest
-        elif len(body) < length:
-            raise ValueError("response body shorter than its Content-Length")
-        else:
-            body = body[:length]
-    return status, headers, body
-
-
-def _dechunk(body: bytes) -> bytes:
-    out, position = bytearray(), 0
-    while len(out) <= GENERATED_BODY_LIMIT:
-        line_end = body.find(b"\r\n", position)
-        if line_end < 0:
-            raise ValueError("chunked body ends early")
-        size = int(body[position:line_end].split(b";")[0], 16)
-        if size == 0:
-            return bytes(out)
-        start = line_end + 2
-        out += body[start : start + size]
-        if start + size > len(body) and len(out) <= GENERATED_BODY_LIMIT:
-            raise ValueError("chunked body ends early")
-        position = start + size + 2
-    return bytes(out)  # past the limit: too large to generate, whatever follows
 
 
 def _encode_body(content: bytes) -> tuple[bytes, str]:
@@ -227,7 +151,7 @@ def _age_seconds(last_modified: str | None) -> int:
     return max(0, int(time.time() - stored_at))
 
 
-def _error_response(error: cache_decision.CacheError) -> dict:
+def _error_response(error: ApiError) -> dict:
     return {
         "status": str(error.status),
         "statusDescription": _REASONS.get(error.status, "Bad Request"),

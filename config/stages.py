@@ -3,7 +3,7 @@ synthesize offline; README "Stages and real accounts" says what to replace."""
 
 from __future__ import annotations
 
-from stacks.settings import (
+from config.settings import (
     CacheSettings,
     CustomDomain,
     EndpointSettings,

@@ -6,7 +6,7 @@ import time
 
 import boto3
 
-RESULTS_PREFIX = "_cache/"
+from inference_cache.contract import RESULTS_PREFIX
 
 
 class ResultsStore:

@@ -1,0 +1,203 @@
+"""The cache decision from the command line (the module's public contract).
+
+  bin/cache-key --path /v1/chat/completions [--header 'Name: value']... < body.json
+  bin/cache-key --jsonl < requests.jsonl            # {"path","headers","body"|"body_b64"} per line
+  bin/cache-key --jsonl --summary < requests.jsonl  # hit ratio these keys reach vs byte-exact keys
+  bin/cache-key --stage prod ...                    # that stage's cache settings (default: the default stage)
+
+Each decision is printed as {"cacheable", "key", "reason", "error": null|{"status", "message"}}.
+Exit status 0 unless the command itself is misused (2). Rules: docs/cache-key.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import sys
+
+from config.stages import DEFAULT_STAGE, STAGES
+from inference_cache import cache_decision, cache_settings
+
+
+def _bad_line(number: int, message: str) -> dict:
+    """A log line that cannot be turned into a request: an error object, never a stop."""
+    return {
+        "cacheable": False,
+        "key": None,
+        "reason": "bad input line",
+        "error": {"status": 400, "message": f"line {number}: {message}"},
+    }
+
+
+def _request_from_line(number: int, line: bytes):
+    """(path, headers, body, tenant) or an error object."""
+    try:
+        record = json.loads(line)
+    except ValueError as e:  # also UnicodeDecodeError
+        return _bad_line(number, f"not JSON ({str(e)[:80]})")
+    if type(record) is not dict:
+        return _bad_line(number, "not a JSON object")
+    path, headers, tenant = record.get("path"), record.get("headers") or {}, record.get("tenant")
+    if type(path) is not str:
+        return _bad_line(number, "'path' must be a string")
+    if type(headers) is not dict or not all(type(v) is str for v in headers.values()):
+        return _bad_line(number, "'headers' must be an object of strings")
+    if tenant is not None and type(tenant) is not str:
+        return _bad_line(number, "'tenant' must be a string")
+    if "body_b64" in record:
+        try:
+            body = base64.b64decode(record["body_b64"], validate=True)
+        except (TypeError, ValueError, binascii.Error):
+            return _bad_line(number, "'body_b64' is not base64")
+    elif type(record.get("body")) is str:
+        body = record["body"].encode("utf-8", "surrogatepass")
+    else:
+        return _bad_line(number, "needs 'body' (a string) or 'body_b64'")
+    return path, headers, body, tenant
+
+
+class _Summary:
+    """An unbounded cache replayed over the log, once with these keys and once with a
+    byte-exact key (SHA-256 of path + raw body) on the same requests and controls."""
+
+    def __init__(self) -> None:
+        self.requests = self.invalid = self.cacheable = self.hits = self.exact_hits = 0
+        self.stored: set[str] = set()
+        self.exact_stored: set[str] = set()
+        self.keys: set[str] = set()
+        self.exact_keys: set[str] = set()
+        self.reasons: dict[str, int] = {}
+
+    def add(self, decision: dict, lookup: bool = False, store: bool = False, exact_key: str | None = None) -> None:
+        self.requests += 1
+        self.invalid += decision["error"] is not None
+        reason = decision["reason"]
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        if not decision["cacheable"]:
+            return
+        self.cacheable += 1
+        self.keys.add(decision["key"])
+        self.exact_keys.add(exact_key)
+        for key, stored, counter in ((decision["key"], self.stored, "hits"), (exact_key, self.exact_stored, "exact_hits")):
+            if lookup and key in stored:
+                setattr(self, counter, getattr(self, counter) + 1)
+            elif store:
+                stored.add(key)
+
+    def as_dict(self, stage: str) -> dict:
+
+        def ratio(n: int) -> float:
+            return round(n / self.requests, 4) if self.requests else 0.0
+
+        return {
+            "stage": stage,
+            "requests": self.requests,
+            "invalid": self.invalid,
+            "cacheable": self.cacheable,
+            "distinct_keys": len(self.keys),
+            "hits": self.hits,
+            "hit_ratio": ratio(self.hits),
+            "byte_exact_distinct_keys": len(self.exact_keys),
+            "byte_exact_hits": self.exact_hits,
+            "byte_exact_hit_ratio": ratio(self.exact_hits),
+            "reasons": dict(sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        }
+
+
+def _table(s: dict) -> str:
+    rows = [
+        ("requests", s["requests"], s["requests"]),
+        ("cacheable", s["cacheable"], s["cacheable"]),
+        ("distinct keys", s["distinct_keys"], s["byte_exact_distinct_keys"]),
+        ("hits", s["hits"], s["byte_exact_hits"]),
+        ("hit ratio", f"{s['hit_ratio']:.1%}", f"{s['byte_exact_hit_ratio']:.1%}"),
+    ]
+    lines = [f"stage {s['stage']}", f"{'':<15}{'cache-key':>12}{'byte-exact':>12}"]
+    lines += [f"{name:<15}{a!s:>12}{b!s:>12}" for name, a, b in rows]
+    lines += ["reasons:"] + [f"  {n:>7}  {reason}" for reason, n in s["reasons"].items()]
+    return "\n".join(lines)
+
+
+def _parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"header {text!r} is not 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cache-key", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--path", help="request path, e.g. /v1/chat/completions (body on stdin)")
+    parser.add_argument("--header", action="append", default=[], type=_parse_header, metavar="'NAME: VALUE'")
+    parser.add_argument("--tenant", help="tenant scope id (what the edge forwards) for tenant-scoped stages")
+    parser.add_argument("--jsonl", action="store_true", help="one request per stdin line, one decision per line")
+    parser.add_argument("--summary", action="store_true", help="with --jsonl: print hit-ratio summary JSON only "
+                        "(a readable table goes to stderr)")
+    parser.add_argument("--canonical", action="store_true", help="print the bytes the key hashes instead")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--stage", choices=sorted(STAGES), default=DEFAULT_STAGE, help=f"default {DEFAULT_STAGE}")
+    group.add_argument("--settings", metavar="FILE", help="a cache_settings.json instead of a stage")
+    args = parser.parse_args(argv)
+    if args.jsonl and (args.path or args.header or args.canonical):
+        parser.error("--jsonl takes requests from stdin; --path/--header/--canonical are for one request")
+    if not args.jsonl and (args.summary or not args.path):
+        parser.error("--path is required without --jsonl; --summary needs --jsonl")
+    if args.settings:
+        try:
+            settings = cache_settings.load(args.settings)
+        except (OSError, ValueError, TypeError) as e:
+            parser.error(f"cannot read settings {args.settings}: {e}")
+        stage_name = settings.stage
+    else:
+        settings, stage_name = STAGES[args.stage].edge_cache_settings(), args.stage
+
+    out = sys.stdout
+    if not args.jsonl:
+        body = sys.stdin.buffer.read()
+        headers: dict[str, str] = {}
+        for name, value in args.header:
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        if args.canonical:
+            payload = cache_decision.canonical_payload(args.path, headers, body, settings, tenant=args.tenant)
+            out.flush()
+            sys.stdout.buffer.write((payload or b"") + b"\n")  # JSON, NUL, then long texts as raw bytes
+            return 0
+        decision = cache_decision.decide(args.path, headers, body, settings, tenant=args.tenant)
+        out.write(json.dumps(decision.as_dict()) + "\n")
+        return 0
+
+    summary = _Summary() if args.summary else None
+    scoped = settings.tenant_scoped
+    data = sys.stdin.buffer.read()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        request = _request_from_line(number, line.rstrip(b"\r"))
+        if isinstance(request, dict):
+            result = request
+            if summary:
+                summary.add(result)
+        else:
+            path, headers, body, tenant = request
+            decision = cache_decision.decide(path, headers, body, settings, tenant=tenant or args.tenant)
+            result = decision.as_dict()
+            if summary:
+                scope = (tenant or args.tenant or cache_decision.tenant_scope(headers) or "") if scoped else ""
+                raw = f"{path}\x00{scope}\x00".encode("utf-8", "surrogatepass") + body
+                exact = hashlib.sha256(raw).hexdigest()
+                summary.add(result, decision.lookup, decision.store, exact)
+        if not summary:
+            out.write(json.dumps(result) + "\n")
+    if summary:
+        report = summary.as_dict(stage_name)
+        out.write(json.dumps(report) + "\n")
+        sys.stderr.write(_table(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

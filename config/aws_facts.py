@@ -1,0 +1,42 @@
+"""Facts about AWS services that the settings are checked against and the stacks and
+alarms build with. Not policy: change them when AWS changes, with a source."""
+
+from __future__ import annotations
+
+# GPUs per SageMaker GPU hosting instance type: the instance types a stage may use.
+# SageMaker's GPUUtilization and GPUMemoryUtilization are summed over an instance's
+# GPUs (0-400 % on a 4-GPU instance); the alarms and the dashboard divide by this count.
+# Sizes not listed for a family do not exist as SageMaker hosting instances.
+_SINGLE_GPU_SIZES = ("xlarge", "2xlarge", "4xlarge", "8xlarge", "16xlarge")
+GPUS_PER_INSTANCE: dict[tuple[str, str], int] = {
+    **{("g4dn", size): 1 for size in _SINGLE_GPU_SIZES},
+    ("g4dn", "12xlarge"): 4,
+    **{(family, size): 1 for family in ("g5", "g6", "g6e") for size in _SINGLE_GPU_SIZES},
+    **{(family, "12xlarge"): 4 for family in ("g5", "g6", "g6e")},
+    **{(family, "24xlarge"): 4 for family in ("g5", "g6", "g6e")},
+    **{(family, "48xlarge"): 8 for family in ("g5", "g6", "g6e")},
+    ("p4d", "24xlarge"): 8,
+    ("p4de", "24xlarge"): 8,
+    ("p5", "48xlarge"): 8,
+    ("p5e", "48xlarge"): 8,
+    ("p5en", "48xlarge"): 8,
+}
+# GPU families with NVMe instance storage: SageMaker rejects VolumeSizeInGB (and a
+# volume KMS key) for them; the model lives on the local NVMe.
+NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en")
+# FSx for Lustre PERSISTENT_2 throughput per TiB of storage (MB/s/TiB).
+FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
+# CloudWatch Logs retention periods this project allows, by the name of
+# aws_logs.RetentionDays' member.
+LOG_RETENTION_DAYS = {
+    7: "ONE_WEEK",
+    14: "TWO_WEEKS",
+    30: "ONE_MONTH",
+    60: "TWO_MONTHS",
+    90: "THREE_MONTHS",
+    180: "SIX_MONTHS",
+    365: "ONE_YEAR",
+    731: "TWO_YEARS",
+}
+# CloudWatch evaluates at most one day of an alarm's periods.
+MAX_ALARM_MINUTES = 1440

@@ -1,0 +1,77 @@
+"""Names that the infrastructure, the runtime, the local run, the dashboards and the
+tests all speak, each defined once. Stdlib-free constants only: the edge function
+imports this on every cold start.
+
+Import direction: stacks/config -> contract <- runtime; nothing here imports either side.
+"""
+
+# -- routes ------------------------------------------------------------------------------
+CHAT_ROUTE = "/v1/chat/completions"
+COMPLETIONS_ROUTE = "/v1/completions"
+EMBEDDINGS_ROUTE = "/v1/embeddings"
+INVOCATIONS_ROUTE = "/invocations"
+OPENAI_ROUTES = (CHAT_ROUTE, COMPLETIONS_ROUTE, EMBEDDINGS_ROUTE)
+INFERENCE_ROUTES = (*OPENAI_ROUTES, INVOCATIONS_ROUTE)
+MODELS_ROUTE = "/v1/models"
+# CloudFront path patterns of the inference behavior (every route above falls under one).
+INFERENCE_PATH_PATTERNS = ("/v1/*", INVOCATIONS_ROUTE)
+
+# -- stored results -----------------------------------------------------------------------
+# Key prefix of stored answers in the results bucket, and the distribution path that
+# serves them (behavior /_cache/*).
+RESULTS_PREFIX = "_cache/"
+RESULTS_PATH = "/" + RESULTS_PREFIX
+
+# -- headers ------------------------------------------------------------------------------
+# The key the edge computed (the origin recomputes it and never trusts this).
+KEY_HEADER = "x-inference-cache-key"
+# HIT | MISS | BYPASS on every answer.
+STATUS_HEADER = "x-inference-cache"
+# The oldest answer a client accepts, in seconds.
+TTL_HEADER = "x-inference-cache-ttl"
+# The tenant scope the edge sets (any viewer value is removed first).
+TENANT_HEADER = "x-inference-tenant"
+# What OAC signs a POST to a function URL with: the SHA-256 of the body.
+CONTENT_SHA256_HEADER = "x-amz-content-sha256"
+
+# -- limits -------------------------------------------------------------------------------
+# CloudFront hands origin-request triggers at most 1 MB of body (inputTruncated beyond),
+# and a generated origin-request response may be at most 1 MB with its headers.
+EDGE_BODY_LIMIT_BYTES = 1_048_576
+GENERATED_RESPONSE_LIMIT_BYTES = 1_048_576
+# Response timeout CloudFront allows without a quota increase; SageMaker allows the
+# container 60 s, so the whole path is bounded by the same minute.
+ORIGIN_READ_TIMEOUT_SECONDS = 60
+
+# -- edge settings file and environment -----------------------------------------------------
+# Lambda@Edge has no environment variables: the stage's cache settings are baked into the
+# bundle as this file, beside the package's modules.
+SETTINGS_FILE = "cache_settings.json"
+# For local runs and tests only: another settings file.
+SETTINGS_ENV = "INFERENCE_CACHE_SETTINGS"
+# For local runs and tests only: where the edge's /_cache/ lookups go instead of
+# https://{distributionDomainName}.
+LOOKUP_BASE_ENV = "INFERENCE_CACHE_LOOKUP_BASE"
+# The origin adapter's environment, set by the Inference stack.
+ENDPOINT_NAME_ENV = "ENDPOINT_NAME"
+RESULTS_BUCKET_ENV = "RESULTS_BUCKET"
+ENDPOINT_READ_TIMEOUT_ENV = "ENDPOINT_READ_TIMEOUT_SECONDS"
+
+# -- metrics (embedded metric format from the origin adapter) -----------------------------
+METRICS_NAMESPACE = "InferenceCache"
+ORIGIN_ADAPTER_SERVICE = "origin-adapter"
+
+
+class Metric:
+    """EMF metric names the origin adapter emits and the alarms and dashboard read."""
+
+    REQUESTS = "Requests"
+    CACHE_MISS = "CacheMiss"
+    CACHE_BYPASS = "CacheBypass"
+    CACHE_STORE = "CacheStore"
+    CACHE_STORE_FAILED = "CacheStoreFailed"
+    STORED_BYTES = "StoredBytes"
+    INFERENCE_LATENCY = "InferenceLatency"
+    GPU_SECONDS_ON_MISS = "GpuSecondsOnMiss"
+    MODEL_ERROR = "ModelError"
+    CACHE_KEY_MISMATCH = "CacheKeyMismatch"

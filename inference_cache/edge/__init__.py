@@ -1,0 +1,1 @@
+"""The Lambda@Edge origin-request function (stdlib only)."""

@@ -1,0 +1,1 @@
+"""The origin adapter: the Lambda function URL CloudFront forwards cache misses to."""
