@@ -21,6 +21,9 @@ INFERENCE_PATH_PATTERNS = ("/v1/*", INVOCATIONS_ROUTE)
 # serves them (behavior /_cache/*).
 RESULTS_PREFIX = "_cache/"
 RESULTS_PATH = "/" + RESULTS_PREFIX
+# User metadata of a stored answer: when it was stored (epoch seconds). S3 returns it as
+# the x-amz-meta-created header, from which the edge computes the answer's age.
+STORED_AT_METADATA = "created"
 
 # -- headers ------------------------------------------------------------------------------
 # The key the edge computed (the origin recomputes it and never trusts this).

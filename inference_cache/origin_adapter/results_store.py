@@ -6,7 +6,7 @@ import time
 
 import boto3
 
-from inference_cache.contract import RESULTS_PREFIX
+from inference_cache.contract import RESULTS_PREFIX, STORED_AT_METADATA
 
 
 class ResultsStore:
@@ -22,5 +22,5 @@ class ResultsStore:
             ContentType=content_type,
             # CloudFront's /_cache/* behavior takes the object's TTL from here.
             CacheControl=f"max-age={ttl_seconds}",
-            Metadata={"model": model, "model-version": model_version, "created": str(int(time.time()))},
+            Metadata={"model": model, "model-version": model_version, STORED_AT_METADATA: str(int(time.time()))},
         )

@@ -319,3 +319,15 @@ def test_unexpected_failure_forwards_uncached(edge, store):
     result = handler.handler(broken, None)
     assert result["uri"] == CHAT and "status" not in result
     assert header(result, "x-inference-cache-key") is None
+
+
+def test_age_comes_from_the_stored_at_metadata_the_adapter_writes(edge, store):
+    handler = edge()
+    key = forwarded_key(handler)
+    # What S3 returns for an object the origin adapter stored 42 s ago (no Last-Modified here).
+    store.objects[f"/_cache/{key}"] = (200, ANSWER, {"x-amz-meta-created": str(int(time.time()) - 42)})
+    result = handler.handler(event(), None)
+    assert header(result, "x-inference-cache") == "HIT" and 42 <= int(header(result, "age")) <= 50
+    store.objects[f"/_cache/{key}"] = (200, ANSWER, {"x-amz-meta-created": str(int(time.time()) - 600)})
+    result = handler.handler(event(headers={"x-inference-cache-ttl": "60"}), None)
+    assert "status" not in result  # older than the client accepts: a miss
