@@ -126,7 +126,6 @@ async function handler(event) {
     if (record.status !== 'active') {
         return unauthorized(record.status === 'revoked' ? 'This API key has been revoked.' : 'This API key is not active.');
     }
-    delete headers[TENANT_HEADER];
-    headers[TENANT_HEADER] = { value: record.tenant };
+    headers[TENANT_HEADER] = { value: record.tenant }; // replaces any viewer copy, multiValue too
     return request;
 }
