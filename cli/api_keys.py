@@ -27,7 +27,7 @@ import secrets
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def key_hash(api_key: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_tenant(tenant: str) -> str:
@@ -172,14 +172,28 @@ class DeployedKeyStore:
     def describe(self) -> str:
         return f"key store {self.name}"
 
+    @contextlib.contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as e:
+            if _error_code(e) == "ResourceNotFoundException":
+                raise CliError(f"key store {self.name} ({self.arn}) not found: was it deleted?") from None
+            raise
+
     def records(self) -> dict[str, str]:
         records = {}
-        for page in self._kvs.get_paginator("list_keys").paginate(KvsARN=self.arn):
-            for item in page.get("Items", []):
-                records[item["Key"]] = item["Value"]
+        with self._store_errors():
+            for page in self._kvs.get_paginator("list_keys").paginate(KvsARN=self.arn):
+                for item in page.get("Items", []):
+                    records[item["Key"]] = item["Value"]
         return records
 
     def transact(self, plan: Callable[[dict[str, str]], tuple[dict[str, str], object]], read: bool = True):
+        with self._store_errors():
+            return self._transact(plan, read)
+
+    def _transact(self, plan, read):
         from botocore.exceptions import ClientError
 
         for attempt in range(1, WRITE_ATTEMPTS + 1):
@@ -355,13 +369,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_key_store(args: argparse.Namespace, session=None):
+def open_key_store(args: argparse.Namespace, session=None, clients=None):
+    """The store the arguments name; `clients` (cloudfront, cloudfront-keyvaluestore)
+    instead of ones made from `session` (or the default session)."""
     if args.local:
         return LocalKeyStore(local_key_store_path(args.key_store_file))
     known = stages()
     if args.stage not in known:
         raise CliError(f"unknown stage {args.stage!r} (stages: {', '.join(sorted(known))})")
-    cloudfront, kvs = _clients(session)
+    cloudfront, kvs = clients or _clients(session)
     return deployed_key_store(args.stage, cloudfront, kvs)
 
 
@@ -399,13 +415,15 @@ def run(args: argparse.Namespace, store, out=None, err=None) -> int:
             columns = (("KEY ID", "key_id"), ("TENANT", "tenant"), ("STATUS", "status"), ("CREATED", "created"),
                        ("KEY HASH", "key_hash_prefix"))
             widths = [max(len(title), *(len(str(r[field])) for r in rows)) for title, field in columns]
-            out.write("  ".join(t.ljust(w) for (t, _), w in zip(columns, widths)).rstrip() + "\n")
+            out.write("  ".join(t.ljust(w) for (t, _), w in zip(columns, widths, strict=True)).rstrip() + "\n")
             for r in rows:
-                out.write("  ".join(str(r[f]).ljust(w) for (_, f), w in zip(columns, widths)).rstrip() + "\n")
+                out.write("  ".join(str(r[f]).ljust(w) for (_, f), w in zip(columns, widths, strict=True)).rstrip() + "\n")
     return 0
 
 
-def main(argv: list[str] | None = None, session=None) -> int:
+def main(argv: list[str] | None = None, session=None, clients=None) -> int:
+    """The command; exit status 0, 2 (misuse, unknown stage or key, no store, no
+    credentials) or 1 (AWS refused). Errors are one line on stderr."""
     parser = _parser()
     args = parser.parse_args(argv)
     if bool(args.stage) == bool(args.local):
@@ -416,7 +434,7 @@ def main(argv: list[str] | None = None, session=None) -> int:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
-        return run(args, open_key_store(args, session))
+        return run(args, open_key_store(args, session, clients))
     except CliError as e:
         message, status = str(e), 2
     except NoCredentialsError:
