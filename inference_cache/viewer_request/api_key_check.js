@@ -11,7 +11,8 @@
 // - function code at most 10 KB ("Quotas on CloudFront Functions"); a test checks it.
 // - runtime 2.0 ("JavaScript runtime 2.0 features"): const/let, async/await, await only
 //   in async functions, no async closures; modules 'crypto' (createHash sha256, hex
-//   digest) and 'cloudfront'. No network, timers or file system; never sees the body.
+//   digest) and 'cloudfront'. KeyValueStore needs runtime 2.0; no network, timers, file
+//   system or dynamic code; the body is never seen ("Restrictions on CloudFront Functions").
 // - cf.kvs() without an id reads the one store associated with the function;
 //   get() rejects when the key does not exist, exists() resolves a boolean
 //   ("Helper methods for key value stores").
