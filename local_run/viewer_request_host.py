@@ -52,10 +52,13 @@ def viewer_request_event(method: str, uri: str, headers: Mapping[str, str | list
         if len(values) > 1:
             header["multiValue"] = [{"value": v} for v in values]
         event_headers[name] = header
-    query = {}
-    for pair in filter(None, querystring.split("&")):
+    query: dict = {}
+    for pair in filter(None, querystring.split("&")):  # names and values stay URL-encoded, as CloudFront hands them
         key, _, value = pair.partition("=")
-        query.setdefault(key, {"value": value})
+        if key in query:
+            query[key].setdefault("multiValue", [{"value": query[key]["value"]}]).append({"value": value})
+        else:
+            query[key] = {"value": value}
     return {
         "version": "1.0",
         "context": {"eventType": "viewer-request"},

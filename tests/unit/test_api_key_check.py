@@ -275,3 +275,11 @@ def test_node_globals_are_absent_as_at_the_edge_and_errors_surface(node, tmp_pat
         # The host survives a failing call.
         with pytest.raises(FunctionExecutionError):
             host.handle(viewer_request_event("GET", "/"))
+
+
+def test_event_builder_shapes_repeats_as_cloudfront_does():
+    """The local run turns HTTP requests into events with this: repeats become multiValue."""
+    request = viewer_request_event("GET", "/v1/models", {"Accept": "a", "accept": "b"}, querystring="q=1&q=2&r=")["request"]
+    assert request["headers"] == {"accept": {"value": "a", "multiValue": [{"value": "a"}, {"value": "b"}]}}
+    assert request["querystring"] == {"q": {"value": "1", "multiValue": [{"value": "1"}, {"value": "2"}]},
+                                      "r": {"value": ""}}
