@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import random
 import subprocess
@@ -26,31 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli import api_keys
+from config.stages import stage
+from inference_cache import cache_decision
+from inference_cache.contract import CHAT_ROUTE as CHAT
+from local_run import viewer_request_host as host
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load(name: str, relative: str):
-    """A project module from its file (no sys.path edits)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cache_decision = _load("cache_decision", "lambdas/shared/cache_decision.py")
-api_keys = _load("api_keys", "cli/api_keys.py")
-host = _load("viewer_request_host", "local_run/viewer_request_host.py")
-
-CHAT = "/v1/chat/completions"
-# The dev stage's edge settings (stacks/stages.py), tenant-scoped as a stage with API keys is.
-SETTINGS = {
-    "stage": "bench", "routes": [CHAT, "/v1/completions", "/v1/embeddings", "/invocations"], "policy": "deterministic",
-    "default_ttl_seconds": 3600, "max_ttl_seconds": 86400, "tenant_scoped": True,
-    "excluded_fields": ["user", "metadata", "store"], "declared_server_defaults": {}, "max_body_bytes": 1048576,
-    "max_nesting_depth": 32, "lookup_timeout_ms": 300, "model_id": "meta-llama/Llama-3.1-8B-Instruct",
-    "model_version": "2026-11-01", "results_path": "/_cache/",
-}
+# The dev stage's edge settings, tenant-scoped as a stage with API keys is.
+SETTINGS = stage("dev").edge_cache_settings()._replace(tenant_scoped=True)
 # What the openai Python client sends besides the key.
 CLIENT_HEADERS = {
     "host": "inference.dev.example.com", "content-type": "application/json", "accept": "application/json",
@@ -67,7 +50,7 @@ def chat_body(target_bytes: int = 2048, seed: int = 7) -> bytes:
     """A greedy chat request of about `target_bytes`: a system prompt, then alternating turns."""
     rng = random.Random(seed)
     messages = [{"role": "system", "content": " ".join(rng.choices(WORDS, k=target_bytes // 24))}]
-    body = {"model": SETTINGS["model_id"], "messages": messages, "temperature": 0, "max_tokens": 512}
+    body = {"model": SETTINGS.model_id, "messages": messages, "temperature": 0, "max_tokens": 512}
     while len(json.dumps(body).encode()) < target_bytes:
         role = "user" if len(messages) % 2 else "assistant"
         messages.append({"role": role, "content": " ".join(rng.choices(WORDS, k=rng.randint(8, 40)))})

@@ -30,11 +30,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from inference_cache.contract import API_KEY_STORE_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY_PREFIX = "sk-ic-"  # recognisable in leaked-secret scans, like OpenAI's sk-
 KEY_ID_PREFIX = "k_"
 ACTIVE, REVOKED = "active", "revoked"
-KEY_STORE_NAME = "inference-cache-{stage}-api-keys"
 LOCAL_KEY_STORE_ENV = "INFERENCE_CACHE_LOCAL_KEY_STORE"
 DEFAULT_LOCAL_KEY_STORE = ROOT / "build" / "local" / "api-keys.json"
 # CloudFront KeyValueStore: values up to 1024 characters (Developer Guide, "File format
@@ -218,13 +219,13 @@ class DeployedKeyStore:
 
 def stages() -> dict:
     """The deployable stages by name. The one place that knows where stage settings live."""
-    from stacks.stages import STAGES
+    from config.stages import STAGES
 
     return STAGES
 
 
 def key_store_name(stage: str) -> str:
-    return KEY_STORE_NAME.format(stage=stage)
+    return API_KEY_STORE_NAME.format(stage=stage)
 
 
 def deployed_key_store(stage: str, cloudfront_client, kvs_client) -> DeployedKeyStore:

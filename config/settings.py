@@ -263,6 +263,11 @@ class StageSettings:
     # Origin Shield in front of the results bucket collapses lookups from all edges.
     origin_shield: bool = False
     log_retention_days: int = 30
+    # Every request must carry an API key the platform issued (bin/api-keys), checked by a
+    # CloudFront Function before anything else runs. A stage that turns this off must say
+    # why in `api_keys_off_reason`.
+    require_api_keys: bool = True
+    api_keys_off_reason: str | None = None
 
     def __post_init__(self) -> None:
         _require(bool(re.match(r"^[a-z][a-z0-9]{1,15}$", self.name)), f"stage name {self.name!r}")
@@ -279,6 +284,16 @@ class StageSettings:
             "WAF rate limit must be 10..2e9 (WAF's bounds)",
         )
         _require(self.log_retention_days in LOG_RETENTION_DAYS, f"log retention is one of {sorted(LOG_RETENTION_DAYS)} days")
+        _require(
+            self.require_api_keys or bool((self.api_keys_off_reason or "").strip()),
+            f"{self.name}: a stage without API keys must say why (api_keys_off_reason)",
+        )
+        # Caches are scoped by the tenant the API key check verified; without the check a
+        # viewer could name any tenant and read its answers.
+        _require(
+            self.require_api_keys or not self.cache.tenant_scoped,
+            f"{self.name}: tenant-scoped caches need API keys (the tenant comes from the verified key)",
+        )
 
     def edge_cache_settings(self) -> EdgeCacheSettings:
         """What the edge function and the origin adapter decide with, baked into their

@@ -37,6 +37,11 @@ TENANT_HEADER = "x-inference-tenant"
 # What OAC signs a POST to a function URL with: the SHA-256 of the body.
 CONTENT_SHA256_HEADER = "x-amz-content-sha256"
 
+# -- API keys -------------------------------------------------------------------------------
+# The CloudFront KeyValueStore of a stage's API keys (key: SHA-256 hex of the API key),
+# named so: the stack creates it, bin/api-keys finds it by this name.
+API_KEY_STORE_NAME = "inference-cache-{stage}-api-keys"
+
 # -- limits -------------------------------------------------------------------------------
 # CloudFront hands origin-request triggers at most 1 MB of body (inputTruncated beyond),
 # and a generated origin-request response may be at most 1 MB with its headers.

@@ -8,6 +8,8 @@ distribution, so they are declared here, after it).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aws_cdk as cdk
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_cloudfront as cloudfront
@@ -17,14 +19,22 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+import inference_cache
 from config.settings import StageSettings
-from inference_cache.contract import INFERENCE_PATH_PATTERNS, ORIGIN_READ_TIMEOUT_SECONDS, RESULTS_PREFIX
+from inference_cache.contract import (
+    API_KEY_STORE_NAME,
+    INFERENCE_PATH_PATTERNS,
+    ORIGIN_READ_TIMEOUT_SECONDS,
+    RESULTS_PREFIX,
+)
 from stacks.bundles import EDGE_HANDLER, lambda_bundle
 from stacks.edge_stack import EdgeStack
 
 # CloudFront accepts custom error-caching TTLs for these codes; all are set to 0 so an
 # error is never pinned at the edge (403/404 above all: that is what a cache miss on
 # /_cache/ looks like, and pinning it would send every repeat to the GPU).
+# The CloudFront Function checking API keys (JavaScript, runtime cloudfront-js-2.0).
+API_KEY_CHECK_FILE = Path(inference_cache.__file__).resolve().parent / "viewer_request" / "api_key_check.js"
 ERROR_CODES_NOT_CACHED = (400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504)
 
 
@@ -95,6 +105,9 @@ class CdnStack(cdk.Stack):
             default_ttl=cdk.Duration.seconds(settings.cache.default_ttl_seconds),
             max_ttl=cdk.Duration.seconds(settings.cache.max_ttl_seconds),
         )
+        # Callers with a platform API key only: checked at the viewer request, before the
+        # edge function or the origin runs (docs/api-keys.md).
+        key_check = self._api_key_check(settings) if settings.require_api_keys else []
         inference_behavior = cloudfront.BehaviorOptions(
             origin=adapter_origin,
             allowed_methods=cloudfront.AllowedMethods.ALLOW_ALL,
@@ -105,6 +118,7 @@ class CdnStack(cdk.Stack):
             # A redirect would drop a POST body; plain HTTP is refused instead.
             viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
             compress=True,
+            function_associations=key_check,
             edge_lambdas=[
                 cloudfront.EdgeLambda(
                     function_version=self.cache_key_function.current_version,
@@ -139,6 +153,8 @@ class CdnStack(cdk.Stack):
                 cache_policy=cloudfront.CachePolicy.CACHING_DISABLED,
                 origin_request_policy=cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER,
                 viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
+                # The origin adapter is a Lambda function: no anonymous invocations either.
+                function_associations=key_check,
             ),
             additional_behaviors={
                 **{pattern: inference_behavior for pattern in INFERENCE_PATH_PATTERNS},
@@ -165,6 +181,30 @@ class CdnStack(cdk.Stack):
             ),
         )
         self._results_bucket_policy(results_bucket)
+
+    def _api_key_check(self, settings: StageSettings) -> list[cloudfront.FunctionAssociation]:
+        """The stage's API key store and the CloudFront Function that checks keys in it."""
+        self.api_key_store = cloudfront.KeyValueStore(
+            self,
+            "ApiKeyStore",
+            key_value_store_name=API_KEY_STORE_NAME.format(stage=settings.name),
+            comment=f"inference-cache {settings.name}: API keys by SHA-256 (bin/api-keys)",
+        )
+        self.api_key_check = cloudfront.Function(
+            self,
+            "ApiKeyCheck",
+            function_name=f"inference-cache-{settings.name}-api-key-check",
+            comment="401 without a valid platform API key; sets the verified tenant header",
+            code=cloudfront.FunctionCode.from_file(file_path=str(API_KEY_CHECK_FILE)),
+            runtime=cloudfront.FunctionRuntime.JS_2_0,
+            key_value_store=self.api_key_store,
+            auto_publish=True,
+        )
+        return [
+            cloudfront.FunctionAssociation(
+                function=self.api_key_check, event_type=cloudfront.FunctionEventType.VIEWER_REQUEST
+            )
+        ]
 
     def _results_bucket_policy(self, bucket: s3.IBucket) -> None:
         policy = iam.PolicyDocument(

@@ -7,6 +7,8 @@ import pytest
 from aws_cdk.assertions import Template
 
 from config.stages import STAGES
+from inference_cache.contract import API_KEY_STORE_NAME
+from stacks.cdn_stack import API_KEY_CHECK_FILE
 from tests.conftest import STAGE_NAMES
 
 CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
@@ -173,3 +175,36 @@ def test_web_acl_with_rate_rule_where_the_stage_asks(synthesized, stage):
     assert "AWSManagedRulesCommonRuleSet" not in names
     assert "WebAcl" in str(config["WebACLId"])
     edge.resource_count_is("AWS::WAFv2::LoggingConfiguration", 1)
+
+
+def _api_key_check(synthesized, stage) -> tuple[str, dict]:
+    resources = synthesized[stage].templates["Cdn"]["Resources"]
+    ((logical_id, function),) = [(k, r) for k, r in resources.items() if r["Type"] == "AWS::CloudFront::Function"]
+    return logical_id, function["Properties"]
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_api_key_check_runs_on_viewer_request_of_every_origin_behavior_but_the_results(synthesized, stage):
+    assert STAGES[stage].require_api_keys
+    logical_id, function = _api_key_check(synthesized, stage)
+    assert function["FunctionConfig"]["Runtime"] == "cloudfront-js-2.0"
+    assert function["AutoPublish"] is True
+    assert function["FunctionCode"] == API_KEY_CHECK_FILE.read_text()
+    config = _distribution_config(synthesized, stage)
+    for behavior in [_behavior(config, "/v1/*"), _behavior(config, "/invocations"), config["DefaultCacheBehavior"]]:
+        (association,) = behavior["FunctionAssociations"]
+        assert association["EventType"] == "viewer-request"
+        assert association["FunctionARN"] == {"Fn::GetAtt": [logical_id, "FunctionARN"]}
+    # /_cache/ stays unauthenticated: SHA-256 keys cannot be guessed without the request.
+    assert "FunctionAssociations" not in _behavior(config, "/_cache/*")
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_api_key_store_is_named_for_bin_api_keys_and_associated_with_the_check(synthesized, stage):
+    template = Template.from_json(synthesized[stage].templates["Cdn"])
+    stores = template.find_resources("AWS::CloudFront::KeyValueStore")
+    ((store_id, store),) = stores.items()
+    assert store["Properties"]["Name"] == API_KEY_STORE_NAME.format(stage=stage)
+    _, function = _api_key_check(synthesized, stage)
+    (association,) = function["FunctionConfig"]["KeyValueStoreAssociations"]
+    assert association["KeyValueStoreARN"] == {"Fn::GetAtt": [store_id, "Arn"]}

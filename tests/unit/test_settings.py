@@ -100,3 +100,14 @@ def test_edge_settings_refuse_unknown_and_missing_fields():
     del values["policy"]
     with pytest.raises(TypeError):
         EdgeCacheSettings.from_dict(values)
+
+
+def test_api_keys_are_required_unless_a_stage_says_why():
+    dev = STAGES["dev"]
+    assert all(s.require_api_keys for s in STAGES.values())
+    with pytest.raises(SettingsError, match="say why"):
+        dataclasses.replace(dev, require_api_keys=False)
+    assert not dataclasses.replace(dev, require_api_keys=False, api_keys_off_reason="behind a private VPN").require_api_keys
+    # Tenant scopes come from verified keys: no keys, no tenant-scoped cache.
+    with pytest.raises(SettingsError, match="tenant-scoped"):
+        dataclasses.replace(STAGES["staging"], require_api_keys=False, api_keys_off_reason="test")
