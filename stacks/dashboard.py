@@ -14,6 +14,7 @@ from aws_cdk import aws_cloudwatch as cw
 from constructs import Construct
 
 from config.settings import StageSettings, gpu_count
+from inference_cache.contract import Metric
 from stacks.burn_rates import FAST_BURN_RATE, SLO_WINDOW_DAYS, SLOW_BURN_RATE
 from stacks.sla_metrics import (
     EdgeMetrics,
@@ -27,13 +28,23 @@ from stacks.sla_metrics import (
     throttle_ratio,
 )
 
-P = cdk.Duration.minutes(5)
+PERIOD = cdk.Duration.minutes(5)
 RED, ORANGE, GREY = "#d62728", "#ff7f0e", "#7f7f7f"
-MIB = 1024**2
 GIB = 1024**3
 
 
+def _in_ms(metric: cw.Metric, key: str, label: str) -> cw.MathExpression:
+    """A SageMaker latency (microseconds) in milliseconds."""
+    return cw.MathExpression(expression=f"{key} / 1000", using_metrics={key: metric}, period=PERIOD, label=label)
+
+
+def _p99_objective(value_ms: int) -> list[cw.HorizontalAnnotation]:
+    return [cw.HorizontalAnnotation(value=value_ms, label=f"p99 objective {value_ms} ms", color=RED)]
+
+
 class SlaDashboard(Construct):
+    """The stage's dashboard: one method per row, `__init__` adds them top to bottom."""
+
     def __init__(
         self,
         scope: Construct,
@@ -48,42 +59,60 @@ class SlaDashboard(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.settings = settings
-        sla, endpoint = settings.sla, settings.endpoint
-        stack = cdk.Stack.of(self)
-        gpus = gpu_count(endpoint.instance_type)
-
+        self.edge = edge
+        self.home = home
+        self.edge_region = edge_region
         self.dashboard = cw.Dashboard(
             self,
             "Dashboard",
             dashboard_name=f"inference-cache-{settings.name}",
             default_interval=cdk.Duration.hours(6),
         )
-        d = self.dashboard
+        # One call per row, top to bottom (widgets flow in the order they are added).
+        self._objectives_row()
+        self._traffic_and_error_budget_row()
+        self._errors_by_layer_row()
+        self._latency_by_layer_row()
+        self._capacity_row()
+        self._gpu_time_and_workspace_row()
+        self._alarm_status_row(home_alarms, edge_alarm_names)
 
-        d.add_widgets(cw.TextWidget(markdown=self._objectives_markdown(edge_region), width=24, height=6))
+    # -- metrics more than one row graphs ----------------------------------------------
 
-        # -- traffic, error budget, burn rate ---------------------------------------------
-        hits = edge_hits_estimate(edge, home, P)
-        misses = home.emf("CacheMiss", "Sum", P, "cache misses (origin adapter)")
-        d.add_widgets(
+    def _edge_hits(self) -> cw.MathExpression:
+        return edge_hits_estimate(self.edge, self.home, PERIOD)
+
+    def _cache_misses(self) -> cw.Metric:
+        return self.home.emf(Metric.CACHE_MISS, "Sum", PERIOD, "cache misses (origin adapter)")
+
+    # -- rows ------------------------------------------------------------------------
+
+    def _objectives_row(self) -> None:
+        self.dashboard.add_widgets(cw.TextWidget(markdown=self._objectives_markdown(), width=24, height=6))
+
+    def _traffic_and_error_budget_row(self) -> None:
+        """Requests and hit ratio, error budget remaining, burn rate."""
+        sla, edge, home = self.settings.sla, self.edge, self.home
+        hits, misses = self._edge_hits(), self._cache_misses()
+        self.dashboard.add_widgets(
             cw.GraphWidget(
                 title="Requests and hit ratio",
                 width=12,
                 height=6,
                 left=[
-                    edge.requests(P).with_(label="CloudFront requests (viewer + /_cache/ lookups)"),
-                    home.adapter("Invocations", "Sum", P, "origin adapter invocations"),
+                    edge.requests(PERIOD).with_(label="CloudFront requests (viewer + /_cache/ lookups)"),
+                    home.adapter("Invocations", "Sum", PERIOD, "origin adapter invocations"),
                     misses,
-                    home.emf("CacheBypass", "Sum", P, "cache bypasses"),
-                    home.emf("CacheStore", "Sum", P, "results stored"),
+                    home.emf(Metric.CACHE_BYPASS, "Sum", PERIOD, "cache bypasses"),
+                    home.emf(Metric.CACHE_STORE, "Sum", PERIOD, "results stored"),
                     hits,
                 ],
                 right=[
-                    edge.cache_hit_rate(P).with_(label="CloudFront cache hit rate, lookups (%)"),
+                    edge.cache_hit_rate(PERIOD).with_(label="CloudFront cache hit rate, lookups (%)"),
                     cw.MathExpression(
                         expression="100 * edgeHits / (edgeHits + FILL(cacheMisses, 0))",
                         using_metrics={"edgeHits": hits, "cacheMisses": misses},
-                        period=P,
+                        period=PERIOD,
                         label="inference hit ratio, estimate (%)",
                     ),
                 ],
@@ -102,11 +131,11 @@ class SlaDashboard(Construct):
                 metrics=[
                     cw.MathExpression(
                         expression=f"100 - budgetErrorRate / {number(sla.error_budget)}",
-                        using_metrics={"budgetErrorRate": edge.error_rate_5xx(P)},
-                        period=P,
+                        using_metrics={"budgetErrorRate": edge.error_rate_5xx(PERIOD)},
+                        period=PERIOD,
                         label="error budget remaining (%)",
                     ),
-                    edge.requests(P).with_(label=f"requests ({SLO_WINDOW_DAYS} days)"),
+                    edge.requests(PERIOD).with_(label=f"requests ({SLO_WINDOW_DAYS} days)"),
                 ],
                 set_period_to_time_range=True,
                 start=f"-P{SLO_WINDOW_DAYS}D",
@@ -131,20 +160,21 @@ class SlaDashboard(Construct):
             ),
         )
 
-        # -- errors by layer ------------------------------------------------------------
-        invocations = home.sagemaker("Invocations", "Sum", P)
-        adapter_invocations = home.adapter("Invocations", "Sum", P)
-        lambda_edge = edge.lambda_edge_errors(P)
-        d.add_widgets(
+    def _errors_by_layer_row(self) -> None:
+        """Error rates of every layer against the objectives, then the raw failure counts."""
+        sla, edge, home = self.settings.sla, self.edge, self.home
+        invocations = home.sagemaker("Invocations", "Sum", PERIOD)
+        adapter_invocations = home.adapter("Invocations", "Sum", PERIOD)
+        self.dashboard.add_widgets(
             cw.GraphWidget(
                 title="Error rates by layer (%)",
                 width=12,
                 height=6,
                 left=[
-                    edge.error_rate_5xx(P).with_(label="CloudFront 5xx (%)"),
-                    edge.error_rate_4xx(P).with_(label="CloudFront 4xx (%)"),
+                    edge.error_rate_5xx(PERIOD).with_(label="CloudFront 5xx (%)"),
+                    edge.error_rate_4xx(PERIOD).with_(label="CloudFront 4xx (%)"),
                     error_ratio(
-                        home.sagemaker("Invocation5XXErrors", "Sum", P),
+                        home.sagemaker("Invocation5XXErrors", "Sum", PERIOD),
                         invocations,
                         1,
                         "endpoint 5XX (%)",
@@ -152,7 +182,7 @@ class SlaDashboard(Construct):
                         100,
                     ),
                     error_ratio(
-                        home.sagemaker("InvocationModelErrors", "Sum", P),
+                        home.sagemaker("InvocationModelErrors", "Sum", PERIOD),
                         invocations,
                         1,
                         "endpoint model errors (%)",
@@ -160,7 +190,7 @@ class SlaDashboard(Construct):
                         100,
                     ),
                     error_ratio(
-                        home.adapter("Errors", "Sum", P),
+                        home.adapter("Errors", "Sum", PERIOD),
                         adapter_invocations,
                         1,
                         "origin adapter errors (%)",
@@ -168,7 +198,11 @@ class SlaDashboard(Construct):
                         100,
                     ),
                     throttle_ratio(
-                        adapter_invocations, home.adapter("Throttles", "Sum", P), 1, "origin adapter throttles (%)", 100
+                        adapter_invocations,
+                        home.adapter("Throttles", "Sum", PERIOD),
+                        1,
+                        "origin adapter throttles (%)",
+                        100,
                     ),
                 ],
                 left_annotations=[
@@ -183,7 +217,7 @@ class SlaDashboard(Construct):
                 title="Lambda@Edge errors (as CloudFront counts them)",
                 width=6,
                 height=6,
-                left=list(lambda_edge.values()),
+                left=list(edge.lambda_edge_errors(PERIOD).values()),
                 left_y_axis=cw.YAxisProps(min=0, label="count / 5 min", show_units=False),
             ),
             cw.GraphWidget(
@@ -191,29 +225,25 @@ class SlaDashboard(Construct):
                 width=6,
                 height=6,
                 left=[
-                    home.adapter("Errors", "Sum", P, "Lambda errors"),
-                    home.adapter("Throttles", "Sum", P, "Lambda throttles"),
-                    home.emf("ModelError", "Sum", P, "model errors seen by the adapter"),
+                    home.adapter("Errors", "Sum", PERIOD, "Lambda errors"),
+                    home.adapter("Throttles", "Sum", PERIOD, "Lambda throttles"),
+                    home.emf(Metric.MODEL_ERROR, "Sum", PERIOD, "model errors seen by the adapter"),
                 ],
                 left_y_axis=cw.YAxisProps(min=0, label="count / 5 min", show_units=False),
             ),
         )
 
-        # -- p99 latency by layer -------------------------------------------------------
-        def ms(metric: cw.Metric, key: str, label: str) -> cw.MathExpression:
-            return cw.MathExpression(expression=f"{key} / 1000", using_metrics={key: metric}, period=P, label=label)
-
-        def slo(value_ms: int) -> list[cw.HorizontalAnnotation]:
-            return [cw.HorizontalAnnotation(value=value_ms, label=f"p99 objective {value_ms} ms", color=RED)]
-
+    def _latency_by_layer_row(self) -> None:
+        """p50 to p99 of each layer, outside in, against its p99 objective."""
+        sla, edge, home = self.settings.sla, self.edge, self.home
         ms_axis = cw.YAxisProps(min=0, label="ms", show_units=False)
-        d.add_widgets(
+        self.dashboard.add_widgets(
             cw.GraphWidget(
                 title="Edge: CloudFront origin latency (ms)",
                 width=6,
                 height=6,
-                left=[edge.origin_latency(stat, P) for stat in ("p50", "p90", "p99")],
-                left_annotations=slo(sla.edge_origin_latency_p99_ms),
+                left=[edge.origin_latency(stat, PERIOD) for stat in ("p50", "p90", "p99")],
+                left_annotations=_p99_objective(sla.edge_origin_latency_p99_ms),
                 left_y_axis=ms_axis,
             ),
             cw.GraphWidget(
@@ -221,11 +251,11 @@ class SlaDashboard(Construct):
                 width=6,
                 height=6,
                 left=[
-                    home.adapter("Duration", "p50", P, "Duration p50"),
-                    home.adapter("Duration", "p99", P, "Duration p99"),
-                    home.emf("InferenceLatency", "p99", P, "endpoint call p99 (EMF)"),
+                    home.adapter("Duration", "p50", PERIOD, "Duration p50"),
+                    home.adapter("Duration", "p99", PERIOD, "Duration p99"),
+                    home.emf(Metric.INFERENCE_LATENCY, "p99", PERIOD, "endpoint call p99 (EMF)"),
                 ],
-                left_annotations=slo(sla.origin_adapter_duration_p99_ms),
+                left_annotations=_p99_objective(sla.origin_adapter_duration_p99_ms),
                 left_y_axis=ms_axis,
             ),
             cw.GraphWidget(
@@ -233,10 +263,10 @@ class SlaDashboard(Construct):
                 width=6,
                 height=6,
                 left=[
-                    ms(home.sagemaker("ModelLatency", "p50", P), "modelP50", "ModelLatency p50"),
-                    ms(home.sagemaker("ModelLatency", "p99", P), "modelP99", "ModelLatency p99"),
+                    _in_ms(home.sagemaker("ModelLatency", "p50", PERIOD), "modelP50", "ModelLatency p50"),
+                    _in_ms(home.sagemaker("ModelLatency", "p99", PERIOD), "modelP99", "ModelLatency p99"),
                 ],
-                left_annotations=slo(sla.model_latency_p99_ms),
+                left_annotations=_p99_objective(sla.model_latency_p99_ms),
                 left_y_axis=ms_axis,
             ),
             cw.GraphWidget(
@@ -244,21 +274,24 @@ class SlaDashboard(Construct):
                 width=6,
                 height=6,
                 left=[
-                    ms(home.sagemaker("OverheadLatency", "p50", P), "overheadP50", "OverheadLatency p50"),
-                    ms(home.sagemaker("OverheadLatency", "p99", P), "overheadP99", "OverheadLatency p99"),
+                    _in_ms(home.sagemaker("OverheadLatency", "p50", PERIOD), "overheadP50", "OverheadLatency p50"),
+                    _in_ms(home.sagemaker("OverheadLatency", "p99", PERIOD), "overheadP99", "OverheadLatency p99"),
                 ],
                 left_y_axis=ms_axis,
             ),
         )
 
-        # -- capacity -----------------------------------------------------------------
+    def _capacity_row(self) -> None:
+        """Instances in service against the scaling bounds, GPU and GPU memory per GPU."""
+        sla, endpoint, home = self.settings.sla, self.settings.endpoint, self.home
+        gpus = gpu_count(endpoint.instance_type)
         pct_axis = cw.YAxisProps(min=0, max=100, label="% per GPU", show_units=False)
-        d.add_widgets(
+        self.dashboard.add_widgets(
             cw.GraphWidget(
                 title="Instances in service vs maximum",
                 width=8,
                 height=6,
-                left=[instances_in_service(home, P)],
+                left=[instances_in_service(home, PERIOD)],
                 left_annotations=[
                     cw.HorizontalAnnotation(
                         value=endpoint.max_instances, label=f"max_instances {endpoint.max_instances}", color=RED
@@ -274,8 +307,8 @@ class SlaDashboard(Construct):
                 width=8,
                 height=6,
                 left=[
-                    per_gpu(home.instance("GPUUtilization", "Average"), gpus, "fleet average", "gpuAverage", P),
-                    per_gpu(home.instance("GPUUtilization", "Maximum"), gpus, "busiest instance", "gpuMaximum", P),
+                    per_gpu(home.instance("GPUUtilization", "Average"), gpus, "fleet average", "gpuAverage", PERIOD),
+                    per_gpu(home.instance("GPUUtilization", "Maximum"), gpus, "busiest instance", "gpuMaximum", PERIOD),
                 ],
                 left_annotations=[
                     cw.HorizontalAnnotation(
@@ -289,8 +322,12 @@ class SlaDashboard(Construct):
                 width=8,
                 height=6,
                 left=[
-                    per_gpu(home.instance("GPUMemoryUtilization", "Average"), gpus, "fleet average", "memAverage", P),
-                    per_gpu(home.instance("GPUMemoryUtilization", "Maximum"), gpus, "worst instance", "memMaximum", P),
+                    per_gpu(
+                        home.instance("GPUMemoryUtilization", "Average"), gpus, "fleet average", "memAverage", PERIOD
+                    ),
+                    per_gpu(
+                        home.instance("GPUMemoryUtilization", "Maximum"), gpus, "worst instance", "memMaximum", PERIOD
+                    ),
                 ],
                 left_annotations=[
                     cw.HorizontalAnnotation(
@@ -301,10 +338,11 @@ class SlaDashboard(Construct):
             ),
         )
 
-        # -- GPU time saved, model workspace ----------------------------------------------
-        workspace = settings.workspace
+    def _gpu_time_and_workspace_row(self) -> None:
+        """GPU seconds saved by edge hits, then the model workspace's throughput and free space."""
+        sla, workspace, home = self.settings.sla, self.settings.workspace, self.home
         throughput_mb_s = workspace.capacity_gib / 1024 * workspace.throughput_per_tib
-        d.add_widgets(
+        self.dashboard.add_widgets(
             cw.GraphWidget(
                 title="GPU seconds: saved by edge hits vs spent on misses",
                 width=8,
@@ -314,14 +352,14 @@ class SlaDashboard(Construct):
                         # hits x (GPU seconds per miss): a hit costs the GPU what a miss would have.
                         expression="edgeHits * gpuSecondsOnMiss / cacheMisses",
                         using_metrics={
-                            "edgeHits": hits,
-                            "gpuSecondsOnMiss": home.emf("GpuSecondsOnMiss", "Sum", P),
-                            "cacheMisses": misses,
+                            "edgeHits": self._edge_hits(),
+                            "gpuSecondsOnMiss": home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD),
+                            "cacheMisses": self._cache_misses(),
                         },
-                        period=P,
+                        period=PERIOD,
                         label="GPU seconds saved by hits (estimate)",
                     ),
-                    home.emf("GpuSecondsOnMiss", "Sum", P, "GPU seconds spent on misses"),
+                    home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD, "GPU seconds spent on misses"),
                 ],
                 left_y_axis=cw.YAxisProps(min=0, label="GPU s / 5 min", show_units=False),
             ),
@@ -332,8 +370,8 @@ class SlaDashboard(Construct):
                 left=[
                     cw.MathExpression(
                         expression=f"{key} / PERIOD({key}) / 1000000",
-                        using_metrics={key: home.workspace(name, "Sum", P)},
-                        period=P,
+                        using_metrics={key: home.workspace(name, "Sum", PERIOD)},
+                        period=PERIOD,
                         label=label,
                     )
                     for key, name, label in (
@@ -356,8 +394,8 @@ class SlaDashboard(Construct):
                     cw.MathExpression(
                         # One data point per disk per minute: Sum over a period holds PERIOD/60 of them.
                         expression=f"freeBytes / (PERIOD(freeBytes) / 60) / {GIB}",
-                        using_metrics={"freeBytes": home.workspace("FreeDataStorageCapacity", "Sum", P)},
-                        period=P,
+                        using_metrics={"freeBytes": home.workspace("FreeDataStorageCapacity", "Sum", PERIOD)},
+                        period=PERIOD,
                         label="free",
                     )
                 ],
@@ -372,30 +410,38 @@ class SlaDashboard(Construct):
             ),
         )
 
-        # -- alarms ---------------------------------------------------------------------
+    def _alarm_status_row(self, home_alarms: list[cw.IAlarm], edge_alarm_names: list[str]) -> None:
+        """Alarm status per region. The us-east-1 alarms live in another region's stack, so
+        they are referred to by an ARN built from their plain names (no cross-stack reference)."""
+        stack = cdk.Stack.of(self)
         edge_alarms = [
             cw.Alarm.from_alarm_arn(
                 self,
                 f"EdgeAlarm{i}",
-                f"arn:{stack.partition}:cloudwatch:{edge_region}:{stack.account}:alarm:{name}",
+                f"arn:{stack.partition}:cloudwatch:{self.edge_region}:{stack.account}:alarm:{name}",
             )
             for i, name in enumerate(edge_alarm_names)
         ]
         height = 2 + max(len(home_alarms), len(edge_alarms)) // 2
-        d.add_widgets(
-            cw.AlarmStatusWidget(title=f"Alarms, {settings.home_region}", alarms=home_alarms, width=12, height=height),
+        self.dashboard.add_widgets(
             cw.AlarmStatusWidget(
-                title=f"Alarms, {edge_region} (CloudFront, Lambda@Edge)", alarms=edge_alarms, width=12, height=height
+                title=f"Alarms, {self.settings.home_region}", alarms=home_alarms, width=12, height=height
+            ),
+            cw.AlarmStatusWidget(
+                title=f"Alarms, {self.edge_region} (CloudFront, Lambda@Edge)",
+                alarms=edge_alarms,
+                width=12,
+                height=height,
             ),
         )
 
-    def _objectives_markdown(self, edge_region: str) -> str:
+    def _objectives_markdown(self) -> str:
         s = self.settings
         sla = s.sla
         return "\n".join(
             [
                 f"# inference-cache {s.name}: SLOs and the whole request path",
-                f"Home region **{s.home_region}**; CloudFront and Lambda@Edge metrics are read from **{edge_region}**. "
+                f"Home region **{s.home_region}**; CloudFront and Lambda@Edge metrics are read from **{self.edge_region}**. "
                 "Alarm thresholds, missing-data choices and what each alarm pages: `docs/sla.md`.",
                 "",
                 "| objective | target | alarm |",

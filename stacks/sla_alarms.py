@@ -52,6 +52,7 @@ WORKSPACE_PERIOD = cdk.Duration.minutes(1)
 WORKSPACE_PERIODS = 15
 GIB = 1024**3
 
+GREATER = cw.ComparisonOperator.GREATER_THAN_THRESHOLD
 NOT_BREACHING = cw.TreatMissingData.NOT_BREACHING
 MISSING = cw.TreatMissingData.MISSING
 
@@ -78,6 +79,40 @@ class _Spec:
     why_missing: str
 
 
+# The shapes most alarms share. Missing data is not breaching in all three: no traffic
+# is neither slow nor failing.
+
+
+def _sustained_spec(
+    slug: str,
+    metric: cw.IMetric,
+    threshold: float,
+    periods: int,
+    *,
+    what: str,
+    first: str,
+    why_missing: str,
+    comparison: cw.ComparisonOperator = GREATER,
+    missing: cw.TreatMissingData = NOT_BREACHING,
+) -> _Spec:
+    """Beyond the threshold in every one of `periods` periods in a row."""
+    return _Spec(slug, metric, threshold, comparison, periods, periods, missing, what, first, why_missing)
+
+
+def _latency_spec(slug: str, metric: cw.IMetric, threshold: float, *, what: str, first: str, why_missing: str) -> _Spec:
+    """A p99 above its objective for LATENCY_PERIODS periods in a row."""
+    return _sustained_spec(slug, metric, threshold, LATENCY_PERIODS, what=what, first=first, why_missing=why_missing)
+
+
+def _error_rate_spec(
+    slug: str, metric: cw.IMetric, threshold: float, *, what: str, first: str, why_missing: str
+) -> _Spec:
+    """An error ratio above its maximum in ERROR_DATAPOINTS of ERROR_PERIODS periods."""
+    return _Spec(
+        slug, metric, threshold, GREATER, ERROR_PERIODS, ERROR_DATAPOINTS, NOT_BREACHING, what, first, why_missing
+    )
+
+
 class _SlaAlarmsBase(Construct):
     """Creates metric alarms from specs, routes them, and builds the paging composite."""
 
@@ -98,6 +133,11 @@ class _SlaAlarmsBase(Construct):
         self.alarms: dict[str, cw.AlarmBase] = {}
         self.paging_children: list[cw.AlarmBase] = []
         self.ticket_alarms: list[cw.AlarmBase] = []
+
+    @property
+    def _period_floor(self) -> int:
+        """Requests a 5-minute period must carry before an error ratio over it counts."""
+        return min_requests(self.settings.sla.min_requests_per_5_min, PERIOD.to_seconds())
 
     @property
     def page_alarm_slug(self) -> str:
@@ -183,115 +223,26 @@ class EdgeSlaAlarms(_SlaAlarmsBase):
         ticket_topic: sns.ITopic,
     ) -> None:
         super().__init__(scope, construct_id, settings=settings, page_topic=page_topic, ticket_topic=ticket_topic)
-        sla = settings.sla
-        edge = EdgeMetrics(distribution_id)
-
-        fast = self._burn_rate_rule("fast", FAST_BURN_RATE, FAST_BURN_WINDOWS_SECONDS, edge)
-        slow = self._burn_rate_rule("slow", SLOW_BURN_RATE, SLOW_BURN_WINDOWS_SECONDS, edge)
-        self.paging_children.extend([fast, slow])
-
-        self._alarm(
-            _Spec(
-                slug="edge-origin-latency-p99",
-                metric=edge.origin_latency("p99", PERIOD),
-                threshold=sla.edge_origin_latency_p99_ms,
-                comparison=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                evaluation_periods=LATENCY_PERIODS,
-                datapoints=LATENCY_PERIODS,
-                missing=NOT_BREACHING,
-                what=(
-                    f"CloudFront OriginLatency p99 above {sla.edge_origin_latency_p99_ms} ms for "
-                    f"{LATENCY_PERIODS} x 5 min: requests that reach the origin (cache misses, lookups) "
-                    "are slower than the SLO and users wait."
-                ),
-                first=(
-                    "dashboard 'Latency p99 by layer'. SageMaker ModelLatency up too: GPUs slow or saturated "
-                    "(instances vs max, GPU utilization). Only the origin adapter: its Duration and throttles. "
-                    "Only OriginLatency: the edge lookup (results bucket, Origin Shield) or Lambda@Edge."
-                ),
-                why_missing="no origin traffic, nothing slow",
-            ),
-            "page",
-        )
-
-        floor = min_requests(sla.min_requests_per_5_min, PERIOD.to_seconds())
-        requests = edge.requests(PERIOD)
-        errors = edge.lambda_edge_errors(PERIOD)
-        self._alarm(
-            _Spec(
-                slug="edge-function-errors",
-                metric=cw.MathExpression(
-                    expression=(
-                        f"IF(requests >= {floor}, (FILL(execution, 0) + FILL(validation, 0) + FILL(limit, 0)) / requests, 0)"
-                    ),
-                    using_metrics={"requests": requests, **errors},
-                    period=PERIOD,
-                    label="Lambda@Edge errors per request",
-                ),
-                threshold=sla.edge_function_error_rate_max,
-                comparison=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                evaluation_periods=ERROR_PERIODS,
-                datapoints=ERROR_DATAPOINTS,
-                missing=NOT_BREACHING,
-                what=(
-                    "Lambda@Edge failures as CloudFront counts them (LambdaExecutionError + LambdaValidationError + "
-                    f"LambdaLimitExceededErrors) above {_pct(sla.edge_function_error_rate_max)} of requests in "
-                    f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min; viewers get 5xx for them. Execution: the "
-                    "cache-key function raised or timed out. Validation: it returned a malformed response (often "
-                    "right after a deploy). Limit: Lambda throttled it in a serving region."
-                ),
-                first=(
-                    f"the function's logs, /aws/lambda/us-east-1.{edge_function_name}, in the "
-                    "regions that serve the traffic (CloudFront console, Monitoring, Lambda@Edge), and the last edge deploy. "
-                    f"Windows under {floor} requests read 0."
-                ),
-                why_missing="no traffic, no errors",
-            ),
-            "ticket",
-        )
-
-        hit_floor = min_requests(sla.min_requests_per_5_min, HIT_RATIO_PERIOD.to_seconds())
-        self._alarm(
-            _Spec(
-                slug="cache-hit-ratio-low",
-                metric=cw.MathExpression(
-                    expression=f"IF(requests >= {hit_floor}, hitRate, 100)",
-                    using_metrics={
-                        "requests": edge.requests(HIT_RATIO_PERIOD),
-                        "hitRate": edge.cache_hit_rate(HIT_RATIO_PERIOD),
-                    },
-                    period=HIT_RATIO_PERIOD,
-                    label="CloudFront cache hit rate (%)",
-                ),
-                threshold=sla.cache_hit_ratio_floor * 100,
-                comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-                evaluation_periods=HIT_RATIO_PERIODS,
-                datapoints=HIT_RATIO_PERIODS,
-                missing=NOT_BREACHING,
-                what=(
-                    f"CloudFront CacheHitRate below {_pct(sla.cache_hit_ratio_floor)} for {HIT_RATIO_PERIODS} hours "
-                    "in a row. Only the /_cache/ lookups are cacheable here, so this is the share of stored results "
-                    "that the edge served without going to S3: results expire early or are not cached "
-                    "(Cache-Control, TTL, results cache policy)."
-                ),
-                first=(
-                    "dashboard 'Requests and hit ratio': CacheStore vs CacheMiss from the origin adapter (stores "
-                    "failing leave nothing to hit), the inference hit-ratio estimate, and the Cache-Control of "
-                    f"stored objects. Hours under {hit_floor} requests read as healthy."
-                ),
-                why_missing="no traffic, nothing to judge",
-            ),
-            "ticket",
-        )
-
+        self.edge = EdgeMetrics(distribution_id)
+        # Creation order reaches the template: resource order, the page's children and
+        # rule, and the dashboard's list of us-east-1 alarms.
+        self._availability_burn_rates()
+        self._edge_latency()
+        self._edge_function_errors(edge_function_name)
+        self._hit_ratio()
         self._page(
             f"stage {settings.name}, us-east-1 (CloudFront): the availability SLO "
-            f"({_pct(sla.availability_target)} over {SLO_WINDOW_DAYS} days) is burning fast or the edge is slow."
+            f"({_pct(settings.sla.availability_target)} over {SLO_WINDOW_DAYS} days) is burning fast or the edge is slow."
         )
 
-    def _burn_rate_rule(
-        self, speed: str, rate: float, windows: tuple[int, int], edge: EdgeMetrics
-    ) -> cw.CompositeAlarm:
+    def _availability_burn_rates(self) -> None:
+        """Page: the availability SLO's fast and slow multi-window burn rates."""
+        fast = self._burn_rate_rule("fast", FAST_BURN_RATE, FAST_BURN_WINDOWS_SECONDS)
+        slow = self._burn_rate_rule("slow", SLOW_BURN_RATE, SLOW_BURN_WINDOWS_SECONDS)
+        self.paging_children.extend([fast, slow])
+
+    def _burn_rate_rule(self, speed: str, rate: float, windows: tuple[int, int]) -> cw.CompositeAlarm:
+        """Burning faster than `rate` over the long window AND still over the short one."""
         sla = self.settings.sla
         long_seconds, short_seconds = windows
         spent = rate * long_seconds / (SLO_WINDOW_DAYS * 86_400)
@@ -302,14 +253,12 @@ class EdgeSlaAlarms(_SlaAlarmsBase):
             floor = min_requests(sla.min_requests_per_5_min, seconds)
             window_alarms.append(
                 self._alarm(
-                    _Spec(
-                        slug=f"{slug}-{text}",
-                        metric=burn_rate(edge, seconds, sla.error_budget, sla.min_requests_per_5_min),
-                        threshold=rate,
-                        comparison=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                        evaluation_periods=1,
-                        datapoints=1,
-                        missing=NOT_BREACHING,
+                    # One evaluation: the burn-rate window is itself the duration.
+                    _sustained_spec(
+                        f"{slug}-{text}",
+                        burn_rate(self.edge, seconds, sla.error_budget, sla.min_requests_per_5_min),
+                        rate,
+                        1,
                         what=(
                             f"Input to {alarm_name(self.settings, slug)}. CloudFront 5xx share over the last {text} is "
                             f"above {rate:g}x the error budget ({_pct(sla.error_budget)} allowed, so above "
@@ -337,6 +286,97 @@ class EdgeSlaAlarms(_SlaAlarmsBase):
             "Look first at: dashboard 'Error rates' to find the failing layer, then 'Error budget remaining'.",
         )
 
+    def _edge_latency(self) -> None:
+        """Page: CloudFront's origin latency p99."""
+        sla = self.settings.sla
+        self._alarm(
+            _latency_spec(
+                "edge-origin-latency-p99",
+                self.edge.origin_latency("p99", PERIOD),
+                sla.edge_origin_latency_p99_ms,
+                what=(
+                    f"CloudFront OriginLatency p99 above {sla.edge_origin_latency_p99_ms} ms for "
+                    f"{LATENCY_PERIODS} x 5 min: requests that reach the origin (cache misses, lookups) "
+                    "are slower than the SLO and users wait."
+                ),
+                first=(
+                    "dashboard 'Latency p99 by layer'. SageMaker ModelLatency up too: GPUs slow or saturated "
+                    "(instances vs max, GPU utilization). Only the origin adapter: its Duration and throttles. "
+                    "Only OriginLatency: the edge lookup (results bucket, Origin Shield) or Lambda@Edge."
+                ),
+                why_missing="no origin traffic, nothing slow",
+            ),
+            "page",
+        )
+
+    def _edge_function_errors(self, edge_function_name: str) -> None:
+        """Ticket: Lambda@Edge failures per request, as CloudFront counts them."""
+        sla = self.settings.sla
+        floor = self._period_floor
+        self._alarm(
+            _error_rate_spec(
+                "edge-function-errors",
+                cw.MathExpression(
+                    expression=(
+                        f"IF(requests >= {floor}, (FILL(execution, 0) + FILL(validation, 0) + FILL(limit, 0)) / requests, 0)"
+                    ),
+                    using_metrics={"requests": self.edge.requests(PERIOD), **self.edge.lambda_edge_errors(PERIOD)},
+                    period=PERIOD,
+                    label="Lambda@Edge errors per request",
+                ),
+                sla.edge_function_error_rate_max,
+                what=(
+                    "Lambda@Edge failures as CloudFront counts them (LambdaExecutionError + LambdaValidationError + "
+                    f"LambdaLimitExceededErrors) above {_pct(sla.edge_function_error_rate_max)} of requests in "
+                    f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min; viewers get 5xx for them. Execution: the "
+                    "cache-key function raised or timed out. Validation: it returned a malformed response (often "
+                    "right after a deploy). Limit: Lambda throttled it in a serving region."
+                ),
+                first=(
+                    f"the function's logs, /aws/lambda/us-east-1.{edge_function_name}, in the "
+                    "regions that serve the traffic (CloudFront console, Monitoring, Lambda@Edge), and the last edge deploy. "
+                    f"Windows under {floor} requests read 0."
+                ),
+                why_missing="no traffic, no errors",
+            ),
+            "ticket",
+        )
+
+    def _hit_ratio(self) -> None:
+        """Ticket: CloudFront's cache hit rate (the /_cache/ lookups) below its floor."""
+        sla = self.settings.sla
+        hit_floor = min_requests(sla.min_requests_per_5_min, HIT_RATIO_PERIOD.to_seconds())
+        self._alarm(
+            _sustained_spec(
+                "cache-hit-ratio-low",
+                cw.MathExpression(
+                    expression=f"IF(requests >= {hit_floor}, hitRate, 100)",
+                    using_metrics={
+                        "requests": self.edge.requests(HIT_RATIO_PERIOD),
+                        "hitRate": self.edge.cache_hit_rate(HIT_RATIO_PERIOD),
+                    },
+                    period=HIT_RATIO_PERIOD,
+                    label="CloudFront cache hit rate (%)",
+                ),
+                sla.cache_hit_ratio_floor * 100,
+                HIT_RATIO_PERIODS,
+                comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+                what=(
+                    f"CloudFront CacheHitRate below {_pct(sla.cache_hit_ratio_floor)} for {HIT_RATIO_PERIODS} hours "
+                    "in a row. Only the /_cache/ lookups are cacheable here, so this is the share of stored results "
+                    "that the edge served without going to S3: results expire early or are not cached "
+                    "(Cache-Control, TTL, results cache policy)."
+                ),
+                first=(
+                    "dashboard 'Requests and hit ratio': CacheStore vs CacheMiss from the origin adapter (stores "
+                    "failing leave nothing to hit), the inference hit-ratio estimate, and the Cache-Control of "
+                    f"stored objects. Hours under {hit_floor} requests read as healthy."
+                ),
+                why_missing="no traffic, nothing to judge",
+            ),
+            "ticket",
+        )
+
 
 class HomeSlaAlarms(_SlaAlarmsBase):
     """Home region: endpoint, origin adapter, capacity and the model workspace."""
@@ -352,47 +392,57 @@ class HomeSlaAlarms(_SlaAlarmsBase):
         ticket_topic: sns.ITopic,
     ) -> None:
         super().__init__(scope, construct_id, settings=settings, page_topic=page_topic, ticket_topic=ticket_topic)
-        sla, endpoint = settings.sla, settings.endpoint
-        home = metrics
-        floor = min_requests(sla.min_requests_per_5_min, PERIOD.to_seconds())
-        gpus = gpu_count(endpoint.instance_type)
-        gpu_periods = sla.gpu_high_minutes // 5
-        pinned_periods = sla.capacity_pinned_minutes // 5
-        greater = cw.ComparisonOperator.GREATER_THAN_THRESHOLD
-        fleet_first = (
-            "dashboard 'Capacity': instances in service vs the maximum and GPU utilization. At the maximum "
-            "and hot: raise max_instances or the instance type. Not at the maximum: the model container "
-            "(/aws/sagemaker/Endpoints/" + f"inference-cache-{settings.name} logs)."
+        self.home = metrics
+        # Creation order reaches the template: resource order, the page's children and
+        # rule, and the dashboard's alarm status widget.
+        self._latency_alarms()
+        self._error_rate_alarms()
+        self._model_error_alarm()
+        self._capacity_alarm()
+        self._gpu_alarms()
+        self._workspace_alarm()
+        self._page(
+            f"stage {settings.name}, {settings.home_region}: the GPU endpoint or the origin adapter is failing or "
+            "slower than its objective."
         )
 
+    @property
+    def _endpoint_logs(self) -> str:
+        return f"/aws/sagemaker/Endpoints/inference-cache-{self.settings.name}"
+
+    @property
+    def _look_at_the_fleet(self) -> str:
+        """Where to start when the GPU fleet is slow, pinned or hot."""
+        return (
+            "dashboard 'Capacity': instances in service vs the maximum and GPU utilization. At the maximum "
+            "and hot: raise max_instances or the instance type. Not at the maximum: the model container "
+            f"({self._endpoint_logs} logs)."
+        )
+
+    def _latency_alarms(self) -> None:
+        """Page: the p99 objectives of the model and of the origin adapter."""
+        sla = self.settings.sla
         self._alarm(
-            _Spec(
-                slug="model-latency-p99",
-                metric=home.sagemaker("ModelLatency", "p99", PERIOD, "ModelLatency p99 (us)"),
-                threshold=sla.model_latency_p99_ms * 1000,
-                comparison=greater,
-                evaluation_periods=LATENCY_PERIODS,
-                datapoints=LATENCY_PERIODS,
-                missing=NOT_BREACHING,
+            _latency_spec(
+                "model-latency-p99",
+                self.home.sagemaker("ModelLatency", "p99", PERIOD, "ModelLatency p99 (us)"),
+                # ModelLatency is in microseconds.
+                sla.model_latency_p99_ms * 1000,
                 what=(
                     f"SageMaker ModelLatency p99 above {sla.model_latency_p99_ms} ms (the metric is in microseconds: "
                     f"{sla.model_latency_p99_ms * 1000} us) for {LATENCY_PERIODS} x 5 min. The GPU answers slower "
                     "than the innermost latency objective; edge latency follows."
                 ),
-                first=fleet_first,
+                first=self._look_at_the_fleet,
                 why_missing="no invocations, nothing slow",
             ),
             "page",
         )
         self._alarm(
-            _Spec(
-                slug="origin-adapter-duration-p99",
-                metric=home.adapter("Duration", "p99", PERIOD, "origin adapter Duration p99 (ms)"),
-                threshold=sla.origin_adapter_duration_p99_ms,
-                comparison=greater,
-                evaluation_periods=LATENCY_PERIODS,
-                datapoints=LATENCY_PERIODS,
-                missing=NOT_BREACHING,
+            _latency_spec(
+                "origin-adapter-duration-p99",
+                self.home.adapter("Duration", "p99", PERIOD, "origin adapter Duration p99 (ms)"),
+                sla.origin_adapter_duration_p99_ms,
                 what=(
                     f"Origin adapter Duration p99 above {sla.origin_adapter_duration_p99_ms} ms for "
                     f"{LATENCY_PERIODS} x 5 min: cache misses take longer than the SLO at the origin."
@@ -406,27 +456,27 @@ class HomeSlaAlarms(_SlaAlarmsBase):
             ),
             "page",
         )
+
+    def _error_rate_alarms(self) -> None:
+        """Page: the error objective, endpoint 5XX and origin adapter errors and throttles."""
+        sla, home, floor = self.settings.sla, self.home, self._period_floor
         self._alarm(
-            _Spec(
-                slug="endpoint-5xx-rate",
-                metric=error_ratio(
+            _error_rate_spec(
+                "endpoint-5xx-rate",
+                error_ratio(
                     home.sagemaker("Invocation5XXErrors", "Sum", PERIOD),
                     home.sagemaker("Invocations", "Sum", PERIOD),
                     floor,
                     "endpoint 5XX errors per invocation",
                 ),
-                threshold=sla.endpoint_error_rate_max,
-                comparison=greater,
-                evaluation_periods=ERROR_PERIODS,
-                datapoints=ERROR_DATAPOINTS,
-                missing=NOT_BREACHING,
+                sla.endpoint_error_rate_max,
                 what=(
                     f"SageMaker Invocation5XXErrors / Invocations above {_pct(sla.endpoint_error_rate_max)} in "
                     f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: the endpoint fails requests (container errors, "
                     f"timeouts, no capacity). Windows under {floor} invocations read 0."
                 ),
                 first=(
-                    f"the endpoint's logs (/aws/sagemaker/Endpoints/inference-cache-{settings.name}), instances in "
+                    f"the endpoint's logs ({self._endpoint_logs}), instances in "
                     "service vs max, and whether a model or endpoint-config deploy just happened."
                 ),
                 why_missing="no invocations, no errors",
@@ -434,19 +484,15 @@ class HomeSlaAlarms(_SlaAlarmsBase):
             "page",
         )
         self._alarm(
-            _Spec(
-                slug="origin-adapter-error-rate",
-                metric=error_ratio(
+            _error_rate_spec(
+                "origin-adapter-error-rate",
+                error_ratio(
                     home.adapter("Errors", "Sum", PERIOD),
                     home.adapter("Invocations", "Sum", PERIOD),
                     floor,
                     "origin adapter errors per invocation",
                 ),
-                threshold=sla.endpoint_error_rate_max,
-                comparison=greater,
-                evaluation_periods=ERROR_PERIODS,
-                datapoints=ERROR_DATAPOINTS,
-                missing=NOT_BREACHING,
+                sla.endpoint_error_rate_max,
                 what=(
                     f"Origin adapter Lambda Errors / Invocations above {_pct(sla.endpoint_error_rate_max)} in "
                     f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: unhandled exceptions or timeouts, which "
@@ -458,19 +504,15 @@ class HomeSlaAlarms(_SlaAlarmsBase):
             "page",
         )
         self._alarm(
-            _Spec(
-                slug="origin-adapter-throttle-rate",
-                metric=throttle_ratio(
+            _error_rate_spec(
+                "origin-adapter-throttle-rate",
+                throttle_ratio(
                     home.adapter("Invocations", "Sum", PERIOD),
                     home.adapter("Throttles", "Sum", PERIOD),
                     floor,
                     "origin adapter throttles per request",
                 ),
-                threshold=sla.endpoint_error_rate_max,
-                comparison=greater,
-                evaluation_periods=ERROR_PERIODS,
-                datapoints=ERROR_DATAPOINTS,
-                missing=NOT_BREACHING,
+                sla.endpoint_error_rate_max,
                 what=(
                     f"Origin adapter Throttles / (Invocations + Throttles) above {_pct(sla.endpoint_error_rate_max)} "
                     f"in {ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: Lambda refuses requests for lack of "
@@ -485,90 +527,94 @@ class HomeSlaAlarms(_SlaAlarmsBase):
             "page",
         )
 
+    def _model_error_alarm(self) -> None:
+        """Ticket: every non-2xx from the model container, client errors included."""
+        sla, home, floor = self.settings.sla, self.home, self._period_floor
         self._alarm(
-            _Spec(
-                slug="endpoint-model-error-rate",
-                metric=error_ratio(
+            _error_rate_spec(
+                "endpoint-model-error-rate",
+                error_ratio(
                     home.sagemaker("InvocationModelErrors", "Sum", PERIOD),
                     home.sagemaker("Invocations", "Sum", PERIOD),
                     floor,
                     "endpoint model errors per invocation",
                 ),
-                threshold=sla.endpoint_error_rate_max,
-                comparison=greater,
-                evaluation_periods=ERROR_PERIODS,
-                datapoints=ERROR_DATAPOINTS,
-                missing=NOT_BREACHING,
+                sla.endpoint_error_rate_max,
                 what=(
                     f"SageMaker InvocationModelErrors / Invocations above {_pct(sla.endpoint_error_rate_max)} in "
                     f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min. Counts every non-2xx from the container, "
                     "client errors (context too long, bad parameters) included, so it opens a ticket; 5XX pages."
                 ),
                 first=(
-                    f"the container's logs (/aws/sagemaker/Endpoints/inference-cache-{settings.name}) for the error "
+                    f"the container's logs ({self._endpoint_logs}) for the error "
                     "messages, and the origin adapter's ModelError metric by route."
                 ),
                 why_missing="no invocations, no errors",
             ),
             "ticket",
         )
+
+    def _capacity_alarm(self) -> None:
+        """Ticket: the fleet pinned at its maximum instance count."""
+        sla, endpoint = self.settings.sla, self.settings.endpoint
+        # The instance count is derived (request-weighted), not a whole number: half an
+        # instance below the maximum counts as at it.
+        pinned_at = endpoint.max_instances - 0.5
         self._alarm(
-            _Spec(
-                slug="capacity-pinned-at-max",
-                metric=instances_in_service(home, PERIOD),
-                threshold=endpoint.max_instances - 0.5,
+            _sustained_spec(
+                "capacity-pinned-at-max",
+                instances_in_service(self.home, PERIOD),
+                pinned_at,
+                sla.capacity_pinned_minutes // 5,
                 comparison=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                evaluation_periods=pinned_periods,
-                datapoints=pinned_periods,
-                missing=NOT_BREACHING,
                 what=(
                     f"The endpoint has served from its maximum of {endpoint.max_instances} instances for "
                     f"{sla.capacity_pinned_minutes} min (Invocations / InvocationsPerInstance >= "
-                    f"{endpoint.max_instances - 0.5:g}): autoscaling has no headroom left, the next burst queues."
+                    f"{pinned_at:g}): autoscaling has no headroom left, the next burst queues."
                 ),
-                first=fleet_first,
+                first=self._look_at_the_fleet,
                 why_missing="no traffic, the fleet is not pinned",
             ),
             "ticket",
         )
+
+    def _gpu_alarms(self) -> None:
+        """Ticket: GPU utilization and GPU memory per GPU, sustained high."""
+        sla, endpoint = self.settings.sla, self.settings.endpoint
+        gpus = gpu_count(endpoint.instance_type)
+        gpu_periods = sla.gpu_high_minutes // 5
         self._alarm(
-            _Spec(
-                slug="gpu-utilization-high",
-                metric=per_gpu(
-                    home.instance("GPUUtilization", "Average", PERIOD),
+            _sustained_spec(
+                "gpu-utilization-high",
+                per_gpu(
+                    self.home.instance("GPUUtilization", "Average", PERIOD),
                     gpus,
                     "GPU utilization per GPU (%)",
                     period=PERIOD,
                 ),
-                threshold=sla.gpu_utilization_high_pct,
-                comparison=greater,
-                evaluation_periods=gpu_periods,
-                datapoints=gpu_periods,
-                missing=NOT_BREACHING,
+                sla.gpu_utilization_high_pct,
+                gpu_periods,
                 what=(
                     f"Average GPU utilization across the fleet above {sla.gpu_utilization_high_pct:g} % per GPU for "
                     f"{sla.gpu_high_minutes} min (GPUUtilization is summed over the {gpus} GPU(s) of an "
                     f"{endpoint.instance_type}; the alarm divides by {gpus})."
                 ),
-                first=fleet_first,
+                first=self._look_at_the_fleet,
                 why_missing="no instance reporting; endpoint-down is the 5XX alarm's job",
             ),
             "ticket",
         )
         self._alarm(
-            _Spec(
-                slug="gpu-memory-high",
-                metric=per_gpu(
-                    home.instance("GPUMemoryUtilization", "Maximum", PERIOD),
+            _sustained_spec(
+                "gpu-memory-high",
+                per_gpu(
+                    self.home.instance("GPUMemoryUtilization", "Maximum", PERIOD),
                     gpus,
                     "GPU memory per GPU, worst instance (%)",
                     period=PERIOD,
                 ),
-                threshold=sla.gpu_memory_high_pct,
-                comparison=greater,
-                evaluation_periods=gpu_periods,
-                datapoints=gpu_periods,
-                missing=NOT_BREACHING,
+                sla.gpu_memory_high_pct,
+                gpu_periods,
                 what=(
                     f"GPU memory on the worst instance above {sla.gpu_memory_high_pct:g} % per GPU for "
                     f"{sla.gpu_high_minutes} min. vLLM reserves ~90 % for its KV cache at start, so this is beyond "
@@ -582,19 +628,22 @@ class HomeSlaAlarms(_SlaAlarmsBase):
             ),
             "ticket",
         )
-        capacity_bytes = settings.workspace.capacity_gib * GIB
+
+    def _workspace_alarm(self) -> None:
+        """Ticket: the FSx for Lustre model workspace running out of space."""
+        sla, workspace = self.settings.sla, self.settings.workspace
+        capacity_bytes = workspace.capacity_gib * GIB
         self._alarm(
-            _Spec(
-                slug="workspace-free-capacity-low",
-                metric=home.workspace("FreeDataStorageCapacity", "Sum", WORKSPACE_PERIOD, "FSx free capacity (bytes)"),
-                threshold=round(sla.fsx_free_capacity_floor * capacity_bytes),
+            _sustained_spec(
+                "workspace-free-capacity-low",
+                self.home.workspace("FreeDataStorageCapacity", "Sum", WORKSPACE_PERIOD, "FSx free capacity (bytes)"),
+                round(sla.fsx_free_capacity_floor * capacity_bytes),
+                WORKSPACE_PERIODS,
                 comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-                evaluation_periods=WORKSPACE_PERIODS,
-                datapoints=WORKSPACE_PERIODS,
                 missing=MISSING,
                 what=(
                     f"The FSx for Lustre model workspace has less than {_pct(sla.fsx_free_capacity_floor)} of its "
-                    f"{settings.workspace.capacity_gib} GiB free for {WORKSPACE_PERIODS} min: model preparation "
+                    f"{workspace.capacity_gib} GiB free for {WORKSPACE_PERIODS} min: model preparation "
                     "jobs will fail with ENOSPC."
                 ),
                 first=(
@@ -604,11 +653,6 @@ class HomeSlaAlarms(_SlaAlarmsBase):
                 why_missing="FSx always publishes while the file system exists; no data shows INSUFFICIENT_DATA, no ticket",
             ),
             "ticket",
-        )
-
-        self._page(
-            f"stage {settings.name}, {settings.home_region}: the GPU endpoint or the origin adapter is failing or "
-            "slower than its objective."
         )
 
 

@@ -16,7 +16,8 @@ Names, namespaces, dimensions, statistics and units follow the service guides:
   DataWriteBytes in bytes, one data point per disk per minute (Sum = file system).
 - The origin adapter's embedded metric format (namespace InferenceCache, dimension
   service=origin-adapter): CacheMiss, CacheStore, CacheBypass, ModelError (counts),
-  InferenceLatency (ms), StoredBytes, GpuSecondsOnMiss (seconds).
+  InferenceLatency (ms), StoredBytes, GpuSecondsOnMiss (seconds). Namespace, service
+  and metric names come from inference_cache.contract, which the adapter emits with.
 
 Metric-math identifiers must start with a lower-case letter; the ones used here are
 named for what they hold so that an expression reads on its own in the console.
@@ -30,13 +31,13 @@ from dataclasses import dataclass
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cw
 
+from inference_cache.contract import METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE
+
 CLOUDFRONT_NAMESPACE = "AWS/CloudFront"
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
 SAGEMAKER_INSTANCE_NAMESPACE = "/aws/sagemaker/Endpoints"
 LAMBDA_NAMESPACE = "AWS/Lambda"
 FSX_NAMESPACE = "AWS/FSx"
-EMF_NAMESPACE = "InferenceCache"
-EMF_SERVICE = "origin-adapter"
 LAMBDA_EDGE_ERROR_METRICS = ("LambdaExecutionError", "LambdaValidationError", "LambdaLimitExceededErrors")
 
 FIVE_MINUTES = cdk.Duration.minutes(5)
@@ -162,9 +163,9 @@ class HomeMetrics:
         self, name: str, statistic: str, period: cdk.Duration = FIVE_MINUTES, label: str | None = None
     ) -> cw.Metric:
         return cw.Metric(
-            namespace=EMF_NAMESPACE,
+            namespace=METRICS_NAMESPACE,
             metric_name=name,
-            dimensions_map={"service": EMF_SERVICE},
+            dimensions_map={"service": ORIGIN_ADAPTER_SERVICE},
             statistic=statistic,
             period=period,
             label=label,
