@@ -12,6 +12,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -518,3 +519,15 @@ def test_publish_with_stage_and_pin(s3_server, s3, tmp_path, monkeypatch, capsys
     assert code == 0 and summary["pinned"] == "dev"
     assert summary["prefix"] == f"models/llama-3.1-8b-instruct/{summary['version']}/"
     assert f'model_version="{summary["version"]}"' in copy.read_text()
+
+
+def test_model_manifest_module_prints_the_version_a_directory_would_get(tmp_path):
+    src = write_model(tmp_path / "model")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.model_manifest", str(src)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(result.stdout)
+    assert manifest["format"] == "model-manifest/1" and manifest["version"] == build_manifest(src).version
+    assert [f["path"] for f in manifest["files"]] == sorted(model_files(src))
