@@ -226,29 +226,24 @@ def plan_publish(client, bucket: str, base_prefix: str, manifest: Manifest, conc
     return plan
 
 
-class _Progress:
-    """s3transfer subscriber: bytes to the reporter, a line when a file is done."""
+def _file_progress(reporter: Reporter, verb: str, f: ModelFile):
+    """s3transfer subscriber: sent bytes to the progress bar (uploads only: a copy sends
+    none), a line once the file is done."""
+    from s3transfer.subscribers import BaseSubscriber
 
-    def __init__(self, reporter: Reporter, verb: str, f: ModelFile) -> None:
-        from s3transfer.subscribers import BaseSubscriber
-
-        class Subscriber(BaseSubscriber):
-            def on_progress(self, bytes_transferred, **kwargs):
+    class FileProgress(BaseSubscriber):
+        def on_progress(self, bytes_transferred, **kwargs):
+            if verb == "uploaded":
                 reporter.advance(bytes_transferred)
 
-            def on_done(self, future, **kwargs):
-                if future.meta.call_args and not _failed(future):
-                    reporter.file_done(verb, f)
+        def on_done(self, future, **kwargs):
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - collected and reported by execute()
+                return
+            reporter.file_done(verb, f)
 
-        self.subscriber = Subscriber()
-
-
-def _failed(future) -> bool:
-    try:
-        future.result()
-    except Exception:  # noqa: BLE001 - reported by the caller
-        return True
-    return False
+    return FileProgress()
 
 
 def execute(client, bucket: str, src: Path, plan: Plan, concurrency: int, part_size: int, reporter: Reporter) -> None:
@@ -274,7 +269,7 @@ def execute(client, bucket: str, src: Path, plan: Plan, concurrency: int, part_s
                 }
                 futures.append(("copy", f, manager.copy(
                     copy_source={"Bucket": bucket, "Key": source_key}, bucket=bucket, key=plan.version_prefix + f.path,
-                    extra_args=extra, subscribers=[_Progress(reporter, "copied", f).subscriber],
+                    extra_args=extra, subscribers=[_file_progress(reporter, "copied", f)],
                 )))  # fmt: skip
             for f in plan.uploads:
                 extra = {"Metadata": {SHA256_METADATA: f.sha256}, "ChecksumAlgorithm": CHECKSUM_ALGORITHM}
@@ -283,7 +278,7 @@ def execute(client, bucket: str, src: Path, plan: Plan, concurrency: int, part_s
                     extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(f.sha256)).decode()
                 futures.append(("upload", f, manager.upload(
                     str(paths[f.path]), bucket, plan.version_prefix + f.path,
-                    extra_args=extra, subscribers=[_Progress(reporter, "uploaded", f).subscriber],
+                    extra_args=extra, subscribers=[_file_progress(reporter, "uploaded", f)],
                 )))  # fmt: skip
             failures = []
             for verb, f, future in futures:
