@@ -1,0 +1,221 @@
+"""An S3-compatible server on 127.0.0.1 for the tests and the benchmark: moto's S3, plus
+what moto leaves out and this project relies on.
+
+moto 5.2 stores the `x-amz-checksum-*` and `Content-MD5` a client sends but never checks
+them against the body; S3 does, and refuses a mismatch with 400 BadDigest. The wrapper
+here checks them the way S3 does (plain-header form, which is what botocore sends over
+http://), so that "a corrupted part is refused" is something a test can see. It also
+counts the request body bytes that reach the server (the benchmark's "bytes sent", the
+same measure for every client) and can hold writes after the Nth object, so that a test
+can interrupt a publish at a known point.
+
+  python -m cli.local_s3 [--port N]   # prints the URL on the first line, serves until killed
+
+Control routes (never reach moto): GET /_local_s3/stats, POST /_local_s3/reset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import logging
+import threading
+import zlib
+from urllib.parse import parse_qs
+
+CONTROL_PREFIX = "/_local_s3/"
+
+
+def _crc32(body: bytes) -> bytes:
+    return zlib.crc32(body).to_bytes(4, "big")
+
+
+# Checksums S3 verifies on a request body, by header suffix -> (S3's name, digest).
+# CRC32C and CRC64NVME need native code (awscrt) and are not checked here.
+_CHECKSUMS = {
+    "sha256": ("SHA256", lambda b: hashlib.sha256(b).digest()),
+    "sha1": ("SHA1", lambda b: hashlib.sha1(b).digest()),  # noqa: S324 - S3's algorithm, not ours
+    "crc32": ("CRC32", _crc32),
+}
+
+
+class S3RequestChecks:
+    """WSGI middleware in front of moto's app: checksum verification, body byte counts,
+    and an optional hold on writes."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self.body_bytes = 0
+        self.requests: dict[str, int] = {}
+        self.refused_checksums = 0
+        # Hold: once this many objects were written, every later write waits for release()
+        # and is then answered 503 without reaching moto (as if the connection had died).
+        self._hold_after: int | None = None
+        self._objects_written = 0
+        self._released = threading.Event()
+        self.held = threading.Event()  # set when the first write is held
+
+    # ------------------------------------------------------------------ control (tests)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.body_bytes, self.requests, self.refused_checksums = 0, {}, 0
+
+    def hold_writes_after(self, objects: int) -> None:
+        with self._lock:
+            self._hold_after, self._objects_written = objects, 0
+            self._released.clear()
+            self.held.clear()
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold_after = None
+        self._released.set()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "body_bytes": self.body_bytes,
+                "requests": dict(self.requests),
+                "refused_checksums": self.refused_checksums,
+            }
+
+    # ------------------------------------------------------------------ WSGI
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(path[len(CONTROL_PREFIX) :], environ, start_response)
+        method = environ["REQUEST_METHOD"]
+        stream = environ["wsgi.input"]
+        length = environ.get("CONTENT_LENGTH")
+        body = stream.read(int(length)) if length else stream.read() if environ.get("wsgi.input_terminated") else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        with self._lock:
+            self.body_bytes += len(body)
+            self.requests[method] = self.requests.get(method, 0) + 1
+
+        if method in ("PUT", "POST") and self._hold_this_write(environ):
+            self.held.set()
+            self._released.wait()
+            return _error(start_response, "503 Service Unavailable", "SlowDown", "held by the test, then dropped")
+
+        if method == "PUT":
+            refusal = self._verify_checksums(environ, body)
+            if refusal:
+                with self._lock:
+                    self.refused_checksums += 1
+                return _error(start_response, "400 Bad Request", "BadDigest", refusal)
+        return self.app(environ, start_response)
+
+    def _hold_this_write(self, environ) -> bool:
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        path = environ.get("PATH_INFO", "").strip("/")
+        if "/" not in path:  # bucket-level request (path style): not an object write
+            return False
+        with self._lock:
+            if self._hold_after is None:
+                return False
+            if self._objects_written >= self._hold_after:
+                return True
+            # An object comes into being with PutObject/CopyObject, or CompleteMultipartUpload.
+            finishes_object = (environ["REQUEST_METHOD"] == "PUT" and "uploadId" not in query) or (
+                environ["REQUEST_METHOD"] == "POST" and "uploadId" in query
+            )
+            if finishes_object:
+                self._objects_written += 1
+            return False
+
+    @staticmethod
+    def _verify_checksums(environ, body: bytes) -> str | None:
+        if "aws-chunked" in environ.get("HTTP_CONTENT_ENCODING", ""):
+            return None  # trailer form (botocore uses it over https only); not checked here
+        md5 = environ.get("HTTP_CONTENT_MD5")
+        if md5 and base64.b64encode(hashlib.md5(body).digest()).decode() != md5.strip():  # noqa: S324
+            return "The Content-MD5 you specified did not match what we received."
+        for suffix, (name, digest) in _CHECKSUMS.items():
+            sent = environ.get(f"HTTP_X_AMZ_CHECKSUM_{suffix.upper()}")
+            if sent and base64.b64encode(digest(body)).decode() != sent.strip():
+                return f"The {name} you specified did not match the calculated checksum."
+        return None
+
+    def _control(self, route: str, environ, start_response):
+        if route == "reset" and environ["REQUEST_METHOD"] == "POST":
+            self.reset()
+        elif route != "stats":
+            return _error(start_response, "404 Not Found", "NoSuchRoute", route)
+        payload = json.dumps(self.stats()).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        return [payload]
+
+
+def _error(start_response, status: str, code: str, message: str):
+    payload = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'.encode()
+    start_response(status, [("Content-Type", "application/xml"), ("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+class LocalS3:
+    """moto's S3 behind S3RequestChecks, served from a thread on 127.0.0.1."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.checks: S3RequestChecks | None = None
+
+    def start(self) -> LocalS3:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+        self.checks = S3RequestChecks(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            "127.0.0.1", self._port, self.checks, threaded=True, request_handler=MotoRequestHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-s3", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            if self.checks is not None:
+                self.checks.release()
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> LocalS3:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cli.local_s3", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    args = parser.parse_args(argv)
+    server = LocalS3(args.port).start()
+    print(server.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
