@@ -74,6 +74,8 @@ serve: $(VENV)/.installed
 bench: $(TOOLS)
 	$(PY) -m bench.bench_cache_decision
 	$(PY) -m bench.bench_local_run
+	$(PY) -m bench.bench_api_key_check
+	$(PY) -m bench.bench_model_publish
 
 # Synthesizes (the preview reads the dashboard body from the templates), then writes
 # build/dashboards/<stage>.html: no AWS account needed.

@@ -11,22 +11,17 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES_FILE = ROOT / "stacks" / "stages.py"
+STAGES_FILE = ROOT / "config" / "stages.py"
 
 
 class StageError(Exception):
     """A stage cannot be targeted or pinned (a one-line message for the user)."""
 
 
-def model_bucket_name(stage_name: str, account: str, region: str) -> str:
-    # Deterministic, so the publisher needs no deployed stack to find the bucket.
-    return f"inference-cache-{stage_name}-models-{account}-{region}"
-
-
 def stage_target(stage_name: str) -> tuple[str, str]:
     """(model bucket, base prefix) of a stage. The base prefix is the stage's model
     prefix without its version: versions are published under `{base}{version}/`."""
-    from stacks.stages import stage  # lazy: stage settings are only needed with --stage
+    from config.stages import stage  # lazy: stage settings are only needed with --stage
 
     try:
         s = stage(stage_name)
@@ -34,12 +29,12 @@ def stage_target(stage_name: str) -> tuple[str, str]:
         raise StageError(str(e.args[0])) from None
     versioned = s.model.s3_prefix.rstrip("/")
     base = versioned.rsplit("/", 1)[0] + "/" if "/" in versioned else ""
-    return model_bucket_name(s.name, s.account, s.home_region), base
+    return s.model_bucket_name, base
 
 
 def stage_region(stage_name: str) -> str:
     """The stage's home region: where its model bucket is."""
-    from stacks.stages import stage  # lazy, as in stage_target
+    from config.stages import stage  # lazy, as in stage_target
 
     try:
         return stage(stage_name).home_region

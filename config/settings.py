@@ -20,7 +20,13 @@ from config.aws_facts import (
     NVME_FAMILIES,
 )
 from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import EDGE_BODY_LIMIT_BYTES, INFERENCE_ROUTES, ORIGIN_READ_TIMEOUT_SECONDS, RESULTS_PATH
+from inference_cache.contract import (
+    EDGE_BODY_LIMIT_BYTES,
+    INFERENCE_ROUTES,
+    MODEL_BUCKET_NAME,
+    ORIGIN_READ_TIMEOUT_SECONDS,
+    RESULTS_PATH,
+)
 from stacks.burn_rates import FAST_BURN_RATE
 
 CachePolicy = Literal["deterministic", "all"]
@@ -120,6 +126,12 @@ class ModelSettings:
         _require(
             self.s3_prefix.startswith("models/") and self.s3_prefix.endswith("/"),
             "model prefix must be under models/ and end with / (the endpoint loads a whole prefix)",
+        )
+        # bin/model-publish writes a version's files under {base}{version}/: the prefix the
+        # endpoint loads and the version in every cache key must name the same weights.
+        _require(
+            self.s3_prefix.endswith(f"/{self.model_version}/"),
+            f"model prefix {self.s3_prefix!r} must end with the model version ({self.model_version}/)",
         )
         _require(self.quantization in (None, "awq", "fp8", "gptq", "bitsandbytes"), f"quantization {self.quantization!r}")
 
@@ -284,6 +296,8 @@ class StageSettings:
             "WAF rate limit must be 10..2e9 (WAF's bounds)",
         )
         _require(self.log_retention_days in LOG_RETENTION_DAYS, f"log retention is one of {sorted(LOG_RETENTION_DAYS)} days")
+        bucket = self.model_bucket_name
+        _require(len(bucket) <= 63, f"{self.name}: model bucket name {bucket!r} is longer than S3's 63 characters")
         _require(
             self.require_api_keys or bool((self.api_keys_off_reason or "").strip()),
             f"{self.name}: a stage without API keys must say why (api_keys_off_reason)",
@@ -294,6 +308,11 @@ class StageSettings:
             self.require_api_keys or not self.cache.tenant_scoped,
             f"{self.name}: tenant-scoped caches need API keys (the tenant comes from the verified key)",
         )
+
+    @property
+    def model_bucket_name(self) -> str:
+        """Named, so bin/model-publish finds the bucket without a deployed stack."""
+        return MODEL_BUCKET_NAME.format(stage=self.name, account=self.account, region=self.home_region)
 
     def edge_cache_settings(self) -> EdgeCacheSettings:
         """What the edge function and the origin adapter decide with, baked into their

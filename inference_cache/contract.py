@@ -25,6 +25,10 @@ RESULTS_PATH = "/" + RESULTS_PREFIX
 # the x-amz-meta-created header, from which the edge computes the answer's age.
 STORED_AT_METADATA = "created"
 
+# The model bucket of a stage, named so that bin/model-publish needs no deployed stack
+# to find it; models are published under models/<name>/<version>/ (docs/decisions.md).
+MODEL_BUCKET_NAME = "inference-cache-{stage}-models-{account}-{region}"
+
 # -- headers ------------------------------------------------------------------------------
 # The key the edge computed (the origin recomputes it and never trusts this).
 KEY_HEADER = "x-inference-cache-key"

@@ -156,6 +156,11 @@ class InferenceStack(cdk.Stack):
             "TENSOR_PARALLEL_DEGREE": str(model.tensor_parallel_degree),
             "OPTION_MAX_ROLLING_BATCH_SIZE": str(model.max_rolling_batch_size),
             "OPTION_TRUST_REMOTE_CODE": "false",
+            # Load safetensors only, never a .bin/.pt copy a snapshot may also hold.
+            "OPTION_LOAD_FORMAT": "safetensors",
+            # LMI's own model-loading limit, kept equal to SageMaker's start-up health check
+            # (LMI's docs: it must not exceed it); one setting for both (docs/decisions.md).
+            "OPTION_MODEL_LOADING_TIMEOUT": str(endpoint.startup_health_check_timeout_seconds),
             "SERVING_FAIL_FAST": "true",
             **({"OPTION_QUANTIZE": model.quantization} if model.quantization else {}),
             **dict(model.extra_environment),

@@ -41,6 +41,8 @@ class ModelStorageStack(cdk.Stack):
         self.model_bucket = s3.Bucket(
             self,
             "ModelBucket",
+            # Named: bin/model-publish --stage finds it without a deployed stack.
+            bucket_name=settings.model_bucket_name,
             versioned=True,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             encryption=s3.BucketEncryption.S3_MANAGED,

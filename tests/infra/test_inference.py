@@ -56,6 +56,8 @@ def test_model_loads_uncompressed_prefix_network_isolated_in_the_vpc(synthesized
     environment = container["Environment"]
     assert environment["HF_MODEL_ID"] == "/opt/ml/model"
     assert environment.get("OPTION_QUANTIZE") == model_settings.quantization
+    assert environment["OPTION_LOAD_FORMAT"] == "safetensors"
+    assert environment["OPTION_MODEL_LOADING_TIMEOUT"] == str(STAGES[stage].endpoint.startup_health_check_timeout_seconds)
     assert model["EnableNetworkIsolation"] is True
     assert len(model["VpcConfig"]["Subnets"]) == len(STAGES[stage].availability_zones)
 

@@ -106,3 +106,13 @@ def test_vpc_is_isolated_with_s3_endpoint_and_flow_logs(synthesized, stage):
     template.resource_count_is("AWS::EC2::Subnet", len(STAGES[stage].availability_zones))
     template.has_resource_properties("AWS::EC2::VPCEndpoint", {"VpcEndpointType": "Gateway"})
     template.resource_count_is("AWS::EC2::FlowLog", 1)
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_model_bucket_is_named_where_bin_model_publish_looks(synthesized, stage):
+    from cli.model_stage import stage_target
+
+    resources = synthesized[stage].templates["ModelStorage"]["Resources"]
+    (bucket,) = [r["Properties"] for k, r in resources.items() if r["Type"] == "AWS::S3::Bucket" and k.startswith("ModelBucket")]
+    assert bucket["BucketName"] == stage_target(stage)[0] == STAGES[stage].model_bucket_name
+    assert len(bucket["BucketName"]) <= 63

@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import boto3
-import cache_decision
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,6 +26,9 @@ from cli import model_publish
 from cli.local_s3 import LocalS3
 from cli.model_manifest import FileChangedError, Manifest, build_manifest, list_model_files
 from cli.model_stage import STAGES_FILE, pin_model_version, stage_target
+from config.stages import STAGES
+from inference_cache import cache_decision
+from inference_cache.contract import CHAT_ROUTE
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_PUBLISH = ROOT / "bin" / "model-publish"
@@ -375,16 +377,20 @@ def test_the_version_changes_exactly_when_content_changes(mutations):
     assert after == _content_version(files)  # anywhere, any mtime: a function of content alone
 
 
-def test_the_cache_key_follows_the_model_version():
-    settings_ = {"policy": "deterministic", "routes": ["/v1/chat/completions"], "model_id": "m"}
+def test_the_cache_key_follows_the_model_version(tmp_path):
+    """A version published from a changed file is a new cache: the same request keys apart."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"a": 1}')
+    old_version = build_manifest(model).version
+    (model / "config.json").write_text('{"a": 2}')
+    new_version = build_manifest(model).version
+    assert old_version != new_version
+    dev = STAGES["dev"].edge_cache_settings()
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}).encode()
     headers = {"content-type": "application/json"}
-    old = cache_decision.decide(
-        "/v1/chat/completions", headers, body, {**settings_, "model_version": "0123456789abcdef"}
-    )
-    new = cache_decision.decide(
-        "/v1/chat/completions", headers, body, {**settings_, "model_version": "fedcba9876543210"}
-    )
+    old = cache_decision.decide(CHAT_ROUTE, headers, body, dev._replace(model_version=old_version))
+    new = cache_decision.decide(CHAT_ROUTE, headers, body, dev._replace(model_version=new_version))
     assert old.cacheable and new.cacheable
     assert old.key != new.key
 
@@ -476,7 +482,7 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_stage_target_is_the_stage_bucket_and_the_unversioned_prefix():
-    from stacks.stages import stage
+    from config.stages import stage
 
     s = stage("prod")
     bucket, base = stage_target("prod")

@@ -111,3 +111,12 @@ def test_api_keys_are_required_unless_a_stage_says_why():
     # Tenant scopes come from verified keys: no keys, no tenant-scoped cache.
     with pytest.raises(SettingsError, match="tenant-scoped"):
         dataclasses.replace(STAGES["staging"], require_api_keys=False, api_keys_off_reason="test")
+
+
+def test_model_prefix_names_the_model_version_it_loads():
+    model = STAGES["dev"].model
+    with pytest.raises(SettingsError, match="must end with the model version"):
+        dataclasses.replace(model, model_version="0123456789abcdef")
+    assert dataclasses.replace(
+        model, model_version="0123456789abcdef", s3_prefix="models/llama-3.1-8b-instruct/0123456789abcdef/"
+    ).s3_prefix.endswith("/0123456789abcdef/")
