@@ -2,7 +2,7 @@
 
 A synthetic model of 20 files (18 shards of 16 MiB, a 9 MiB tokenizer.json and a
 config.json: about 297 MiB), made in a temp dir, published to a local S3 server
-(`python -m cli.local_s3`: moto, on 127.0.0.1) in four steps, each by both tools in the
+(`python -m local_run.s3`: moto, on 127.0.0.1) in four steps, each by both tools in the
 same run: first publish, no change, a fresh checkout (same bytes, new mtimes), and one
 shard changed in place with the same size and an older mtime.
 
@@ -88,7 +88,7 @@ def aws_cli() -> Path | None:
 class Server:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.local_s3"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "local_run.s3"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True
         )
         self.url = self.proc.stdout.readline().strip()
 

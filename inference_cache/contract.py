@@ -51,6 +51,9 @@ API_KEY_STORE_NAME = "inference-cache-{stage}-api-keys"
 # and a generated origin-request response may be at most 1 MB with its headers.
 EDGE_BODY_LIMIT_BYTES = 1_048_576
 GENERATED_RESPONSE_LIMIT_BYTES = 1_048_576
+# The largest stored answer the edge can serve: the generated-response limit less room
+# for its headers. Larger answers are never stored (they could never be served).
+SERVABLE_BODY_LIMIT_BYTES = GENERATED_RESPONSE_LIMIT_BYTES - 8_192
 # Response timeout CloudFront allows without a quota increase; SageMaker allows the
 # container 60 s, so the whole path is bounded by the same minute.
 ORIGIN_READ_TIMEOUT_SECONDS = 60

@@ -11,6 +11,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+import boto3
+
+from cli.api_keys import DEFAULT_LOCAL_KEY_STORE, LOCAL_KEY_STORE_ENV, ROOT, local_key_store_path
 from config.stages import DEFAULT_STAGE, stage
 from inference_cache.contract import (
     ENDPOINT_NAME_ENV,
@@ -23,18 +26,40 @@ from inference_cache.contract import (
     SETTINGS_FILE,
 )
 from local_run.front import LocalFront
-from local_run.model_server import ModelServer
-from local_run.results_store import LocalS3
+from local_run.model_server import EMBEDDING_MODEL, ModelServer
+from local_run.s3 import LocalS3
+from local_run.servers import BackgroundServer
+from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction
 
 RESULTS_BUCKET = "local-results"
 
 
-def start(port: int, stage_name: str, chat_url: str | None, quiet: bool = False):
-    """Start the results store, the model server and the front; returns them running."""
+def start(port: int, stage_name: str, chat_url: str | None, quiet: bool = False, key_store_file: Path | None = None):
+    """Start the results bucket, the model server and the front; returns them running."""
     settings = stage(stage_name)
-    results = LocalS3()
+    results = LocalS3().start()
+    boto3.client(
+        "s3", endpoint_url=results.url, region_name=settings.home_region, aws_access_key_id="local", aws_secret_access_key="local"
+    ).create_bucket(Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.home_region})
+    print(f"loading the embedding model ({EMBEDDING_MODEL}, CPU) ...", flush=True)
     model = ModelServer(chat_url=chat_url)
-    front = LocalFront(port, settings=settings, results_url=results.url, bucket=RESULTS_BUCKET, quiet=quiet)
+    model_server = BackgroundServer(model.app, name="local-model-server").start()
+    key_check = None
+    if settings.require_api_keys:
+        # bin/api-keys --local writes this file; the running key check re-reads it on change.
+        key_store_file = local_key_store_path(key_store_file)
+        key_store_file.parent.mkdir(parents=True, exist_ok=True)
+        key_check = ViewerRequestFunction(API_KEY_CHECK, key_store_file)
+    front = LocalFront(
+        settings=settings,
+        results_url=results.url,
+        bucket=RESULTS_BUCKET,
+        models_url=model_server.url,
+        key_check=key_check,
+        quiet=quiet,
+    )
+    front_server = BackgroundServer(front.app, port=port, name="local-front")
+    front.url = front_server.url
 
     workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
     (workdir / SETTINGS_FILE).write_text(settings.edge_cache_settings().to_json())
@@ -48,7 +73,7 @@ def start(port: int, stage_name: str, chat_url: str | None, quiet: bool = False)
             ENDPOINT_NAME_ENV: f"inference-cache-{settings.name}",
             ENDPOINT_READ_TIMEOUT_ENV: str(settings.endpoint.model_read_timeout_seconds),
             RESULTS_BUCKET_ENV: RESULTS_BUCKET,
-            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": model.url,
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": model_server.url,
             "AWS_ENDPOINT_URL_S3": results.url,
             "AWS_CONFIG_FILE": str(workdir / "aws_config"),
             "AWS_DEFAULT_REGION": settings.home_region,
@@ -68,10 +93,22 @@ def start(port: int, stage_name: str, chat_url: str | None, quiet: bool = False)
         importlib.import_module("inference_cache.edge.handler"),
         importlib.import_module("inference_cache.origin_adapter.handler"),
     )
-    servers = [results, model, front]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    return front, model, results, settings
+    front_server.start()
+    return LocalRun(settings, front, front_server, model, model_server, results, key_check)
+
+
+class LocalRun:
+    def __init__(self, settings, front, front_server, model, model_server, results, key_check):
+        self.settings, self.front, self.model = settings, front, model
+        self._servers = [front_server, model_server]
+        self.model_server_url, self.results, self.key_check = model_server.url, results, key_check
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.stop()
+        self.results.stop()
+        if self.key_check is not None:
+            self.key_check.close()
 
 
 def main() -> int:
@@ -83,9 +120,14 @@ def main() -> int:
         default=os.environ.get("LOCAL_CHAT_URL"),
         help="an OpenAI-compatible server for chat and completions (default: the built-in test generator)",
     )
+    parser.add_argument("--key-store-file", type=Path, help=f"API keys of the local run (default: ${LOCAL_KEY_STORE_ENV} "
+                        f"or {DEFAULT_LOCAL_KEY_STORE.relative_to(ROOT)})")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    front, model, results, settings = start(args.port, args.stage, args.chat_url, args.quiet)
+    # One write per line: log lines of concurrent requests never interleave.
+    sys.stdout = LineAtomicWriter(sys.stdout)
+    run = start(args.port, args.stage, args.chat_url, args.quiet, args.key_store_file)
+    settings, front, model = run.settings, run.front, run.model
     served = ", ".join(f"{task}: {who}" for task, who in model.describe().items())
     print(
         json.dumps(
@@ -93,23 +135,54 @@ def main() -> int:
                 "listening": front.url,
                 "stage": settings.name,
                 "cache_policy": settings.cache.policy,
+                "api_keys": str(run.key_check.key_store_file) if run.key_check else None,
                 "models": model.describe(),
-                "model_server": model.url,
-                "results_store": results.url,
+                "model_server": run.model_server_url,
+                "results_store": run.results.url,
             }
         ),
         flush=True,
     )
     print(f"inference-cache local run ({settings.name}) on {front.url}/v1 - {served}. Ctrl-C stops.", flush=True)
+    if run.key_check:
+        print(
+            "Requests need an API key: bin/api-keys --local create --tenant <you> (keys live in "
+            f"{run.key_check.key_store_file}; new and revoked keys apply at once).",
+            flush=True,
+        )
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         print("stopping", flush=True)
     finally:
-        for server in (front, model, results):
-            server.shutdown()
-            server.server_close()
+        run.stop()
     return 0
+
+
+class LineAtomicWriter:
+    """stdout for a process whose threads print: each thread's text is written out a whole
+    line at a time, under one lock, so lines never interleave."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._pending = threading.local()
+
+    def write(self, text: str) -> int:
+        pending = getattr(self._pending, "text", "") + text
+        complete, newline, rest = pending.rpartition("\n")
+        self._pending.text = rest
+        if newline:
+            with self._lock:
+                self._stream.write(complete + newline)
+                self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":

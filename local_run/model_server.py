@@ -17,14 +17,21 @@ import hashlib
 import json
 import os
 import random
-import re
 import threading
 import time
+import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 GENERATOR_MODEL = "local-test-generator"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# The context the test generator claims, for parameter checks as a real server makes them.
+MAX_MODEL_TOKENS = 8192
 # A prompt containing this marker makes the container fail, to exercise error paths.
 MODEL_ERROR_MARKER = "[[model-error]]"
 
@@ -72,19 +79,23 @@ class TestGenerator:
         return text
 
 
-class ModelServer(ThreadingHTTPServer):
-    daemon_threads = True
+class ModelServer:
+    """The model: the container contract and the SageMaker runtime facade, as one ASGI app."""
 
-    def __init__(self, port: int = 0, *, chat_url: str | None = None, embedder: Embedder | None = None):
-        super().__init__(("127.0.0.1", port), _Handler)
+    def __init__(self, *, chat_url: str | None = None, embedder: Embedder | None = None):
         self.chat_url = chat_url.rstrip("/") if chat_url else None
         self.embedder = embedder or Embedder()
         self.generator = TestGenerator()
         self.invocations = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        self._count_lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/ping", self._ping, methods=["GET"]),
+                Route("/invocations", self._container, methods=["POST"]),
+                Route("/endpoints/{name}/invocations", self._runtime, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
 
     def describe(self) -> dict:
         return {
@@ -92,9 +103,45 @@ class ModelServer(ThreadingHTTPServer):
             "embeddings": EMBEDDING_MODEL,
         }
 
+    # -- HTTP faces --------------------------------------------------------------------
+    async def _ping(self, request: Request) -> Response:
+        return Response(b"", media_type="text/plain")
+
+    async def _container(self, request: Request) -> Response:
+        try:
+            answer = await run_in_threadpool(self.invoke, await request.body())
+        except ContainerError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return _json(answer)
+
+    async def _runtime(self, request: Request) -> Response:
+        """SageMaker's InvokeEndpoint: a container failure is a ModelError (424), as on AWS."""
+        try:
+            answer = await run_in_threadpool(self.invoke, await request.body())
+        except ContainerError as exc:
+            error = {
+                "ErrorCode": "ModelError",
+                "Message": f"Received client error ({exc.status}) from primary with message \"{exc.message}\"."
+                if exc.status < 500
+                else f"Received server error ({exc.status}) from primary with message \"{exc.message}\".",
+                "OriginalStatusCode": exc.status,
+                "OriginalMessage": exc.message,
+            }
+            return JSONResponse(error, status_code=424, headers={"x-amzn-ErrorType": "ModelError"})
+        return _json(answer, headers={"x-Amzn-Invoked-Production-Variant": "AllTraffic"})
+
+    async def _models(self, request: Request) -> Response:
+        """What this stand-in serves, as an OpenAI-compatible server lists it."""
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": "local-run", "task": task}
+            for task, model in self.describe().items()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
     # -- the container: one /invocations contract, the body's shape picks the task --
     def invoke(self, body: bytes) -> dict:
-        self.invocations += 1
+        with self._count_lock:
+            self.invocations += 1
         try:
             request = json.loads(body)
         except ValueError as exc:
@@ -106,9 +153,9 @@ class ModelServer(ThreadingHTTPServer):
         if "input" in request:
             return self._embeddings(request)
         if "messages" in request:
-            return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(request)
+            return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(_checked(request))
         if "prompt" in request:
-            return self._proxy("/v1/completions", request) if self.chat_url else self._completion(request)
+            return self._proxy("/v1/completions", request) if self.chat_url else self._completion(_checked(request))
         if "inputs" in request:
             params = request.get("parameters") or {}
             return {"generated_text": self.generator.answer(json.dumps(request["inputs"]), params)}
@@ -175,49 +222,16 @@ class ModelServer(ThreadingHTTPServer):
             raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
 
 
-_RUNTIME_PATH = re.compile(r"^/endpoints/([^/]+)/invocations$")
+def _checked(request: dict) -> dict:
+    """The parameter checks a real server makes before generating: a bad value is the
+    request's fault, a 400 in vLLM's error shape (the origin adapter passes it on)."""
+    max_tokens = request.get("max_tokens", 16)
+    if type(max_tokens) is not int or not 1 <= max_tokens <= MAX_MODEL_TOKENS:
+        message = f"max_tokens must be an integer from 1 to {MAX_MODEL_TOKENS}, got {max_tokens!r}."
+        error = {"object": "error", "message": message, "type": "BadRequestError", "param": "max_tokens", "code": 400}
+        raise ContainerError(400, json.dumps(error))
+    return request
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: ModelServer
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; without this, keep-alive clients
-    # wait out the delayed ACK (about 40 ms) on every response.
-    disable_nagle_algorithm = True
-
-    def do_GET(self):  # noqa: N802
-        if self.path == "/ping":
-            return self._send(200, b"", "text/plain")
-        return self._send(404, b'{"message":"not found"}')
-
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        runtime = _RUNTIME_PATH.match(self.path)
-        if self.path != "/invocations" and not runtime:
-            return self._send(404, b'{"message":"not found"}')
-        try:
-            answer = json.dumps(self.server.invoke(body), ensure_ascii=False).encode()
-        except ContainerError as exc:
-            if runtime:  # what SageMaker says when the container answers non-2xx
-                error = {
-                    "ErrorCode": "ModelError",
-                    "Message": f"Received server error ({exc.status}) from primary with message \"{exc.message}\".",
-                    "OriginalStatusCode": exc.status,
-                    "OriginalMessage": exc.message,
-                }
-                return self._send(424, json.dumps(error).encode(), extra={"x-amzn-ErrorType": "ModelError"})
-            return self._send(exc.status, json.dumps({"error": exc.message}).encode())
-        extra = {"x-Amzn-Invoked-Production-Variant": "AllTraffic"} if runtime else {}
-        return self._send(200, answer, extra=extra)
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json", extra: dict | None = None):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+def _json(answer: dict, headers: dict | None = None) -> Response:
+    return Response(json.dumps(answer, ensure_ascii=False).encode(), media_type="application/json", headers=headers)

@@ -54,3 +54,11 @@ def launched(*args: str) -> Iterator[dict]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+
+
+def create_api_key(key_store_file: Path, tenant: str) -> dict:
+    """{"key_id", "key", "tenant"}: a new key in a local run's key store, as
+    `bin/api-keys --local --key-store-file FILE create --tenant T --json` makes it."""
+    from cli.api_keys import LocalKeyStore, create_key
+
+    return create_key(LocalKeyStore(key_store_file), tenant)

@@ -84,6 +84,7 @@ class ViewerRequestFunction:
         node = node or find_node()
         if not node:
             raise RuntimeError("Node.js not found: run `make` (installs Node 22 into .tools/) or put node on PATH")
+        self.key_store_file = Path(key_store_file)
         self._lock = threading.Lock()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._process = subprocess.Popen(

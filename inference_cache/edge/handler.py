@@ -57,7 +57,9 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
     body_info = request.get("body") or {}
     body = _body_bytes(request, default=b"")
     headers = request.get("headers") or {}
-    tenant = cache_decision.tenant_scope(headers) if SETTINGS.tenant_scoped else None
+    # The tenant the viewer-request API key check verified (it strips any viewer copy);
+    # never the key itself.
+    tenant = _verified_tenant(headers) if SETTINGS.tenant_scoped else None
     decision = cache_decision.decide(
         request["uri"], headers, body, SETTINGS, truncated=bool(body_info.get("inputTruncated")), tenant=tenant
     )
@@ -74,6 +76,11 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
     _forward(request, decision.key if decision.cacheable else None, tenant, body)
     log["outcome"] = "forward"
     return request, log
+
+
+def _verified_tenant(headers: dict) -> str | None:
+    values = headers.get(TENANT_HEADER)
+    return values[0]["value"] if values and len(values) == 1 and values[0].get("value") else None
 
 
 def _forward_uncached(request: dict) -> dict:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from inference_cache import cache_decision
 from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import KEY_HEADER, MODELS_ROUTE, STATUS_HEADER, TENANT_HEADER
+from inference_cache.contract import KEY_HEADER, MODELS_ROUTE, SERVABLE_BODY_LIMIT_BYTES, STATUS_HEADER, TENANT_HEADER
 from inference_cache.errors import ApiError
 from inference_cache.origin_adapter.endpoint import EndpointFailure, SageMakerEndpoint
 from inference_cache.origin_adapter.results_store import ResultsStore
@@ -46,6 +46,7 @@ class Outcome:
     store_failed: bool = False
     model_error: bool = False
     key_mismatch: bool = False
+    too_large_to_store: bool = False
 
 
 class InferenceAdapter:
@@ -98,7 +99,10 @@ class InferenceAdapter:
             body, content_type = _as_event_stream(request.path, answer.body), "text/event-stream"
         outcome.cache = "MISS" if decision.store else "BYPASS"
         if decision.store and decision.key and decision.ttl_seconds > 0 and _is_json(answer):
-            outcome.stored_bytes, outcome.store_failed = self._store(decision, body, content_type)
+            if len(body) > SERVABLE_BODY_LIMIT_BYTES:  # the edge could never serve it back
+                outcome.too_large_to_store = True
+            else:
+                outcome.stored_bytes, outcome.store_failed = self._store(decision, body, content_type)
         headers = {"content-type": content_type, STATUS_HEADER: outcome.cache}
         if decision.key:
             headers[KEY_HEADER] = decision.key

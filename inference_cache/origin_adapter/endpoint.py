@@ -3,6 +3,7 @@ and every failure turned into an EndpointFailure with the status the client gets
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -75,8 +76,7 @@ def _failure_of(exc: ClientError) -> EndpointFailure:
     code, message = error.get("Code", ""), error.get("Message", "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     if code == "ModelError":
-        original = exc.response.get("OriginalMessage") or message
-        return EndpointFailure(502, "model_error", f"The model failed: {original}", model_error=True)
+        return _model_failure(exc.response.get("OriginalStatusCode"), exc.response.get("OriginalMessage") or message)
     if code in ("ThrottlingException", "Throttling", "TooManyRequestsException"):
         return EndpointFailure(429, "throttled", "Too many requests to the model; retry shortly.", 2)
     if code in ("ModelNotReadyException", "ServiceUnavailable"):
@@ -86,3 +86,34 @@ def _failure_of(exc: ClientError) -> EndpointFailure:
     if code == "ValidationError":
         return EndpointFailure(400, "invalid_request", f"The model rejected the request: {message}")
     return EndpointFailure(502, "endpoint_error", f"The model endpoint failed ({code or status}).")
+
+
+def _model_failure(original_status, original_message: str) -> EndpointFailure:
+    """The container answered non-2xx. Its own 4xx (context too long, an invalid
+    parameter) is the request's fault: the client gets the same 4xx, and the openai client
+    does not retry it. A timeout is 504 however it is reported; the rest is a model failure."""
+    status = original_status if type(original_status) is int else 0
+    text = _container_message(original_message)
+    if status == 408 or "timed out" in original_message.lower():
+        return EndpointFailure(504, "model_timeout", "The model did not answer in time.")
+    if status == 429:
+        return EndpointFailure(429, "throttled", f"The model is busy: {text}", 2)
+    if 400 <= status < 500:
+        return EndpointFailure(status, "model_rejected_request", text)
+    return EndpointFailure(502, "model_error", f"The model failed: {original_message}", model_error=True)
+
+
+def _container_message(text: str) -> str:
+    """The message inside an OpenAI-style error body (vLLM, TGI, LMI), else the text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        for field in ("message", "error"):
+            if isinstance(body.get(field), str):
+                return body[field]
+    return text

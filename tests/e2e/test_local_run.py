@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def client(local_run):
-    return openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key="sk-local-test", max_retries=0)
+    return openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key=local_run["api_key"], max_retries=0)
 
 
 def cache_status(raw) -> str:
@@ -40,7 +40,9 @@ def test_same_request_serialized_differently_hits(client, local_run):
         b' "messages": [ {"content": [{"type": "text", "text": "Reserialized?"}], "role": "user"} ], "model": "local" }'
     )
     request = urllib.request.Request(
-        local_run["listening"] + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+        local_run["listening"] + "/v1/chat/completions",
+        data=body,
+        headers={"content-type": "application/json", "x-api-key": local_run["api_key"]},
     )
     with urllib.request.urlopen(request, timeout=30) as answer:
         assert answer.headers["x-inference-cache"] == "HIT"
@@ -95,5 +97,16 @@ def test_streaming_request_is_replayed_as_the_same_event_stream(client):
     assert texts[0] == texts[1] and "not a language model" in texts[0]
 
 
-def test_models_are_listed(client):
-    assert [m.id for m in client.models.list().data] == ["meta-llama/Llama-3.1-8B-Instruct"]
+def test_models_listed_are_what_the_local_run_serves(client, local_run):
+    assert [m.id for m in client.models.list().data] == list(local_run["models"].values())
+    assert "sentence-transformers/all-MiniLM-L6-v2" in local_run["models"].values()
+
+
+def test_a_container_4xx_reaches_the_client_as_that_4xx_and_is_not_retried(local_run):
+    retrying = openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key=local_run["api_key"], max_retries=2)
+    with pytest.raises(openai.BadRequestError) as raised:
+        retrying.chat.completions.with_raw_response.create(
+            model="local", messages=[{"role": "user", "content": "Too long an answer?"}], temperature=0, max_tokens=0
+        )
+    assert raised.value.status_code == 400
+    assert "max_tokens" in raised.value.body["message"] and raised.value.body["type"] == "invalid_request_error"

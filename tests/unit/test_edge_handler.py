@@ -260,21 +260,31 @@ def test_sampling_request_is_forwarded_without_key_or_lookup(edge, store):
 
 def test_viewer_cannot_inject_edge_headers(edge, store):
     handler = edge(tenant_scoped=True)
-    forged = {"x-inference-cache-key": "0" * 64, "x-inference-tenant": "someone-else", "authorization": "Bearer sk-a"}
+    # The tenant header here is the one the viewer-request API key check set (it strips
+    # any viewer copy); the key header and body hash are the viewer's own forgeries.
+    forged = {"x-inference-cache-key": "0" * 64, "x-amz-content-sha256": "0" * 64, "x-inference-tenant": "acme"}
     result = handler.handler(event(headers=forged), None)
     assert header(result, "x-inference-cache-key") != "0" * 64
-    assert header(result, "x-inference-tenant") not in (None, "someone-else")
+    assert header(result, "x-amz-content-sha256") == hashlib.sha256(json.dumps(GREEDY).encode()).hexdigest()
+    assert header(result, "x-inference-tenant") == "acme"
     sampling = handler.handler(event({**GREEDY, "temperature": 1}, headers=forged), None)
     assert header(sampling, "x-inference-cache-key") is None
 
 
+def test_unscoped_stage_forwards_no_tenant(edge, store):
+    handler = edge(tenant_scoped=False)
+    result = handler.handler(event(headers={"x-inference-tenant": "acme"}), None)
+    assert header(result, "x-inference-tenant") is None and header(result, "x-inference-cache-key")
+
+
 def test_tenants_do_not_share_answers(edge, store):
     handler = edge(tenant_scoped=True)
-    key_a = forwarded_key(handler, headers={"authorization": "Bearer sk-tenant-a"})
+    key_a = forwarded_key(handler, headers={"x-inference-tenant": "tenant-a"})
     store_answer(store, key_a)
-    result_b = handler.handler(event(headers={"authorization": "Bearer sk-tenant-b"}), None)
+    result_b = handler.handler(event(headers={"x-inference-tenant": "tenant-b"}), None)
     assert "status" not in result_b and header(result_b, "x-inference-cache-key") != key_a
-    result_a = handler.handler(event(headers={"authorization": "Bearer sk-tenant-a"}), None)
+    # The same tenant with another (rotated) key: the key never enters the cache key.
+    result_a = handler.handler(event(headers={"x-inference-tenant": "tenant-a", "authorization": "Bearer sk-new"}), None)
     assert header(result_a, "x-inference-cache") == "HIT"
 
 

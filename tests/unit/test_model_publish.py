@@ -1,4 +1,4 @@
-"""bin/model-publish against a real S3 server on 127.0.0.1 (moto's, behind cli.local_s3,
+"""bin/model-publish against a real S3 server on 127.0.0.1 (moto's, behind local_run.s3,
 which adds the body checksum checks S3 makes and moto does not): what moves, what is
 skipped, what is copied server-side, resume after a kill, refused corruption, the
 version and the cache key, the CLI's output and its errors. Offline, fake credentials."""
@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli import model_publish
-from cli.local_s3 import LocalS3
 from cli.model_manifest import FileChangedError, Manifest, build_manifest, list_model_files
 from cli.model_stage import STAGES_FILE, pin_model_version, stage_target
 from config.stages import STAGES
 from inference_cache import cache_decision
 from inference_cache.contract import CHAT_ROUTE
+from local_run.s3 import LocalS3
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_PUBLISH = ROOT / "bin" / "model-publish"

@@ -286,3 +286,47 @@ def test_tenant_comes_from_the_edge_header_not_the_signature(origin, stubs, lamb
     tenant_b = origin.handler(url_event(headers={"x-inference-tenant": "b" * 32}), lambda_context)
     assert tenant_a["headers"]["x-inference-cache"] == "MISS"
     assert tenant_a["headers"]["x-inference-cache-key"] != tenant_b["headers"]["x-inference-cache-key"]
+
+
+VLLM_400 = json.dumps({"object": "error", "message": "This model's maximum context length is 8192 tokens.",
+                       "type": "BadRequestError", "param": None, "code": 400})
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "code", "in_message"),
+    [
+        # The container's own 4xx (vLLM's error body) stays that 4xx: the openai client does not retry it.
+        ({"OriginalStatusCode": 400, "OriginalMessage": VLLM_400}, 400, "model_rejected_request", "maximum context length"),
+        ({"OriginalStatusCode": 422, "OriginalMessage": "Input validation error: `top_p` must be > 0.0"}, 422,
+         "model_rejected_request", "top_p"),
+        # A timeout is 504, however it is reported.
+        ({"OriginalStatusCode": 408, "OriginalMessage": "Request timeout"}, 504, "model_timeout", "in time"),
+        ({"OriginalMessage": "Your invocation timed out while waiting for a response from container primary."}, 504,
+         "model_timeout", "in time"),
+        ({"OriginalStatusCode": 503, "OriginalMessage": "engine dead"}, 502, "model_error", "engine dead"),
+    ],
+)
+def test_container_status_passes_through_as_the_same_kind_of_error(
+    origin, stubs, lambda_context, capsys, extra, status, code, in_message
+):
+    sagemaker, _ = stubs
+    sagemaker.add_client_error(
+        "invoke_endpoint", service_error_code="ModelError", service_message="it failed", http_status_code=424,
+        modeled_fields=extra,
+    )
+    response = origin.handler(url_event(), lambda_context)
+    assert response["statusCode"] == status
+    error = json.loads(decoded(response))["error"]
+    assert error["code"] == code and in_message in error["message"]
+    assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+    assert emitted_metrics(capsys).get("ModelError") == (1.0 if code == "model_error" else None)
+
+
+def test_an_answer_too_large_for_the_edge_is_not_stored(origin, stubs, lambda_context):
+    sagemaker, _ = stubs  # no put_object expected: the Stubber fails on an unexpected call
+    big = {**CHAT_ANSWER, "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 1_100_000},
+                                       "finish_reason": "length"}]}
+    endpoint_answer(sagemaker, answer=big)
+    response = origin.handler(url_event(), lambda_context)
+    assert response["statusCode"] == 200 and len(decoded(response)) > 1_048_576
+    assert response["headers"]["x-inference-cache"] == "MISS"

@@ -9,7 +9,7 @@ counts the request body bytes that reach the server (the benchmark's "bytes sent
 same measure for every client) and can hold writes after the Nth object, so that a test
 can interrupt a publish at a known point.
 
-  python -m cli.local_s3 [--port N]   # prints the URL on the first line, serves until killed
+  python -m local_run.s3 [--port N]   # prints the URL on the first line, serves until killed
 
 Control routes (never reach moto): GET /_local_s3/stats, POST /_local_s3/reset.
 """
@@ -203,7 +203,7 @@ class LocalS3:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cli.local_s3", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m local_run.s3", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     args = parser.parse_args(argv)
     server = LocalS3(args.port).start()
