@@ -40,3 +40,32 @@ LOG_RETENTION_DAYS = {
 }
 # CloudWatch evaluates at most one day of an alarm's periods.
 MAX_ALARM_MINUTES = 1440
+# CloudFront origin response (read) timeout: 1-60 s by default quota ("Response timeout
+# per origin"); up to 180 s with an approved Service Quotas increase.
+CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS = 60
+CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS = 180
+# InvokeEndpoint: the container must answer within 60 s (SageMaker API reference).
+SAGEMAKER_INVOKE_TIMEOUT_SECONDS = 60
+# Lambda keeps at least this much of a region's account concurrency unreserved;
+# 1000 is the default account quota per region (Lambda Developer Guide, quotas).
+LAMBDA_MIN_UNRESERVED_CONCURRENCY = 100
+LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY = 1000
+# Regions that run Lambda@Edge replicas: the regions of CloudFront's regional edge
+# caches (CloudFront Developer Guide, "Lambda@Edge: logs and CloudWatch metrics"; the
+# regional edge cache locations). A replica logs to /aws/lambda/us-east-1.<name> in
+# the region that ran it.
+LAMBDA_EDGE_REGIONS = (
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "ap-south-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "eu-central-1",
+    "eu-west-1",
+    "eu-west-2",
+    "sa-east-1",
+)

@@ -13,11 +13,16 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from config.aws_facts import (
+    CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS,
+    CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS,
     FSX_THROUGHPUT_PER_TIB,
     GPUS_PER_INSTANCE,
+    LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY,
+    LAMBDA_MIN_UNRESERVED_CONCURRENCY,
     LOG_RETENTION_DAYS,
     MAX_ALARM_MINUTES,
     NVME_FAMILIES,
+    SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
 )
 from inference_cache.cache_settings import EdgeCacheSettings
 from inference_cache.contract import (
@@ -136,6 +141,57 @@ class ModelSettings:
         _require(self.quantization in (None, "awq", "fp8", "gptq", "bitsandbytes"), f"quantization {self.quantization!r}")
 
 
+# What the origin adapter does besides waiting for the model, within its own timeout:
+# connect (2 s, the runtime's connect timeout), throttle back-off between its retries
+# (< 1 s), and storing the answer in the results bucket (a PutObject, ~1-3 s).
+ADAPTER_OVERHEAD_SECONDS = 6
+# What CloudFront waits for besides the adapter's own timeout: a cold start (init is
+# not counted in the Lambda timeout) and the function URL's own overhead.
+ORIGIN_OVERHEAD_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class TimeoutBudget:
+    """One request's time budget, innermost first: the adapter's read of the model's
+    answer < the adapter's Lambda timeout < CloudFront's origin read timeout. Ordered
+    with margins, so the adapter answers (504, its own error shape) before CloudFront
+    gives up on it and answers a bare 504 while the adapter goes on."""
+
+    model_read_seconds: int = 48
+    adapter_seconds: int = 54
+    origin_read_seconds: int = 60
+    # The account's CloudFront "response timeout per origin" quota. Above 60 s only
+    # with an approved quota increase: declare it here, or synth refuses.
+    origin_read_quota_seconds: int = CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS
+
+    def __post_init__(self) -> None:
+        _require(
+            0 < self.model_read_seconds < SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
+            f"model read timeout must be under the {SAGEMAKER_INVOKE_TIMEOUT_SECONDS} s SageMaker gives the container",
+        )
+        _require(
+            self.adapter_seconds >= self.model_read_seconds + ADAPTER_OVERHEAD_SECONDS,
+            f"adapter timeout must be >= model read + {ADAPTER_OVERHEAD_SECONDS} s (connect, throttle back-off, "
+            "result store)",
+        )
+        _require(
+            self.origin_read_seconds >= self.adapter_seconds + ORIGIN_OVERHEAD_SECONDS,
+            f"origin read timeout must be >= adapter timeout + {ORIGIN_OVERHEAD_SECONDS} s (cold start, function URL)",
+        )
+        _require(
+            CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS
+            <= self.origin_read_quota_seconds
+            <= CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS,
+            f"origin read quota is {CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS}.."
+            f"{CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS} s",
+        )
+        _require(
+            self.origin_read_seconds <= self.origin_read_quota_seconds,
+            f"origin read timeout {self.origin_read_seconds} s is above the declared CloudFront quota "
+            f"({self.origin_read_quota_seconds} s); request an increase and declare it in origin_read_quota_seconds",
+        )
+
+
 @dataclass(frozen=True)
 class EndpointSettings:
     instance_type: str
@@ -149,9 +205,18 @@ class EndpointSettings:
     # Large models take minutes to download and to warm up; 60 s defaults would kill them.
     startup_health_check_timeout_seconds: int = 1800
     model_data_download_timeout_seconds: int = 1800
-    # How long the origin adapter waits for the model's answer (SageMaker gives the
-    # container 60 s, CloudFront gives the origin 60 s).
-    model_read_timeout_seconds: int = 55
+    # Model read < adapter timeout < origin read timeout, one setting each.
+    timeouts: TimeoutBudget = field(default_factory=TimeoutBudget)
+    # Requests one instance serves at once (within the container's rolling batch) and
+    # the headroom above max_instances x that: the origin adapter's reserved concurrency.
+    # More adapter invocations than the fleet can serve would only wait on the GPU while
+    # taking concurrency that Lambda@Edge replicas in the home region share.
+    concurrent_requests_per_instance: int = 16
+    adapter_concurrency_headroom: float = 1.5
+    # False only for the first of the two deploys that change the instance type:
+    # SageMaker refuses an instance-type update on a variant registered for autoscaling
+    # (README, "Changing the instance type").
+    autoscaling: bool = True
 
     def __post_init__(self) -> None:
         gpu_count(self.instance_type)  # a known GPU instance type, or SettingsError
@@ -161,15 +226,26 @@ class EndpointSettings:
         _require(self.target_concurrency > 0, "scaling target must be positive")
         _require(0 <= self.scale_out_cooldown_seconds <= self.scale_in_cooldown_seconds, "scale-out cooldown must not exceed scale-in cooldown")
         _require(
-            0 < self.model_read_timeout_seconds < ORIGIN_READ_TIMEOUT_SECONDS,
-            f"model read timeout must be under the {ORIGIN_READ_TIMEOUT_SECONDS} s origin read timeout",
+            self.target_concurrency <= self.concurrent_requests_per_instance <= 1024,
+            "concurrent requests per instance must be at least the scaling target (and at most 1024)",
         )
+        _require(1.0 <= self.adapter_concurrency_headroom <= 3.0, "adapter concurrency headroom must be 1.0..3.0")
         for name in ("startup_health_check_timeout_seconds", "model_data_download_timeout_seconds"):
             _require(60 <= getattr(self, name) <= 3600, f"{name} must be 60..3600")
         if self.has_instance_storage:
             _require(self.volume_size_gb is None, f"{self.instance_type} has NVMe storage; SageMaker rejects VolumeSizeInGB")
         else:
             _require(self.volume_size_gb is not None and 1 <= self.volume_size_gb <= 512, "volume size 1..512 GB required")
+
+    @property
+    def model_read_timeout_seconds(self) -> int:
+        """The origin adapter's ENDPOINT_READ_TIMEOUT_SECONDS (the local run reads it here)."""
+        return self.timeouts.model_read_seconds
+
+    @property
+    def adapter_reserved_concurrency(self) -> int:
+        """What the whole fleet at its maximum serves at once, with headroom."""
+        return math.ceil(self.max_instances * self.concurrent_requests_per_instance * self.adapter_concurrency_headroom)
 
     @property
     def has_instance_storage(self) -> bool:
@@ -182,6 +258,10 @@ class ModelWorkspaceSettings:
 
     capacity_gib: int = 1200
     throughput_per_tib: int = 250
+    # Automatic daily backups, days kept; 0 = none. The workspace is where models are
+    # prepared; what is finished is exported to the versioned model bucket (the source
+    # of truth) by the data repository association, so by default nothing is backed up.
+    backup_retention_days: int = 0
 
     def __post_init__(self) -> None:
         _require(
@@ -189,6 +269,7 @@ class ModelWorkspaceSettings:
             "PERSISTENT_2 capacity is 1200, 2400 or a multiple of 2400 GiB",
         )
         _require(self.throughput_per_tib in FSX_THROUGHPUT_PER_TIB, f"throughput per TiB is one of {FSX_THROUGHPUT_PER_TIB}")
+        _require(0 <= self.backup_retention_days <= 90, "FSx backup retention is 0..90 days")
 
 
 @dataclass(frozen=True)
@@ -222,6 +303,9 @@ class SlaSettings:
     capacity_pinned_minutes: int = 30
     # FSx for Lustre workspace: free space below this fraction of its capacity.
     fsx_free_capacity_floor: float = 0.1
+    # Edge /_cache/ lookups answered with neither 200 nor 403/404 (S3 or CloudFront
+    # failing, timeouts): each one sends a possible hit to the GPU.
+    edge_lookup_failure_rate_max: float = 0.01
 
     def __post_init__(self) -> None:
         _require(0.9 <= self.availability_target < 1, "availability target must be in [0.9, 1)")
@@ -250,6 +334,7 @@ class SlaSettings:
                 f"{name} must be a multiple of 5 in 5..{MAX_ALARM_MINUTES} (alarms evaluate 5-minute periods, at most a day)",
             )
         _require(0 < self.fsx_free_capacity_floor < 1, "FSx free-capacity floor must be a fraction in (0, 1)")
+        _require(0 < self.edge_lookup_failure_rate_max < 1, "edge lookup failure-rate objective must be in (0, 1)")
 
     @property
     def error_budget(self) -> float:
@@ -280,6 +365,10 @@ class StageSettings:
     # why in `api_keys_off_reason`.
     require_api_keys: bool = True
     api_keys_off_reason: str | None = None
+    # The account's Lambda concurrency quota in the home region; the origin adapter's
+    # reservation must leave Lambda's minimum unreserved for everything else there,
+    # Lambda@Edge replicas included.
+    lambda_concurrency_quota: int = LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY
 
     def __post_init__(self) -> None:
         _require(bool(re.match(r"^[a-z][a-z0-9]{1,15}$", self.name)), f"stage name {self.name!r}")
@@ -307,6 +396,17 @@ class StageSettings:
         _require(
             self.require_api_keys or not self.cache.tenant_scoped,
             f"{self.name}: tenant-scoped caches need API keys (the tenant comes from the verified key)",
+        )
+
+        _require(
+            self.endpoint.concurrent_requests_per_instance <= self.model.max_rolling_batch_size,
+            f"{self.name}: concurrent requests per instance above the container's rolling batch size",
+        )
+        reserved = self.endpoint.adapter_reserved_concurrency
+        _require(
+            reserved <= self.lambda_concurrency_quota - LAMBDA_MIN_UNRESERVED_CONCURRENCY,
+            f"{self.name}: origin adapter reserved concurrency {reserved} must leave "
+            f"{LAMBDA_MIN_UNRESERVED_CONCURRENCY} of the {self.lambda_concurrency_quota} account quota unreserved",
         )
 
     @property

@@ -48,6 +48,7 @@ STAGES: dict[str, StageSettings] = {
                 min_instances=1,
                 max_instances=2,
                 target_concurrency=4,
+                concurrent_requests_per_instance=8,
                 scale_out_cooldown_seconds=60,
                 scale_in_cooldown_seconds=300,
             ),

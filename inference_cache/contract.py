@@ -90,3 +90,14 @@ class Metric:
     GPU_SECONDS_ON_MISS = "GpuSecondsOnMiss"
     MODEL_ERROR = "ModelError"
     CACHE_KEY_MISMATCH = "CacheKeyMismatch"
+
+
+class EdgeLogMetric:
+    """Metrics the infrastructure derives from the edge function's JSON log line (one per
+    request; `lookup` is set on requests that made a /_cache/ lookup), by CloudWatch Logs
+    metric filters in us-east-1, in namespace METRICS_NAMESPACE."""
+
+    REQUESTS = "EdgeRequests"
+    LOOKUPS = "EdgeLookups"
+    # `lookup` is "lookup-status-<code>" (neither 200 nor 403/404) or "lookup-failed-<exception>".
+    LOOKUP_FAILED = "EdgeLookupFailed"

@@ -24,7 +24,6 @@ from config.settings import StageSettings
 from inference_cache.contract import (
     API_KEY_STORE_NAME,
     INFERENCE_PATH_PATTERNS,
-    ORIGIN_READ_TIMEOUT_SECONDS,
     RESULTS_PREFIX,
 )
 from stacks.bundles import EDGE_HANDLER, lambda_bundle
@@ -88,7 +87,8 @@ class CdnStack(cdk.Stack):
         )
         adapter_origin = origins.FunctionUrlOrigin.with_origin_access_control(
             origin_url,
-            read_timeout=cdk.Duration.seconds(ORIGIN_READ_TIMEOUT_SECONDS),
+            # The outermost of the TimeoutBudget: above the adapter's own timeout.
+            read_timeout=cdk.Duration.seconds(settings.endpoint.timeouts.origin_read_seconds),
             keepalive_timeout=cdk.Duration.seconds(60),
         )
 

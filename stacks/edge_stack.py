@@ -6,15 +6,21 @@ its version ARN across regions through SSM."""
 from __future__ import annotations
 
 import aws_cdk as cdk
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from config.settings import StageSettings
+from inference_cache.contract import METRICS_NAMESPACE, RESULTS_PATH, EdgeLogMetric
 from stacks.common import retention
 
 EDGE_REGION = "us-east-1"
+# The edge function's log line (inference_cache/edge/handler.py): every request has
+# "ms"; a request that made a /_cache/ lookup has "lookup", whose failures read
+# "lookup-status-<code>" or "lookup-failed-<exception>".
+LOOKUP_FAILURE_PREFIXES = ("lookup-status-", "lookup-failed-")
 
 
 class EdgeStack(cdk.Stack):
@@ -22,6 +28,7 @@ class EdgeStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.cache_key_function_name = f"inference-cache-{settings.name}-cache-key"
         self.cache_key_function_role = self._function_role()
+        self.replica_log_group = self._replica_logs(settings)
         self.web_acl: wafv2.CfnWebACL | None = None
         if settings.waf_rate_limit_per_5_min is not None:
             self.web_acl = self._web_acl(settings)
@@ -46,6 +53,35 @@ class EdgeStack(cdk.Stack):
         )
         return role
 
+    def _replica_logs(self, settings: StageSettings) -> logs.LogGroup:
+        """The replicas' log group in us-east-1, with the stage's retention, and the metric
+        filters the edge alarms read. Lambda creates the same group in every other region
+        that serves traffic, never expiring; README "Lambda@Edge logs in other regions"."""
+        group = logs.LogGroup(
+            self,
+            "CacheKeyReplicaLogs",
+            log_group_name=f"/aws/lambda/{EDGE_REGION}.{self.cache_key_function_name}",
+            retention=retention(settings.log_retention_days),
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        patterns = {
+            EdgeLogMetric.REQUESTS: logs.FilterPattern.number_value("$.ms", ">=", 0),
+            EdgeLogMetric.LOOKUPS: logs.FilterPattern.exists("$.lookup"),
+            EdgeLogMetric.LOOKUP_FAILED: logs.FilterPattern.any(
+                *(logs.FilterPattern.string_value("$.lookup", "=", f"{prefix}*") for prefix in LOOKUP_FAILURE_PREFIXES)
+            ),
+        }
+        for metric_name, pattern in patterns.items():
+            group.add_metric_filter(
+                metric_name,
+                metric_namespace=METRICS_NAMESPACE,
+                metric_name=metric_name,
+                filter_pattern=pattern,
+                metric_value="1",
+                unit=cloudwatch.Unit.COUNT,
+            )
+        return group
+
     def _web_acl(self, settings: StageSettings) -> wafv2.CfnWebACL:
         def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
             return wafv2.CfnWebACL.VisibilityConfigProperty(
@@ -68,6 +104,10 @@ class EdgeStack(cdk.Stack):
                             limit=settings.waf_rate_limit_per_5_min,
                             evaluation_window_sec=300,
                             aggregate_key_type="IP",
+                            # The edge function's own lookups come from Lambda@Edge's few
+                            # egress addresses: counted, they would be blocked under load,
+                            # every 403 would read as a miss and all traffic go to the GPU.
+                            scope_down_statement=_not_results_path(),
                         )
                     ),
                     visibility_config=visibility("rate-per-client-ip"),
@@ -103,6 +143,21 @@ class EdgeStack(cdk.Stack):
         )
         logging.node.add_dependency(waf_logs)
         return acl
+
+
+def _not_results_path() -> wafv2.CfnWebACL.StatementProperty:
+    return wafv2.CfnWebACL.StatementProperty(
+        not_statement=wafv2.CfnWebACL.NotStatementProperty(
+            statement=wafv2.CfnWebACL.StatementProperty(
+                byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
+                    field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
+                    positional_constraint="STARTS_WITH",
+                    search_string=RESULTS_PATH,
+                    text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
+                )
+            )
+        )
+    )
 
 
 def _managed_rule(name: str, priority: int, visibility) -> wafv2.CfnWebACL.RuleProperty:

@@ -23,7 +23,6 @@ from inference_cache.contract import (
     ENDPOINT_READ_TIMEOUT_ENV,
     METRICS_NAMESPACE,
     ORIGIN_ADAPTER_SERVICE,
-    ORIGIN_READ_TIMEOUT_SECONDS,
     RESULTS_BUCKET_ENV,
     RESULTS_PREFIX,
 )
@@ -31,6 +30,10 @@ from stacks.bundles import ORIGIN_ADAPTER_HANDLER, lambda_bundle
 from stacks.common import retention
 
 VARIANT_NAME = "AllTraffic"
+# Kept from the running endpoint on every update: the instance count autoscaling reached
+# and the variant weight. DataCaptureConfig is excluded so that a capture setting in a
+# new endpoint config takes effect instead of being silently kept from the old one.
+RETAIN_EXCEPT = ("DataCaptureConfig",)
 
 
 class InferenceStack(cdk.Stack):
@@ -204,15 +207,36 @@ class InferenceStack(cdk.Stack):
             ),
         )
         endpoint_config = sagemaker.CfnEndpointConfig(self, "EndpointConfig", production_variants=[variant])
-        return sagemaker.CfnEndpoint(
+        # SageMaker creates this group on first start with no retention; owning it here
+        # sets the stage's retention (the endpoint waits for it).
+        self.endpoint_log_group = logs.LogGroup(
+            self,
+            "EndpointLogs",
+            log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
+            retention=retention(self.settings.log_retention_days),
+            removal_policy=cdk.RemovalPolicy.DESTROY,
+        )
+        cfn_endpoint = sagemaker.CfnEndpoint(
             self,
             "Endpoint",
             endpoint_name=self.endpoint_name,
             endpoint_config_name=endpoint_config.attr_endpoint_config_name,
+            # Without this every rollout (UpdateEndpoint) resets the variant to the new
+            # config's InitialInstanceCount, dropping what autoscaling reached (8 -> 2).
+            retain_all_variant_properties=True,
+            exclude_retained_variant_properties=[
+                sagemaker.CfnEndpoint.VariantPropertyProperty(variant_property_type=p) for p in RETAIN_EXCEPT
+            ],
+            # No DeploymentConfig is declared; the template, not the last API call, decides.
+            retain_deployment_config=False,
         )
+        cfn_endpoint.node.add_dependency(self.endpoint_log_group)
+        return cfn_endpoint
 
-    def _autoscaling(self) -> appscaling.ScalableTarget:
+    def _autoscaling(self) -> appscaling.ScalableTarget | None:
         endpoint = self.settings.endpoint
+        if not endpoint.autoscaling:
+            return None
         target = appscaling.ScalableTarget(
             self,
             "InstanceScaling",
@@ -283,8 +307,11 @@ class InferenceStack(cdk.Stack):
             handler=ORIGIN_ADAPTER_HANDLER,
             code=lambda_.Code.from_asset(lambda_bundle("origin_adapter", self.settings)),
             memory_size=512,
-            # CloudFront gives the origin 60 s and SageMaker gives the container 60 s.
-            timeout=cdk.Duration.seconds(ORIGIN_READ_TIMEOUT_SECONDS),
+            # Model read < this < CloudFront's origin read timeout (TimeoutBudget).
+            timeout=cdk.Duration.seconds(self.settings.endpoint.timeouts.adapter_seconds),
+            # The fleet at its maximum, with headroom: a burst of misses cannot take the
+            # home region's pool that Lambda@Edge replicas there share.
+            reserved_concurrent_executions=self.settings.endpoint.adapter_reserved_concurrency,
             role=role,
             layers=[powertools],
             log_group=log_group,
@@ -292,7 +319,7 @@ class InferenceStack(cdk.Stack):
             environment={
                 ENDPOINT_NAME_ENV: self.endpoint_name,
                 RESULTS_BUCKET_ENV: self.results_bucket.bucket_name,
-                ENDPOINT_READ_TIMEOUT_ENV: str(self.settings.endpoint.model_read_timeout_seconds),
+                ENDPOINT_READ_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.model_read_seconds),
                 "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },

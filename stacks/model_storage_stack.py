@@ -93,6 +93,8 @@ class ModelStorageStack(cdk.Stack):
                 deployment_type="PERSISTENT_2",
                 per_unit_storage_throughput=settings.workspace.throughput_per_tib,
                 data_compression_type="LZ4",
+                # Explicit (ModelWorkspaceSettings.backup_retention_days; docs/decisions.md).
+                automatic_backup_retention_days=settings.workspace.backup_retention_days,
                 log_configuration=fsx.CfnFileSystem.LogConfigurationProperty(
                     level="WARN_ERROR", destination=workspace_logs.log_group_arn
                 ),

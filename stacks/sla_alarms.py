@@ -19,6 +19,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from config.settings import StageSettings, gpu_count
+from inference_cache.contract import EdgeLogMetric
 from stacks.burn_rates import (
     FAST_BURN_RATE,
     FAST_BURN_WINDOWS_SECONDS,
@@ -51,6 +52,8 @@ HIT_RATIO_PERIODS = 3
 WORKSPACE_PERIOD = cdk.Duration.minutes(1)
 WORKSPACE_PERIODS = 15
 GIB = 1024**3
+# Throttled in every 5-minute period for 15 minutes: the reservation is reached at peaks.
+THROTTLED_PERIODS = 3
 
 GREATER = cw.ComparisonOperator.GREATER_THAN_THRESHOLD
 NOT_BREACHING = cw.TreatMissingData.NOT_BREACHING
@@ -230,6 +233,7 @@ class EdgeSlaAlarms(_SlaAlarmsBase):
         self._edge_latency()
         self._edge_function_errors(edge_function_name)
         self._hit_ratio()
+        self._lookup_failures(edge_function_name)
         self._page(
             f"stage {settings.name}, us-east-1 (CloudFront): the availability SLO "
             f"({_pct(settings.sla.availability_target)} over {SLO_WINDOW_DAYS} days) is burning fast or the edge is slow."
@@ -260,9 +264,10 @@ class EdgeSlaAlarms(_SlaAlarmsBase):
                         rate,
                         1,
                         what=(
-                            f"Input to {alarm_name(self.settings, slug)}. CloudFront 5xx share over the last {text} is "
-                            f"above {rate:g}x the error budget ({_pct(sla.error_budget)} allowed, so above "
-                            f"{_pct(rate * sla.error_budget)}). Windows under {floor} requests read 0."
+                            f"Input to {alarm_name(self.settings, slug)}. 5xx share of viewer requests (CloudFront "
+                            "5xx, the edge function's own /_cache/ lookups taken out of the denominator) over the "
+                            f"last {text} is above {rate:g}x the error budget ({_pct(sla.error_budget)} allowed, so "
+                            f"above {_pct(rate * sla.error_budget)}). Windows under {floor} viewer requests read 0."
                         ),
                         first=(
                             "dashboard 'Error rates': which layer's errors rise with CloudFront 5xx (Lambda@Edge "
@@ -377,6 +382,36 @@ class EdgeSlaAlarms(_SlaAlarmsBase):
             "ticket",
         )
 
+    def _lookup_failures(self, edge_function_name: str) -> None:
+        """Ticket: edge /_cache/ lookups that neither hit nor cleanly missed."""
+        sla, floor = self.settings.sla, self._period_floor
+        self._alarm(
+            _error_rate_spec(
+                "edge-lookup-failures",
+                error_ratio(
+                    self.edge.edge_log(EdgeLogMetric.LOOKUP_FAILED, PERIOD),
+                    self.edge.edge_log(EdgeLogMetric.LOOKUPS, PERIOD),
+                    floor,
+                    "edge lookups failed per lookup (us-east-1 sample)",
+                ),
+                sla.edge_lookup_failure_rate_max,
+                what=(
+                    f"Edge /_cache/ lookups answered with neither 200 nor 403/404, or failed outright (timeout, "
+                    f"refused), above {_pct(sla.edge_lookup_failure_rate_max)} of lookups in {ERROR_DATAPOINTS} of "
+                    f"{ERROR_PERIODS} x 5 min, counted from the edge function's log lines in us-east-1 (a sample: "
+                    "replicas elsewhere log in their own region). Each one sends a request that might have hit to "
+                    "the GPU; a WAF block (403) is not counted here, it reads as a miss."
+                ),
+                first=(
+                    f"the 'lookup' field in /aws/lambda/us-east-1.{edge_function_name} (lookup-status-<code>, "
+                    "lookup-failed-<exception>), the results bucket and Origin Shield, the lookup timeout setting. "
+                    f"Windows under {floor} lookups read 0."
+                ),
+                why_missing="no lookups logged in us-east-1, nothing failing",
+            ),
+            "ticket",
+        )
+
 
 class HomeSlaAlarms(_SlaAlarmsBase):
     """Home region: endpoint, origin adapter, capacity and the model workspace."""
@@ -397,6 +432,7 @@ class HomeSlaAlarms(_SlaAlarmsBase):
         # rule, and the dashboard's alarm status widget.
         self._latency_alarms()
         self._error_rate_alarms()
+        self._throttled_sustained()
         self._model_error_alarm()
         self._capacity_alarm()
         self._gpu_alarms()
@@ -515,16 +551,40 @@ class HomeSlaAlarms(_SlaAlarmsBase):
                 sla.endpoint_error_rate_max,
                 what=(
                     f"Origin adapter Throttles / (Invocations + Throttles) above {_pct(sla.endpoint_error_rate_max)} "
-                    f"in {ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: Lambda refuses requests for lack of "
-                    "concurrency; viewers get 5xx."
+                    f"in {ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: the adapter is at its reserved concurrency "
+                    f"({self.settings.endpoint.adapter_reserved_concurrency} = max instances x concurrent requests "
+                    "per instance x headroom) and Lambda refuses the misses beyond it; viewers get 429."
                 ),
                 first=(
-                    "the account's Lambda concurrency (ConcurrentExecutions vs the regional limit) and any reserved "
-                    "concurrency on the adapter; slow model latency holds concurrency longer."
+                    "instances in service vs max and ModelLatency (slow answers hold concurrency longer); raise "
+                    "max_instances (the reservation follows) or the headroom."
                 ),
                 why_missing="no requests, no throttles",
             ),
             "page",
+        )
+
+    def _throttled_sustained(self) -> None:
+        """Ticket: any throttling of the adapter, sustained below the paging ratio."""
+        reserved = self.settings.endpoint.adapter_reserved_concurrency
+        self._alarm(
+            _sustained_spec(
+                "origin-adapter-throttled",
+                self.home.adapter("Throttles", "Sum", PERIOD),
+                0,
+                THROTTLED_PERIODS,
+                what=(
+                    f"The origin adapter was throttled in each of {THROTTLED_PERIODS} x 5 min: it keeps reaching its "
+                    f"reserved concurrency of {reserved}, which is sized from the fleet's maximum. Below the paging "
+                    "ratio, but the fleet has no headroom left at peaks."
+                ),
+                first=(
+                    "dashboard 'Capacity' (pinned at max?) and ModelLatency; raise max_instances, or "
+                    "concurrent_requests_per_instance / adapter_concurrency_headroom if the GPUs have room."
+                ),
+                why_missing="no throttles published, none happened",
+            ),
+            "ticket",
         )
 
     def _model_error_alarm(self) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cw
 
-from inference_cache.contract import METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE
+from inference_cache.contract import METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE, EdgeLogMetric
 
 CLOUDFRONT_NAMESPACE = "AWS/CloudFront"
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"
@@ -91,6 +91,19 @@ class EdgeMetrics:
 
     def origin_latency(self, statistic: str = "p99", period: cdk.Duration = FIVE_MINUTES) -> cw.Metric:
         return self.metric("OriginLatency", statistic, period, f"Origin latency {statistic} (ms)")
+
+    def edge_log(self, name: str, period: cdk.Duration = FIVE_MINUTES, label: str | None = None) -> cw.Metric:
+        """A count from the edge function's log lines in us-east-1 (the Edge stack's metric
+        filters; no dimensions: one stage per account). Replicas in other regions log
+        there, so this is a sample: what us-east-1's edge locations served."""
+        return cw.Metric(
+            namespace=METRICS_NAMESPACE,
+            metric_name=name,
+            statistic="Sum",
+            period=period,
+            region=self.region,
+            label=label,
+        )
 
     def lambda_edge_errors(self, period: cdk.Duration = FIVE_MINUTES) -> dict[str, cw.Metric]:
         ids = ("execution", "validation", "limit")
@@ -180,16 +193,37 @@ class HomeMetrics:
 def burn_rate(
     edge: EdgeMetrics, window_seconds: int, error_budget: float, min_requests_per_5_min: int
 ) -> cw.MathExpression:
-    """Error-budget burn rate over one window: (5xx ratio) / (allowed ratio).
+    """Error-budget burn rate over one window: (5xx share of viewer requests) / budget.
 
-    5xxErrorRate is a percentage, so ratio / budget = rate / (100 * budget). Windows
-    with fewer requests than the stage's minimum read 0: no evidence, no page."""
+    CloudFront's Requests and 5xxErrorRate include the edge function's own /_cache/
+    lookups (one per cacheable POST, never 5xx), which dilute the rate. With
+    s = lookups per edge-function request (sampled from the edge log lines in
+    us-east-1), viewer requests = Requests / (1 + s) and their 5xx share is
+    5xxErrorRate × (1 + s). With no sample in the window s = 1, as if every request
+    looked up: the alarm errs early, at most 2x, never late. Windows with fewer viewer
+    requests than the stage's minimum read 0: no evidence, no page (docs/sla.md)."""
     period = cdk.Duration.seconds(window_seconds)
     floor = min_requests(min_requests_per_5_min, window_seconds)
     tag = window_tag(window_seconds)
+    lookups_per_request = cw.MathExpression(
+        expression=f"IF(FILL(edgeRequests{tag}, 0) > 0, FILL(edgeLookups{tag}, 0) / FILL(edgeRequests{tag}, 0), 1)",
+        using_metrics={
+            f"edgeRequests{tag}": edge.edge_log(EdgeLogMetric.REQUESTS, period),
+            f"edgeLookups{tag}": edge.edge_log(EdgeLogMetric.LOOKUPS, period),
+        },
+        period=period,
+        label=f"lookups per edge request over {tag}",
+    )
     return cw.MathExpression(
-        expression=f"IF(requests{tag} >= {floor}, errorRate{tag} / {number(100 * error_budget)}, 0)",
-        using_metrics={f"requests{tag}": edge.requests(period), f"errorRate{tag}": edge.error_rate_5xx(period)},
+        expression=(
+            f"IF(requests{tag} / (1 + lookupShare{tag}) >= {floor}, "
+            f"errorRate{tag} * (1 + lookupShare{tag}) / {number(100 * error_budget)}, 0)"
+        ),
+        using_metrics={
+            f"requests{tag}": edge.requests(period),
+            f"errorRate{tag}": edge.error_rate_5xx(period),
+            f"lookupShare{tag}": lookups_per_request,
+        },
         period=period,
         label=f"burn rate over {tag} (x budget)",
     )

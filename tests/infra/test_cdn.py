@@ -50,7 +50,9 @@ def test_inference_routes_take_all_methods_uncached_through_the_cache_key_functi
     assert reader.startswith("CacheKeyFunctionArnReader") and attribute == "FunctionArn"
     origin = _origin(config, behavior["TargetOriginId"])
     assert origin["CustomOriginConfig"]["OriginProtocolPolicy"] == "https-only"
-    assert origin["CustomOriginConfig"]["OriginReadTimeout"] == 60
+    # The outermost timeout of the stage's TimeoutBudget, within CloudFront's default quota.
+    timeouts = STAGES[stage].endpoint.timeouts
+    assert origin["CustomOriginConfig"]["OriginReadTimeout"] == timeouts.origin_read_seconds <= 60
     assert origin["CustomOriginConfig"]["OriginSSLProtocols"] == ["TLSv1.2"]
     assert "lambda-url" not in str(origin["DomainName"])  # taken from the function URL, not typed in
     assert "FunctionUrl" in str(origin["DomainName"])

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from config.stages import STAGES
+from inference_cache.contract import EdgeLogMetric
 from tests.conftest import STAGE_NAMES
 
 EDGE_REGION = "us-east-1"
@@ -53,6 +54,9 @@ def annotations(w: dict) -> dict[float, str]:
     return {a["value"]: a.get("label", "") for a in w["properties"].get("annotations", {}).get("horizontal", [])}
 
 
+EDGE_LOG_METRICS = {EdgeLogMetric.REQUESTS, EdgeLogMetric.LOOKUPS, EdgeLogMetric.LOOKUP_FAILED}
+
+
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_dashboard_lives_in_the_home_region_and_reads_cloudfront_from_us_east_1(synthesized, stage):
     assert synthesized[stage].stage.monitoring.region == STAGES[stage].home_region
@@ -67,6 +71,10 @@ def test_dashboard_lives_in_the_home_region_and_reads_cloudfront_from_us_east_1(
                 assert options.get("region") == EDGE_REGION, (w["properties"]["title"], names)
                 dims = dict(zip(names[2::2], names[3::2], strict=True))
                 assert dims["Region"] == "Global" and "Cdn:ExportsOutputRefDistribution" in dims["DistributionId"]
+            elif names and names[0] == "InferenceCache" and names[1] in EDGE_LOG_METRICS:
+                # Counted from the edge function's log lines by metric filters in us-east-1.
+                assert options.get("region") == EDGE_REGION, (w["properties"]["title"], names)
+                assert len(names) == 2  # no dimensions
             elif names:
                 assert "region" not in options, (w["properties"]["title"], names)
             regions.add(options.get("region", "home"))

@@ -120,7 +120,8 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
     ]
     (function,) = function
     assert function["FunctionName"] == f"inference-cache-{stage}-origin-adapter"
-    assert function["Timeout"] == 60
+    timeouts = STAGES[stage].endpoint.timeouts
+    assert function["Timeout"] == timeouts.adapter_seconds < timeouts.origin_read_seconds
     assert function["Runtime"] == "python3.14"
     assert function["TracingConfig"] == {"Mode": "Active"}
     assert function["Environment"]["Variables"]["ENDPOINT_NAME"] == f"inference-cache-{stage}"

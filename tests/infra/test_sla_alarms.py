@@ -30,8 +30,9 @@ PAGE_CHILDREN_HOME = {
     "origin-adapter-error-rate",
     "origin-adapter-throttle-rate",
 }
-TICKETS_EDGE = {"edge-function-errors", "cache-hit-ratio-low"}
+TICKETS_EDGE = {"edge-function-errors", "cache-hit-ratio-low", "edge-lookup-failures"}
 TICKETS_HOME = {
+    "origin-adapter-throttled",
     "endpoint-model-error-rate",
     "capacity-pinned-at-max",
     "gpu-utilization-high",
@@ -65,6 +66,7 @@ SLO_ALARMS = {
     "gpu_high_minutes": ["gpu-utilization-high", "gpu-memory-high"],
     "capacity_pinned_minutes": ["capacity-pinned-at-max"],
     "fsx_free_capacity_floor": ["workspace-free-capacity-low"],
+    "edge_lookup_failure_rate_max": ["edge-lookup-failures"],
 }
 # Settings that shape alarms without being an objective of their own.
 NOT_AN_OBJECTIVE = {"alarm_email", "min_requests_per_5_min"}
@@ -215,18 +217,32 @@ def test_burn_rate_window_alarms(synthesized, stage, speed):
             alarm, threshold=rate, comparison="GreaterThanThreshold", evaluation=1, datapoints=1, missing="notBreaching"
         )
         metrics = stats(alarm)
-        assert set(metrics) == {"Requests", "5xxErrorRate"}
+        # CloudFront's counts, and the edge function's log counts that take its own
+        # /_cache/ lookups out of the denominator (docs/sla.md, "Availability").
+        assert set(metrics) == {"Requests", "5xxErrorRate", "EdgeRequests", "EdgeLookups"}
         assert metrics["Requests"]["stat"] == "Sum"
         assert metrics["5xxErrorRate"]["stat"] == "Average"
-        for metric in metrics.values():
+        for metric_name in ("Requests", "5xxErrorRate"):
+            metric = metrics[metric_name]
             assert metric["namespace"] == "AWS/CloudFront"
             assert metric["period"] == window
             assert_cloudfront_dims(metric["dimensions"])
-        # burn = (5xx % / 100) / budget, judged only with enough requests in the window.
-        match = re.fullmatch(r"IF\((\w+) >= (\d+), (\w+) / ([\d.]+), 0\)", expression(alarm))
+        for metric_name in ("EdgeRequests", "EdgeLookups"):
+            metric = metrics[metric_name]
+            assert metric["namespace"] == "InferenceCache" and metric["dimensions"] == {}
+            assert metric["stat"] == "Sum" and metric["period"] == window
+        # burn = 5xx share of viewer requests / budget, judged only with enough viewer
+        # requests in the window; viewer requests = Requests / (1 + lookups per request).
+        match = re.fullmatch(
+            r"IF\((\w+) / \(1 \+ (\w+)\) >= (\d+), (\w+) \* \(1 \+ (\w+)\) / ([\d.]+), 0\)", expression(alarm)
+        )
         assert match, expression(alarm)
-        requests_id, floor, errors_id, divisor = match.groups()
+        requests_id, share_id, floor, errors_id, share_again, divisor = match.groups()
         assert requests_id == metrics["Requests"]["id"] and errors_id == metrics["5xxErrorRate"]["id"]
+        assert share_id == share_again
+        (share,) = [q for q in alarm["Metrics"] if q["Id"] == share_id]
+        er, el = metrics["EdgeRequests"]["id"], metrics["EdgeLookups"]["id"]
+        assert share["Expression"] == f"IF(FILL({er}, 0) > 0, FILL({el}, 0) / FILL({er}, 0), 1)"
         assert int(floor) == floor_for(stage, window)
         assert float(divisor) == pytest.approx(100 * (1 - sla.availability_target))
 
@@ -485,12 +501,21 @@ def test_alarms_live_in_the_region_of_their_metrics(synthesized, stage):
     built = synthesized[stage].stage
     assert built.edge_monitoring.region == EDGE_REGION and built.edge_alerting.region == EDGE_REGION
     assert built.monitoring.region == STAGES[stage].home_region
+    # us-east-1 metrics: CloudFront's, and the counts the us-east-1 metric filters take
+    # from the edge function's log lines (InferenceCache Edge*, no dimensions).
+    edge_log_metrics = {"EdgeRequests", "EdgeLookups", "EdgeLookupFailed"}
     for alarm in edge_alarms(synthesized, stage).values():
         if alarm["_type"] == "Alarm":
-            assert {m["namespace"] for m in stats(alarm).values()} == {"AWS/CloudFront"}, alarm["AlarmName"]
+            metrics = stats(alarm)
+            assert "AWS/CloudFront" in {m["namespace"] for m in metrics.values()} or set(metrics) <= edge_log_metrics
+            for metric_name, metric in metrics.items():
+                assert metric["namespace"] in ("AWS/CloudFront", "InferenceCache"), alarm["AlarmName"]
+                if metric["namespace"] == "InferenceCache":
+                    assert metric_name in edge_log_metrics and metric["dimensions"] == {}, alarm["AlarmName"]
     for alarm in home_alarms(synthesized, stage).values():
         if alarm["_type"] == "Alarm":
             assert "AWS/CloudFront" not in {m["namespace"] for m in stats(alarm).values()}, alarm["AlarmName"]
+            assert not set(stats(alarm)) & edge_log_metrics, alarm["AlarmName"]
     for stack in synthesized[stage].templates:
         if stack not in ("EdgeMonitoring", "Monitoring"):
             assert alarms_of(synthesized[stage].templates[stack]) == {}, stack

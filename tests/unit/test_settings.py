@@ -120,3 +120,64 @@ def test_model_prefix_names_the_model_version_it_loads():
     assert dataclasses.replace(
         model, model_version="0123456789abcdef", s3_prefix="models/llama-3.1-8b-instruct/0123456789abcdef/"
     ).s3_prefix.endswith("/0123456789abcdef/")
+
+
+# -- issue 10: timeout budget, adapter concurrency, FSx backups, lookup objective ----------
+
+
+def test_timeout_budget_is_strictly_ordered_with_margins():
+    from config.settings import TimeoutBudget
+
+    budget = TimeoutBudget()
+    assert budget.model_read_seconds + 6 <= budget.adapter_seconds
+    assert budget.adapter_seconds + 5 <= budget.origin_read_seconds <= 60
+    with pytest.raises(SettingsError, match="SageMaker"):
+        TimeoutBudget(model_read_seconds=60, adapter_seconds=70, origin_read_seconds=80, origin_read_quota_seconds=90)
+    # The old values: adapter = origin read = 60 s, model read 55 s.
+    with pytest.raises(SettingsError, match="adapter timeout"):
+        TimeoutBudget(model_read_seconds=55, adapter_seconds=60, origin_read_seconds=60)
+    with pytest.raises(SettingsError, match="origin read timeout"):
+        TimeoutBudget(model_read_seconds=48, adapter_seconds=56, origin_read_seconds=60)
+    # Above CloudFront's default 60 s only with a declared quota increase (at most 180 s).
+    with pytest.raises(SettingsError, match="quota"):
+        TimeoutBudget(model_read_seconds=50, adapter_seconds=60, origin_read_seconds=70)
+    assert TimeoutBudget(
+        model_read_seconds=50, adapter_seconds=60, origin_read_seconds=70, origin_read_quota_seconds=90
+    ).origin_read_seconds == 70
+    with pytest.raises(SettingsError, match="quota"):
+        TimeoutBudget(origin_read_quota_seconds=240)
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_stage_reads_the_model_within_the_budget(name):
+    endpoint = STAGES[name].endpoint
+    # The local run and the adapter's environment read the model timeout here.
+    assert endpoint.model_read_timeout_seconds == endpoint.timeouts.model_read_seconds
+    assert endpoint.timeouts.model_read_seconds < endpoint.timeouts.adapter_seconds < endpoint.timeouts.origin_read_seconds
+
+
+def test_adapter_concurrency_settings_are_validated():
+    endpoint = STAGES["prod"].endpoint
+    assert endpoint.adapter_reserved_concurrency == 8 * 16 * 1.5
+    with pytest.raises(SettingsError, match="scaling target"):
+        dataclasses.replace(endpoint, concurrent_requests_per_instance=4)  # below target_concurrency 8
+    with pytest.raises(SettingsError, match="headroom"):
+        dataclasses.replace(endpoint, adapter_concurrency_headroom=0.8)
+    with pytest.raises(SettingsError, match="headroom"):
+        dataclasses.replace(endpoint, adapter_concurrency_headroom=5)
+    prod = STAGES["prod"]
+    # Beyond what the container batches at once.
+    with pytest.raises(SettingsError, match="rolling batch"):
+        dataclasses.replace(prod, endpoint=dataclasses.replace(endpoint, concurrent_requests_per_instance=128))
+    # The reservation must leave Lambda's 100 unreserved in the account's quota.
+    with pytest.raises(SettingsError, match="unreserved"):
+        dataclasses.replace(prod, lambda_concurrency_quota=250)
+    assert dataclasses.replace(prod, lambda_concurrency_quota=292).lambda_concurrency_quota == 292
+
+
+def test_workspace_backups_and_lookup_failure_objective_are_bounded():
+    assert ModelWorkspaceSettings(backup_retention_days=7).backup_retention_days == 7
+    with pytest.raises(SettingsError, match="backup"):
+        ModelWorkspaceSettings(backup_retention_days=91)
+    with pytest.raises(SettingsError, match="lookup"):
+        SlaSettings(edge_lookup_failure_rate_max=0)
