@@ -333,7 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefix", help="the model's base prefix, e.g. models/llama-3.1-8b-instruct/")
     parser.add_argument("--endpoint-url", help="an S3-compatible endpoint instead of AWS")
     parser.add_argument(
-        "--local", action="store_true", help="a local S3-compatible server: needs --endpoint-url, --bucket, --prefix"
+        "--local",
+        action="store_true",
+        help="a local S3-compatible server: --endpoint-url, --bucket, --prefix, else the running make serve's",
     )
     parser.add_argument("--pin", action="store_true", help="with --stage: write the version into the stage settings")
     parser.add_argument("--dry-run", action="store_true", help="print what would move; move nothing")
@@ -345,12 +347,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--part-size-mib", type=int, default=DEFAULT_PART_SIZE_MIB, help="multipart part size (default %(default)s)"
     )
     args = parser.parse_args(argv)
+    if args.stage and args.local:
+        parser.error("--local publishes to the local run's S3, not to a stage")
     if args.stage and (args.bucket or args.prefix):
         parser.error("give --stage, or --bucket and --prefix, not both")
-    if not args.stage and not (args.bucket and args.prefix):
+    if not args.stage and not args.local and not (args.bucket and args.prefix):
         parser.error("give --stage NAME, or --bucket B and --prefix P")
     if args.local and not (args.endpoint_url and args.bucket and args.prefix):
-        parser.error("--local needs --endpoint-url, --bucket and --prefix")
+        _fill_from_running_local_run(args, parser)
     if args.pin and not args.stage:
         parser.error("--pin needs --stage")
     if not 1 <= args.concurrency <= 64:
@@ -358,6 +362,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 5 <= args.part_size_mib <= 5120:
         parser.error("--part-size-mib must be 5..5120 (S3's part size limits)")
     return args
+
+
+def _fill_from_running_local_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--local without a full target: the S3 endpoint, model bucket and prefix that a
+    running `make serve` wrote down (build/local/serve.json)."""
+    from local_run.model_store import SERVE_STATE_FILE
+
+    try:
+        state = json.loads(SERVE_STATE_FILE.read_text())
+    except (OSError, ValueError):
+        parser.error(f"--local: no running make serve found ({SERVE_STATE_FILE}); or give --endpoint-url, --bucket, --prefix")
+    args.endpoint_url = args.endpoint_url or state["s3_endpoint_url"]
+    args.bucket = args.bucket or state["model_bucket"]
+    args.prefix = args.prefix or state["model_prefix"]
 
 
 def _base_prefix(prefix: str) -> str:

