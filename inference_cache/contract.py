@@ -24,6 +24,9 @@ RESULTS_PATH = "/" + RESULTS_PREFIX
 # User metadata of a stored answer: when it was stored (epoch seconds). S3 returns it as
 # the x-amz-meta-created header, from which the edge computes the answer's age.
 STORED_AT_METADATA = "created"
+# ... and until when it may be served (epoch seconds): the writer's TTL, which binds every
+# reader (x-amz-meta-expires).
+EXPIRES_METADATA = "expires"
 
 # The model bucket of a stage, named so that bin/model-publish needs no deployed stack
 # to find it; models are published under models/<name>/<version>/ (docs/decisions.md).

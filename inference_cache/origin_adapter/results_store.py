@@ -6,7 +6,7 @@ import time
 
 import boto3
 
-from inference_cache.contract import RESULTS_PREFIX, STORED_AT_METADATA
+from inference_cache.contract import EXPIRES_METADATA, RESULTS_PREFIX, STORED_AT_METADATA
 
 
 class ResultsStore:
@@ -15,6 +15,7 @@ class ResultsStore:
         self.client = client or boto3.client("s3")
 
     def put(self, key: str, body: bytes, *, content_type: str, ttl_seconds: int, model: str, model_version: str) -> None:
+        now = int(time.time())
         self.client.put_object(
             Bucket=self.bucket,
             Key=f"{RESULTS_PREFIX}{key}",
@@ -22,5 +23,11 @@ class ResultsStore:
             ContentType=content_type,
             # CloudFront's /_cache/* behavior takes the object's TTL from here.
             CacheControl=f"max-age={ttl_seconds}",
-            Metadata={"model": model, "model-version": model_version, STORED_AT_METADATA: str(int(time.time()))},
+            Metadata={
+                "model": model,
+                "model-version": model_version,
+                STORED_AT_METADATA: str(now),
+                # The writer's TTL binds every reader, whatever age that reader accepts.
+                EXPIRES_METADATA: str(now + ttl_seconds),
+            },
         )

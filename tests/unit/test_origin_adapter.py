@@ -138,7 +138,7 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
             "Body": payload,
             "ContentType": "application/json",
             "CacheControl": f"max-age={STAGES['dev'].cache.default_ttl_seconds}",
-            "Metadata": {"model": GREEDY["model"], "model-version": STAGES["dev"].model.model_version, "created": ANY},
+            "Metadata": {"model": GREEDY["model"], "model-version": STAGES["dev"].model.model_version, "created": ANY, "expires": ANY},
         },
     )
     response = origin.handler(url_event(), lambda_context)
