@@ -7,7 +7,8 @@ trip, not a TCP and a TLS handshake first. A kept connection the server has clos
 replaced within the same budget: one retry on a fresh connection, never past the
 timeout in all. Reads at most the generated-response limit. A fresh request: none of the
 viewer's headers, above all no Via (CloudFront 403s chains of more than two
-distributions). Lambda runs one invocation at a time per environment: no lock needed.
+distributions). Lambda runs one invocation at a time per environment; the local run
+calls the handler from several threads, and each lookup takes the connection for itself.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from inference_cache.contract import GENERATED_RESPONSE_LIMIT_BYTES, LOOKUP_CA_E
 GENERATED_BODY_LIMIT = GENERATED_RESPONSE_LIMIT_BYTES - 8_192
 _REQUEST = "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: inference-cache-edge/1\r\nAccept: */*\r\n\r\n"
 _tls = None  # ssl context, made at the first HTTPS lookup (loading CA certificates costs ms)
-_kept = None  # (base, socket, reader): the idle kept-alive connection
+# The idle kept-alive connection, (base, socket, reader), in a list: pop and append are
+# atomic, so two threads never share one.
+_idle: list = []
 last_connection = ""  # "new", "reused" or "renewed" (the kept one was closed): for the log
 
 
@@ -32,10 +35,13 @@ class _Closed(ConnectionError):
 
 def get(base: str, path: str, timeout_seconds: float) -> tuple[int, dict, bytes]:
     """(status, lowercase headers, body) of GET base+path; OSError or ValueError on failure."""
-    global _kept, last_connection
+    global last_connection
     deadline = time.monotonic() + timeout_seconds
     request = _REQUEST.format(path=path, host=base.partition("://")[2]).encode()
-    kept, _kept = _kept, None  # held by this lookup; kept again only after a clean response
+    try:
+        kept = _idle.pop()  # held by this lookup; kept again only after a clean response
+    except IndexError:
+        kept = None
     last_connection = "reused" if kept else "new"
     if kept and (kept[0] != base or not _open_and_idle(kept[1])):
         _close(kept)
@@ -54,8 +60,8 @@ def get(base: str, path: str, timeout_seconds: float) -> tuple[int, dict, bytes]
         except BaseException:
             _close(conn)
             raise
-    if reusable:
-        _kept = conn
+    if reusable and not _idle:
+        _idle.append(conn)
     else:
         _close(conn)
     return status, headers, body
@@ -63,10 +69,10 @@ def get(base: str, path: str, timeout_seconds: float) -> tuple[int, dict, bytes]
 
 def reset() -> None:
     """Close the kept connection and forget the TLS context (tests switch CAs and servers)."""
-    global _kept, _tls
-    if _kept:
-        _close(_kept)
-    _kept = _tls = None
+    global _tls
+    while _idle:
+        _close(_idle.pop())
+    _tls = None
 
 
 def _connect(base: str, deadline: float) -> tuple:

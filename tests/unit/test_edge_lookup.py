@@ -288,3 +288,24 @@ def test_connection_close_answer_is_not_reused(store):
     for _ in range(2):
         assert lookup.get(store.base, "/_cache/abc", 0.3)[0] == 404
     assert store.accepted == 2
+
+
+def test_concurrent_lookups_never_share_a_connection(store):
+    """The local run calls the edge from several threads: each answer must be its own request's."""
+    for name in "abcd":
+        store.objects[f"/_cache/{name}"] = (200, name.encode() * 100, {})
+    wrong = []
+
+    def look(name):
+        for _ in range(25):
+            status, _, body = lookup.get(store.base, f"/_cache/{name}", 2.0)
+            if (status, body) != (200, name.encode() * 100):
+                wrong.append((name, status, body[:10]))
+
+    threads = [threading.Thread(target=look, args=(name,)) for name in "abcd"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert wrong == [] and len(store.requests) == 100
+    assert store.accepted < 100  # connections were still kept and reused
