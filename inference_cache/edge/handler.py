@@ -11,7 +11,7 @@ answer gets the origin's.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import json
 import os
@@ -104,7 +104,8 @@ def _body_bytes(request: dict, default: bytes) -> bytes:
     data = body.get("data")
     if not data:
         return default
-    return base64.b64decode(data) if body.get("encoding", "base64") == "base64" else data.encode()
+    # binascii, not base64 (same decoding): base64 imports struct, ~1 ms of every cold start.
+    return binascii.a2b_base64(data) if body.get("encoding", "base64") == "base64" else data.encode()
 
 
 def _forward(request: dict, key: str | None, tenant: str | None, body: bytes) -> None:
@@ -158,7 +159,7 @@ def _encode_body(content: bytes) -> tuple[bytes, str]:
         content.decode("utf-8")
         return content, "text"
     except UnicodeDecodeError:
-        return base64.b64encode(content), "base64"
+        return binascii.b2a_base64(content, newline=False), "base64"
 
 
 def _age_seconds(headers: dict) -> int:
