@@ -90,6 +90,7 @@ def _connect(base: str, deadline: float) -> tuple:
                 # LOOKUP_CA_ENV: tests and local runs only; Lambda@Edge has no environment
                 # variables, so production trusts the system's CAs.
                 _tls = ssl.create_default_context(cafile=os.environ.get(LOOKUP_CA_ENV) or None)
+            sock.settimeout(_remaining(deadline))  # the handshake gets what the connect left
             sock = _tls.wrap_socket(sock, server_hostname=host)
     except BaseException:
         sock.close()

@@ -10,6 +10,7 @@ import importlib.util
 import ipaddress
 import json
 import re
+import socket
 import ssl
 import threading
 import time
@@ -309,3 +310,14 @@ def test_concurrent_lookups_never_share_a_connection(store):
         thread.join(30)
     assert wrong == [] and len(store.requests) == 100
     assert store.accepted < 100  # connections were still kept and reused
+
+
+def test_server_that_never_answers_the_tls_handshake_is_a_miss_within_the_timeout(store):
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes TCP; nothing speaks TLS
+    try:
+        started = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            lookup.get(f"https://127.0.0.1:{silent.getsockname()[1]}", "/_cache/abc", 0.15)
+        assert time.perf_counter() - started < 0.4
+    finally:
+        silent.close()
