@@ -43,6 +43,9 @@ TTL_HEADER = "x-inference-cache-ttl"
 TENANT_HEADER = "x-inference-tenant"
 # What OAC signs a POST to a function URL with: the SHA-256 of the body.
 CONTENT_SHA256_HEADER = "x-amz-content-sha256"
+# Where a request's time went (W3C Server Timing): decision and lookup on the edge's
+# answers, origin on the origin adapter's.
+SERVER_TIMING_HEADER = "server-timing"
 
 # -- API keys -------------------------------------------------------------------------------
 # The CloudFront KeyValueStore of a stage's API keys (key: SHA-256 hex of the API key),
@@ -70,6 +73,9 @@ SETTINGS_ENV = "INFERENCE_CACHE_SETTINGS"
 # For local runs and tests only: where the edge's /_cache/ lookups go instead of
 # https://{distributionDomainName}.
 LOOKUP_BASE_ENV = "INFERENCE_CACHE_LOOKUP_BASE"
+# For local runs and tests only: a CA file (PEM) the lookup's TLS context trusts instead
+# of the system's, for an HTTPS server with a certificate of the test's own CA.
+LOOKUP_CA_ENV = "INFERENCE_CACHE_LOOKUP_CA"
 # The origin adapter's environment, set by the Inference stack.
 ENDPOINT_NAME_ENV = "ENDPOINT_NAME"
 RESULTS_BUCKET_ENV = "RESULTS_BUCKET"

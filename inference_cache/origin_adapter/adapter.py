@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 
 from inference_cache import cache_decision
 from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import KEY_HEADER, MODELS_ROUTE, SERVABLE_BODY_LIMIT_BYTES, STATUS_HEADER, TENANT_HEADER
+from inference_cache.contract import (
+    KEY_HEADER,
+    MODELS_ROUTE,
+    SERVABLE_BODY_LIMIT_BYTES,
+    SERVER_TIMING_HEADER,
+    STATUS_HEADER,
+    TENANT_HEADER,
+)
 from inference_cache.errors import ApiError
 from inference_cache.origin_adapter.endpoint import EndpointFailure, SageMakerEndpoint
 from inference_cache.origin_adapter.results_store import ResultsStore
@@ -58,6 +65,13 @@ class InferenceAdapter:
         self.routes = frozenset(cache_settings.routes)
 
     def answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
+        started = time.perf_counter()
+        response, outcome = self._answer(request)
+        # The origin's own time on every answer, as the edge's answers carry theirs.
+        response.headers[SERVER_TIMING_HEADER] = f"origin;dur={(time.perf_counter() - started) * 1000:.2f}"
+        return response, outcome
+
+    def _answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
         outcome = Outcome()
         if request.method == "GET" and request.path == MODELS_ROUTE:
             return self._models(), outcome

@@ -8,8 +8,11 @@ import email.utils
 import hashlib
 import importlib.util
 import json
+import logging
+import re
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -341,3 +344,73 @@ def test_age_comes_from_the_stored_at_metadata_the_adapter_writes(edge, store):
     store.objects[f"/_cache/{key}"] = (200, ANSWER, {"x-amz-meta-created": str(int(time.time()) - 600)})
     result = handler.handler(event(headers={"x-inference-cache-ttl": "60"}), None)
     assert "status" not in result  # older than the client accepts: a miss
+
+
+# -- Server-Timing: where the time went, on every answer ------------------------------------
+
+SERVER_TIMING = re.compile(r"^[a-z]+;dur=\d+(\.\d+)?(, [a-z]+;dur=\d+(\.\d+)?)*$")
+
+
+def timings(value: str) -> dict[str, float]:
+    assert SERVER_TIMING.match(value), value
+    return {name: float(dur) for name, dur in (part.split(";dur=") for part in value.split(", "))}
+
+
+def test_hit_carries_server_timing_with_the_logged_figures(edge, store, capsys):
+    handler = edge()
+    store_answer(store, forwarded_key(handler))
+    capsys.readouterr()
+    result = handler.handler(event(), None)
+    assert header(result, "x-inference-cache") == "HIT"
+    figures = timings(header(result, "server-timing"))
+    log = json.loads(capsys.readouterr().out)
+    assert figures == {"decision": log["decision_ms"], "lookup": log["lookup_ms"]}
+    assert 0 < figures["decision"] + figures["lookup"] <= log["ms"]
+
+
+def test_lookup_time_shows_a_slow_store(edge, store):
+    handler = edge(lookup_timeout_ms=1000)
+    store_answer(store, forwarded_key(handler))
+    store.delay_seconds = 0.05
+    result = handler.handler(event(), None)
+    assert header(result, "x-inference-cache") == "HIT"
+    assert timings(header(result, "server-timing"))["lookup"] >= 50
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "truncated", "status"),
+    [(b"{not json", {}, False, 400), (json.dumps(GREEDY).encode(), {}, True, 413),
+     (json.dumps(GREEDY).encode(), {"content-type": "text/plain"}, False, 415)],
+)
+def test_errors_carry_server_timing_of_the_decision(edge, store, capsys, body, headers, truncated, status):
+    handler = edge()
+    result = handler.handler(event(body, headers=headers, truncated=truncated), None)
+    assert result["status"] == str(status)
+    assert timings(header(result, "server-timing")) == {"decision": json.loads(capsys.readouterr().out)["decision_ms"]}
+
+
+def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
+    """The edge cannot add response headers to a forwarded request: the origin adapter's
+    answer to it carries origin;dur."""
+    from inference_cache.origin_adapter.adapter import InferenceAdapter, OriginRequest
+
+    class Endpoint:
+        def invoke(self, payload, content_type):
+            time.sleep(0.02)
+            return types.SimpleNamespace(body=ANSWER, content_type="application/json", seconds=0.02)
+
+    class Store:
+        def put(self, *args, **kwargs):
+            pass
+
+    handler = edge()
+    forwarded = handler.handler(event(), None)
+    assert "status" not in forwarded  # a miss: forwarded to the origin
+    headers = {name: values[0]["value"] for name, values in forwarded["headers"].items()}
+    adapter = InferenceAdapter(handler.SETTINGS, Endpoint(), Store(), logging.getLogger("test"))
+    response, outcome = adapter.answer(OriginRequest("POST", CHAT, headers, base64.b64decode(forwarded["body"]["data"])))
+    assert (response.status, outcome.cache) == (200, "MISS")
+    assert timings(response.headers["server-timing"]).keys() == {"origin"}
+    assert timings(response.headers["server-timing"])["origin"] >= 20
+    bad, _ = adapter.answer(OriginRequest("POST", CHAT, headers, b"{not json"))
+    assert bad.status == 400 and timings(bad.headers["server-timing"]).keys() == {"origin"}
