@@ -61,3 +61,13 @@ def function_url_event(
         event["headers"]["x-amz-cf-id"] = cf_id
     event["requestContext"]["http"].update(method=method, path=path)
     return event
+
+
+def origin_response_event(*, status: int, headers: dict[str, str], uri: str = "/v1/chat/completions") -> dict:
+    """The recorded origin-response event with this origin answer in it (no body: CloudFront
+    never hands an origin response's body to the function)."""
+    event = copy.deepcopy(recorded("cloudfront_origin_response"))
+    cf = event["Records"][0]["cf"]
+    cf["request"]["uri"] = uri
+    cf["response"].update(status=str(status), headers={k.lower(): [{"key": k, "value": v}] for k, v in headers.items()})
+    return event

@@ -43,7 +43,7 @@ from inference_cache.contract import (
     STATUS_HEADER,
 )
 from inference_cache.errors import ApiError
-from local_run.events import function_url_event, origin_request_event
+from local_run.events import function_url_event, origin_request_event, origin_response_event
 from local_run.viewer_request_host import ViewerRequestFunction, is_response, viewer_request_event
 
 _MAX_AGE = re.compile(r"max-age=(\d+)")
@@ -184,7 +184,13 @@ class LocalFront:
             data = base64.b64decode(raw) if result.get("bodyEncoding") == "base64" else raw.encode()
             return int(result["status"]), out_headers, data
         forwarded = {k: ", ".join(v["value"] for v in values) for k, values in result["headers"].items()}
-        return self.to_origin(result["method"], result["uri"], query, forwarded, body)
+        status, out, data = self.to_origin(result["method"], result["uri"], query, forwarded, body)
+        if status >= 400:  # the edge function on origin-response, as the behavior associates it
+            answer = self.edge.handler(origin_response_event(status=status, headers=out, uri=uri), None)
+            if "body" in answer:
+                out = {k: v[0]["value"] for k, v in answer["headers"].items()}
+                data = answer["body"].encode()
+        return status, out, data
 
     def to_origin(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
         cf_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()

@@ -124,7 +124,13 @@ class CdnStack(cdk.Stack):
                     function_version=self.cache_key_function.current_version,
                     event_type=cloudfront.LambdaEdgeEventType.ORIGIN_REQUEST,
                     include_body=True,
-                )
+                ),
+                # The same function turns Lambda's and OAC's own errors (a throttled
+                # reserved concurrency: 429) into the OpenAI error shape.
+                cloudfront.EdgeLambda(
+                    function_version=self.cache_key_function.current_version,
+                    event_type=cloudfront.LambdaEdgeEventType.ORIGIN_RESPONSE,
+                ),
             ],
         )
         results_behavior = cloudfront.BehaviorOptions(

@@ -20,6 +20,7 @@ import time
 from inference_cache import cache_decision, cache_settings
 from inference_cache.contract import (
     CONTENT_SHA256_HEADER,
+    EXPIRES_METADATA,
     KEY_HEADER,
     LOOKUP_BASE_ENV,
     SERVER_TIMING_HEADER,
@@ -36,14 +37,31 @@ ROUTES = frozenset(SETTINGS.routes)
 LOOKUP_TIMEOUT_SECONDS = SETTINGS.lookup_timeout_ms / 1000
 # Set only by this function; a viewer's own values must never reach the origin.
 _EDGE_OWNED_HEADERS = (KEY_HEADER, TENANT_HEADER, CONTENT_SHA256_HEADER)
-# The stored answer's own record of when it was stored (epoch seconds), as S3 returns it.
+# The stored answer's own record of when it was stored and until when it may be served
+# (epoch seconds), as S3 returns them.
 _STORED_AT_HEADER = f"x-amz-meta-{STORED_AT_METADATA}"
+_EXPIRES_HEADER = f"x-amz-meta-{EXPIRES_METADATA}"
+_METHODS_WITH_BODY = ("POST", "PUT", "PATCH", "DELETE")
+# Errors the origin adapter never produces itself (it always sets x-inference-cache), but
+# Lambda and OAC do, in their own shapes: Lambda throttling the reserved concurrency
+# (429), a function error or timeout (5xx), a refused signature (403).
+_ORIGIN_ERRORS = {
+    403: ("forbidden", "The origin refused the request."),
+    413: ("body_too_large", "The request body is larger than the origin accepts (6 MB)."),
+    429: ("origin_busy", "Every model slot is busy; retry shortly."),
+    500: ("origin_error", "The origin failed."),
+    502: ("origin_error", "The origin failed."),
+    503: ("origin_unavailable", "The origin is unavailable; retry shortly."),
+    504: ("origin_timeout", "The origin did not answer in time."),
+}
 
 
 def handler(event, context):
     cf = event["Records"][0]["cf"]
     request = cf["request"]
     started = time.perf_counter()
+    if cf["config"].get("eventType") == "origin-response":
+        return _origin_response(cf["response"], request)
     try:
         response, log = _handle(request, cf["config"])
     except Exception as exc:  # never fail the viewer: forward uncached
@@ -56,6 +74,10 @@ def handler(event, context):
 
 def _handle(request: dict, config: dict) -> tuple[dict, dict]:
     if request.get("method") != "POST" or request.get("uri") not in ROUTES:
+        # Not decided here, but OAC still signs a body only with its hash: without it the
+        # origin would answer Lambda's raw 403 instead of its own OpenAI-shaped 404/405.
+        if request.get("method") in _METHODS_WITH_BODY:
+            _forward(request, None, None, _body_bytes(request, default=b""))
         return request, {"outcome": "pass"}
     started = time.perf_counter()
     body_info = request.get("body") or {}
@@ -83,6 +105,27 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
     _forward(request, decision.key if decision.cacheable else None, tenant, body)
     log["outcome"] = "forward"
     return request, log
+
+
+def _origin_response(response: dict, request: dict) -> dict:
+    """ORIGIN-RESPONSE: the origin's own errors pass as they are; an error Lambda or OAC
+    answered in their shape (no x-inference-cache header) becomes the OpenAI error shape,
+    with Retry-After where a retry helps, so clients see one error format. The body of an
+    origin response cannot be read here, only replaced."""
+    headers = response.setdefault("headers", {})
+    status = int(response.get("status", 200))
+    if status < 400 or STATUS_HEADER in headers:
+        return response
+    code, message = _ORIGIN_ERRORS.get(status, ("origin_error", "The origin failed."))
+    error = ApiError(status, message, None, code)
+    generated = _error_response(error)
+    response["body"], response["bodyEncoding"] = generated["body"], "text"
+    headers.clear()
+    headers.update(generated["headers"])
+    if status in (429, 503):
+        headers["retry-after"] = [{"key": "Retry-After", "value": "1"}]
+    print(json.dumps({"outcome": f"origin-error-{status}", "uri": request.get("uri")}, separators=(",", ":")))
+    return response
 
 
 def _verified_tenant(headers: dict) -> str | None:
@@ -140,6 +183,11 @@ def _lookup(config: dict, key: str, max_age: int) -> tuple[dict | None, str]:
     age = _age_seconds(headers)
     if age > max_age:
         return None, "older-than-requested-ttl"
+    # The writer's TTL binds every reader: past its expiry the answer is not served,
+    # whatever age this reader would accept.
+    expires = headers.get(_EXPIRES_HEADER, "")
+    if expires.isascii() and expires.isdigit() and time.time() >= int(expires):
+        return None, "expired"
     body, encoding = _encode_body(content)
     if len(body) > GENERATED_BODY_LIMIT:
         return None, "too-large-to-generate"

@@ -42,9 +42,12 @@ def test_inference_routes_take_all_methods_uncached_through_the_cache_key_functi
     assert behavior["CachePolicyId"] == CACHING_DISABLED
     assert behavior["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST
     assert behavior["ViewerProtocolPolicy"] == "https-only"
-    (association,) = behavior["LambdaFunctionAssociations"]
+    association, on_response = behavior["LambdaFunctionAssociations"]
     assert association["EventType"] == "origin-request"
     assert association["IncludeBody"] is True
+    # The same version shapes Lambda's and OAC's own errors on origin-response (no body).
+    assert on_response["EventType"] == "origin-response" and "IncludeBody" not in on_response
+    assert on_response["LambdaFunctionARN"] == association["LambdaFunctionARN"]
     # The version ARN read across regions from the edge stack (a numbered version).
     reader, attribute = association["LambdaFunctionARN"]["Fn::GetAtt"]
     assert reader.startswith("CacheKeyFunctionArnReader") and attribute == "FunctionArn"

@@ -21,7 +21,7 @@ import pytest
 import inference_cache
 from config.stages import STAGES
 from inference_cache.contract import LOOKUP_BASE_ENV, SETTINGS_ENV, SETTINGS_FILE
-from local_run.events import origin_request_event
+from local_run.events import origin_request_event, origin_response_event
 
 # Loaded afresh per test (module-level settings), from the package's own file.
 EDGE_HANDLER = Path(inference_cache.__file__).parent / "edge" / "handler.py"
@@ -316,7 +316,9 @@ def test_bad_input_gets_an_openai_shaped_error_and_no_lookup(edge, store, body, 
     assert store.requests == []
 
 
-@pytest.mark.parametrize(("method", "uri"), [("GET", "/v1/models"), ("POST", "/v1/files"), ("GET", CHAT)])
+# A POST to another route is forwarded too, with its body hash added (issue 10: OAC signs
+# a body only with it): test_every_forwarded_request_with_a_body_carries_its_hash.
+@pytest.mark.parametrize(("method", "uri"), [("GET", "/v1/models"), ("GET", CHAT)])
 def test_other_requests_pass_unchanged(edge, store, method, uri):
     handler = edge()
     original = event(uri=uri, method=method)
@@ -414,3 +416,43 @@ def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
     assert timings(response.headers["server-timing"])["origin"] >= 20
     bad, _ = adapter.answer(OriginRequest("POST", CHAT, headers, b"{not json"))
     assert bad.status == 400 and timings(bad.headers["server-timing"]).keys() == {"origin"}
+
+
+def test_an_answer_past_the_writers_expiry_is_not_served(edge, store):
+    handler = edge()
+    key = forwarded_key(handler)
+    now = int(time.time())
+    # Stored 5 s ago with the writer's TTL of 1 s: expired, whatever this reader accepts.
+    store.objects[f"/_cache/{key}"] = (200, ANSWER, {"x-amz-meta-created": str(now - 5), "x-amz-meta-expires": str(now - 4)})
+    result = handler.handler(event(), None)
+    assert "status" not in result and header(result, "x-inference-cache-key") == key
+    store.objects[f"/_cache/{key}"] = (200, ANSWER, {"x-amz-meta-created": str(now - 5), "x-amz-meta-expires": str(now + 60)})
+    assert header(handler.handler(event(), None), "x-inference-cache") == "HIT"
+
+
+def test_every_forwarded_request_with_a_body_carries_its_hash(edge, store):
+    handler = edge()
+    raw = b'{"purpose": "fine-tune"}'
+    result = handler.handler(event(raw, uri="/v1/files"), None)
+    assert header(result, "x-amz-content-sha256") == hashlib.sha256(raw).hexdigest()
+    assert header(result, "x-inference-cache-key") is None and store.requests == []
+
+
+@pytest.mark.parametrize(("status", "retry"), [(429, "1"), (403, None), (502, None), (503, "1"), (504, None)])
+def test_lambdas_own_errors_reach_the_client_in_the_openai_shape(edge, store, status, retry):
+    handler = edge()
+    result = handler.handler(origin_response_event(status=status, headers={"x-amzn-ErrorType": "Whatever"}), None)
+    assert result["status"] == str(status)
+    error = json.loads(result["body"])["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == ("rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error")
+    assert header(result, "x-inference-cache") == "BYPASS" and header(result, "retry-after") == retry
+    assert "x-amzn-errortype" not in result["headers"]
+
+
+def test_the_adapters_own_answers_pass_the_origin_response_untouched(edge, store):
+    handler = edge()
+    for status in (200, 400, 429, 502):
+        answer = origin_response_event(status=status, headers={"x-inference-cache": "BYPASS", "content-type": "application/json"})
+        response = answer["Records"][0]["cf"]["response"]
+        assert handler.handler(answer, None) == response and "body" not in response
