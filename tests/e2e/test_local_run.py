@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 
 import openai
@@ -135,3 +136,17 @@ def test_the_embedding_model_is_published_by_content_and_served_at_its_version(c
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
     assert summary["version"] == version and summary["uploaded_files"] == 0 and summary["uploaded_bytes"] == 0
+
+
+def test_the_writers_ttl_binds_every_reader(client):
+    """Stored with x-inference-cache-ttl: 1, an answer is not served two seconds later,
+    not even to a reader that accepts any age up to the stage's default."""
+    ask = dict(model="local", messages=[{"role": "user", "content": "Fresh for one second only."}], temperature=0)
+    first = client.chat.completions.with_raw_response.create(**ask, extra_headers={"x-inference-cache-ttl": "1"})
+    assert cache_status(first) == "MISS"
+    time.sleep(2.2)
+    assert cache_status(client.chat.completions.with_raw_response.create(**ask)) == "MISS"
+    # Stored again by that miss with the default TTL; served once the edge's copy of the
+    # expired object has aged out (its max-age, 1 s: CloudFront's copy lives as long).
+    time.sleep(1.2)
+    assert cache_status(client.chat.completions.with_raw_response.create(**ask)) == "HIT"
