@@ -585,3 +585,187 @@ def test_every_stage_settings_work():
         s = settings(name)
         d = run(chat(), headers={**JSON, "authorization": "Bearer sk-x"}, s=s)
         assert d.cacheable and d.ttl_seconds == min(s["default_ttl_seconds"], s["max_ttl_seconds"])
+
+
+# --------------------------------------------------------------------------- issue 8: one regression per case
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_tool_choice_null_is_not_absent():
+    # vLLM defaults tool_choice to "auto" only when the field is absent; null turns tool parsing off.
+    absent, null = run(chat(tools=[TOOL])), run(chat(tools=[TOOL], tool_choice=None))
+    assert absent.cacheable and null.cacheable and absent.key != null.key
+    assert key(chat(tools=[TOOL], tool_choice="auto")) not in (absent.key, null.key)
+    # Fields that are null-safe still fold: tools null is no tools.
+    assert key(chat(tools=None)) == key(chat())
+
+
+def test_logprobs_false_is_a_default_on_chat_only():
+    comp = {"model": "m", "prompt": "x", "temperature": 0}
+    # /v1/completions: logprobs is Optional[int]; false coerces to 0, which returns logprobs.
+    assert key({**comp, "logprobs": False}, COMPLETIONS) != key(comp, COMPLETIONS)
+    assert key({**comp, "logprobs": 0}, COMPLETIONS) != key({**comp, "logprobs": False}, COMPLETIONS)
+    assert key(chat(logprobs=False)) == key(chat())
+    assert key(chat(logprobs=0)) != key(chat())
+
+
+def _with_number(spelling: bytes, where: str) -> bytes:
+    schema = b'{"type":"object","properties":{"v":{"type":"number","enum":[%s,2.5]}}}' % spelling
+    base = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,'
+    if where == "tools":
+        return base + b'"tools":[{"type":"function","function":{"name":"f","parameters":%s}}]}' % schema
+    if where == "response_format":
+        return base + b'"response_format":{"type":"json_schema","json_schema":{"name":"r","schema":%s}}}' % schema
+    return base + b'"chat_template_kwargs":{"limit":%s}}' % spelling
+
+
+@pytest.mark.parametrize("where", ["tools", "response_format", "chat_template_kwargs"])
+@pytest.mark.parametrize(
+    "a, b", [(b"1.0", b"1"), (b"-0.0", b"0"), (b"1e2", b"100"), (b"1.0", b"1e0"), (b"-0", b"0"), (b"2.50", b"2.5")]
+)
+def test_number_spelling_is_kept_in_opaque_values(where, a, b):
+    assert key(_with_number(a, where)) != key(_with_number(b, where))
+    assert key(_with_number(a, where)) == key(_with_number(a, where).replace(b",", b", "))
+
+
+def test_number_spelling_folds_in_sampling_parameters_only():
+    base = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":%s,"max_tokens":%s}'
+    assert key(base % (b"0", b"16")) == key(base % (b"-0.0", b"1.6e1")) == key(base % (b"0e0", b"16.0"))
+    # An unknown field is opaque: its spelling counts.
+    unknown = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"guidance":%s}'
+    assert key(unknown % b"1") != key(unknown % b"1.0")
+
+
+def test_key_order_inside_tool_schemas_is_kept():
+    props = b'{"a":{"type":"string"},"b":{"type":"integer"}}'
+    body = (b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,'
+            b'"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":%s}}}]}')
+    swapped = b'{"b":{"type":"integer"},"a":{"type":"string"}}'
+    assert key(body % props) != key(body % swapped)
+    fmt = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"response_format":%s}'
+    assert key(fmt % b'{"type":"json_object","x":1}') != key(fmt % b'{"x":1,"type":"json_object"}')
+
+
+def test_stop_order_is_kept_and_repeats_are_not():
+    assert key(chat(stop=["a", "b"])) != key(chat(stop=["b", "a"]))
+    assert key(chat(stop=["a", "b"])) == key(chat(stop=["a", "b", "a", "b"]))
+    tgi = {"inputs": "x", "parameters": {"do_sample": False, "stop": ["a", "b"]}}
+    reordered = {"inputs": "x", "parameters": {"do_sample": False, "stop": ["b", "a"]}}
+    assert key(tgi, INVOCATIONS) != key(reordered, INVOCATIONS)
+    # TGI reads stop as a list only (a string is a 400 there): not folded inside parameters.
+    one = {"inputs": "x", "parameters": {"do_sample": False, "stop": "a"}}
+    assert key(one, INVOCATIONS) != key({"inputs": "x", "parameters": {"do_sample": False, "stop": ["a"]}}, INVOCATIONS)
+
+
+@pytest.mark.parametrize("seed, reason", [(-1, "seed not in 0..2^63-1"), (2**63, "seed not in 0..2^63-1"),
+                                          (1.5, "seed not in 0..2^63-1"), (0, "seeded sampling"),
+                                          (2**63 - 1, "seeded sampling"), (7.0, "seeded sampling")])
+def test_seed_counts_only_as_an_integer_from_0_to_2_63_minus_1(seed, reason):
+    d = run(chat(temperature=0.8, seed=seed))
+    assert (d.cacheable, d.reason) == (reason == "seeded sampling", reason)
+    tgi = run({"inputs": "x", "parameters": {"seed": seed}}, INVOCATIONS)
+    assert (tgi.cacheable, tgi.reason) == (reason == "seeded sampling", reason)
+
+
+def test_do_sample_counts_only_inside_tgi_parameters():
+    # The OpenAI-compatible servers ignore a top-level do_sample and sample anyway.
+    d = run({"model": "m", "messages": [{"role": "user", "content": "x"}], "do_sample": False})
+    assert (d.cacheable, d.reason) == (False, "sampling without seed")
+    comp = run({"model": "m", "prompt": "x", "do_sample": False}, COMPLETIONS)
+    assert (comp.cacheable, comp.reason) == (False, "sampling without seed")
+    tgi_top = run({"inputs": "x", "do_sample": False}, INVOCATIONS)
+    assert (tgi_top.cacheable, tgi_top.reason) == (False, "sampling without seed")
+    assert run({"inputs": "x", "parameters": {"do_sample": False}}, INVOCATIONS).reason == "greedy decoding"
+    # As an unknown field it is kept: it keys apart from the same request without it.
+    assert key(chat(do_sample=False)) != key(chat())
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"n": "2"}, "unexpected type for n"),
+    ({"best_of": "3"}, "unexpected type for best_of"),
+    ({"n": " 3"}, "unexpected type for n"),
+    ({"n": [2]}, "unexpected type for n"),
+    ({"n": True}, "unexpected type for n"),
+    ({"n": None}, "unexpected type for n"),
+    ({"n": 2.0}, "n > 1 with sampling"),
+    ({"best_of": 2}, "n > 1 with sampling"),
+    ({"n": 0}, "n not 1 with sampling"),
+    ({"n": 0.5}, "n not 1 with sampling"),
+    ({"n": 1.5}, "n > 1 with sampling"),
+    ({"best_of": -1}, "best_of not 1 with sampling"),
+    ({"temperature": "0.7"}, "unexpected type for temperature"),
+    ({"top_k": [1]}, "unexpected type for top_k"),
+    ({"max_tokens": "16"}, "unexpected type for max_tokens"),
+])
+def test_n_best_of_and_odd_sampling_types_fail_closed(extra, reason):
+    d = run({**chat(temperature=0.8, seed=5), **extra})
+    assert (d.cacheable, d.key, d.error, d.reason) == (False, None, None, reason)
+
+
+def test_n_other_than_one_is_cacheable_when_greedy_and_one_folds():
+    assert run(chat(n=3)).reason == "greedy decoding"
+    assert run(chat(temperature=0.8, seed=5, n=1.0)).reason == "seeded sampling"
+    assert key(chat(temperature=0.8, seed=5, n=1.0)) == key(chat(temperature=0.8, seed=5))
+    # Odd types fail closed even when greedy.
+    assert run(chat(n="2")).reason == "unexpected type for n"
+    # LMI maps TGI's top_n_tokens onto n: more than one sequence.
+    tgi = run({"inputs": "x", "parameters": {"seed": 3, "top_n_tokens": 2}}, INVOCATIONS)
+    assert (tgi.cacheable, tgi.reason) == (False, "n > 1 with sampling")
+    assert run({"inputs": "x", "parameters": {"do_sample": False, "top_n_tokens": 2}}, INVOCATIONS).cacheable
+
+
+def test_huge_ttl_is_clamped_not_400():
+    s = settings(max_ttl_seconds=86_400)
+    d = run(chat(), headers={**JSON, "x-inference-cache-ttl": "99999999999999999999"}, s=s)
+    assert (d.cacheable, d.error, d.ttl_seconds) == (True, None, 86_400)
+    assert run(chat(), headers={**JSON, "x-inference-cache-ttl": "9" * 5000}, s=s).ttl_seconds == 86_400
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"prompt": "x", "inputs": "y", "temperature": 0}, "invocations body mixes prompt and inputs"),
+    ({"inputs": "x", "messages": [{"role": "user", "content": "x"}], "parameters": {"do_sample": False}},
+     "invocations body mixes inputs and messages"),
+    ({"prompt": None, "messages": [{"role": "user", "content": "x"}], "temperature": 0},
+     "invocations body mixes prompt and messages"),
+    ({"parameters": {"do_sample": False}}, "invocations body has no prompt, inputs or messages"),
+    ({"input": "x"}, "invocations body has no prompt, inputs or messages"),
+])
+def test_invocations_bodies_that_mix_or_lack_the_keys_pass_through(body, reason):
+    d = run(body, INVOCATIONS, s=settings(policy="all"))
+    assert (d.cacheable, d.key, d.error, d.reason) == (False, None, None, reason)
+
+
+def test_invocations_read_the_way_lmi_reads_them():
+    # prompt: a completion (top-level sampling parameters count).
+    assert run({"prompt": "x", "temperature": 0}, INVOCATIONS).reason == "greedy decoding"
+    # inputs: TGI style; only `parameters` counts, top-level sampling fields are ignored by the server.
+    assert run({"inputs": "x", "temperature": 0}, INVOCATIONS).reason == "sampling without seed"
+    assert run({"inputs": "x", "parameters": {"temperature": 0}}, INVOCATIONS).reason == "greedy decoding"
+    odd = run({"inputs": "x", "parameters": [1]}, INVOCATIONS)
+    assert (odd.cacheable, odd.reason) == (False, "unexpected type for parameters")
+    # messages: chat.
+    assert run({"messages": [{"role": "user", "content": "x"}], "seed": 3}, INVOCATIONS).reason == "seeded sampling"
+    # The same fields key apart between the schemas (and from /v1 routes).
+    assert key({"prompt": "x", "temperature": 0}, INVOCATIONS) != key({"model": "m", "prompt": "x", "temperature": 0},
+                                                                        INVOCATIONS)
+
+
+def test_null_is_absent_only_where_null_safe():
+    assert key(chat(seed=None, logit_bias=None, response_format=None, max_tokens=None, stop=None)) == key(chat())
+    comp = {"model": "m", "prompt": "x", "temperature": 0}
+    # /v1/completions: max_tokens defaults to 16; null means no limit.
+    assert run({**comp, "max_tokens": None}, COMPLETIONS).reason == "unexpected type for max_tokens"
+    assert key({**comp, "suffix": None}, COMPLETIONS) != key(comp, COMPLETIONS)  # unknown: kept
+    assert run(chat(presence_penalty=None)).reason == "unexpected type for presence_penalty"
+
+
+def test_kept_numbers_cannot_be_forged_by_strings():
+    # A kept number is encoded behind a NUL placeholder; a string that spells the same must not collide.
+    num = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"x":1.0}'
+    forged = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"x":"\\u0000#1.0"}'
+    plain = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"x":"#1.0"}'
+    assert len({key(num), key(forged), key(plain)}) == 3
+    nested = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"x":[{"y":%s}]}'
+    assert key(nested % b"2.5") != key(nested % b'"\\u0000#2.5"')

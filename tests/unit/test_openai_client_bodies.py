@@ -125,12 +125,21 @@ def test_chat_differences(send):
     with_tools = _key(send("chat", model="m", messages=MESSAGES, temperature=0, tools=tools))
     assert with_tools != base
     assert _key(send("chat", model="m", messages=MESSAGES, temperature=0, tools=tools[::-1])) != with_tools
+    # The client sends tool_choice=None as an explicit null: vLLM then parses no tool calls.
+    assert _key(send("chat", model="m", messages=MESSAGES, temperature=0, tools=tools, tool_choice=None)) != with_tools
+    # Stop order reaches the output (the first listed stop that a step completes wins).
+    stops = _key(send("chat", model="m", messages=MESSAGES, temperature=0, stop=["\n", "END"]))
+    assert _key(send("chat", model="m", messages=MESSAGES, temperature=0, stop=["END", "\n"])) != stops
+    # Sampled with n > 1 or a seed of -1: not reproducible.
+    assert send("chat", model="m", messages=MESSAGES, temperature=0.8, seed=-1).reason == "seed not in 0..2^63-1"
 
 
 def test_completions(send):
     base = _key(send("completions", model="m", prompt="Say 4.", temperature=0, stop="x"))
     assert _key(send("completions", model="m", prompt="Say 4.", temperature=0, stop=["x"], echo=False, n=1)) == base
     assert _key(send("completions", model="m", prompt="Say 5.", temperature=0, stop="x")) != base
+    # logprobs is an integer on completions: false is 0, which returns logprobs.
+    assert _key(send("completions", model="m", prompt="Say 4.", temperature=0, stop="x", logprobs=False)) != base
     assert send("completions", model="m", prompt="Say 4.", seed=3).reason == "seeded sampling"
     assert not send("completions", model="m", prompt="Say 4.", temperature=1).cacheable
 
