@@ -425,8 +425,8 @@ def _fold(d: dict, fields: dict, declared: dict, odd: list, skip: str = "") -> b
     """Canonicalize, in place, one object whose schema the module knows: listed fields by
     their kind; null-safe nulls, defaults and declared server defaults dropped; everything
     else kept as parsed. Names of sampling parameters of an unexpected type go to `odd`.
-    Returns whether the object is flat: no value but `skip` holds a container other than a
-    list of strings (the caller picks the encoder, which sorts the keys: _encoder_for)."""
+    Returns whether the object is flat: no value but `skip` holds an object, directly or
+    in a list (the caller then writes it with the sort_keys encoder, see _canonical)."""
     for name in sorted(d.keys() & fields.keys()):
         v = d[name]
         kind, default, null_ok = fields[name]
@@ -442,7 +442,7 @@ def _fold(d: dict, fields: dict, declared: dict, odd: list, skip: str = "") -> b
                 if type(v) is float and v.is_integer():
                     v = int(v)
                 d[name] = v
-            elif t is not int:
+            elif t is not int and t is not float:
                 odd.append(name)
             if (v == default or (declared and name in declared and v == declared[name])) and t is not bool:
                 del d[name]
@@ -462,7 +462,7 @@ def _fold(d: dict, fields: dict, declared: dict, odd: list, skip: str = "") -> b
                     d[name] = list(dict.fromkeys(v))  # repeats removed, first occurrence kept
     for name, v in d.items():
         t = type(v)
-        if t not in _SCALARS and name != skip and not (t is list and set(map(type, v)) <= _STR_ONLY):
+        if t not in _SCALARS and name != skip and not (t is list and set(map(type, v)) <= _SCALARS):
             return False
     return True
 
@@ -497,7 +497,7 @@ def _text_token(s: str, texts: list) -> str:
 
 def _normalize_messages(obj: dict, texts: list) -> bool:
     """Validate messages; one plain text part -> its string; prompt text through
-    _text_token. Returns whether every value of every message is a string (key order: the
+    _text_token. Returns whether every value of every message is a scalar (key order: the
     sort_keys encoder folds it then, else see _sorted_messages)."""
     messages = _require(obj, "messages")
     if type(messages) is not list or not messages or set(map(type, messages)) != _DICT_ONLY:
@@ -509,11 +509,11 @@ def _normalize_messages(obj: dict, texts: list) -> bool:
             for m, content in zip(messages, contents, strict=True):
                 if len(content) >= minimum or content[:1] == "\x00":
                     m["content"] = _text_token(content, texts)
-            return set(map(type, chain.from_iterable(map(dict.values, messages)))) == _STR_ONLY
+            return set(map(type, chain.from_iterable(map(dict.values, messages)))) <= _SCALARS
         if not any(map(str.startswith, contents, repeat("\x00"))):  # long conversations: C-speed passes
             for i in compress(count(), map(minimum.__le__, map(len, contents))):
                 messages[i]["content"] = _text_token(contents[i], texts)
-            return set(map(type, chain.from_iterable(map(dict.values, messages)))) == _STR_ONLY
+            return set(map(type, chain.from_iterable(map(dict.values, messages)))) <= _SCALARS
     for m, content in zip(messages, contents, strict=True):
         if type(content) is list:
             if len(content) == 1:
@@ -527,7 +527,7 @@ def _normalize_messages(obj: dict, texts: list) -> bool:
                 continue
         if type(content) is str and (len(content) >= minimum or content[:1] == "\x00"):
             m["content"] = _text_token(content, texts)
-    return set(map(type, chain.from_iterable(map(dict.values, messages)))) == _STR_ONLY
+    return set(map(type, chain.from_iterable(map(dict.values, messages)))) <= _SCALARS
 
 
 def _sorted_messages(messages: list) -> list:
@@ -670,7 +670,7 @@ def _encode_kept(o):
 
 def _make_encoder(sort_keys: bool):
     """Canonical JSON: keys in the order the canonical form built them (sorted where the
-    schema is known, as sent elsewhere; or all sorted, for bodies that _flat allows), no
+    schema is known, as sent elsewhere; or all sorted, for flat bodies: _fold), no
     whitespace, ASCII (non-ASCII and lone surrogates as \\u escapes), kept numbers as
     written. json's C encoder built once; json.dumps would build it per call."""
     public = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), allow_nan=False, default=_encode_kept).encode
@@ -697,7 +697,7 @@ def _not_cacheable(reason: str, error: CacheError | None = None) -> Decision:
 
 
 def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision, bytes | None]:
-    if path not in (settings.get("routes") or ()):
+    if path not in (settings.get("routes") or ()) or (path not in _ROUTE_SCHEMA and path != INVOCATIONS):
         return _not_cacheable("route not cached"), None
     if type(body) is not bytes:
         body = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)

@@ -307,6 +307,9 @@ def test_unknown_routes_pass_through_uncached():
     # The route list is the stage's.
     d = run({"model": "e", "input": "x"}, EMBEDDINGS, s=settings(routes=[CHAT]))
     assert (d.cacheable, d.error) == (False, None)
+    # A route the module has no schema for is never cached, even when a stage lists it.
+    d = run({"model": "m", "input": "x"}, "/v1/responses", s=settings(routes=[CHAT, "/v1/responses"]))
+    assert (d.cacheable, d.error, d.reason) == (False, None, "route not cached")
 
 
 # --------------------------------------------------------------------------- client controls
