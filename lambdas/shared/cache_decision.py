@@ -130,6 +130,7 @@ _SCHEMAS = {
 _ROUTE_SCHEMA = {CHAT: "chat", COMPLETIONS: "completions", EMBEDDINGS: "embeddings"}
 _INVOCATION_KEYS = (("prompt", "completions"), ("inputs", "tgi"), ("messages", "chat"))
 _SEED_MAX = 2**63 - 1
+_NUMBERS = frozenset((int, float))
 _LONG_TEXT_CHARS = 256
 _DICT_ONLY = {dict}
 _LIST_ONLY = {list}
@@ -291,7 +292,8 @@ class _Num:
     """A number as written, where the module keeps spelling: every JSON number with a
     fraction or an exponent, and the integer `-0` (serde_json reads it as -0.0). Other
     integers are plain ints: their spelling is their value. Known numeric sampling
-    parameters fold it to its value (_number); anywhere else it is encoded as its text."""
+    parameters fold it to its value (_number); anywhere else it is written as its text
+    (_encode_kept)."""
 
     __slots__ = ("text", "value")
 
@@ -319,6 +321,7 @@ def _int_minus_zero(text: str):
 
 # Built once: json.loads(text, **hooks) builds a decoder per call. The parse_int hook
 # costs a Python call per integer: only small bodies and those that may contain "-0" pay it.
+_JSON_SPACE = " \t\n\r"
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float)
 _DECODER_MINUS_ZERO = json.JSONDecoder(
     object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_float, parse_int=_int_minus_zero
@@ -335,9 +338,15 @@ def _parse(body: bytes) -> dict:
     try:
         # The parse_int hook: a Python call per integer; a search for "-0": ~1.5 ns a byte.
         minus_zero = len(body) <= 4096 or _may_contain(body, b"-", b"0")
-        obj = (_DECODER_MINUS_ZERO if minus_zero else _DECODER).decode(text)
+        # JSONDecoder.decode without its two regex calls: the C scanner, then whitespace.
+        start = len(text) - len(text.lstrip(_JSON_SPACE))
+        obj, end = (_DECODER_MINUS_ZERO if minus_zero else _DECODER).scan_once(text, start)
+        if end != len(text) and text[end:].strip(_JSON_SPACE):
+            raise _Reject(400, "invalid_json", f"body is not valid JSON: Extra data at position {end}")
     except _Reject:
         raise
+    except StopIteration as e:  # no JSON value where one must start
+        raise _Reject(400, "invalid_json", f"body is not valid JSON: Expecting value at position {e.value}") from None
     except RecursionError:  # far deeper than any limit; json's C scanner stops itself
         raise _Reject(400, "nesting_too_deep", "JSON nesting is too deep") from None
     except json.JSONDecodeError as e:
@@ -362,23 +371,6 @@ def _may_contain(body: bytes, first: bytes, rest: bytes) -> bool:
             return True
         i = find(first, i + 1)
     return i >= 0
-
-
-def _escape_nul(obj: dict) -> None:
-    """Every string value that starts with NUL gets one more NUL, so that no string in the
-    body can pose as a placeholder the canonical form writes (long texts, _Num spellings:
-    NUL + a letter or "#"). Only bodies with a `\\u0000` escape get here (raw control
-    characters are invalid JSON)."""
-    stack = [obj]
-    while stack:
-        node = stack.pop()
-        for k, v in (node.items() if type(node) is dict else enumerate(node)):
-            t = type(v)
-            if t is str:
-                if v[:1] == "\x00":
-                    node[k] = "\x00" + v
-            elif t is dict or t is list:
-                stack.append(v)
 
 
 def _check_depth(obj: dict, body: bytes, limit: int) -> None:
@@ -421,22 +413,23 @@ def _number(v):
     return v
 
 
-def _fold(d: dict, fields: dict, declared: dict, odd: list, skip: str = "") -> bool:
+def _fold(d: dict, fields: dict, declared: dict, odd: list) -> bool:
     """Canonicalize, in place, one object whose schema the module knows: listed fields by
     their kind; null-safe nulls, defaults and declared server defaults dropped; everything
     else kept as parsed. Names of sampling parameters of an unexpected type go to `odd`.
-    Returns whether the object is flat: no value but `skip` holds an object, directly or
-    in a list (the caller then writes it with the sort_keys encoder, see _canonical)."""
-    for name in sorted(d.keys() & fields.keys()):
+    Returns whether `d` is flat: no value holds an object, directly or in a list (the
+    sort_keys encoder then writes exactly the canonical form, see _canonical)."""
+    flat = True
+    for name in d.keys() & fields.keys():
         v = d[name]
         kind, default, null_ok = fields[name]
+        t = type(v)
         if v is None:
             if null_ok:
                 del d[name]
             elif kind in _SAMPLING_KINDS:
                 odd.append(name)
         elif kind is NUM or kind is COUNT or kind is SEED:
-            t = type(v)
             if t is _Num:  # _number, inlined
                 v = v.value
                 if type(v) is float and v.is_integer():
@@ -444,27 +437,42 @@ def _fold(d: dict, fields: dict, declared: dict, odd: list, skip: str = "") -> b
                 d[name] = v
             elif t is not int and t is not float:
                 odd.append(name)
-            if (v == default or (declared and name in declared and v == declared[name])) and t is not bool:
+                flat = flat and t is not dict and t is not list
+                continue
+            if v == default or (declared and name in declared and v == declared[name]):
                 del d[name]
         elif kind is FLAG:
             if v is False and default is False:
                 del d[name]
+            elif t is dict or t is list:
+                flat = False
         elif kind is SAMPLE:
-            if type(v) is not bool:
+            if t is not bool:
                 odd.append(name)
+                flat = flat and t is not dict and t is not list
         elif kind is STOP or kind is STOPS:
-            if type(v) is str and kind is STOPS:
+            if t is str and kind is STOPS:
                 v = d[name] = [v]
-            if type(v) is list:
+                t = list
+            if t is list:
                 if not v:
                     del d[name]
-                elif len(v) > 1 and set(map(type, v)) == _STR_ONLY:
-                    d[name] = list(dict.fromkeys(v))  # repeats removed, first occurrence kept
-    for name, v in d.items():
-        t = type(v)
-        if t not in _SCALARS and name != skip and not (t is list and set(map(type, v)) <= _SCALARS):
-            return False
-    return True
+                elif set(map(type, v)) == _STR_ONLY:
+                    if len(v) > 1:
+                        d[name] = list(dict.fromkeys(v))  # repeats removed, first occurrence kept
+                else:
+                    flat = False
+            elif t is dict:
+                flat = False
+        elif t is dict or (t is list and not set(map(type, v)) <= _SCALARS):  # KEPT
+            flat = False
+    if flat:
+        for name in d.keys() - fields.keys():
+            v = d[name]
+            t = type(v)
+            if t is dict or (t is list and not set(map(type, v)) <= _SCALARS):
+                return False
+    return flat
 
 
 def _require(obj: dict, field: str) -> object:
@@ -486,9 +494,7 @@ def _text_token(s: str, texts: list) -> str:
             data, token = s.encode("latin-1"), "\x00l"
         except UnicodeEncodeError:
             data, token = s.encode("utf-8", "surrogatepass"), "\x00u"
-        texts.append(b"l" if token == "\x00l" else b"u")
-        texts.append(len(data).to_bytes(8, "big"))
-        texts.append(data)
+        texts += (b"l" if token == "\x00l" else b"u", len(data).to_bytes(8, "big"), data)
         return token
     if s[:1] == "\x00":
         return "\x00" + s
@@ -503,7 +509,7 @@ def _normalize_messages(obj: dict, texts: list) -> bool:
     if type(messages) is not list or not messages or set(map(type, messages)) != _DICT_ONLY:
         raise _Reject(400, "invalid_type", "'messages' must be a non-empty list of objects", "messages")
     minimum = _LONG_TEXT_CHARS
-    contents = [m.get("content") for m in messages]
+    contents = list(map(dict.get, messages, repeat("content")))
     if set(map(type, contents)) == _STR_ONLY:  # the common case: all text
         if len(contents) <= 8:
             for m, content in zip(messages, contents, strict=True):
@@ -542,10 +548,6 @@ def _sorted_messages(messages: list) -> list:
     return out
 
 
-def _is_num(v) -> bool:
-    return type(v) is int or type(v) is float
-
-
 def _sampling_reason(p: dict, declared: dict, odd: list, tgi: bool) -> tuple[bool, str]:
     """Policy "deterministic" for a generation request, fail-closed; `p` holds its folded
     sampling parameters. The reason names the rule that decided."""
@@ -555,22 +557,22 @@ def _sampling_reason(p: dict, declared: dict, odd: list, tgi: bool) -> tuple[boo
         p = {**declared, **p}
     get = p.get
     temperature, top_k = get("temperature"), get("top_k")
-    if (_is_num(temperature) and temperature == 0) or (_is_num(top_k) and top_k == 1):
+    if (type(temperature) in _NUMBERS and temperature == 0) or (type(top_k) in _NUMBERS and top_k == 1):
         return True, "greedy decoding"
     if tgi and get("do_sample") is False:
         top_p, typical_p = get("top_p"), get("typical_p")
         # TGI samples anyway when a logits warper is set, whatever do_sample says.
         if not (
-            (_is_num(temperature) and temperature != 1)
-            or (_is_num(top_p) and top_p < 1)
-            or (_is_num(typical_p) and typical_p < 1)
-            or (_is_num(top_k) and top_k > 1)
+            (type(temperature) in _NUMBERS and temperature != 1)
+            or (type(top_p) in _NUMBERS and top_p < 1)
+            or (type(typical_p) in _NUMBERS and typical_p < 1)
+            or (type(top_k) in _NUMBERS and top_k > 1)
         ):
             return True, "greedy decoding"
     for name in ("n", "best_of", "top_n_tokens") if tgi else ("n", "best_of"):
         v = get(name)
         if v is not None and not (type(v) is int and v == 1):
-            return False, "n > 1 with sampling" if _is_num(v) and v > 1 else f"{name} not 1 with sampling"
+            return False, "n > 1 with sampling" if type(v) in _NUMBERS and v > 1 else f"{name} not 1 with sampling"
     seed = get("seed")
     if seed is None:
         return False, "sampling without seed"
@@ -597,7 +599,7 @@ def _mixed(obj: dict) -> str:
 def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple:
     """Validate and canonicalize `obj`, long prompt texts moved to `texts`; returns
     (canonical body, the encoder that writes it, stream, cacheable, reason)."""
-    schema = _schema(route, obj)
+    schema = _ROUTE_SCHEMA.get(route) or _schema(route, obj)
     if schema is None:
         return obj, _encode, False, False, _mixed(obj)
     declared = settings.get("declared_server_defaults")
@@ -621,6 +623,7 @@ def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple:
             odd.append("parameters")
         elif type(p) is dict:
             _fold(p, TGI_PARAMETERS, declared, odd)
+            odd.sort()
             if p:
                 params = obj["parameters"] = dict(sorted(p.items()))
             else:
@@ -634,7 +637,12 @@ def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple:
     if type(stream) is not bool:  # an odd value stays in the body, where it keys apart
         obj["stream"] = stream
         stream = False
-    flat = _fold(obj, fields, declared, odd, "messages" if schema == "chat" else "") and flat_messages
+    messages = obj.pop("messages") if schema == "chat" else None
+    top_odd: list = []
+    flat = _fold(obj, fields, declared, top_odd) and flat_messages
+    odd += sorted(top_odd)
+    if messages is not None:
+        obj["messages"] = messages
     # Flat bodies (the common case): the sort_keys encoder writes exactly the canonical
     # form, without a sorted copy of every message (~10% of a decision at 40 KB). Else
     # the objects of known schema are sorted here and the encoder keeps every key order.
@@ -660,11 +668,15 @@ def _text_tokens(value, texts: list):
     return value
 
 
+_NAN = float("nan")
+
+
 def _encode_kept(o):
-    """The C encoder's `default`: a kept number as written, behind a placeholder (NUL +
-    "#" + its text; no string in the body starts with NUL, see _escape_nul)."""
+    """The C encoder's `default`: a kept number as written, as [NaN, "its text"]. No body
+    can pose as one: NaN is not JSON, the parser rejects it (400), so a NaN in the
+    canonical form can only come from here."""
     if type(o) is _Num:
-        return "\x00#" + o.text
+        return [_NAN, o.text]
     raise TypeError(f"{type(o).__name__} is not JSON")
 
 
@@ -673,10 +685,10 @@ def _make_encoder(sort_keys: bool):
     schema is known, as sent elsewhere; or all sorted, for flat bodies: _fold), no
     whitespace, ASCII (non-ASCII and lone surrogates as \\u escapes), kept numbers as
     written. json's C encoder built once; json.dumps would build it per call."""
-    public = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), allow_nan=False, default=_encode_kept).encode
+    public = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), allow_nan=True, default=_encode_kept).encode
     make = getattr(json.encoder, "c_make_encoder", None)
     try:
-        c_encode = make(None, _encode_kept, json.encoder.encode_basestring_ascii, None, ":", ",", sort_keys, False, False)
+        c_encode = make(None, _encode_kept, json.encoder.encode_basestring_ascii, None, ":", ",", sort_keys, False, True)
         sample = {"b": [1.5, "\u00e9", -3, _Num("1e0", 1.0)], "a": None}
         if "".join(c_encode(sample, 0)) == public(sample):
             return lambda o: "".join(c_encode(o, 0))
@@ -710,8 +722,6 @@ def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision,
         no_store, no_cache, ttl = _client_controls(h, settings)
         obj = _parse(body)
         _check_depth(obj, body, int(settings.get("max_nesting_depth", 32)))
-        if _may_contain(body, b"\\", b"u0000"):  # a string may hold a NUL (raw ones are invalid JSON)
-            _escape_nul(obj)
         texts: list[bytes] = []
         obj, encoder, stream, ok, reason = _canonical(path, obj, settings, texts)
     except _Reject as r:
