@@ -552,7 +552,7 @@ def _sampling_reason(p: dict, declared: dict, odd: list, tgi: bool) -> tuple[boo
     """Policy "deterministic" for a generation request, fail-closed; `p` holds its folded
     sampling parameters. The reason names the rule that decided."""
     if odd:
-        return False, f"unexpected type for {odd[0]}"
+        return False, f"unexpected type for {min(odd)}"
     if declared:
         p = {**declared, **p}
     get = p.get
@@ -623,7 +623,6 @@ def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple:
             odd.append("parameters")
         elif type(p) is dict:
             _fold(p, TGI_PARAMETERS, declared, odd)
-            odd.sort()
             if p:
                 params = obj["parameters"] = dict(sorted(p.items()))
             else:
@@ -637,12 +636,12 @@ def _canonical(route: str, obj: dict, settings: dict, texts: list) -> tuple:
     if type(stream) is not bool:  # an odd value stays in the body, where it keys apart
         obj["stream"] = stream
         stream = False
-    messages = obj.pop("messages") if schema == "chat" else None
-    top_odd: list = []
-    flat = _fold(obj, fields, declared, top_odd) and flat_messages
-    odd += sorted(top_odd)
-    if messages is not None:
+    if schema == "chat":  # not a field of the table: kept out of _fold's flatness check
+        messages = obj.pop("messages")
+        flat = _fold(obj, fields, declared, odd) and flat_messages
         obj["messages"] = messages
+    else:
+        flat = _fold(obj, fields, declared, odd)
     # Flat bodies (the common case): the sort_keys encoder writes exactly the canonical
     # form, without a sorted copy of every message (~10% of a decision at 40 KB). Else
     # the objects of known schema are sorted here and the encoder keeps every key order.
