@@ -419,17 +419,16 @@ def _fold(d: dict, fields: dict, declared: dict, odd: list) -> bool:
     else kept as parsed. Names of sampling parameters of an unexpected type go to `odd`.
     Returns whether `d` is flat: no value holds an object, directly or in a list (the
     sort_keys encoder then writes exactly the canonical form, see _canonical)."""
-    flat = True
     for name in d.keys() & fields.keys():
         v = d[name]
         kind, default, null_ok = fields[name]
-        t = type(v)
         if v is None:
             if null_ok:
                 del d[name]
             elif kind in _SAMPLING_KINDS:
                 odd.append(name)
         elif kind is NUM or kind is COUNT or kind is SEED:
+            t = type(v)
             if t is _Num:  # _number, inlined
                 v = v.value
                 if type(v) is float and v.is_integer():
@@ -437,42 +436,28 @@ def _fold(d: dict, fields: dict, declared: dict, odd: list) -> bool:
                 d[name] = v
             elif t is not int and t is not float:
                 odd.append(name)
-                flat = flat and t is not dict and t is not list
                 continue
             if v == default or (declared and name in declared and v == declared[name]):
                 del d[name]
         elif kind is FLAG:
             if v is False and default is False:
                 del d[name]
-            elif t is dict or t is list:
-                flat = False
         elif kind is SAMPLE:
-            if t is not bool:
+            if type(v) is not bool:
                 odd.append(name)
-                flat = flat and t is not dict and t is not list
         elif kind is STOP or kind is STOPS:
-            if t is str and kind is STOPS:
+            if type(v) is str and kind is STOPS:
                 v = d[name] = [v]
-                t = list
-            if t is list:
+            if type(v) is list:
                 if not v:
                     del d[name]
-                elif set(map(type, v)) == _STR_ONLY:
-                    if len(v) > 1:
-                        d[name] = list(dict.fromkeys(v))  # repeats removed, first occurrence kept
-                else:
-                    flat = False
-            elif t is dict:
-                flat = False
-        elif t is dict or (t is list and not set(map(type, v)) <= _SCALARS):  # KEPT
-            flat = False
-    if flat:
-        for name in d.keys() - fields.keys():
-            v = d[name]
-            t = type(v)
-            if t is dict or (t is list and not set(map(type, v)) <= _SCALARS):
-                return False
-    return flat
+                elif len(v) > 1 and set(map(type, v)) == _STR_ONLY and len(set(v)) < len(v):
+                    d[name] = list(dict.fromkeys(v))  # repeats removed, first occurrence kept
+    for v in d.values():
+        t = type(v)
+        if t is dict or (t is list and not set(map(type, v)) <= _SCALARS):
+            return False
+    return True
 
 
 def _require(obj: dict, field: str) -> object:
