@@ -135,6 +135,7 @@ _LONG_TEXT_CHARS = 256
 _DICT_ONLY = {dict}
 _LIST_ONLY = {list}
 _CONTAINERS = frozenset((dict, list))
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{[")  # translate(None, this): only { and [ left
 _STR_ONLY = {str}
 _TENANT_SALT = b"inference-cache-tenant/1\x00"
 
@@ -204,7 +205,7 @@ def _lower_headers(headers) -> dict:
         for name in _READ_HEADERS:
             value = headers.get(name)
             if value is not None:
-                out[name] = _header_value(value)
+                out[name] = value if type(value) is str else _header_value(value)
         return out
     for name, value in headers.items():
         name = str(name).lower()
@@ -376,7 +377,7 @@ def _may_contain(body: bytes, first: bytes, rest: bytes) -> bool:
 def _check_depth(obj: dict, body: bytes, limit: int) -> None:
     """Containers nested deeper than `limit` -> 400. Level by level, each level in a few
     C-level passes (map/chain/compress): no Python loop over nodes, no recursion."""
-    if len(body) <= 8192 and body.count(b"{") + body.count(b"[") <= limit:  # cheap bound for small bodies
+    if len(body) <= 8192 and len(body.translate(None, _NOT_BRACKETS)) <= limit:  # cheap bound for small bodies
         return
     level, depth = [obj], 1
     while True:
