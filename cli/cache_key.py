@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cache-key", description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", help="request path, e.g. /v1/chat/completions (body on stdin)")
     parser.add_argument("--header", action="append", default=[], type=_parse_header, metavar="'NAME: VALUE'")
-    parser.add_argument("--tenant", help="tenant scope id (what the edge forwards) for tenant-scoped stages")
+    parser.add_argument("--tenant", help="the verified tenant id (what the API key check sets) for tenant-scoped stages")
     parser.add_argument("--jsonl", action="store_true", help="one request per stdin line, one decision per line")
     parser.add_argument("--summary", action="store_true", help="with --jsonl: print hit-ratio summary JSON only "
                         "(a readable table goes to stderr)")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             decision = cache_decision.decide(path, headers, body, settings, tenant=tenant or args.tenant)
             result = decision.as_dict()
             if summary:
-                scope = (tenant or args.tenant or cache_decision.tenant_scope(headers) or "") if scoped else ""
+                scope = (tenant or args.tenant or "") if scoped else ""
                 raw = f"{path}\x00{scope}\x00".encode("utf-8", "surrogatepass") + body
                 exact = hashlib.sha256(raw).hexdigest()
                 summary.add(result, decision.lookup, decision.store, exact)

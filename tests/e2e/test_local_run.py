@@ -38,9 +38,9 @@ def test_chat_completion_miss_then_hit_with_identical_answer(client):
 def test_same_request_serialized_differently_hits(client, local_run):
     ask = dict(model="local", messages=[{"role": "user", "content": "Reserialized?"}], temperature=0, stop=["a", "b"])
     assert cache_status(client.chat.completions.with_raw_response.create(**ask)) == "MISS"
-    # Other clothes: key order, spacing, a one-part content list, defaults spelled out, stop reordered.
+    # Other clothes: key order, spacing, a one-part content list, defaults spelled out, stop repeats.
     body = (
-        b'{ "stop": ["b", "a", "a"], "n": 1, "temperature": 0.0, "stream": false,'
+        b'{ "stop": ["a", "b", "a"], "n": 1, "temperature": 0.0, "stream": false,'
         b' "messages": [ {"content": [{"type": "text", "text": "Reserialized?"}], "role": "user"} ], "model": "local" }'
     )
     request = urllib.request.Request(
@@ -50,6 +50,13 @@ def test_same_request_serialized_differently_hits(client, local_run):
     )
     with urllib.request.urlopen(request, timeout=30) as answer:
         assert answer.headers["x-inference-cache"] == "HIT"
+    # Stop order is not clothes: the first listed stop that a step completes wins.
+    reordered = urllib.request.Request(
+        local_run["listening"] + "/v1/chat/completions", data=body.replace(b'["a", "b", "a"]', b'["b", "a"]'),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(reordered, timeout=30) as answer:
+        assert answer.headers["x-inference-cache"] == "MISS"
 
 
 def test_embeddings_miss_then_hit_from_the_real_model(client):

@@ -64,15 +64,30 @@ def assert_error(d: cd.Decision, status: int, code: str, param=None):
 # --------------------------------------------------------------------------- equal keys
 
 
-def test_whitespace_and_key_order_at_every_depth():
+def test_whitespace_and_key_order_where_the_schema_is_known():
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {}}}}}]
     a = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"tools":' + json.dumps(tools).encode() + b"}"
     b = json.dumps(
-        {"tools": [{"function": {"parameters": {"properties": {"a": {}}, "type": "object"}, "name": "f"}, "type": "function"}],
-         "temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "m"},
-        indent=3,
+        {"tools": tools, "temperature": 0, "messages": [{"content": "hi", "role": "user"}], "model": "m"}, indent=3,
     ).encode()
     assert key(a) == key(b)
+    # Content parts and TGI/LMI parameters: their key order is folded too.
+    parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "u"}}]
+    assert key(chat(parts)) == key(chat([dict(reversed(list(p.items()))) for p in parts]))
+    tgi = b'{"inputs":"x","parameters":{"do_sample":false,"max_new_tokens":5}}'
+    assert key(tgi, INVOCATIONS) == key(b'{"parameters":{"max_new_tokens":5,"do_sample":false},"inputs":"x"}', INVOCATIONS)
+
+
+def test_key_order_inside_tools_is_kept():
+    """Chat templates print tools with tojson (sort_keys false): the order reaches the prompt."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {}}}}}]
+    reordered = [{"function": {"parameters": {"properties": {"a": {}}, "type": "object"}, "name": "f"}, "type": "function"}]
+    assert key(chat(tools=tools)) != key(chat(tools=reordered))
+
+
+def test_whitespace_around_the_body():
+    body = json.dumps(chat()).encode()
+    assert key(b" \t\r\n" + body + b"\n\n ") == key(body)
 
 
 def test_string_escapes():
@@ -123,7 +138,9 @@ def test_non_universal_defaults_are_kept():
     # Not the same value as the default: logprobs 0 on /v1/completions returns logprobs.
     comp = {"model": "m", "prompt": "x", "temperature": 0}
     assert key({**comp, "logprobs": 0}, COMPLETIONS) != key(comp, COMPLETIONS)
-    assert key({**comp, "presence_penalty": False}, COMPLETIONS) != key(comp, COMPLETIONS)
+    # A bool where a number is expected: not cacheable (it used to key apart, cacheable).
+    odd = run({**comp, "presence_penalty": False}, COMPLETIONS)
+    assert (odd.cacheable, odd.reason) == (False, "unexpected type for presence_penalty")
 
 
 def test_declared_server_defaults_are_elided():
@@ -133,13 +150,13 @@ def test_declared_server_defaults_are_elided():
     assert key({**base, "temperature": 0.9}, s=s) != key(base, s=s)
 
 
-def test_stop_order_repeats_and_string_form():
-    assert key(chat(stop=["b", "a"])) == key(chat(stop=["a", "b", "a"]))
+def test_stop_repeats_and_string_form():
+    assert key(chat(stop=["b", "a"])) == key(chat(stop=["b", "a", "b", "a"]))
     assert key(chat(stop="a")) == key(chat(stop=["a"]))
     assert key(chat(stop=[])) == key(chat())
     assert key(chat(stop=["a"])) != key(chat(stop=["a", "b"]))
     tgi = {"inputs": "x", "parameters": {"do_sample": False, "stop": ["y", "x"]}}
-    assert key(tgi, INVOCATIONS) == key({"inputs": "x", "parameters": {"stop": ["x", "y", "y"], "do_sample": False}},
+    assert key(tgi, INVOCATIONS) == key({"inputs": "x", "parameters": {"stop": ["y", "x", "y"], "do_sample": False}},
                                         INVOCATIONS)
 
 
@@ -276,7 +293,7 @@ def test_deterministic_policy_cacheable(body, path, reason):
         ({"inputs": "x", "parameters": {"max_new_tokens": 5}}, INVOCATIONS, "sampling without seed"),
         # TGI samples when a warper is set, whatever do_sample says.
         ({"inputs": "x", "parameters": {"do_sample": False, "temperature": 0.7}}, INVOCATIONS, "sampling without seed"),
-        ({**chat(), "temperature": 0.7, "seed": True}, CHAT, "sampling without seed"),
+        ({**chat(), "temperature": 0.7, "seed": True}, CHAT, "unexpected type for seed"),
     ],
 )
 def test_deterministic_policy_not_cacheable(body, path, reason):
@@ -305,6 +322,9 @@ def test_unknown_routes_pass_through_uncached():
     # The route list is the stage's.
     d = run({"model": "e", "input": "x"}, EMBEDDINGS, s=settings(routes=[CHAT]))
     assert (d.cacheable, d.error) == (False, None)
+    # A route the module has no schema for is never cached, even when a stage lists it.
+    d = run({"model": "m", "input": "x"}, "/v1/responses", s=settings(routes=[CHAT, "/v1/responses"]))
+    assert (d.cacheable, d.error, d.reason) == (False, None, "route not cached")
 
 
 # --------------------------------------------------------------------------- client controls
@@ -326,12 +346,13 @@ def test_ttl_header():
     assert run(chat(), s=s).ttl_seconds == 3600
     assert run(chat(), headers={**JSON, "X-Inference-Cache-TTL": "60"}, s=s).ttl_seconds == 60
     assert run(chat(), headers={**JSON, "x-inference-cache-ttl": " 99999999 "}, s=s).ttl_seconds == 86_400
+    assert run(chat(), headers={**JSON, "x-inference-cache-ttl": "0000000000000000000060"}, s=s).ttl_seconds == 60
     zero = run(chat(), headers={**JSON, "x-inference-cache-ttl": "0"}, s=s)
     assert (zero.cacheable, zero.lookup, zero.store, zero.ttl_seconds) == (True, True, False, 0)
     assert run({"model": "m", "messages": [{"role": "user", "content": "x"}]}, s=s).ttl_seconds == 0
 
 
-@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "", "1e3", "٣", "9" * 13])
+@pytest.mark.parametrize("value", ["abc", "-5", "1.5", "", "1e3", "٣", "+60", "6 0"])
 def test_invalid_ttl_header_is_400(value):
     assert_error(run(chat(), headers={**JSON, "x-inference-cache-ttl": value}), 400, "invalid_ttl",
                  "x-inference-cache-ttl")
@@ -340,42 +361,29 @@ def test_invalid_ttl_header_is_400(value):
 # --------------------------------------------------------------------------- tenants
 
 
-def test_unscoped_stage_ignores_api_keys():
+def test_unscoped_stage_ignores_api_keys_and_tenants():
     assert key(chat(), headers={**JSON, "authorization": "Bearer sk-a"}) == key(
         chat(), headers={**JSON, "authorization": "Bearer sk-b"}) == key(chat())
     assert key(chat(), tenant="abc") == key(chat())
 
 
-def test_scoped_stage_keys_per_tenant():
+def test_scoped_stage_keys_per_verified_tenant_never_per_api_key():
     s = settings("staging")
     assert s.tenant_scoped
-    a1 = key(chat(), headers={**JSON, "authorization": "Bearer sk-a"}, s=s)
-    a2 = key(chat(), headers={**JSON, "Authorization": "bearer  sk-a "}, s=s)
-    a3 = key(chat(), headers={**JSON, "x-api-key": "sk-a"}, s=s)
-    b = key(chat(), headers={**JSON, "authorization": "Bearer sk-b"}, s=s)
+    a1 = key(chat(), headers={**JSON, "authorization": "Bearer sk-a"}, s=s, tenant="tenant-a")
+    # A rotated key of the same tenant keeps its cache: the key never enters the cache key.
+    a2 = key(chat(), headers={**JSON, "authorization": "Bearer sk-rotated"}, s=s, tenant="tenant-a")
+    a3 = key(chat(), headers={**JSON, "authorization": "AWS4-HMAC-SHA256 Credential=..."}, s=s, tenant="tenant-a")
+    b = key(chat(), headers={**JSON, "authorization": "Bearer sk-a"}, s=s, tenant="tenant-b")
     assert a1 == a2 == a3 != b
-    # The origin passes the id the edge forwarded instead of headers (OAC replaced Authorization).
-    tenant = cd.tenant_scope({"authorization": "Bearer sk-a"})
-    assert key(chat(), headers={**JSON, "authorization": "AWS4-HMAC-SHA256 Credential=..."}, s=s, tenant=tenant) == a1
-    assert key(chat(), s=s, tenant="other") != a1
 
 
-def test_scoped_stage_without_api_key_is_not_cacheable():
+def test_scoped_stage_without_a_verified_tenant_is_not_cacheable():
     s = settings("staging")
-    for headers in (JSON, {**JSON, "authorization": "Basic dTpw"}, {**JSON, "authorization": "Bearer "}):
+    for headers in (JSON, {**JSON, "authorization": "Bearer sk-a"}, {**JSON, "x-api-key": "sk-a"}):
         d = run(chat(), headers=headers, s=s)
         assert (d.cacheable, d.key, d.error) == (False, None, None)
-        assert "API key" in d.reason
-
-
-def test_tenant_scope():
-    t = cd.tenant_scope({"Authorization": "Bearer sk-test"})
-    assert re.match(r"^[0-9a-f]{32}$", t)
-    assert "sk-test" not in t
-    assert cd.tenant_scope({"x-api-key": "sk-test"}) == t
-    assert cd.tenant_scope({}) is None and cd.tenant_scope(None) is None
-    assert cd.tenant_scope({"authorization": "Basic abc"}) is None
-    assert cd.tenant_scope({"authorization": [{"key": "Authorization", "value": "Bearer sk-test"}]}) == t
+        assert "tenant" in d.reason
 
 
 # --------------------------------------------------------------------------- errors
@@ -387,6 +395,9 @@ def test_tenant_scope():
         (b"", "empty_body"),
         (b"   ", "invalid_json"),
         (b'{"model": "m",', "invalid_json"),
+        (b'{"model": "m"} {}', "invalid_json"),
+        (b'{"model": "m"}x', "invalid_json"),
+        (b'\x0c{"model": "m"}', "invalid_json"),  # form feed is not JSON whitespace
         (b"\xef\xbb\xbf{}", "invalid_json"),  # a UTF-8 BOM is not JSON
         (b"[]", "not_an_object"),
         (b'"x"', "not_an_object"),
@@ -457,7 +468,7 @@ def test_huge_exponent_is_fast():
         ({"model": "m", "prompt": 5}, COMPLETIONS, "invalid_type", "prompt"),
         ({"model": "m"}, EMBEDDINGS, "missing_field", "input"),
         ({"input": "x"}, EMBEDDINGS, "missing_field", "model"),
-        ({"parameters": {}}, INVOCATIONS, "missing_field", "inputs"),
+        ({"inputs": None, "parameters": {}}, INVOCATIONS, "missing_field", "inputs"),
         ({"messages": {}}, INVOCATIONS, "invalid_type", "messages"),
     ],
 )
@@ -583,5 +594,189 @@ def test_load_settings(tmp_path, monkeypatch):
 def test_every_stage_settings_work():
     for name in STAGES:
         s = settings(name)
-        d = run(chat(), headers={**JSON, "authorization": "Bearer sk-x"}, s=s)
+        d = run(chat(), headers={**JSON, "authorization": "Bearer sk-x"}, s=s, tenant="t")
         assert d.cacheable and d.ttl_seconds == min(s.default_ttl_seconds, s.max_ttl_seconds)
+
+
+# --------------------------------------------------------------------------- issue 8: one regression per case
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_tool_choice_null_is_not_absent():
+    # vLLM defaults tool_choice to "auto" only when the field is absent; null turns tool parsing off.
+    absent, null = run(chat(tools=[TOOL])), run(chat(tools=[TOOL], tool_choice=None))
+    assert absent.cacheable and null.cacheable and absent.key != null.key
+    assert key(chat(tools=[TOOL], tool_choice="auto")) not in (absent.key, null.key)
+    # Fields that are null-safe still fold: tools null is no tools.
+    assert key(chat(tools=None)) == key(chat())
+
+
+def test_logprobs_false_is_a_default_on_chat_only():
+    comp = {"model": "m", "prompt": "x", "temperature": 0}
+    # /v1/completions: logprobs is Optional[int]; false coerces to 0, which returns logprobs.
+    assert key({**comp, "logprobs": False}, COMPLETIONS) != key(comp, COMPLETIONS)
+    assert key({**comp, "logprobs": 0}, COMPLETIONS) != key({**comp, "logprobs": False}, COMPLETIONS)
+    assert key(chat(logprobs=False)) == key(chat())
+    assert key(chat(logprobs=0)) != key(chat())
+
+
+def _with_number(spelling: bytes, where: str) -> bytes:
+    schema = b'{"type":"object","properties":{"v":{"type":"number","enum":[%s,2.5]}}}' % spelling
+    base = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,'
+    if where == "tools":
+        return base + b'"tools":[{"type":"function","function":{"name":"f","parameters":%s}}]}' % schema
+    if where == "response_format":
+        return base + b'"response_format":{"type":"json_schema","json_schema":{"name":"r","schema":%s}}}' % schema
+    return base + b'"chat_template_kwargs":{"limit":%s}}' % spelling
+
+
+@pytest.mark.parametrize("where", ["tools", "response_format", "chat_template_kwargs"])
+@pytest.mark.parametrize(
+    "a, b", [(b"1.0", b"1"), (b"-0.0", b"0"), (b"1e2", b"100"), (b"1.0", b"1e0"), (b"-0", b"0"), (b"2.50", b"2.5")]
+)
+def test_number_spelling_is_kept_in_opaque_values(where, a, b):
+    assert key(_with_number(a, where)) != key(_with_number(b, where))
+    assert key(_with_number(a, where)) == key(_with_number(a, where).replace(b",", b", "))
+
+
+def test_number_spelling_folds_in_sampling_parameters_only():
+    base = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":%s,"max_tokens":%s}'
+    assert key(base % (b"0", b"16")) == key(base % (b"-0.0", b"1.6e1")) == key(base % (b"0e0", b"16.0"))
+    # An unknown field is opaque: its spelling counts.
+    unknown = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"guidance":%s}'
+    assert key(unknown % b"1") != key(unknown % b"1.0")
+
+
+def test_key_order_inside_tool_schemas_is_kept():
+    props = b'{"a":{"type":"string"},"b":{"type":"integer"}}'
+    body = (b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,'
+            b'"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":%s}}}]}')
+    swapped = b'{"b":{"type":"integer"},"a":{"type":"string"}}'
+    assert key(body % props) != key(body % swapped)
+    fmt = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"response_format":%s}'
+    assert key(fmt % b'{"type":"json_object","x":1}') != key(fmt % b'{"x":1,"type":"json_object"}')
+
+
+def test_stop_order_is_kept_and_repeats_are_not():
+    assert key(chat(stop=["a", "b"])) != key(chat(stop=["b", "a"]))
+    assert key(chat(stop=["a", "b"])) == key(chat(stop=["a", "b", "a", "b"]))
+    tgi = {"inputs": "x", "parameters": {"do_sample": False, "stop": ["a", "b"]}}
+    reordered = {"inputs": "x", "parameters": {"do_sample": False, "stop": ["b", "a"]}}
+    assert key(tgi, INVOCATIONS) != key(reordered, INVOCATIONS)
+    # TGI reads stop as a list only (a string is a 400 there): not folded inside parameters.
+    one = {"inputs": "x", "parameters": {"do_sample": False, "stop": "a"}}
+    assert key(one, INVOCATIONS) != key({"inputs": "x", "parameters": {"do_sample": False, "stop": ["a"]}}, INVOCATIONS)
+
+
+@pytest.mark.parametrize("seed, reason", [(-1, "seed not in 0..2^63-1"), (2**63, "seed not in 0..2^63-1"),
+                                          (1.5, "seed not in 0..2^63-1"), (0, "seeded sampling"),
+                                          (2**63 - 1, "seeded sampling"), (7.0, "seeded sampling")])
+def test_seed_counts_only_as_an_integer_from_0_to_2_63_minus_1(seed, reason):
+    d = run(chat(temperature=0.8, seed=seed))
+    assert (d.cacheable, d.reason) == (reason == "seeded sampling", reason)
+    tgi = run({"inputs": "x", "parameters": {"seed": seed}}, INVOCATIONS)
+    assert (tgi.cacheable, tgi.reason) == (reason == "seeded sampling", reason)
+
+
+def test_do_sample_counts_only_inside_tgi_parameters():
+    # The OpenAI-compatible servers ignore a top-level do_sample and sample anyway.
+    d = run({"model": "m", "messages": [{"role": "user", "content": "x"}], "do_sample": False})
+    assert (d.cacheable, d.reason) == (False, "sampling without seed")
+    comp = run({"model": "m", "prompt": "x", "do_sample": False}, COMPLETIONS)
+    assert (comp.cacheable, comp.reason) == (False, "sampling without seed")
+    tgi_top = run({"inputs": "x", "do_sample": False}, INVOCATIONS)
+    assert (tgi_top.cacheable, tgi_top.reason) == (False, "sampling without seed")
+    assert run({"inputs": "x", "parameters": {"do_sample": False}}, INVOCATIONS).reason == "greedy decoding"
+    # As an unknown field it is kept: it keys apart from the same request without it.
+    assert key(chat(do_sample=False)) != key(chat())
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"n": "2"}, "unexpected type for n"),
+    ({"best_of": "3"}, "unexpected type for best_of"),
+    ({"n": " 3"}, "unexpected type for n"),
+    ({"n": [2]}, "unexpected type for n"),
+    ({"n": True}, "unexpected type for n"),
+    ({"n": None}, "unexpected type for n"),
+    ({"n": 2.0}, "n > 1 with sampling"),
+    ({"best_of": 2}, "n > 1 with sampling"),
+    ({"n": 0}, "n not 1 with sampling"),
+    ({"n": 0.5}, "n not 1 with sampling"),
+    ({"n": 1.5}, "n > 1 with sampling"),
+    ({"best_of": -1}, "best_of not 1 with sampling"),
+    ({"temperature": "0.7"}, "unexpected type for temperature"),
+    ({"top_k": [1]}, "unexpected type for top_k"),
+    ({"max_tokens": "16"}, "unexpected type for max_tokens"),
+])
+def test_n_best_of_and_odd_sampling_types_fail_closed(extra, reason):
+    d = run({**chat(temperature=0.8, seed=5), **extra})
+    assert (d.cacheable, d.key, d.error, d.reason) == (False, None, None, reason)
+
+
+def test_n_other_than_one_is_cacheable_when_greedy_and_one_folds():
+    assert run(chat(n=3)).reason == "greedy decoding"
+    assert run(chat(temperature=0.8, seed=5, n=1.0)).reason == "seeded sampling"
+    assert key(chat(temperature=0.8, seed=5, n=1.0)) == key(chat(temperature=0.8, seed=5))
+    # Odd types fail closed even when greedy.
+    assert run(chat(n="2")).reason == "unexpected type for n"
+    # LMI maps TGI's top_n_tokens onto n: more than one sequence.
+    tgi = run({"inputs": "x", "parameters": {"seed": 3, "top_n_tokens": 2}}, INVOCATIONS)
+    assert (tgi.cacheable, tgi.reason) == (False, "n > 1 with sampling")
+    assert run({"inputs": "x", "parameters": {"do_sample": False, "top_n_tokens": 2}}, INVOCATIONS).cacheable
+
+
+def test_huge_ttl_is_clamped_not_400():
+    s = settings(max_ttl_seconds=86_400)
+    d = run(chat(), headers={**JSON, "x-inference-cache-ttl": "99999999999999999999"}, s=s)
+    assert (d.cacheable, d.error, d.ttl_seconds) == (True, None, 86_400)
+    assert run(chat(), headers={**JSON, "x-inference-cache-ttl": "9" * 5000}, s=s).ttl_seconds == 86_400
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"prompt": "x", "inputs": "y", "temperature": 0}, "invocations body mixes prompt and inputs"),
+    ({"inputs": "x", "messages": [{"role": "user", "content": "x"}], "parameters": {"do_sample": False}},
+     "invocations body mixes inputs and messages"),
+    ({"prompt": None, "messages": [{"role": "user", "content": "x"}], "temperature": 0},
+     "invocations body mixes prompt and messages"),
+    ({"parameters": {"do_sample": False}}, "invocations body has no prompt, inputs or messages"),
+    ({"input": "x"}, "invocations body has no prompt, inputs or messages"),
+])
+def test_invocations_bodies_that_mix_or_lack_the_keys_pass_through(body, reason):
+    d = run(body, INVOCATIONS, s=settings(policy="all"))
+    assert (d.cacheable, d.key, d.error, d.reason) == (False, None, None, reason)
+
+
+def test_invocations_read_the_way_lmi_reads_them():
+    # prompt: a completion (top-level sampling parameters count).
+    assert run({"prompt": "x", "temperature": 0}, INVOCATIONS).reason == "greedy decoding"
+    # inputs: TGI style; only `parameters` counts, top-level sampling fields are ignored by the server.
+    assert run({"inputs": "x", "temperature": 0}, INVOCATIONS).reason == "sampling without seed"
+    assert run({"inputs": "x", "parameters": {"temperature": 0}}, INVOCATIONS).reason == "greedy decoding"
+    odd = run({"inputs": "x", "parameters": [1]}, INVOCATIONS)
+    assert (odd.cacheable, odd.reason) == (False, "unexpected type for parameters")
+    # messages: chat.
+    assert run({"messages": [{"role": "user", "content": "x"}], "seed": 3}, INVOCATIONS).reason == "seeded sampling"
+    # The same fields key apart between the schemas (and from /v1 routes).
+    assert key({"prompt": "x", "temperature": 0}, INVOCATIONS) != key({"model": "m", "prompt": "x", "temperature": 0},
+                                                                        INVOCATIONS)
+
+
+def test_null_is_absent_only_where_null_safe():
+    assert key(chat(seed=None, logit_bias=None, response_format=None, max_tokens=None, stop=None)) == key(chat())
+    comp = {"model": "m", "prompt": "x", "temperature": 0}
+    # /v1/completions: max_tokens defaults to 16; null means no limit.
+    assert run({**comp, "max_tokens": None}, COMPLETIONS).reason == "unexpected type for max_tokens"
+    assert key({**comp, "suffix": None}, COMPLETIONS) != key(comp, COMPLETIONS)  # unknown: kept
+    assert run(chat(presence_penalty=None)).reason == "unexpected type for presence_penalty"
+
+
+@pytest.mark.parametrize("forgery", [b'"1.0"', b'[null,"1.0"]', b'[0,"1.0"]', b'["NaN","1.0"]', b'"\\u0000#1.0"',
+                                     b'1', b'[1.0]'])
+def test_kept_numbers_cannot_be_forged(forgery):
+    # A kept number is written as [NaN, "its text"]: NaN cannot come from a JSON body.
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0,"x":[{"y":%s}]}'
+    assert key(body % b"1.0") != key(body % forgery)
+    payload = cd.canonical_payload(CHAT, JSON, body % b"1.0", settings())
+    assert b'"x":[{"y":[NaN,"1.0"]}]' in payload

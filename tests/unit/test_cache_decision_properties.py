@@ -88,6 +88,24 @@ def requests(draw) -> tuple[str, dict]:
 
 # --------------------------------------------------------------------------- a JSON writer with random clothes
 
+# The test's own reading of the spec: the numeric sampling parameters, where numbers of
+# equal value are the same request. Numbers anywhere else keep their spelling.
+NUMERIC = {"temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "presence_penalty",
+           "frequency_penalty", "repetition_penalty", "seed", "n", "best_of", "max_new_tokens", "typical_p"}
+
+
+class Raw:
+    """A JSON value written exactly as this text (a number's spelling, say)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Raw) and other.text == self.text
+
+    def __repr__(self) -> str:
+        return f"Raw({self.text})"
+
 
 def _number(value, rng: random.Random) -> str:
     if isinstance(value, int):
@@ -122,23 +140,54 @@ def _utf16(ch: str) -> list[int]:
     return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
 
 
-def write(value, rng: random.Random) -> str:
-    """JSON for `value` with random whitespace, key order, escapes and number spellings."""
+def _ws(rng: random.Random) -> str:
+    return rng.choice(["", "", " ", "\n  ", "\t"])
 
-    def ws() -> str:
-        return rng.choice(["", "", " ", "\n  ", "\t"])
 
-    if isinstance(value, dict):
-        items = list(value.items())
+def _object(items: list, rng: random.Random, shuffle: bool, child) -> str:
+    if shuffle:
+        items = list(items)
         rng.shuffle(items)
-        return "{" + ws() + ",".join(f"{ws()}{_string(k, rng)}{ws()}:{ws()}{write(v, rng)}{ws()}" for k, v in items) + "}"
+    return "{" + _ws(rng) + ",".join(
+        f"{_ws(rng)}{_string(k, rng)}{_ws(rng)}:{_ws(rng)}{child(k, v)}{_ws(rng)}" for k, v in items) + "}"
+
+
+def write_kept(value, rng: random.Random) -> str:
+    """A value kept as sent: random whitespace and string escapes only (key order and
+    number spelling as json.dumps writes them)."""
+    if isinstance(value, Raw):
+        return value.text
+    if isinstance(value, dict):
+        return _object(value.items(), rng, False, lambda k, v: write_kept(v, rng))
     if isinstance(value, list):
-        return "[" + ws() + ",".join(ws() + write(v, rng) + ws() for v in value) + "]"
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, (int, float)):
-        return _number(value, rng)
-    return _string(value, rng)
+        return "[" + _ws(rng) + ",".join(_ws(rng) + write_kept(v, rng) + _ws(rng) for v in value) + "]"
+    if isinstance(value, str):
+        return _string(value, rng)
+    return json.dumps(value)
+
+
+def write(body: dict, rng: random.Random) -> str:
+    """JSON for a request with random clothes: whitespace and escapes anywhere; key order
+    and number spelling only where the schema is known (the body, messages, content parts,
+    TGI parameters, numeric sampling parameters)."""
+
+    def field(name, value, numeric=NUMERIC):
+        if name in numeric and type(value) in (int, float):
+            return _number(value, rng)
+        if name == "parameters" and isinstance(value, dict):
+            return _object(value.items(), rng, True, field)
+        if name == "messages" and isinstance(value, list):
+            return "[" + ",".join(_ws(rng) + (_object(m.items(), rng, True, message_field) if isinstance(m, dict)
+                                              else write_kept(m, rng)) for m in value) + "]"
+        return write_kept(value, rng)
+
+    def message_field(name, value):
+        if name == "content" and isinstance(value, list):
+            return "[" + ",".join(_object(p.items(), rng, True, lambda k, v: write_kept(v, rng))
+                                  if isinstance(p, dict) else write_kept(p, rng) for p in value) + "]"
+        return write_kept(value, rng)
+
+    return _object(body.items(), rng, True, field)
 
 
 # --------------------------------------------------------------------------- transformations
@@ -158,37 +207,83 @@ def _texts(path: str, body: dict) -> list[tuple[object, object]]:
     return out
 
 
+def _params(path: str, body: dict) -> dict:
+    if path == INVOCATIONS_ROUTE and "inputs" in body:
+        return body.setdefault("parameters", {})
+    return body
+
+
+def _schema(path: str, body: dict) -> str:
+    if path == INVOCATIONS_ROUTE:
+        return "tgi" if "inputs" in body else "chat"
+    return {CHAT_ROUTE: "chat", COMPLETIONS_ROUTE: "completions", EMBEDDINGS_ROUTE: "embeddings"}[path]
+
+
+# The listed equivalences, per schema: (where, name, the values that equal absence).
+DEFAULTS = {
+    "chat": [("top", "n", [1, 1.0]), ("top", "presence_penalty", [0, 0.0, -0.0]), ("top", "frequency_penalty", [0]),
+             ("top", "logprobs", [False]), ("top", "echo", [False]), ("top", "logit_bias", [None]),
+             ("top", "tools", [None]), ("top", "response_format", [None]), ("top", "seed", [None]),
+             ("top", "temperature", [None]), ("top", "max_tokens", [None]), ("top", "stop", [None, []])],
+    "completions": [("top", "n", [1, 1.0]), ("top", "presence_penalty", [0, -0.0]), ("top", "frequency_penalty", [0.0]),
+                    ("top", "echo", [False]), ("top", "logit_bias", [None]), ("top", "seed", [None]),
+                    ("top", "top_p", [None]), ("top", "stop", [None, []])],
+    "embeddings": [],
+    "tgi": [("params", "presence_penalty", [0]), ("params", "frequency_penalty", [0, 0.0]), ("params", "seed", [None]),
+            ("params", "temperature", [None]), ("params", "top_k", [None]), ("params", "stop", [[]])],
+}
+
+
 def equivalent(path: str, body: dict, rng: random.Random) -> dict:
-    """The same request: single text parts, universal defaults, nulls, excluded fields, stop permuted."""
+    """The same request: single text parts, universal defaults, null-safe nulls, excluded
+    fields, stop repeats (after the first occurrence), a lone stop string as a list."""
     body = json.loads(json.dumps(body))
+    schema = _schema(path, body)
     for m in body.get("messages", []):
         if rng.random() < 0.5:
             m["content"] = [{"type": "text", "text": m["content"]}]
-    params = body["parameters"] if path == INVOCATIONS_ROUTE and "inputs" in body else body
-    defaults = {"n": rng.choice([1, 1.0]), "stream": False, "presence_penalty": rng.choice([0, 0.0, -0.0]),
-                "frequency_penalty": 0, "logprobs": False, "echo": False, "logit_bias": None}
-    for name, value in defaults.items():
+    if rng.random() < 0.4:
+        body.setdefault("stream", False)
+    params = _params(path, body) if schema == "tgi" else body
+    for where, name, values in DEFAULTS[schema]:
         if rng.random() < 0.4:
-            target = body if name == "stream" or rng.random() < 0.5 else params
-            target.setdefault(name, value)
+            (params if where == "params" else body).setdefault(name, rng.choice(values))
     for name in DEV.excluded_fields:
         if rng.random() < 0.4:
             body[name] = rng.choice(["u-1", {"trace": [1, 2]}, True])
     stop = params.get("stop")
     if stop:
-        stop = stop + rng.sample(stop, rng.randint(0, len(stop)))
-        rng.shuffle(stop)
-        params["stop"] = stop[0] if len(set(stop)) == 1 and rng.random() < 0.5 else stop
+        stop = list(stop)
+        for _ in range(rng.randint(0, 3)):  # a repeat anywhere after its first occurrence
+            i = rng.randrange(len(stop))
+            stop.insert(rng.randint(i + 1, len(stop)), stop[i])
+        params["stop"] = stop[0] if len(set(stop)) == 1 and schema != "tgi" and rng.random() < 0.5 else stop
+    if schema == "tgi" and not body["parameters"]:
+        del body["parameters"]
     return body
 
 
-DIFFERENCES = ["char", "trailing-space", "case", "nfd", "model", "stream", "tools", "sampling", "model-version"]
+DIFFERENCES = ["char", "trailing-space", "case", "nfd", "model", "stream", "tools", "sampling", "model-version",
+               "kept-number", "kept-key-order", "stop-order"]
+SPELLINGS = [("1", "1.0"), ("1.0", "1e0"), ("0", "-0"), ("0.0", "-0.0"), ("100", "1e2"), ("2.5", "2.50"),
+             ("1E2", "1e2"), ("1e2", "1e+2")]
+
+
+def _kept_field(path: str, body: dict) -> tuple[dict, str]:
+    """(object, field) where an opaque value goes: a tool's schema in chat, an unknown field elsewhere."""
+    if _schema(path, body) == "chat":
+        return body, "tools"
+    if _schema(path, body) == "tgi":
+        return _params(path, body), "grammar"
+    return body, "guided_json"
 
 
 def different(path: str, body: dict, how: str, rng: random.Random) -> tuple[dict, dict, dict]:
     """(body a, body b, settings for b): one change the model can see."""
     a, b, s = json.loads(json.dumps(body)), json.loads(json.dumps(body)), DEV
     texts_a, texts_b = _texts(path, a), _texts(path, b)
+    if how == "stop-order" and _schema(path, a) == "embeddings":
+        how = "char"
     if how in ("char", "trailing-space", "case", "nfd"):
         if not texts_a:  # embeddings of token ids: change one token
             b["input"][0] += 1
@@ -219,10 +314,33 @@ def different(path: str, body: dict, how: str, rng: random.Random) -> tuple[dict
         else:
             b["tools"] = tools + [{"type": "function", "function": {"name": "extra", "parameters": {}}}]
     elif how == "sampling":
-        params = b["parameters"] if path == INVOCATIONS_ROUTE and "inputs" in b else b
+        params = _params(path, b) if _schema(path, b) == "tgi" else b
         names = {"max_tokens", "max_new_tokens", "top_p", "seed"} | ({"temperature"} if "seed" in params else set())
         name = rng.choice(sorted(set(params) & names) or ["max_tokens"])
         params[name] = params.get(name, 100) + 1
+    elif how == "kept-number":  # one number's spelling inside a schema
+        x, y = rng.choice(SPELLINGS)
+        for body_, text in ((a, x), (b, y)):
+            where, name = _kept_field(path, body_)
+            schema = {"type": "object", "properties": {"v": {"enum": [Raw(text), "z"]}}}
+            if name == "tools":
+                where[name] = (where.get(name) or []) + [{"type": "function", "function": {"name": "k",
+                                                                                           "parameters": schema}}]
+            else:
+                where[name] = schema
+    elif how == "kept-key-order":  # two keys of a tool (or another opaque value) swapped
+        first, second = rng.sample(["name", "description", "parameters", "strict"], 2)
+        for body_, pair in ((a, (first, second)), (b, (second, first))):
+            where, name = _kept_field(path, body_)
+            function = {k: {"name": "k", "description": "d", "parameters": {}, "strict": True}[k] for k in pair}
+            value = {"type": "function", "function": function}
+            where[name] = (where.get(name) or []) + [value] if name == "tools" else value
+    elif how == "stop-order":
+        params = _params(path, a) if _schema(path, a) == "tgi" else a
+        stop = [x for x in dict.fromkeys(params.get("stop") or [])]
+        stop = stop if len(stop) >= 2 else stop + [w for w in ("\n\n", "END") if w not in stop][:2 - len(stop)]
+        params["stop"] = stop
+        (_params(path, b) if _schema(path, b) == "tgi" else b)["stop"] = stop[::-1]
     else:
         s = DEV._replace(model_version=DEV.model_version + "-next")
     return a, b, s
@@ -260,17 +378,17 @@ def test_different_requests_have_different_keys(request, how, rng):
 
 
 @PROPERTY
-@given(requests(), st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
-def test_tenants_never_share_keys(request, api_key_a, api_key_b):
+@given(requests(), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True),
+       st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True))
+def test_tenants_never_share_keys(request, tenant_a, tenant_b):
     path, body = request
     raw = json.dumps(body).encode()
-    a = cd.decide(path, {"authorization": f"Bearer {api_key_a}"}, raw, SCOPED)
-    b = cd.decide(path, {"authorization": f"Bearer {api_key_b}"}, raw, SCOPED)
-    if api_key_a.strip() and api_key_b.strip():
-        assert a.cacheable and b.cacheable
-        assert (a.key == b.key) == (api_key_a.strip() == api_key_b.strip())
-    else:
-        assert not (a.cacheable and b.cacheable and a.key == b.key)
+    # The same API key for both: only the verified tenant scopes the cache.
+    a = cd.decide(path, {"authorization": "Bearer sk-shared"}, raw, SCOPED, tenant=tenant_a)
+    b = cd.decide(path, {"authorization": "Bearer sk-shared"}, raw, SCOPED, tenant=tenant_b)
+    assert a.cacheable == b.cacheable
+    if a.cacheable:
+        assert (a.key == b.key) == (tenant_a == tenant_b)
 
 
 # --------------------------------------------------------------------------- never raises
@@ -324,9 +442,49 @@ def test_mutated_requests_never_raise(request, data):
     if target == "message" and body.get("messages"):
         body["messages"][0][data.draw(st.sampled_from(["content", "role", "tool_calls"]))] = value
     elif target == "parameters" and "parameters" in body:
-        body["parameters"][data.draw(st.sampled_from(["do_sample", "seed", "stop", "top_k", "n"]))] = value
+        body["parameters"][data.draw(st.sampled_from(["do_sample", "seed", "stop", "top_k", "n", "top_n_tokens",
+                                                      "temperature"]))] = value
     else:
         body[data.draw(st.sampled_from(["messages", "prompt", "input", "inputs", "model", "stop", "temperature",
                                         "stream", "seed", "n", "parameters", "tools"]))] = value
     raw = write(body, data.draw(st.randoms(use_true_random=False))).encode("utf-8")
     _check(cd.decide(path, JSON, raw, data.draw(stage_settings)))
+
+
+# --------------------------------------------------------------------------- odd types fail closed
+
+SAMPLING_FIELDS = {
+    "chat": ["temperature", "top_p", "top_k", "min_p", "seed", "n", "best_of", "max_tokens", "max_completion_tokens",
+             "presence_penalty", "frequency_penalty", "repetition_penalty"],
+    "completions": ["temperature", "top_p", "top_k", "seed", "n", "best_of", "max_tokens", "presence_penalty",
+                    "frequency_penalty"],
+    "tgi": ["do_sample", "temperature", "top_k", "top_p", "typical_p", "seed", "max_new_tokens", "best_of", "n",
+            "top_n_tokens", "repetition_penalty", "frequency_penalty"],
+}
+# Never null-safe, in any schema: an explicit null is not the server's default.
+NOT_NULL_SAFE = {"n", "presence_penalty", "frequency_penalty", "do_sample", "max_new_tokens", "top_n_tokens"}
+odd_values = st.one_of(
+    st.text(max_size=6), st.sampled_from(["0", "1", "2", " 3", "0.0", "true", ""]),
+    st.lists(st.integers(0, 3), max_size=2), st.dictionaries(st.text("ab", max_size=2), st.integers(), max_size=1),
+    st.booleans(),
+)
+
+
+@PROPERTY
+@given(requests(), st.data())
+def test_sampling_parameters_of_unexpected_type_are_not_cacheable(request, data):
+    path, body = request
+    schema = _schema(path, body)
+    assume(schema != "embeddings")
+    name = data.draw(st.sampled_from(SAMPLING_FIELDS[schema]))
+    if name == "do_sample":
+        value = data.draw(st.one_of(st.text(max_size=4), st.integers(0, 1), st.lists(st.booleans(), max_size=1)))
+    elif name in NOT_NULL_SAFE or (schema == "completions" and name == "max_tokens"):
+        value = data.draw(st.one_of(odd_values, st.none()))
+    else:
+        value = data.draw(odd_values)
+    (_params(path, body) if schema == "tgi" else body)[name] = value
+    raw = write(body, data.draw(st.randoms(use_true_random=False))).encode("utf-8")
+    d = cd.decide(path, JSON, raw, DEV)
+    assert not d.cacheable and d.key is None and d.error is None, (d, name, value)
+    assert d.reason == f"unexpected type for {name}"

@@ -34,8 +34,8 @@ def decisions(result: subprocess.CompletedProcess) -> list[dict]:
     return [json.loads(line) for line in result.stdout.decode().splitlines()]
 
 
-def expected(body: bytes, path: str = CHAT, headers=None, stage: str = DEFAULT_STAGE) -> dict:
-    return cd.decide(path, headers or {}, body, STAGES[stage].edge_cache_settings()).as_dict()
+def expected(body: bytes, path: str = CHAT, headers=None, stage: str = DEFAULT_STAGE, tenant: str | None = None) -> dict:
+    return cd.decide(path, headers or {}, body, STAGES[stage].edge_cache_settings(), tenant=tenant).as_dict()
 
 
 def test_single_request():
@@ -64,11 +64,12 @@ def test_headers():
 def test_stage_selects_settings():
     body = json.dumps(GREEDY).encode()
     [dev] = decisions(cli("--path", CHAT, "--stage", "dev", stdin=body))
-    [staging_no_key] = decisions(cli("--path", CHAT, "--stage", "staging", stdin=body))
-    [staging] = decisions(cli("--path", CHAT, "--stage", "staging", "--header", "Authorization: Bearer sk-a", stdin=body))
+    [staging_no_tenant] = decisions(cli("--path", CHAT, "--stage", "staging", "--header", "Authorization: Bearer sk-a", stdin=body))
+    [staging] = decisions(cli("--path", CHAT, "--stage", "staging", "--tenant", "acme", stdin=body))
     assert dev == expected(body, stage="dev")
-    assert staging_no_key["cacheable"] is False and "API key" in staging_no_key["reason"]
-    assert staging == expected(body, headers={"authorization": "Bearer sk-a"}, stage="staging")
+    # Tenant-scoped: the verified tenant scopes the key; an API key alone never does.
+    assert staging_no_tenant["cacheable"] is False and "tenant" in staging_no_tenant["reason"]
+    assert staging == expected(body, stage="staging", tenant="acme")
     assert staging["key"] != dev["key"]
 
 

@@ -69,7 +69,7 @@ def server():
 def send(server):
     """send(kind, api_key="sk-test", **params) -> Decision for the request the client sent."""
 
-    def _send(kind: str, api_key: str = "sk-test", settings=DEV, **params) -> cd.Decision:
+    def _send(kind: str, api_key: str = "sk-test", settings=DEV, tenant: str | None = None, **params) -> cd.Decision:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key=api_key,
                                max_retries=0, timeout=10)
         before = len(server.captured)
@@ -81,7 +81,7 @@ def send(server):
         assert len(server.captured) == before + 1
         path, headers, body = server.captured[-1]
         assert headers["authorization"] == f"Bearer {api_key}"
-        return cd.decide(path, headers, body, settings)
+        return cd.decide(path, headers, body, settings, tenant=tenant)
 
     return _send
 
@@ -101,11 +101,11 @@ def test_chat_cacheability(send):
 
 def test_chat_equivalent_calls_share_a_key(send):
     base = _key(send("chat", model="m", messages=MESSAGES, temperature=0, stop=["\n", "END"]))
-    assert _key(send("chat", model="m", messages=MESSAGES, temperature=0.0, stop=["END", "\n", "END"], n=1,
+    assert _key(send("chat", model="m", messages=MESSAGES, temperature=0.0, stop=["\n", "END", "\n"], n=1,
                      presence_penalty=0, frequency_penalty=0, logprobs=False, user="u-42",
                      metadata={"run": "eval-7"})) == base
     parts = [MESSAGES[0], {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}]
-    assert _key(send("chat", model="m", messages=parts, temperature=0, stop=["END", "\n"])) == base
+    assert _key(send("chat", model="m", messages=parts, temperature=0, stop=["\n", "END"])) == base
     assert _key(send("chat", model="m", messages=MESSAGES, temperature=0, stop=["\n", "END"],
                      extra_headers={"Cache-Control": "no-cache"})) == base
 
@@ -125,12 +125,21 @@ def test_chat_differences(send):
     with_tools = _key(send("chat", model="m", messages=MESSAGES, temperature=0, tools=tools))
     assert with_tools != base
     assert _key(send("chat", model="m", messages=MESSAGES, temperature=0, tools=tools[::-1])) != with_tools
+    # The client sends tool_choice=None as an explicit null: vLLM then parses no tool calls.
+    assert _key(send("chat", model="m", messages=MESSAGES, temperature=0, tools=tools, tool_choice=None)) != with_tools
+    # Stop order reaches the output (the first listed stop that a step completes wins).
+    stops = _key(send("chat", model="m", messages=MESSAGES, temperature=0, stop=["\n", "END"]))
+    assert _key(send("chat", model="m", messages=MESSAGES, temperature=0, stop=["END", "\n"])) != stops
+    # Sampled with n > 1 or a seed of -1: not reproducible.
+    assert send("chat", model="m", messages=MESSAGES, temperature=0.8, seed=-1).reason == "seed not in 0..2^63-1"
 
 
 def test_completions(send):
     base = _key(send("completions", model="m", prompt="Say 4.", temperature=0, stop="x"))
     assert _key(send("completions", model="m", prompt="Say 4.", temperature=0, stop=["x"], echo=False, n=1)) == base
     assert _key(send("completions", model="m", prompt="Say 5.", temperature=0, stop="x")) != base
+    # logprobs is an integer on completions: false is 0, which returns logprobs.
+    assert _key(send("completions", model="m", prompt="Say 4.", temperature=0, stop="x", logprobs=False)) != base
     assert send("completions", model="m", prompt="Say 4.", seed=3).reason == "seeded sampling"
     assert not send("completions", model="m", prompt="Say 4.", temperature=1).cacheable
 
@@ -146,8 +155,9 @@ def test_embeddings(send):
     assert _key(send("embeddings", model="e", input=["hello world"])) != base.key
 
 
-def test_tenant_scoped_stage_uses_the_clients_api_key(send):
-    a = _key(send("chat", api_key="sk-tenant-a", settings=SCOPED, model="m", messages=MESSAGES, temperature=0))
-    a_again = _key(send("chat", api_key="sk-tenant-a", settings=SCOPED, model="m", messages=MESSAGES, temperature=0))
-    b = _key(send("chat", api_key="sk-tenant-b", settings=SCOPED, model="m", messages=MESSAGES, temperature=0))
-    assert a == a_again != b
+def test_tenant_scoped_stage_keys_by_the_verified_tenant(send):
+    def ask(api_key, tenant):
+        return _key(send("chat", api_key=api_key, settings=SCOPED, tenant=tenant, model="m", messages=MESSAGES, temperature=0))
+
+    a = ask("sk-tenant-a", "tenant-a")
+    assert a == ask("sk-tenant-a", "tenant-a") == ask("sk-tenant-a-rotated", "tenant-a") != ask("sk-tenant-a", "tenant-b")
