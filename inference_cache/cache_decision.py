@@ -557,6 +557,10 @@ def _canonical(route: str, obj: dict, settings: EdgeCacheSettings, texts: list) 
         model = _require(obj, "model")
         if type(model) is not str or not model:
             raise _Reject(400, "invalid_type", "'model' must be a non-empty string", "model")
+        for name in ("n", "best_of"):  # the servers refuse these with a 400 (vLLM: "n must be at least 1")
+            count = _number(obj.get(name))
+            if (type(count) is int or type(count) is float) and count < 1:
+                raise _Reject(400, "invalid_value", f"'{name}' must be at least 1", name)
     field, fields = _SCHEMAS[schema]
     odd: list = []
     params = {} if schema == "tgi" else None
@@ -578,6 +582,8 @@ def _canonical(route: str, obj: dict, settings: EdgeCacheSettings, texts: list) 
         value = _require(obj, field)
         if type(value) is not str and type(value) is not list:
             raise _Reject(400, "invalid_type", f"'{field}' must be a string or a list", field)
+        if schema == "embeddings" and (not value or (type(value) is list and "" in value)):
+            raise _Reject(400, "invalid_value", "'input' must not be empty", "input")
         obj[field] = _text_tokens(value, texts)
     stream = obj.pop("stream", False)
     if type(stream) is not bool:  # an odd value stays in the body, where it keys apart

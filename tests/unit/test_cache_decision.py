@@ -702,10 +702,7 @@ def test_do_sample_counts_only_inside_tgi_parameters():
     ({"n": None}, "unexpected type for n"),
     ({"n": 2.0}, "n > 1 with sampling"),
     ({"best_of": 2}, "n > 1 with sampling"),
-    ({"n": 0}, "n not 1 with sampling"),
-    ({"n": 0.5}, "n not 1 with sampling"),
     ({"n": 1.5}, "n > 1 with sampling"),
-    ({"best_of": -1}, "best_of not 1 with sampling"),
     ({"temperature": "0.7"}, "unexpected type for temperature"),
     ({"top_k": [1]}, "unexpected type for top_k"),
     ({"max_tokens": "16"}, "unexpected type for max_tokens"),
@@ -780,3 +777,28 @@ def test_kept_numbers_cannot_be_forged(forgery):
     assert key(body % b"1.0") != key(body % forgery)
     payload = cd.canonical_payload(CHAT, JSON, body % b"1.0", settings())
     assert b'"x":[{"y":[NaN,"1.0"]}]' in payload
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 0}, "n"),
+        (CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": -2, "temperature": 0}, "n"),
+        (COMPLETIONS, {"model": "m", "prompt": "hi", "best_of": 0}, "best_of"),
+        # Were "not cacheable"; the servers refuse them, so the edge answers their 400.
+        (CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 0, "seed": 1}, "n"),
+        (CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 0.5, "seed": 1}, "n"),
+        (CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "best_of": -1, "seed": 1}, "best_of"),
+        (EMBEDDINGS, {"model": "m", "input": ""}, "input"),
+        (EMBEDDINGS, {"model": "m", "input": []}, "input"),
+        (EMBEDDINGS, {"model": "m", "input": ["a", ""]}, "input"),
+    ],
+)
+def test_what_the_servers_refuse_is_a_400_at_the_edge(path, body, param):
+    """vLLM refuses n < 1 and empty embedding input with a 400; the edge answers it first."""
+    assert_error(run(body, path=path), 400, "invalid_value", param)
+
+
+def test_valid_counts_and_inputs_are_not_refused():
+    assert run({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 1, "temperature": 0}).cacheable
+    assert run({"model": "m", "input": ["a", "b"]}, path=EMBEDDINGS).cacheable
