@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
-import importlib.util
 import json
 import logging
 import re
@@ -14,17 +13,11 @@ import threading
 import time
 import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-import inference_cache
-from config.stages import STAGES
-from inference_cache.contract import LOOKUP_BASE_ENV, SETTINGS_ENV, SETTINGS_FILE
 from local_run.events import origin_request_event, origin_response_event
 
-# Loaded afresh per test (module-level settings), from the package's own file.
-EDGE_HANDLER = Path(inference_cache.__file__).parent / "edge" / "handler.py"
 CHAT = "/v1/chat/completions"
 GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}
 ANSWER = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"4"}}]}'
@@ -81,17 +74,9 @@ def store():
 
 
 @pytest.fixture
-def edge(tmp_path, monkeypatch, store):
+def edge(load_edge_handler, store):
     def load(**overrides):
-        config = STAGES["dev"].edge_cache_settings()._replace(**{"lookup_timeout_ms": 200, **overrides})
-        settings = tmp_path / SETTINGS_FILE
-        settings.write_text(config.to_json())
-        monkeypatch.setenv(SETTINGS_ENV, str(settings))
-        monkeypatch.setenv(LOOKUP_BASE_ENV, store.base)
-        spec = importlib.util.spec_from_file_location("edge_handler_under_test", EDGE_HANDLER)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return load_edge_handler(store.base, **{"lookup_timeout_ms": 200, **overrides})
 
     return load
 

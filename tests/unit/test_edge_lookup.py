@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import importlib.util
 import ipaddress
 import json
 import re
@@ -23,13 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import inference_cache
-from config.stages import STAGES
-from inference_cache.contract import LOOKUP_BASE_ENV, LOOKUP_CA_ENV, SETTINGS_ENV, SETTINGS_FILE
+from inference_cache.contract import LOOKUP_CA_ENV
 from inference_cache.edge import lookup
 from local_run.events import origin_request_event
 
-EDGE_HANDLER = Path(inference_cache.__file__).parent / "edge" / "handler.py"
 CHAT = "/v1/chat/completions"
 GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}
 ANSWER = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"4"}}]}'
@@ -164,17 +160,9 @@ def store(certificates, monkeypatch):
 
 
 @pytest.fixture
-def edge(tmp_path, monkeypatch, store):
+def edge(load_edge_handler, store):
     def load(**overrides):
-        config = STAGES["dev"].edge_cache_settings()._replace(**{"lookup_timeout_ms": 300, **overrides})
-        settings = tmp_path / SETTINGS_FILE
-        settings.write_text(config.to_json())
-        monkeypatch.setenv(SETTINGS_ENV, str(settings))
-        monkeypatch.setenv(LOOKUP_BASE_ENV, store.base)
-        spec = importlib.util.spec_from_file_location("edge_handler_under_test", EDGE_HANDLER)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return load_edge_handler(store.base, **{"lookup_timeout_ms": 300, **overrides})
 
     return load
 
