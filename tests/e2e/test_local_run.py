@@ -53,7 +53,7 @@ def test_same_request_serialized_differently_hits(client, local_run):
     # Stop order is not clothes: the first listed stop that a step completes wins.
     reordered = urllib.request.Request(
         local_run["listening"] + "/v1/chat/completions", data=body.replace(b'["a", "b", "a"]', b'["b", "a"]'),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", "x-api-key": local_run["api_key"]},
     )
     with urllib.request.urlopen(reordered, timeout=30) as answer:
         assert answer.headers["x-inference-cache"] == "MISS"
