@@ -76,6 +76,7 @@ bench: $(TOOLS)
 	$(PY) -m bench.bench_local_run
 	$(PY) -m bench.bench_api_key_check
 	$(PY) -m bench.bench_model_publish
+	$(PY) -m bench.bench_coalescing
 
 # Synthesizes (the preview reads the dashboard body from the templates), then writes
 # build/dashboards/<stage>.html: no AWS account needed.
