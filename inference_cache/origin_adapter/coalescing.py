@@ -122,16 +122,18 @@ class Coalescer:
             turn.unavailable = True
             return turn
         if lease is not None:
-            # The key was free. An identical request may have finished just before (its
-            # result stored, its lease removed) after our edge lookup missed: use it.
-            result = self._result(key, max_age_seconds)
-            if result is not None:
-                self.release(lease)
-                turn.result = result
-                return turn
             turn.lease = lease
-            return turn
+            return self._unless_stored(turn, max_age_seconds)
         return self._wait(key, max_age_seconds, started, turn)
+
+    def _unless_stored(self, turn: Turn, max_age_seconds: float) -> Turn:
+        """Just claimed: an identical request may have stored its result and left after our
+        edge lookup (or our last poll) missed it. Then answer from that, not the model."""
+        result = self._result(turn.lease.key, max_age_seconds)
+        if result is not None:
+            self.release(turn.lease)
+            turn.lease, turn.takeover, turn.expired_takeover, turn.result = None, False, False, result
+        return turn
 
     def release(self, lease: Lease) -> None:
         """Remove our lease, and only ours (a conditional delete on its ETag)."""
@@ -167,7 +169,13 @@ class Coalescer:
             except _Unavailable:
                 continue  # a failed poll: poll again
             may_run = time.monotonic() < takeover_until
-            if held is None:  # gone, and no result: the holder failed (or could not store)
+            if held is None:
+                # Gone. The holder may have stored and left between our two reads: look again.
+                result = self._result(key, max_age_seconds)
+                if result is not None:
+                    turn.result = result
+                    return turn
+                # No result: the holder failed (or could not store its answer).
                 if not may_run:
                     turn.gave_up = True
                     return turn
@@ -180,7 +188,7 @@ class Coalescer:
                     return turn
                 if lease is not None:
                     turn.lease, turn.takeover = lease, True
-                    return turn
+                    return self._unless_stored(turn, max_age_seconds)
             elif held.expires <= time.time():  # the holder died with its lease
                 if not may_run:
                     turn.gave_up = True
@@ -191,7 +199,7 @@ class Coalescer:
                     return turn
                 if lease is not None:
                     turn.lease, turn.takeover, turn.expired_takeover = lease, True, True
-                    return turn
+                    return self._unless_stored(turn, max_age_seconds)
 
     # -- S3 ----------------------------------------------------------------------------
     def _claim(self, key: str) -> Lease | None:

@@ -148,6 +148,34 @@ def test_a_claim_that_finds_a_result_just_stored_answers_from_it(s3, key):
     assert not lease_exists(s3, key)
 
 
+class StoresBeforeTheLeaseCheck:
+    """The real client; the holder stores its result and leaves between a waiter's read of
+    the result and its check of the lease (the race a burst hits)."""
+
+    def __init__(self, s3, holder: Coalescer, lease: Lease):
+        self.s3, self.holder, self.lease = s3, holder, lease
+
+    def head_object(self, **kwargs):
+        if self.lease is not None:
+            store_result(self.s3, self.lease.key)
+            self.holder.release(self.lease)
+            self.lease = None
+        return self.s3.head_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.s3, name)
+
+
+@pytest.mark.parametrize("takeover", [3.0, 0.0], ids=["within-takeover-window", "past-takeover-window"])
+def test_a_holder_that_stores_and_leaves_between_two_polls_is_answered_from(s3, key, takeover):
+    holder = coalescer(s3)
+    lease = holder._claim(key)
+    waiter = Coalescer(BUCKET, StoresBeforeTheLeaseCheck(s3, holder, lease), lease_seconds=5, wait_seconds=3, takeover_window_seconds=takeover)
+    turn = waiter.acquire(key, max_age_seconds=3600)
+    assert turn.result is not None and turn.lease is None and not turn.gave_up
+    assert not lease_exists(s3, key)
+
+
 def test_an_expired_lease_is_taken_over_by_one_waiter(s3, key):
     c = coalescer(s3, lease=0.3)
     dead = c._claim(key)  # its holder never comes back
