@@ -97,7 +97,7 @@ class Coalescer:
         takeover_window_seconds: float,
         logger=None,
         first_poll_seconds: float = 0.05,
-        max_poll_seconds: float = 1.0,
+        max_poll_seconds: float = 0.5,
     ):
         if not 0 < wait_seconds <= lease_seconds + 60:
             raise ValueError("wait budget must be positive")

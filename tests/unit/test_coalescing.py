@@ -16,11 +16,25 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from config.stages import STAGES
-from inference_cache.contract import COALESCED_HEADER, LEASE_PREFIX, RESULTS_PREFIX, STATUS_HEADER, STORED_AT_METADATA
+from inference_cache.contract import (
+    ADAPTER_TIMEOUT_ENV,
+    COALESCED_HEADER,
+    COALESCING_ENV,
+    ENDPOINT_NAME_ENV,
+    ENDPOINT_READ_TIMEOUT_ENV,
+    LEASE_PREFIX,
+    RESULTS_BUCKET_ENV,
+    RESULTS_PREFIX,
+    SETTINGS_ENV,
+    SETTINGS_FILE,
+    STATUS_HEADER,
+    STORED_AT_METADATA,
+)
 from inference_cache.origin_adapter.adapter import InferenceAdapter, OriginRequest
 from inference_cache.origin_adapter.coalescing import Coalescer, Lease
 from inference_cache.origin_adapter.endpoint import EndpointAnswer, EndpointFailure
 from inference_cache.origin_adapter.results_store import ResultsStore
+from inference_cache.origin_adapter.settings import AdapterSettings
 from local_run.s3 import LocalS3
 
 BUCKET = "coalescing-results"
@@ -374,3 +388,36 @@ def test_a_waiter_past_its_budget_answers_503_with_retry_after(s3):
     gave_up = [(r, o) for r, o in answers if r.status == 503]
     assert len(gave_up) == 2
     assert all(r.headers["retry-after"] == "1" and o.coalesce_gave_up for r, o in gave_up)
+
+
+# -- timings from the environment the stack sets -------------------------------------------
+
+def test_timings_come_from_the_stages_timeout_budget(monkeypatch, tmp_path):
+    budget = STAGES["dev"].endpoint.timeouts
+    (tmp_path / SETTINGS_FILE).write_text(STAGES["dev"].edge_cache_settings().to_json())
+    for name, value in {
+        SETTINGS_ENV: str(tmp_path / SETTINGS_FILE),
+        ENDPOINT_NAME_ENV: "e",
+        RESULTS_BUCKET_ENV: BUCKET,
+        ENDPOINT_READ_TIMEOUT_ENV: str(budget.model_read_seconds),
+        ADAPTER_TIMEOUT_ENV: str(budget.adapter_seconds),
+        COALESCING_ENV: "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = AdapterSettings.from_environment()
+    assert settings.coalescing
+    # A lease never blocks its key past the adapter's timeout (< CloudFront's origin read).
+    assert settings.lease_seconds == budget.adapter_seconds < budget.origin_read_seconds
+    # A waiter polls at least as long as a whole model read, and answers within its timeout.
+    assert budget.model_read_seconds <= settings.wait_seconds < budget.adapter_seconds
+    # A waiter that runs the model itself still has a whole model read, and the store, left.
+    assert settings.takeover_window_seconds + budget.model_read_seconds + 4 <= budget.adapter_seconds
+    monkeypatch.delenv(COALESCING_ENV)
+    assert not AdapterSettings.from_environment().coalescing  # unset: off
+    monkeypatch.setenv(COALESCING_ENV, "yes please")
+    with pytest.raises(ValueError, match=COALESCING_ENV):
+        AdapterSettings.from_environment()
+    monkeypatch.setenv(COALESCING_ENV, "false")
+    monkeypatch.setenv(ADAPTER_TIMEOUT_ENV, str(budget.model_read_seconds))
+    with pytest.raises(ValueError, match=ADAPTER_TIMEOUT_ENV):
+        AdapterSettings.from_environment()
