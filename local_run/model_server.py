@@ -163,14 +163,14 @@ class ModelServer:
         text = json.dumps(request)
         if MODEL_ERROR_MARKER in text:
             raise ContainerError(500, "simulated model failure (the prompt asked for one)")
-        if slow := _SLOW.search(text):
-            time.sleep(int(slow.group(1)) / 1000)
-        if FAIL_ONCE_MARKER in text:
+        if FAIL_ONCE_MARKER in text:  # fails at once; the calls after it are slow if asked
             with self._count_lock:
                 first = text not in self._failed_once
                 self._failed_once.add(text)
             if first:
                 raise ContainerError(500, "simulated model failure (the first call of this prompt)")
+        if slow := _SLOW.search(text):
+            time.sleep(int(slow.group(1)) / 1000)
         if "input" in request:
             return self._embeddings(request)
         if "messages" in request:

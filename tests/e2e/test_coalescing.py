@@ -92,7 +92,9 @@ def test_fifty_identical_new_requests_make_one_model_call(coalescing_run):
 
 
 def test_a_leader_that_fails_is_replaced_and_the_others_get_answers(coalescing_run):
-    # The first model call for this prompt fails after 0.8 s; the next one succeeds.
+    # The first model call for this prompt fails at once (a model error, a throttle); the
+    # next one succeeds after 0.8 s. A holder failing that fast is replaced within the
+    # waiters' takeover window (docs/decisions.md); one failing late leaves them a 503.
     ask = chat(f"fail once {time.time_ns()} {FAIL_ONCE_MARKER} [[slow-ms:800]]")
     before = model_calls(coalescing_run)
     answers = burst(coalescing_run, [ask] * 20)
