@@ -77,6 +77,7 @@ bench: $(TOOLS)
 	$(PY) -m bench.bench_api_key_check
 	$(PY) -m bench.bench_model_publish
 	$(PY) -m bench.bench_edge_hit_path
+	$(PY) -m bench.bench_coalescing
 
 # Synthesizes (the preview reads the dashboard body from the templates), then writes
 # build/dashboards/<stage>.html: no AWS account needed.

@@ -238,11 +238,6 @@ class EndpointSettings:
             _require(self.volume_size_gb is not None and 1 <= self.volume_size_gb <= 512, "volume size 1..512 GB required")
 
     @property
-    def model_read_timeout_seconds(self) -> int:
-        """The origin adapter's ENDPOINT_READ_TIMEOUT_SECONDS (the local run reads it here)."""
-        return self.timeouts.model_read_seconds
-
-    @property
     def adapter_reserved_concurrency(self) -> int:
         """What the whole fleet at its maximum serves at once, with headroom."""
         return math.ceil(self.max_instances * self.concurrent_requests_per_instance * self.adapter_concurrency_headroom)

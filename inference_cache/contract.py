@@ -27,6 +27,9 @@ STORED_AT_METADATA = "created"
 # ... and until when it may be served (epoch seconds): the writer's TTL, which binds every
 # reader (x-amz-meta-expires).
 EXPIRES_METADATA = "expires"
+# Leases of misses being generated (coalescing, docs/decisions.md): _leases/{key}, claimed
+# with a conditional PutObject. Never under RESULTS_PREFIX: CloudFront must not serve them.
+LEASE_PREFIX = "_leases/"
 
 # The model bucket of a stage, named so that bin/model-publish needs no deployed stack
 # to find it; models are published under models/<name>/<version>/ (docs/decisions.md).
@@ -37,6 +40,8 @@ MODEL_BUCKET_NAME = "inference-cache-{stage}-models-{account}-{region}"
 KEY_HEADER = "x-inference-cache-key"
 # HIT | MISS | BYPASS on every answer.
 STATUS_HEADER = "x-inference-cache"
+# "1" on a HIT the origin answered from an identical request's result it waited for.
+COALESCED_HEADER = "x-inference-coalesced"
 # The oldest answer a client accepts, in seconds.
 TTL_HEADER = "x-inference-cache-ttl"
 # The tenant scope the edge sets (any viewer value is removed first).
@@ -80,6 +85,10 @@ LOOKUP_CA_ENV = "INFERENCE_CACHE_LOOKUP_CA"
 ENDPOINT_NAME_ENV = "ENDPOINT_NAME"
 RESULTS_BUCKET_ENV = "RESULTS_BUCKET"
 ENDPOINT_READ_TIMEOUT_ENV = "ENDPOINT_READ_TIMEOUT_SECONDS"
+# The adapter's own Lambda timeout (the stage's TimeoutBudget.adapter_seconds).
+ADAPTER_TIMEOUT_ENV = "ADAPTER_TIMEOUT_SECONDS"
+# "true": identical cacheable misses share one model call (the stack sets it; unset: off).
+COALESCING_ENV = "COALESCE_IDENTICAL_MISSES"
 
 # -- metrics (embedded metric format from the origin adapter) -----------------------------
 METRICS_NAMESPACE = "InferenceCache"
@@ -99,6 +108,12 @@ class Metric:
     GPU_SECONDS_ON_MISS = "GpuSecondsOnMiss"
     MODEL_ERROR = "ModelError"
     CACHE_KEY_MISMATCH = "CacheKeyMismatch"
+    # Coalescing: answered from an identical request's result; claims won; leases taken
+    # over (the holder failed or its lease expired); waits given up (503, retry).
+    COALESCED = "CoalescedWaiter"
+    LEASE_WON = "LeaseWon"
+    LEASE_TAKEOVER = "LeaseTakeover"
+    COALESCE_GAVE_UP = "CoalesceGaveUp"
 
 
 class EdgeLogMetric:

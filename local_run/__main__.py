@@ -18,6 +18,8 @@ from cli.api_keys import DEFAULT_LOCAL_KEY_STORE, LOCAL_KEY_STORE_ENV, ROOT, loc
 from cli.model_stage import stage_target
 from config.stages import DEFAULT_STAGE, stage
 from inference_cache.contract import (
+    ADAPTER_TIMEOUT_ENV,
+    COALESCING_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     LOOKUP_BASE_ENV,
@@ -93,7 +95,10 @@ def start(
             SETTINGS_ENV: str(workdir / SETTINGS_FILE),
             LOOKUP_BASE_ENV: front.url,
             ENDPOINT_NAME_ENV: f"inference-cache-{settings.name}",
-            ENDPOINT_READ_TIMEOUT_ENV: str(settings.endpoint.model_read_timeout_seconds),
+            ENDPOINT_READ_TIMEOUT_ENV: str(settings.endpoint.timeouts.model_read_seconds),
+            ADAPTER_TIMEOUT_ENV: str(settings.endpoint.timeouts.adapter_seconds),
+            # On, as every deployed stage runs it; COALESCE_IDENTICAL_MISSES=false turns it off.
+            COALESCING_ENV: os.environ.get(COALESCING_ENV, "true"),
             RESULTS_BUCKET_ENV: RESULTS_BUCKET,
             "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": model_server.url,
             "AWS_ENDPOINT_URL_S3": results.url,

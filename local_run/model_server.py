@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -35,6 +36,10 @@ EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_MODEL_TOKENS = 8192
 # A prompt containing this marker makes the container fail, to exercise error paths.
 MODEL_ERROR_MARKER = "[[model-error]]"
+# For the coalescing tests: the first call with a given body containing this marker fails
+# (later identical calls succeed), and "[[slow-ms:N]]" holds a call N ms before answering.
+FAIL_ONCE_MARKER = "[[fail-once]]"
+_SLOW = re.compile(r"\[\[slow-ms:(\d{1,5})\]\]")
 
 
 class ContainerError(Exception):
@@ -98,12 +103,14 @@ class ModelServer:
         self.generator = TestGenerator()
         self.invocations = 0
         self._count_lock = threading.Lock()
+        self._failed_once: set[str] = set()
         self.app = Starlette(
             routes=[
                 Route("/ping", self._ping, methods=["GET"]),
                 Route("/invocations", self._container, methods=["POST"]),
                 Route("/endpoints/{name}/invocations", self._runtime, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/stats", self._stats, methods=["GET"]),
             ]
         )
 
@@ -140,6 +147,11 @@ class ModelServer:
             return JSONResponse(error, status_code=424, headers={"x-amzn-ErrorType": "ModelError"})
         return _json(answer, headers={"x-Amzn-Invoked-Production-Variant": "AllTraffic"})
 
+    async def _stats(self, request: Request) -> Response:
+        """How many times the model ran (the coalescing tests and benchmark count calls)."""
+        with self._count_lock:
+            return JSONResponse({"invocations": self.invocations})
+
     async def _models(self, request: Request) -> Response:
         """What this stand-in serves, as an OpenAI-compatible server lists it."""
         data = [
@@ -160,8 +172,17 @@ class ModelServer:
             raise ContainerError(400, f"body is not JSON: {exc}") from exc
         if not isinstance(request, dict):
             raise ContainerError(400, "body is not a JSON object")
-        if MODEL_ERROR_MARKER in json.dumps(request):
+        text = json.dumps(request)
+        if MODEL_ERROR_MARKER in text:
             raise ContainerError(500, "simulated model failure (the prompt asked for one)")
+        if FAIL_ONCE_MARKER in text:  # fails at once; the calls after it are slow if asked
+            with self._count_lock:
+                first = text not in self._failed_once
+                self._failed_once.add(text)
+            if first:
+                raise ContainerError(500, "simulated model failure (the first call of this prompt)")
+        if slow := _SLOW.search(text):
+            time.sleep(int(slow.group(1)) / 1000)
         if "input" in request:
             return self._embeddings(request)
         if "messages" in request:

@@ -7,7 +7,8 @@ here checks them the way S3 does (plain-header form, which is what botocore send
 http://), so that "a corrupted part is refused" is something a test can see. It also
 counts the request body bytes that reach the server (the benchmark's "bytes sent", the
 same measure for every client) and can hold writes after the Nth object, so that a test
-can interrupt a publish at a known point.
+can interrupt a publish at a known point. Conditional writes (If-None-Match, If-Match)
+are decided one at a time, atomically, as S3 decides them (moto checks, then writes).
 
   python -m local_run.s3 [--port N]   # prints the URL on the first line, serves until killed
 
@@ -49,6 +50,7 @@ class S3RequestChecks:
     def __init__(self, app) -> None:
         self.app = app
         self._lock = threading.Lock()
+        self._conditional_writes = threading.Lock()
         self.body_bytes = 0
         self.requests: dict[str, int] = {}
         self.refused_checksums = 0
@@ -111,6 +113,11 @@ class S3RequestChecks:
                 with self._lock:
                     self.refused_checksums += 1
                 return _error(start_response, "400 Bad Request", "BadDigest", refusal)
+        if method in ("PUT", "DELETE") and ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ):
+            # moto checks a write's condition and then writes, unlocked: two racing
+            # If-None-Match: * writes can both succeed. S3 decides them atomically.
+            with self._conditional_writes:
+                return list(self.app(environ, start_response))
         return self.app(environ, start_response)
 
     def _hold_this_write(self, environ) -> bool:

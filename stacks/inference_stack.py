@@ -19,8 +19,11 @@ from constructs import Construct
 
 from config.settings import StageSettings
 from inference_cache.contract import (
+    ADAPTER_TIMEOUT_ENV,
+    COALESCING_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
+    LEASE_PREFIX,
     METRICS_NAMESPACE,
     ORIGIN_ADAPTER_SERVICE,
     RESULTS_BUCKET_ENV,
@@ -75,6 +78,9 @@ class InferenceStack(cdk.Stack):
             lifecycle_rules=[
                 # Nothing is served past the max TTL, so nothing needs keeping past it.
                 s3.LifecycleRule(prefix=RESULTS_PREFIX, expiration=cdk.Duration.days(self.settings.cache.max_ttl_days)),
+                # Coalescing leases hold a key for the adapter's timeout at most (their
+                # expiry time says so); a leaked one is removed after a day, S3's minimum.
+                s3.LifecycleRule(prefix=LEASE_PREFIX, expiration=cdk.Duration.days(1)),
                 s3.LifecycleRule(abort_incomplete_multipart_upload_after=cdk.Duration.days(1)),
             ],
             removal_policy=cdk.RemovalPolicy.DESTROY,
@@ -269,7 +275,7 @@ class InferenceStack(cdk.Stack):
             self,
             "OriginAdapterRole",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Origin adapter: invoke this endpoint, write _cache/ results, write its own logs",
+            description="Origin adapter: invoke this endpoint, write and read _cache/ results, hold _leases/, write its own logs",
         )
         role.add_to_policy(
             iam.PolicyStatement(actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[log_group.log_group_arn])
@@ -282,11 +288,24 @@ class InferenceStack(cdk.Stack):
                 ],
             )
         )
+        # GetObject: a coalesced waiter reads the result an identical request stored.
         role.add_to_policy(
             iam.PolicyStatement(
-                actions=["s3:PutObject"], resources=[self.results_bucket.arn_for_objects(f"{RESULTS_PREFIX}*")]
+                actions=["s3:PutObject", "s3:GetObject"],
+                resources=[self.results_bucket.arn_for_objects(f"{RESULTS_PREFIX}*")],
             )
         )
+        # Coalescing leases: claim (conditional PutObject), check (HeadObject), release
+        # (conditional DeleteObject).
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],
+                resources=[self.results_bucket.arn_for_objects(f"{LEASE_PREFIX}*")],
+            )
+        )
+        # Without ListBucket, S3 answers 403 for a missing key instead of 404: a waiter
+        # could not tell "not stored yet" or "lease removed" from a refusal.
+        role.add_to_policy(iam.PolicyStatement(actions=["s3:ListBucket"], resources=[self.results_bucket.bucket_arn]))
 
         # Powertools from its public layer, the version pinned in requirements.txt, found
         # through the SSM parameter AWS publishes for it (resolved at deploy, not synth).
@@ -320,6 +339,9 @@ class InferenceStack(cdk.Stack):
                 ENDPOINT_NAME_ENV: self.endpoint_name,
                 RESULTS_BUCKET_ENV: self.results_bucket.bucket_name,
                 ENDPOINT_READ_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.model_read_seconds),
+                # Coalescing's lease and wait budgets are derived from these two.
+                ADAPTER_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.adapter_seconds),
+                COALESCING_ENV: "true",
                 "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },

@@ -79,8 +79,16 @@ def acknowledge_findings(stage: InferenceCacheStage) -> None:
     _ack(
         adapter_policy,
         "IAM5",
-        "Writes under _cache/ only; object names are cache keys, unknown in advance.",
+        "Writes and reads under _cache/ only (a coalesced waiter reads the result an identical "
+        "request stored); object names are cache keys, unknown in advance.",
         f"Resource::<{_logical_id(inference.results_bucket)}.Arn>/_cache/*",
+    )
+    _ack(
+        adapter_policy,
+        "IAM5",
+        "Coalescing leases under _leases/ only (claim, check, release of a miss being generated); "
+        "object names are cache keys, unknown in advance.",
+        f"Resource::<{_logical_id(inference.results_bucket)}.Arn>/_leases/*",
     )
     _ack(
         adapter_policy,

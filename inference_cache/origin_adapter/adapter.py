@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from inference_cache import cache_decision
 from inference_cache.cache_settings import EdgeCacheSettings
 from inference_cache.contract import (
+    COALESCED_HEADER,
     KEY_HEADER,
     MODELS_ROUTE,
     SERVABLE_BODY_LIMIT_BYTES,
@@ -18,6 +19,7 @@ from inference_cache.contract import (
     TENANT_HEADER,
 )
 from inference_cache.errors import ApiError
+from inference_cache.origin_adapter.coalescing import Coalescer
 from inference_cache.origin_adapter.endpoint import EndpointFailure, SageMakerEndpoint
 from inference_cache.origin_adapter.results_store import ResultsStore
 
@@ -45,7 +47,7 @@ class OriginResponse:
 class Outcome:
     """What happened, for logs and metrics (the handler turns it into EMF)."""
 
-    cache: str = "BYPASS"  # MISS | BYPASS
+    cache: str = "BYPASS"  # MISS | BYPASS | HIT (coalesced: an identical request's result)
     key: str | None = None
     reason: str = ""
     inference_seconds: float | None = None
@@ -54,14 +56,28 @@ class Outcome:
     model_error: bool = False
     key_mismatch: bool = False
     too_large_to_store: bool = False
+    # Coalescing (coalescing.py): answered from an identical request's result; won the
+    # key's lease; took a failed or expired holder's place; gave up waiting (503).
+    coalesced: bool = False
+    lease_won: bool = False
+    lease_takeover: bool = False
+    coalesce_gave_up: bool = False
 
 
 class InferenceAdapter:
-    def __init__(self, cache_settings: EdgeCacheSettings, endpoint: SageMakerEndpoint, store: ResultsStore, logger):
+    def __init__(
+        self,
+        cache_settings: EdgeCacheSettings,
+        endpoint: SageMakerEndpoint,
+        store: ResultsStore,
+        logger,
+        coalescer: Coalescer | None = None,
+    ):
         self.cache = cache_settings
         self.endpoint = endpoint
         self.store = store
         self.logger = logger
+        self.coalescer = coalescer  # None: every miss calls the model
         self.routes = frozenset(cache_settings.routes)
 
     def answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
@@ -72,6 +88,7 @@ class InferenceAdapter:
         return response, outcome
 
     def _answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
+        started = time.monotonic()
         outcome = Outcome()
         if request.method == "GET" and request.path == MODELS_ROUTE:
             return self._models(), outcome
@@ -97,6 +114,32 @@ class InferenceAdapter:
             outcome.key_mismatch = True
             self.logger.warning("cache key header differs from the body's key", extra={"claimed": claimed, "computed": decision.key})
 
+        lease = None
+        if self.coalescer is not None and _coalesces(decision):
+            turn = self.coalescer.acquire(decision.key, max_age_seconds=decision.ttl_seconds, started=started)
+            outcome.lease_won = turn.lease is not None and not turn.takeover
+            outcome.lease_takeover = turn.takeover
+            if turn.result is not None:
+                outcome.cache, outcome.coalesced = "HIT", True
+                outcome.reason += ", coalesced"
+                headers = {"content-type": turn.result.content_type, STATUS_HEADER: "HIT", COALESCED_HEADER: "1", KEY_HEADER: decision.key}
+                if turn.result.created is not None:
+                    headers["age"] = str(max(0, int(time.time() - turn.result.created)))
+                return OriginResponse(200, turn.result.body, headers), outcome
+            if turn.gave_up:
+                outcome.coalesce_gave_up = True
+                response = _error(503, "identical_request_pending", "An identical request is still being answered; retry shortly.")
+                response.headers["retry-after"] = "1"
+                return response, outcome
+            lease = turn.lease
+        try:
+            return self._generate(request, decision, outcome)
+        finally:
+            if lease is not None:
+                self.coalescer.release(lease)
+
+    def _generate(self, request: OriginRequest, decision, outcome: Outcome) -> tuple[OriginResponse, Outcome]:
+        """Call the model; store the answer if it may be served again."""
         streaming, payload = _without_stream(request.body)
         try:
             answer = self.endpoint.invoke(payload, "application/json")
@@ -141,6 +184,13 @@ class InferenceAdapter:
         model = {"id": self.cache.model_id, "object": "model", "created": 0, "owned_by": "inference-cache"}
         body = json.dumps({"object": "list", "data": [model]}).encode()
         return OriginResponse(200, body, {"content-type": "application/json"})
+
+
+def _coalesces(decision) -> bool:
+    """Only a miss that will be looked up and stored waits for an identical one. Not a
+    non-cacheable request (sampled, tools, ...), nor `Cache-Control: no-cache` (lookup off:
+    the client asked for a new generation, not one that was in flight before it came)."""
+    return bool(decision.key and decision.lookup and decision.store and decision.ttl_seconds > 0)
 
 
 def _without_stream(body: bytes) -> tuple[bool, bytes]:

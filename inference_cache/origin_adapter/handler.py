@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import base64
 
+import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from botocore.config import Config
 
 from inference_cache.contract import METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE, Metric
 from inference_cache.origin_adapter.adapter import InferenceAdapter, OriginRequest, Outcome
+from inference_cache.origin_adapter.coalescing import Coalescer
 from inference_cache.origin_adapter.endpoint import SageMakerEndpoint
 from inference_cache.origin_adapter.results_store import ResultsStore
 from inference_cache.origin_adapter.settings import AdapterSettings
@@ -37,6 +40,23 @@ def build_adapter(settings: AdapterSettings) -> InferenceAdapter:
         ),
         ResultsStore(settings.results_bucket),
         logger,
+        coalescer=_coalescer(settings) if settings.coalescing else None,
+    )
+
+
+def _coalescer(settings: AdapterSettings) -> Coalescer:
+    # Its own S3 client: short timeouts (a lease call that hangs must not eat the
+    # request's minute; it fails open), a pool for the polls.
+    client = boto3.client(
+        "s3", config=Config(connect_timeout=1, read_timeout=3, retries={"mode": "standard", "total_max_attempts": 2})
+    )
+    return Coalescer(
+        settings.results_bucket,
+        client,
+        lease_seconds=settings.lease_seconds,
+        wait_seconds=settings.wait_seconds,
+        takeover_window_seconds=settings.takeover_window_seconds,
+        logger=logger,
     )
 
 
@@ -90,3 +110,11 @@ def _record(outcome: Outcome, status: int, path: str) -> None:
         metrics.add_metric(name=Metric.MODEL_ERROR, unit=MetricUnit.Count, value=1)
     if outcome.key_mismatch:
         metrics.add_metric(name=Metric.CACHE_KEY_MISMATCH, unit=MetricUnit.Count, value=1)
+    for happened, name in (
+        (outcome.coalesced, Metric.COALESCED),
+        (outcome.lease_won, Metric.LEASE_WON),
+        (outcome.lease_takeover, Metric.LEASE_TAKEOVER),
+        (outcome.coalesce_gave_up, Metric.COALESCE_GAVE_UP),
+    ):
+        if happened:
+            metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from inference_cache import cache_settings
 from inference_cache.cache_settings import EdgeCacheSettings
 from inference_cache.contract import (
+    ADAPTER_TIMEOUT_ENV,
+    COALESCING_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     ORIGIN_READ_TIMEOUT_SECONDS,
@@ -24,6 +26,11 @@ class AdapterSettings:
     read_timeout_seconds: float
     connect_timeout_seconds: float = 2.0
     throttle_retries: int = 2
+    # The adapter's own Lambda timeout (the stack sets it; unset: the model read + 6 s,
+    # config.settings.ADAPTER_OVERHEAD_SECONDS).
+    adapter_timeout_seconds: float | None = None
+    # Identical cacheable misses share one model call (coalescing.py).
+    coalescing: bool = False
 
     def __post_init__(self) -> None:
         if not self.endpoint_name:
@@ -34,6 +41,29 @@ class AdapterSettings:
             raise ValueError(f"{ENDPOINT_READ_TIMEOUT_ENV} must be set, under the {ORIGIN_READ_TIMEOUT_SECONDS} s SageMaker allows")
         if not 0 <= self.throttle_retries <= 5:
             raise ValueError("throttle retries must be 0..5")
+        if self.adapter_timeout_seconds is None:
+            object.__setattr__(self, "adapter_timeout_seconds", self.read_timeout_seconds + _ADAPTER_OVERHEAD_SECONDS)
+        if not self.read_timeout_seconds < self.adapter_timeout_seconds <= ORIGIN_READ_TIMEOUT_SECONDS:
+            raise ValueError(f"{ADAPTER_TIMEOUT_ENV} must be above the model read timeout, at most {ORIGIN_READ_TIMEOUT_SECONDS} s")
+
+    # -- coalescing timings (docs/decisions.md, "Coalescing identical misses") --
+    @property
+    def lease_seconds(self) -> float:
+        """A lease lasts as long as its holder can live: the adapter's timeout (the model
+        read + connect, back-off and store). Past it the holder is gone for sure; the key
+        is never blocked longer, and that is under CloudFront's origin read timeout."""
+        return self.adapter_timeout_seconds
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long a waiter polls for the result: its timeout less the time to answer."""
+        return self.adapter_timeout_seconds - _ANSWER_MARGIN_SECONDS
+
+    @property
+    def takeover_window_seconds(self) -> float:
+        """A waiter runs the model itself only within this long of its own start: later,
+        a full model read would not fit in its timeout (it answers 503, retry, instead)."""
+        return max(0.0, self.adapter_timeout_seconds - self.read_timeout_seconds - _TAKEOVER_MARGIN_SECONDS)
 
     @classmethod
     def from_environment(cls) -> AdapterSettings:
@@ -42,4 +72,22 @@ class AdapterSettings:
             results_bucket=os.environ.get(RESULTS_BUCKET_ENV, ""),
             cache=cache_settings.load(),
             read_timeout_seconds=float(os.environ.get(ENDPOINT_READ_TIMEOUT_ENV) or 0),
+            adapter_timeout_seconds=float(os.environ[ADAPTER_TIMEOUT_ENV]) if os.environ.get(ADAPTER_TIMEOUT_ENV) else None,
+            coalescing=_flag(os.environ.get(COALESCING_ENV, "false"), COALESCING_ENV),
         )
+
+
+# What the adapter spends besides the model read (config.settings.ADAPTER_OVERHEAD_SECONDS).
+_ADAPTER_OVERHEAD_SECONDS = 6.0
+# A waiter's answer from the result it read: building the response, returning it.
+_ANSWER_MARGIN_SECONDS = 2.0
+# A takeover's own overhead besides the model read: connect and store.
+_TAKEOVER_MARGIN_SECONDS = 4.0
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")

@@ -87,22 +87,40 @@ def test_target_tracking_on_high_resolution_concurrency(synthesized, stage):
 def test_origin_adapter_may_only_invoke_this_endpoint_and_write_cache_results(synthesized, stage):
     template = _template(synthesized, stage)
     statements = _statements(template, "OriginAdapterRole")
-    actions = {}
+    actions: dict[str, list] = {}
     for statement in statements:
         assert statement["Effect"] == "Allow"
         for action in [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]:
-            actions[action] = statement["Resource"]
+            actions.setdefault(action, []).append(statement["Resource"])
     assert set(actions) == {
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "sagemaker:InvokeEndpoint",
         "s3:PutObject",
+        "s3:GetObject",
+        "s3:DeleteObject",
+        "s3:ListBucket",
         "xray:PutTraceSegments",
         "xray:PutTelemetryRecords",
     }
-    assert str(actions["sagemaker:InvokeEndpoint"]).endswith(f":endpoint/inference-cache-{stage}")
-    assert "ResultsBucket" in str(actions["s3:PutObject"]) and "/_cache/*" in str(actions["s3:PutObject"])
-    assert "OriginAdapterLogs" in str(actions["logs:PutLogEvents"])
+    (endpoint,) = actions["sagemaker:InvokeEndpoint"]
+    assert str(endpoint).endswith(f":endpoint/inference-cache-{stage}")
+    # Results: written and read under _cache/; coalescing leases: under _leases/ only.
+    for action, prefixes in {
+        "s3:PutObject": ["/_cache/*", "/_leases/*"],
+        "s3:GetObject": ["/_cache/*", "/_leases/*"],
+        "s3:DeleteObject": ["/_leases/*"],
+    }.items():
+        resources = actions[action]
+        assert len(resources) == len(prefixes), (action, resources)
+        for resource, prefix in zip(resources, prefixes, strict=True):
+            assert "ResultsBucket" in str(resource) and str(resource).count(prefix) == 1, (action, resource)
+    # The bucket itself (a missing key is 404, not 403), no object wildcard.
+    (listing,) = actions["s3:ListBucket"]
+    assert list(listing) == ["Fn::GetAtt"] and listing["Fn::GetAtt"][0].startswith("ResultsBucket")
+    assert listing["Fn::GetAtt"][1] == "Arn"
+    (logs,) = actions["logs:PutLogEvents"]
+    assert "OriginAdapterLogs" in str(logs)
     template.has_resource_properties("AWS::IAM::Role", {
         "AssumeRolePolicyDocument": {"Statement": [Match.object_like({"Principal": {"Service": "lambda.amazonaws.com"}})]},
         "Description": Match.string_like_regexp("^Origin adapter"),
@@ -127,8 +145,11 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
     assert function["Environment"]["Variables"]["ENDPOINT_NAME"] == f"inference-cache-{stage}"
     # What AdapterSettings.from_environment reads, set by the stack from the stage's settings.
     assert function["Environment"]["Variables"]["ENDPOINT_READ_TIMEOUT_SECONDS"] == str(
-        STAGES[stage].endpoint.model_read_timeout_seconds
+        STAGES[stage].endpoint.timeouts.model_read_seconds
     )
+    # Coalescing is on; its lease and wait budgets derive from the adapter's own timeout.
+    assert function["Environment"]["Variables"]["ADAPTER_TIMEOUT_SECONDS"] == str(timeouts.adapter_seconds)
+    assert function["Environment"]["Variables"]["COALESCE_IDENTICAL_MISSES"] == "true"
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
@@ -149,6 +170,9 @@ def test_results_bucket_is_private_encrypted_logged_and_expires_after_max_ttl(sy
     (expiry,) = [r for r in bucket["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "_cache/"]
     assert expiry["ExpirationInDays"] == STAGES[stage].cache.max_ttl_days
     assert expiry["Status"] == "Enabled"
+    # Coalescing leases: removed after a day (S3's minimum) if a holder leaked one.
+    (leases,) = [r for r in bucket["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "_leases/"]
+    assert (leases["ExpirationInDays"], leases["Status"]) == (1, "Enabled")
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)

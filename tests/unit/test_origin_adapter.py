@@ -64,7 +64,7 @@ def origin(tmp_path, monkeypatch):
         SETTINGS_ENV: str(settings),
         ENDPOINT_NAME_ENV: ENDPOINT,
         RESULTS_BUCKET_ENV: BUCKET,
-        ENDPOINT_READ_TIMEOUT_ENV: str(STAGES["dev"].endpoint.model_read_timeout_seconds),
+        ENDPOINT_READ_TIMEOUT_ENV: str(STAGES["dev"].endpoint.timeouts.model_read_seconds),
         "AWS_DEFAULT_REGION": "us-west-2",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -1,0 +1,300 @@
+"""One model call per burst: coalescing identical cacheable misses (issue 13).
+
+CloudFront collapses identical GETs, never POSTs: fifty clients asking the same new
+question at once reach the origin fifty times. Before it calls the model for a cacheable
+miss, the origin adapter claims the key with an S3 conditional write of a small lease
+object, `_leases/{key}` (`PutObject` with `If-None-Match: *`, a prefix CloudFront does not
+serve). The winner generates, stores `_cache/{key}` and removes its lease; the others poll
+`_cache/{key}` (backoff with jitter, within their own timeout) and answer from it.
+
+The lease object: JSON `{"owner", "claimed", "expires"}` (epoch seconds), and `expires`
+again in its user metadata, so that a HeadObject tells a waiter whether the lease still
+holds. S3 lifecycle removes leases after a day (its minimum); the `expires` time is what
+keeps a dead holder's lease from blocking its key: past it, a waiter takes the lease over
+with a conditional overwrite (`If-Match` on the expired lease's ETag: one waiter wins).
+A holder removes its lease with a conditional delete (`If-Match` on its own ETag), so a
+late holder never removes the lease of the waiter that took over from it.
+
+What a waiter does, each poll:
+- the result is there (not past its `expires` metadata, not older than the request
+  accepts): answer from it (HIT, coalesced);
+- the lease is gone and no result (the holder failed, or could not store): claim the key
+  once more (one re-claim per request); having re-claimed once, run the model itself;
+- the lease expired (the holder died): take it over;
+- past its wait budget: give up (503 with Retry-After; the client's retry is a new request).
+A waiter runs the model (re-claim, takeover, fallback) only within its takeover window
+(early enough that a whole model read still fits in its timeout); later it gives up.
+
+Any S3 failure of the lease itself fails open: the request runs the model uncoordinated,
+as it would without coalescing. It never fails a request.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from inference_cache.contract import LEASE_PREFIX, RESULTS_PREFIX, STORED_AT_METADATA
+
+# The result's expiry in its user metadata (epoch seconds), written next to `created`.
+RESULT_EXPIRES_METADATA = "expires"
+# The lease's expiry in its user metadata (epoch seconds).
+LEASE_EXPIRES_METADATA = "expires"
+
+# S3 answers a conditional write that lost a race with one of these.
+_PRECONDITION_FAILED = ("PreconditionFailed", "412")
+_CONFLICT = ("ConditionalRequestConflict", "409")
+_MISSING = ("NoSuchKey", "404", "NotFound")
+_CONFLICT_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Lease:
+    key: str  # the cache key
+    etag: str  # of our lease object: the conditional delete names it
+    expires: float
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    body: bytes
+    content_type: str
+    created: float | None
+
+
+@dataclass
+class Turn:
+    """What coordination decided for one request.
+
+    lease: set -> this request runs the model, stores, then calls release(lease).
+    result: set -> answer from it (coalesced).
+    gave_up: True -> answer 503 (retry).
+    Neither set and not gave_up -> run the model without a lease (fail open, fallback).
+    """
+
+    lease: Lease | None = None
+    result: StoredResult | None = None
+    gave_up: bool = False
+    waited: bool = False  # it lost the first claim and polled
+    takeover: bool = False  # it claimed after the holder failed, or took an expired lease
+    expired_takeover: bool = False
+    unavailable: bool = False  # S3 failed us: uncoordinated
+
+
+class Coalescer:
+    def __init__(
+        self,
+        bucket: str,
+        client,
+        *,
+        lease_seconds: float,
+        wait_seconds: float,
+        takeover_window_seconds: float,
+        logger=None,
+        first_poll_seconds: float = 0.05,
+        max_poll_seconds: float = 0.5,
+    ):
+        if not 0 < wait_seconds <= lease_seconds + 60:
+            raise ValueError("wait budget must be positive")
+        self.bucket = bucket
+        self.client = client
+        self.lease_seconds = lease_seconds
+        self.wait_seconds = wait_seconds
+        self.takeover_window_seconds = takeover_window_seconds
+        self.logger = logger
+        self.first_poll_seconds = first_poll_seconds
+        self.max_poll_seconds = max_poll_seconds
+
+    # -- the one entry point -----------------------------------------------------------
+    def acquire(self, key: str, *, max_age_seconds: float, started: float | None = None) -> Turn:
+        """Claim `key`, or wait for the identical request that holds it. `started` is the
+        request's start (time.monotonic()); the budgets count from it."""
+        started = time.monotonic() if started is None else started
+        turn = Turn()
+        try:
+            lease = self._claim(key)
+        except _Unavailable:
+            turn.unavailable = True
+            return turn
+        if lease is not None:
+            turn.lease = lease
+            return self._unless_stored(turn, max_age_seconds)
+        return self._wait(key, max_age_seconds, started, turn)
+
+    def _unless_stored(self, turn: Turn, max_age_seconds: float) -> Turn:
+        """Just claimed: an identical request may have stored its result and left after our
+        edge lookup (or our last poll) missed it. Then answer from that, not the model."""
+        result = self._result(turn.lease.key, max_age_seconds)
+        if result is not None:
+            self.release(turn.lease)
+            turn.lease, turn.takeover, turn.expired_takeover, turn.result = None, False, False, result
+        return turn
+
+    def release(self, lease: Lease) -> None:
+        """Remove our lease, and only ours (a conditional delete on its ETag)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=_lease_key(lease.key), IfMatch=lease.etag)
+        except ClientError as exc:
+            if _code(exc) not in (*_PRECONDITION_FAILED, *_MISSING):
+                self._warn("removing the lease failed", lease.key, exc)
+        except BotoCoreError as exc:
+            self._warn("removing the lease failed", lease.key, exc)
+
+    # -- waiting -----------------------------------------------------------------------
+    def _wait(self, key: str, max_age_seconds: float, started: float, turn: Turn) -> Turn:
+        turn.waited = True
+        wait_until = started + self.wait_seconds
+        takeover_until = started + self.takeover_window_seconds
+        reclaimed = False
+        interval = self.first_poll_seconds
+        while True:
+            now = time.monotonic()
+            if now >= wait_until:
+                turn.gave_up = True
+                return turn
+            time.sleep(min(interval * random.uniform(0.5, 1.0), wait_until - now))
+            interval = min(interval * 1.5, self.max_poll_seconds)
+
+            result = self._result(key, max_age_seconds)
+            if result is not None:
+                turn.result = result
+                return turn
+            try:
+                held = self._lease_of(key)
+            except _Unavailable:
+                continue  # a failed poll: poll again
+            may_run = time.monotonic() < takeover_until
+            if held is None:
+                # Gone. The holder may have stored and left between our two reads: look again.
+                result = self._result(key, max_age_seconds)
+                if result is not None:
+                    turn.result = result
+                    return turn
+                # No result: the holder failed (or could not store its answer).
+                if not may_run:
+                    turn.gave_up = True
+                    return turn
+                if reclaimed:
+                    return turn  # run the model ourselves, uncoordinated
+                reclaimed = True
+                try:
+                    lease = self._claim(key)
+                except _Unavailable:
+                    return turn
+                if lease is not None:
+                    turn.lease, turn.takeover = lease, True
+                    return self._unless_stored(turn, max_age_seconds)
+            elif held.expires <= time.time():  # the holder died with its lease
+                if not may_run:
+                    turn.gave_up = True
+                    return turn
+                try:
+                    lease = self._take_over(key, held.etag)
+                except _Unavailable:
+                    return turn
+                if lease is not None:
+                    turn.lease, turn.takeover, turn.expired_takeover = lease, True, True
+                    return self._unless_stored(turn, max_age_seconds)
+
+    # -- S3 ----------------------------------------------------------------------------
+    def _claim(self, key: str) -> Lease | None:
+        """Our lease if the key was free; None if another request holds it."""
+        return self._put_lease(key, IfNoneMatch="*")
+
+    def _take_over(self, key: str, expired_etag: str) -> Lease | None:
+        """Replace the expired lease we saw, unless another waiter replaced (or removed) it first."""
+        return self._put_lease(key, IfMatch=expired_etag)
+
+    def _put_lease(self, key: str, **condition) -> Lease | None:
+        for attempt in range(_CONFLICT_RETRIES + 1):
+            claimed = time.time()
+            expires = claimed + self.lease_seconds
+            body = json.dumps({"owner": uuid.uuid4().hex, "claimed": round(claimed, 3), "expires": round(expires, 3)})
+            try:
+                answer = self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=_lease_key(key),
+                    Body=body.encode(),
+                    ContentType="application/json",
+                    Metadata={LEASE_EXPIRES_METADATA: f"{expires:.3f}"},
+                    **condition,
+                )
+                return Lease(key, answer["ETag"], expires)
+            except ClientError as exc:
+                code = _code(exc)
+                if code in _PRECONDITION_FAILED or code in _MISSING:
+                    return None  # held by another (412), or the lease we meant to replace is gone (404)
+                if code in _CONFLICT and attempt < _CONFLICT_RETRIES:
+                    time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+                    continue
+                self._warn("claiming the lease failed", key, exc)
+                raise _Unavailable from exc
+            except BotoCoreError as exc:
+                self._warn("claiming the lease failed", key, exc)
+                raise _Unavailable from exc
+        return None  # conflicts each time: someone else is claiming it
+
+    def _lease_of(self, key: str) -> Lease | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=_lease_key(key))
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise _Unavailable from exc
+        except BotoCoreError as exc:
+            raise _Unavailable from exc
+        try:
+            expires = float(head.get("Metadata", {}).get(LEASE_EXPIRES_METADATA, ""))
+        except ValueError:  # not a lease we wrote: treat it as expired by its age
+            expires = head["LastModified"].timestamp() + self.lease_seconds
+        return Lease(key, head["ETag"], expires)
+
+    def _result(self, key: str, max_age_seconds: float) -> StoredResult | None:
+        """The stored answer, if there is one this request may be answered with."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=f"{RESULTS_PREFIX}{key}")
+            body = answer["Body"].read()
+        except ClientError as exc:
+            if _code(exc) not in _MISSING:
+                self._warn("reading the result failed", key, exc)
+            return None
+        except BotoCoreError as exc:
+            self._warn("reading the result failed", key, exc)
+            return None
+        metadata = answer.get("Metadata") or {}
+        now = time.time()
+        expires, created = _epoch(metadata.get(RESULT_EXPIRES_METADATA)), _epoch(metadata.get(STORED_AT_METADATA))
+        if expires is not None and expires <= now:
+            return None  # the writer says it is no longer an answer
+        if created is not None and now - created > max_age_seconds:
+            return None  # older than this request accepts
+        return StoredResult(body, answer.get("ContentType") or "application/json", created)
+
+    def _warn(self, message: str, key: str, exc: Exception) -> None:
+        if self.logger is not None:
+            self.logger.warning(message, extra={"cache_key": key, "error": f"{type(exc).__name__}: {exc}"})
+
+
+class _Unavailable(Exception):
+    """S3 failed (not a lost race): coordination is off for this request."""
+
+
+def _lease_key(key: str) -> str:
+    return f"{LEASE_PREFIX}{key}"
+
+
+def _code(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    return str(error.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _epoch(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
