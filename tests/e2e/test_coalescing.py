@@ -97,10 +97,12 @@ def test_a_leader_that_fails_is_replaced_and_the_others_get_answers(coalescing_r
     # waiters' takeover window (docs/decisions.md); one failing late leaves them a 503.
     ask = chat(f"fail once {time.time_ns()} {FAIL_ONCE_MARKER} [[slow-ms:800]]")
     before = model_calls(coalescing_run)
-    answers = burst(coalescing_run, [ask] * 20)
+    # Eight, not fifty: the takeover window is 2 s from each waiter's start, and on a
+    # loaded 2-core machine fifty requests' own CPU can push the leader's failure past it.
+    answers = burst(coalescing_run, [ask] * 8)
     assert model_calls(coalescing_run) - before == 2  # the failed call, and one takeover
     statuses = sorted(status for status, _, _ in answers)
-    assert statuses == [200] * 19 + [502]  # the failed leader's own client gets the model error
+    assert statuses == [200] * 7 + [502]  # the failed leader's own client gets the model error
     assert len({body for status, _, body in answers if status == 200}) == 1
 
 
