@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from local_run.events import origin_request_event, origin_response_event
+from tests.unit.stored_answers import answer_stored
 
 CHAT = "/v1/chat/completions"
 GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}
@@ -50,13 +51,7 @@ class _StoreHandler(BaseHTTPRequestHandler):
             self.wfile.write(store.raw[self.path])
             self.close_connection = True
             return
-        status, body, headers = store.objects.get(self.path, (404, b"<Error>NoSuchKey</Error>", {}))
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **headers}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_stored(self, store.objects)
 
     def log_message(self, *args):
         pass

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from inference_cache.contract import LOOKUP_CA_ENV
 from inference_cache.edge import lookup
 from local_run.events import origin_request_event
+from tests.unit.stored_answers import answer_stored
 
 CHAT = "/v1/chat/completions"
 GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}
@@ -127,13 +128,7 @@ class _TlsStoreHandler(BaseHTTPRequestHandler):
         if action[0] == "raw":
             self.wfile.write(action[1])
             return
-        status, body, headers = store.objects.get(self.path, (404, b"<Error>NoSuchKey</Error>", {}))
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **headers}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_stored(self, store.objects)
 
     def log_message(self, *args):
         pass
