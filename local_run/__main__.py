@@ -12,8 +12,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-import boto3
-
 from cli.api_keys import DEFAULT_LOCAL_KEY_STORE, LOCAL_KEY_STORE_ENV, ROOT, local_key_store_path
 from cli.model_stage import stage_target
 from config.stages import DEFAULT_STAGE, stage
@@ -31,7 +29,7 @@ from inference_cache.contract import (
 )
 from local_run.front import LocalFront
 from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packaged_embedding_model
-from local_run.model_store import fetch_model, publish_model, write_serve_state
+from local_run.model_store import fetch_model, local_s3_client, publish_model, write_serve_state
 from local_run.s3 import LocalS3
 from local_run.servers import BackgroundServer
 from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction
@@ -51,9 +49,9 @@ def start(
     settings = stage(stage_name)
     model_dir = model_dir or packaged_embedding_model()
     results = LocalS3().start()
-    boto3.client(
-        "s3", endpoint_url=results.url, region_name=settings.home_region, aws_access_key_id="local", aws_secret_access_key="local"
-    ).create_bucket(Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.home_region})
+    local_s3_client(results.url, settings.home_region).create_bucket(
+        Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.home_region}
+    )
     # The embedding model is published by content into the local S3 and loaded back from
     # its version's prefix, as SageMaker loads a model; the version keys the cache.
     print(f"publishing and loading the embedding model ({EMBEDDING_MODEL}, CPU) ...", flush=True)

@@ -20,7 +20,7 @@ SERVE_STATE_FILE = Path(__file__).resolve().parent.parent / "build" / "local" / 
 
 def publish_model(s3_url: str, region: str, bucket: str, base_prefix: str, src: Path) -> str:
     """Publishes `src` under `{base_prefix}{version}/`; returns the version."""
-    client = _client(s3_url, region)
+    client = local_s3_client(s3_url, region)
     client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
     args = parse_args([str(src), "--local", "--endpoint-url", s3_url, "--bucket", bucket, "--prefix", base_prefix, "--json"])
     return publish(args)["version"]
@@ -28,7 +28,7 @@ def publish_model(s3_url: str, region: str, bucket: str, base_prefix: str, src: 
 
 def fetch_model(s3_url: str, region: str, bucket: str, version_prefix: str) -> Path:
     """Every object under the version's prefix, into a fresh directory (paths kept)."""
-    client = _client(s3_url, region)
+    client = local_s3_client(s3_url, region)
     target = Path(tempfile.mkdtemp(prefix="inference-cache-model-"))
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=version_prefix):
         for item in page.get("Contents", []):
@@ -43,7 +43,8 @@ def write_serve_state(**state) -> None:
     SERVE_STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
 
 
-def _client(s3_url: str, region: str):
+def local_s3_client(s3_url: str, region: str):
+    """A client of the local run's S3 (any credentials do)."""
     return boto3.client(
         "s3", endpoint_url=s3_url, region_name=region, aws_access_key_id="local", aws_secret_access_key="local"
     )
