@@ -123,5 +123,17 @@ class EdgeLogMetric:
 
     REQUESTS = "EdgeRequests"
     LOOKUPS = "EdgeLookups"
-    # `lookup` is "lookup-status-<code>" (neither 200 nor 403/404) or "lookup-failed-<exception>".
     LOOKUP_FAILED = "EdgeLookupFailed"
+
+
+class EdgeLog:
+    """The edge function's JSON log line, as the metric filters read it: every request has
+    DURATION; one that made a /_cache/ lookup has LOOKUP, whose failures start with one of
+    LOOKUP_FAILURES ("lookup-status-<code>": neither 200 nor 403/404;
+    "lookup-failed-<exception>": no answer at all)."""
+
+    DURATION = "ms"
+    LOOKUP = "lookup"
+    LOOKUP_STATUS = "lookup-status-"
+    LOOKUP_ERROR = "lookup-failed-"
+    LOOKUP_FAILURES = (LOOKUP_STATUS, LOOKUP_ERROR)

@@ -13,14 +13,10 @@ from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from config.settings import StageSettings
-from inference_cache.contract import METRICS_NAMESPACE, RESULTS_PATH, EdgeLogMetric
+from inference_cache.contract import METRICS_NAMESPACE, RESULTS_PATH, EdgeLog, EdgeLogMetric
 from stacks.common import retention
 
 EDGE_REGION = "us-east-1"
-# The edge function's log line (inference_cache/edge/handler.py): every request has
-# "ms"; a request that made a /_cache/ lookup has "lookup", whose failures read
-# "lookup-status-<code>" or "lookup-failed-<exception>".
-LOOKUP_FAILURE_PREFIXES = ("lookup-status-", "lookup-failed-")
 
 
 class EdgeStack(cdk.Stack):
@@ -65,10 +61,10 @@ class EdgeStack(cdk.Stack):
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )
         patterns = {
-            EdgeLogMetric.REQUESTS: logs.FilterPattern.number_value("$.ms", ">=", 0),
-            EdgeLogMetric.LOOKUPS: logs.FilterPattern.exists("$.lookup"),
+            EdgeLogMetric.REQUESTS: logs.FilterPattern.number_value(f"$.{EdgeLog.DURATION}", ">=", 0),
+            EdgeLogMetric.LOOKUPS: logs.FilterPattern.exists(f"$.{EdgeLog.LOOKUP}"),
             EdgeLogMetric.LOOKUP_FAILED: logs.FilterPattern.any(
-                *(logs.FilterPattern.string_value("$.lookup", "=", f"{prefix}*") for prefix in LOOKUP_FAILURE_PREFIXES)
+                *(logs.FilterPattern.string_value(f"$.{EdgeLog.LOOKUP}", "=", f"{prefix}*") for prefix in EdgeLog.LOOKUP_FAILURES)
             ),
         }
         for metric_name, pattern in patterns.items():

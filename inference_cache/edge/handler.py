@@ -27,6 +27,7 @@ from inference_cache.contract import (
     STATUS_HEADER,
     STORED_AT_METADATA,
     TENANT_HEADER,
+    EdgeLog,
 )
 from inference_cache.edge import lookup
 from inference_cache.edge.lookup import GENERATED_BODY_LIMIT
@@ -66,7 +67,7 @@ def handler(event, context):
         response, log = _handle(request, cf["config"])
     except Exception as exc:  # never fail the viewer: forward uncached
         response, log = _forward_uncached(request), {"outcome": "forward-after-error", "error": repr(exc)[:300]}
-    log["ms"] = round((time.perf_counter() - started) * 1000, 2)
+    log[EdgeLog.DURATION] = round((time.perf_counter() - started) * 1000, 2)
     log["uri"] = request.get("uri")
     print(json.dumps(log, separators=(",", ":")))
     return response
@@ -96,7 +97,7 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
         log["outcome"] = f"error-{decision.error.status}"
         return _with_server_timing(_error_response(decision.error), log), log
     if decision.lookup:
-        hit, log["lookup"] = _lookup(config, decision.key, decision.ttl_seconds)
+        hit, log[EdgeLog.LOOKUP] = _lookup(config, decision.key, decision.ttl_seconds)
         log["lookup_ms"] = round((time.perf_counter() - decided) * 1000, 2)
         log["connection"] = lookup.last_connection
         if hit is not None:
@@ -175,10 +176,10 @@ def _lookup(config: dict, key: str, max_age: int) -> tuple[dict | None, str]:
     try:
         status, headers, content = lookup.get(base, f"{SETTINGS.results_path}{key}", LOOKUP_TIMEOUT_SECONDS)
     except (OSError, ValueError) as exc:  # timeouts, refusals, malformed answers
-        return None, f"lookup-failed-{type(exc).__name__}"
+        return None, f"{EdgeLog.LOOKUP_ERROR}{type(exc).__name__}"
     if status != 200:
         # 403/404: nothing stored under this key (no ListBucket, so S3 says 403).
-        return None, "miss" if status in (403, 404) else f"lookup-status-{status}"
+        return None, "miss" if status in (403, 404) else f"{EdgeLog.LOOKUP_STATUS}{status}"
     content_type = headers.get("content-type", "application/json")
     age = _age_seconds(headers)
     if age > max_age:
