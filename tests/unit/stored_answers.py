@@ -1,8 +1,12 @@
-"""What the test stand-ins for CloudFront's /_cache/* behavior answer: the stored object
-at the request's path, or S3's 404."""
+"""Test stand-ins' plumbing: what the /_cache/* stand-ins answer (the stored object at the
+request's path, or S3's 404), and a server run from a thread for the length of a test."""
 
 from __future__ import annotations
 
+import contextlib
+import socketserver
+import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
 
@@ -14,3 +18,16 @@ def answer_stored(handler: BaseHTTPRequestHandler, objects: dict[str, tuple[int,
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body)
+
+
+@contextlib.contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator:
+    """`server` answering from a thread of its own until the block ends, then closed."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import re
-import threading
 import time
 import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from local_run.events import origin_request_event, origin_response_event
-from tests.unit.stored_answers import answer_stored
+from tests.unit.stored_answers import answer_stored, serving
 
 CHAT = "/v1/chat/completions"
 GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}
@@ -59,13 +58,8 @@ class _StoreHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def store():
-    server = ResultsStore()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(ResultsStore()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from inference_cache.contract import LOOKUP_CA_ENV
 from inference_cache.edge import lookup
 from local_run.events import origin_request_event
-from tests.unit.stored_answers import answer_stored
+from tests.unit.stored_answers import answer_stored, serving
 
 CHAT = "/v1/chat/completions"
 GREEDY = {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}], "temperature": 0}
@@ -144,14 +144,9 @@ def store(certificates, monkeypatch):
     ca, certificate, key = certificates
     monkeypatch.setenv(LOOKUP_CA_ENV, str(ca))
     lookup.reset()  # a context and connection of this test's own
-    server = TlsStore(certificate, key)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    lookup.reset()
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(TlsStore(certificate, key)) as server:
+        yield server
+        lookup.reset()
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ calls share a key, different prompts do not."""
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from config.stages import STAGES
 from inference_cache import cache_decision as cd
+from tests.unit.stored_answers import serving
 
 openai = pytest.importorskip("openai")
 
@@ -57,12 +57,8 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     srv.daemon_threads = True
     srv.captured = []
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with serving(srv):
+        yield srv
 
 
 @pytest.fixture
