@@ -213,8 +213,9 @@ class Coalescer:
     def _put_lease(self, key: str, **condition) -> Lease | None:
         for attempt in range(_CONFLICT_RETRIES + 1):
             claimed = time.time()
-            expires = claimed + self.lease_seconds
-            body = json.dumps({"owner": uuid.uuid4().hex, "claimed": round(claimed, 3), "expires": round(expires, 3)})
+            # Rounded as written (ms): the lease we hold is the one a waiter reads back.
+            expires = round(claimed + self.lease_seconds, 3)
+            body = json.dumps({"owner": uuid.uuid4().hex, "claimed": round(claimed, 3), "expires": expires})
             try:
                 answer = self.client.put_object(
                     Bucket=self.bucket,
