@@ -69,3 +69,9 @@ LAMBDA_EDGE_REGIONS = (
     "eu-west-2",
     "sa-east-1",
 )
+# AWS Lambda Web Adapter, the public layer that runs the origin adapter's web app behind
+# its function URL and streams the app's answers (awslabs/aws-lambda-web-adapter README,
+# "Lambda functions packaged as Zip package"): published by this account in each region,
+# one layer per architecture. The version is the latest stable release's.
+LAMBDA_WEB_ADAPTER_LAYER_ARN = "arn:{partition}:lambda:{region}:753240598075:layer:LambdaAdapterLayerArm64:{version}"
+LAMBDA_WEB_ADAPTER_LAYER_VERSION = 25  # aws-lambda-web-adapter v0.9.1

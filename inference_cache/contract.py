@@ -13,6 +13,8 @@ INVOCATIONS_ROUTE = "/invocations"
 OPENAI_ROUTES = (CHAT_ROUTE, COMPLETIONS_ROUTE, EMBEDDINGS_ROUTE)
 INFERENCE_ROUTES = (*OPENAI_ROUTES, INVOCATIONS_ROUTE)
 MODELS_ROUTE = "/v1/models"
+# The origin adapter's readiness route (Lambda Web Adapter polls it before the first request).
+HEALTH_ROUTE = "/healthz"
 # CloudFront path patterns of the inference behavior (every route above falls under one).
 INFERENCE_PATH_PATTERNS = ("/v1/*", INVOCATIONS_ROUTE)
 
@@ -89,6 +91,9 @@ ENDPOINT_READ_TIMEOUT_ENV = "ENDPOINT_READ_TIMEOUT_SECONDS"
 ADAPTER_TIMEOUT_ENV = "ADAPTER_TIMEOUT_SECONDS"
 # "true": identical cacheable misses share one model call (the stack sets it; unset: off).
 COALESCING_ENV = "COALESCE_IDENTICAL_MISSES"
+# The port the origin adapter's web app listens on inside Lambda, where Lambda Web Adapter
+# forwards each request (its AWS_LWA_PORT; run.sh reads the same variable).
+WEB_ADAPTER_PORT = 8000
 
 # -- metrics (embedded metric format from the origin adapter) -----------------------------
 METRICS_NAMESPACE = "InferenceCache"
@@ -114,6 +119,10 @@ class Metric:
     LEASE_WON = "LeaseWon"
     LEASE_TAKEOVER = "LeaseTakeover"
     COALESCE_GAVE_UP = "CoalesceGaveUp"
+    # Streaming: from the request to its first event (ms); streams that ended without a
+    # complete answer (client gone, model error, timeout), never stored.
+    TIME_TO_FIRST_TOKEN = "TimeToFirstToken"
+    STREAM_CUT_OFF = "StreamCutOff"
 
 
 class EdgeLogMetric:

@@ -27,7 +27,7 @@ from inference_cache.contract import (
     SETTINGS_ENV,
     SETTINGS_FILE,
 )
-from local_run.front import LocalFront
+from local_run.front import LAMBDA_CONCURRENCY, LocalFront
 from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packaged_embedding_model
 from local_run.model_store import fetch_model, local_s3_client, publish_model, write_serve_state
 from local_run.s3 import LocalS3
@@ -78,6 +78,7 @@ def start(
         bucket=RESULTS_BUCKET,
         models_url=model_server.url,
         key_check=key_check,
+        origin_read_seconds=settings.endpoint.timeouts.origin_read_seconds,
         quiet=quiet,
     )
     front_server = BackgroundServer(front.app, port=port, name="local-front")
@@ -113,19 +114,23 @@ def start(
         }
     )
     os.environ.pop("AWS_PROFILE", None)
-    # Imported only now: both read their settings from the environment set above.
-    front.attach(
-        importlib.import_module("inference_cache.edge.handler"),
-        importlib.import_module("inference_cache.origin_adapter.handler"),
-    )
+    # Imported only now: both read their settings from the environment set above. The
+    # origin adapter's web app is served as Lambda Web Adapter serves it in Lambda, with
+    # as many worker threads as execution environments the front runs at once.
+    origin = importlib.import_module("inference_cache.origin_adapter.app")
+    origin.the_adapter()  # built once, before requests arrive (as Lambda's init phase)
+    origin_server = BackgroundServer(
+        origin.create_app(origin.the_adapter, worker_threads=LAMBDA_CONCURRENCY), name="local-origin-adapter"
+    ).start()
+    front.attach(importlib.import_module("inference_cache.edge.handler"), origin_server.url)
     front_server.start()
-    return LocalRun(settings, front, front_server, model, model_server, results, key_check)
+    return LocalRun(settings, front, front_server, model, model_server, origin_server, results, key_check)
 
 
 class LocalRun:
-    def __init__(self, settings, front, front_server, model, model_server, results, key_check):
+    def __init__(self, settings, front, front_server, model, model_server, origin_server, results, key_check):
         self.settings, self.front, self.model = settings, front, model
-        self._servers = [front_server, model_server]
+        self._servers = [front_server, origin_server, model_server]
         self.model_server_url, self.results, self.key_check = model_server.url, results, key_check
 
     def stop(self) -> None:

@@ -71,3 +71,23 @@ def origin_response_event(*, status: int, headers: dict[str, str], uri: str = "/
     cf["request"]["uri"] = uri
     cf["response"].update(status=str(status), headers={k.lower(): [{"key": k, "value": v}] for k, v in headers.items()})
     return event
+
+
+def web_adapter_request(event: dict, *, request_id: str, deadline_ms: int) -> tuple[str, str, dict[str, str], bytes]:
+    """The HTTP request Lambda Web Adapter makes of the app for a function URL event:
+    (method, path with its query, headers, body bytes). The event's headers as they are,
+    plus the function URL's request context and the invocation's Lambda context as JSON
+    headers (aws-lambda-web-adapter src/lib.rs), the body base64-decoded."""
+    query = event.get("rawQueryString") or ""
+    path = event["rawPath"] + (f"?{query}" if query else "")
+    headers = dict(event.get("headers") or {})
+    headers["x-amzn-request-context"] = json.dumps(event["requestContext"])
+    headers["x-amzn-lambda-context"] = json.dumps(
+        {"request_id": request_id, "deadline": deadline_ms, "invoked_function_arn": LAMBDA_FUNCTION_ARN}
+    )
+    body = event.get("body") or ""
+    raw = base64.b64decode(body) if event.get("isBase64Encoded") else body.encode()
+    return event["requestContext"]["http"]["method"], path, headers, raw
+
+
+LAMBDA_FUNCTION_ARN = "arn:aws:lambda:local:000000000000:function:origin-adapter-local"

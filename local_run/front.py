@@ -4,13 +4,15 @@ adapter code.
 
 - /v1/*, /invocations: the API key check (the real JavaScript under Node.js) on viewer
   request, then the edge handler on origin-request (with the body, truncated at 1 MB as
-  CloudFront does), then, unless it answered, the origin adapter with a function URL event.
+  CloudFront does), then, unless it answered, the origin adapter: its web app, reached
+  over HTTP the way Lambda Web Adapter forwards a function URL request, its answer
+  relayed as it streams (the edge handler on origin-response first, for an error).
 - /_cache/*: GET/HEAD from the results bucket, cached in memory for the object's max-age
   (bounded by the stage's max TTL); errors are not cached.
 - anything else: the API key check, then GET/HEAD/OPTIONS to the origin adapter.
 
 An ASGI app on uvicorn: many requests in flight at once, as CloudFront and Lambda serve
-them. The Lambda code is synchronous; each call runs on a worker thread, as each Lambda
+them. The edge code is synchronous; each call runs on a worker thread, as each Lambda
 execution environment runs one request at a time.
 """
 
@@ -23,15 +25,17 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
 import boto3
+import httpx2
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from config.settings import StageSettings
@@ -43,7 +47,7 @@ from inference_cache.contract import (
     STATUS_HEADER,
 )
 from inference_cache.errors import ApiError
-from local_run.events import function_url_event, origin_request_event, origin_response_event
+from local_run.events import function_url_event, origin_request_event, origin_response_event, web_adapter_request
 from local_run.viewer_request_host import ViewerRequestFunction, is_response, viewer_request_event
 
 _MAX_AGE = re.compile(r"max-age=(\d+)")
@@ -54,13 +58,16 @@ _DROPPED = {"host", "connection", "keep-alive", "transfer-encoding", "upgrade", 
 LAMBDA_CONCURRENCY = 128
 
 
-class LambdaContext:
-    function_name = "origin-adapter-local"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:local:000000000000:function:origin-adapter-local"
+@dataclass(frozen=True)
+class ToOrigin:
+    """A request the viewer-request and origin-request functions let through to the origin."""
 
-    def __init__(self) -> None:
-        self.aws_request_id = str(uuid.uuid4())
+    method: str
+    uri: str
+    query: str
+    headers: dict
+    body: bytes
+    inference: bool  # the behavior runs the edge function on origin-response too
 
 
 class LocalFront:
@@ -72,6 +79,7 @@ class LocalFront:
         bucket: str,
         models_url: str,
         key_check: ViewerRequestFunction | None,
+        origin_read_seconds: float,
         quiet: bool = False,
     ):
         self.settings = settings
@@ -88,15 +96,17 @@ class LocalFront:
         self.key_check = key_check
         self.quiet = quiet
         self.url = ""  # set once the server is bound
+        self.origin_url = ""  # the origin adapter's web app, once it is served
+        self.origin_read_seconds = origin_read_seconds
         self.edge = None
-        self.origin = None
+        self._origin_client: httpx2.AsyncClient | None = None  # made on the server's event loop
         self.edge_cache: dict[str, tuple[float, float, int, dict, bytes]] = {}
         self.cache_lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None  # made on the server's event loop
         self.app = _refuse_oversized_bodies(Starlette(routes=[Route("/{path:path}", self._any, methods=_METHODS)]))
 
-    def attach(self, edge_module, origin_module) -> None:
-        self.edge, self.origin = edge_module, origin_module
+    def attach(self, edge_module, origin_url: str) -> None:
+        self.edge, self.origin_url = edge_module, origin_url.rstrip("/")
 
     async def _in_worker(self, function, *args):
         if self._limiter is None:
@@ -115,18 +125,25 @@ class LocalFront:
             else:
                 status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
         elif uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE or method in ("GET", "HEAD", "OPTIONS"):
-            status, out, data = await self._in_worker(self.with_key_check, method, uri, query, headers, body)
+            answer = await self._in_worker(self.with_key_check, method, uri, query, headers, body)
+            if isinstance(answer, ToOrigin):
+                return await self._from_origin(answer, started)
+            status, out, data = answer
         else:
             status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
+        self._log(method, uri, status, out, started)
+        out = {k: v for k, v in out.items() if k.lower() not in _DROPPED}
+        return Response(data if method != "HEAD" else b"", status_code=status, headers=out)
+
+    def _log(self, method: str, uri: str, status: int, out: dict, started: float) -> None:
         if not self.quiet:
             cache = out.get(STATUS_HEADER, "-")
             # One write per line: lines of concurrent requests never interleave.
             sys.stdout.write(f"{method} {uri} -> {status} {cache} ({(time.perf_counter() - started) * 1000:.1f} ms)\n")
-        out = {k: v for k, v in out.items() if k.lower() not in _DROPPED}
-        return Response(data if method != "HEAD" else b"", status_code=status, headers=out)
 
-    def with_key_check(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
-        """The viewer-request function first (as CloudFront runs it), then the behavior."""
+    def with_key_check(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes] | ToOrigin:
+        """The viewer-request function first (as CloudFront runs it), then the behavior:
+        an answer, or the request to send on to the origin."""
         if self.key_check is not None:
             result = self.key_check.handle(viewer_request_event(method, uri, headers, query))
             if is_response(result):
@@ -138,7 +155,7 @@ class LocalFront:
             return self.served_models()
         if uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE:
             return self.inference(method, uri, query, headers, body)
-        return self.to_origin(method, uri, query, headers, body)
+        return ToOrigin(method, uri, query, headers, body, inference=False)
 
     # -- /_cache/*: CloudFront's cache in front of the results bucket ----------------
     def results_object(self, path: str) -> tuple[int, dict, bytes]:
@@ -166,7 +183,7 @@ class LocalFront:
         return status, headers, body
 
     # -- /v1/*, /invocations: the edge function, then the origin ---------------------
-    def inference(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
+    def inference(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes] | ToOrigin:
         event = origin_request_event(
             body=body[:EDGE_BODY_LIMIT_BYTES],
             headers=headers,
@@ -184,27 +201,73 @@ class LocalFront:
             data = base64.b64decode(raw) if result.get("bodyEncoding") == "base64" else raw.encode()
             return int(result["status"]), out_headers, data
         forwarded = {k: ", ".join(v["value"] for v in values) for k, values in result["headers"].items()}
-        status, out, data = self.to_origin(result["method"], result["uri"], query, forwarded, body)
-        if status >= 400:  # the edge function on origin-response, as the behavior associates it
-            answer = self.edge.handler(origin_response_event(status=status, headers=out, uri=uri), None)
+        return ToOrigin(result["method"], result["uri"], query, forwarded, body, inference=True)
+
+    async def _from_origin(self, request: ToOrigin, started: float) -> Response:
+        """The function URL request, made of the origin adapter's web app as Lambda Web
+        Adapter makes it; its answer relayed as it comes (a stream event by event)."""
+        cf_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
+        event = function_url_event(
+            body=request.body, headers=request.headers, path=request.uri, method=request.method, query=request.query,
+            cf_id=cf_id,
+        )
+        method, path, headers, body = web_adapter_request(
+            event, request_id=str(uuid.uuid4()), deadline_ms=int((time.time() + self.origin_read_seconds) * 1000)
+        )
+        headers = {k: v for k, v in headers.items() if k not in _DROPPED}
+        client = self._client()
+        try:
+            upstream = await client.send(client.build_request(method, self.origin_url + path, headers=headers, content=body),
+                                         stream=True)
+        except httpx2.HTTPError as exc:  # CloudFront answers 502 when the origin cannot be reached
+            self._log(request.method, request.uri, 502, {}, started)
+            return Response(f"origin unreachable: {type(exc).__name__}".encode(), status_code=502, media_type="text/plain")
+        status = upstream.status_code
+        out = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROPPED}
+        if status >= 400 and request.inference:  # the edge function on origin-response, as the behavior associates it
+            data = await upstream.aread()
+            await upstream.aclose()
+            answer = await self._in_worker(self.edge.handler, origin_response_event(status=status, headers=out, uri=request.uri), None)
             if "body" in answer:
                 out = {k: v[0]["value"] for k, v in answer["headers"].items()}
                 data = answer["body"].encode()
-        return status, out, data
+            self._log(request.method, request.uri, status, out, started)
+            return Response(data, status_code=status, headers=out)
+        self._log(request.method, request.uri, status, out, started)
+        if request.method == "HEAD":
+            await upstream.aclose()
+            return Response(b"", status_code=status, headers=out)
+        return _Relayed(upstream, status_code=status, headers=out)
 
-    def to_origin(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
-        cf_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
-        event = function_url_event(body=body, headers=headers, path=uri, method=method, query=query, cf_id=cf_id)
-        response = self.origin.handler(event, LambdaContext())
-        raw = response.get("body", "")
-        data = base64.b64decode(raw) if response.get("isBase64Encoded") else raw.encode()
-        return response["statusCode"], response.get("headers", {}), data
+    def _client(self) -> httpx2.AsyncClient:
+        if self._origin_client is None:
+            # CloudFront's origin read timeout: for the first byte and between any two.
+            timeout = httpx2.Timeout(connect=5, read=self.origin_read_seconds, write=30, pool=None)
+            limits = httpx2.Limits(max_connections=LAMBDA_CONCURRENCY * 2, max_keepalive_connections=LAMBDA_CONCURRENCY)
+            self._origin_client = httpx2.AsyncClient(timeout=timeout, limits=limits)
+        return self._origin_client
 
     def served_models(self) -> tuple[int, dict, bytes]:
         """GET /v1/models: what the local model server really serves (the origin adapter
         answers the stage's model id, which the local stand-in does not run)."""
         with urllib.request.urlopen(f"{self.models_url}{MODELS_ROUTE}", timeout=5) as answer:
             return answer.status, {"content-type": "application/json"}, answer.read()
+
+
+class _Relayed(StreamingResponse):
+    """The origin's answer relayed as it arrives; the origin's connection is closed however
+    the relay ends (a client that goes away closes it too, so the origin sees it go)."""
+
+    def __init__(self, upstream: httpx2.Response, **kwargs) -> None:
+        super().__init__(upstream.aiter_raw(), **kwargs)
+        self._upstream = upstream
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._upstream.aclose()
 
 
 _METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]

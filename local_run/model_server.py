@@ -1,8 +1,11 @@
 """A local model server.
 
 Two faces on one port:
-- the SageMaker container contract, `GET /ping` and `POST /invocations`;
-- the SageMaker runtime API, `POST /endpoints/{name}/invocations`, which the origin
+- the SageMaker container contract, `GET /ping` and `POST /invocations` (a body with
+  `"stream": true` is answered token by token, as JSON Lines, the way LMI streams);
+- the SageMaker runtime API, `POST /endpoints/{name}/invocations` and
+  `POST /endpoints/{name}/invocations-response-stream` (AWS's binary event stream of
+  PayloadParts, cut anywhere, and ModelStreamError mid-stream), which the origin
   adapter's own boto3 `sagemaker-runtime` client reaches when only its endpoint URL
   points here. Container failures come back as SageMaker's ModelError, as they do on AWS.
 
@@ -22,12 +25,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+from moto.core.eventstream import EventStreamEncoder
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 GENERATOR_MODEL = "local-test-generator"
@@ -40,6 +45,13 @@ MODEL_ERROR_MARKER = "[[model-error]]"
 # (later identical calls succeed), and "[[slow-ms:N]]" holds a call N ms before answering.
 FAIL_ONCE_MARKER = "[[fail-once]]"
 _SLOW = re.compile(r"\[\[slow-ms:(\d{1,5})\]\]")
+# For the streaming tests and benchmark: "[[tokens:N]]" makes the generator's answer N
+# tokens long, "[[token-ms:N]]" makes it generate one token every N ms (streamed or not),
+# "[[stream-error-after:N]]" fails a stream after N tokens (ModelStreamError on the runtime
+# face, an error line on the container's).
+_TOKENS = re.compile(r"\[\[tokens:(\d{1,6})\]\]")
+_TOKEN_MS = re.compile(r"\[\[token-ms:(\d{1,4}(?:\.\d{1,3})?)\]\]")
+_STREAM_ERROR_AFTER = re.compile(r"\[\[stream-error-after:(\d{1,6})\]\]")
 
 
 class ContainerError(Exception):
@@ -47,6 +59,10 @@ class ContainerError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class StreamFailure(Exception):
+    """The model failed after its stream began."""
 
 
 class Embedder:
@@ -80,9 +96,10 @@ def packaged_embedding_model() -> Path:
 
 class TestGenerator:
     """Says what it is. Deterministic when decoding is greedy or seeded, as a real model
-    is; with sampling and no seed each answer differs, as a real model's would."""
+    is; with sampling and no seed each answer differs, as a real model's would. Its
+    tokens are the words of its answer (with their leading space)."""
 
-    def answer(self, prompt: str, params: dict) -> str:
+    def tokens(self, prompt: str, params: dict, length: int | None = None) -> list[str]:
         temperature = params.get("temperature", 1.0)
         greedy = temperature == 0 or params.get("do_sample") is False or params.get("top_k") == 1
         seed = params.get("seed")
@@ -91,7 +108,25 @@ class TestGenerator:
         if not greedy:
             rng = random.Random(f"{seed}:{prompt}") if seed is not None else random.Random()
             text += f" Sample {rng.randrange(10**9):09d}."
-        return text
+        first, *rest = text.split(" ")
+        tokens = [first, *(" " + word for word in rest)]
+        if length is not None:  # [[tokens:N]]: as long as asked
+            tokens = (tokens + [f" t{i}" for i in range(len(tokens), length)])[:length]
+        return tokens
+
+    def answer(self, prompt: str, params: dict, length: int | None = None) -> str:
+        return "".join(self.tokens(prompt, params, length))
+
+
+class _Pace:
+    """What the markers in a request ask of the generator: its length, its speed, a
+    failure mid-stream."""
+
+    def __init__(self, text: str) -> None:
+        tokens, token_ms, error_after = _TOKENS.search(text), _TOKEN_MS.search(text), _STREAM_ERROR_AFTER.search(text)
+        self.length = int(tokens.group(1)) if tokens else None
+        self.token_seconds = float(token_ms.group(1)) / 1000 if token_ms else 0.0
+        self.error_after = int(error_after.group(1)) if error_after else None
 
 
 class ModelServer:
@@ -109,6 +144,7 @@ class ModelServer:
                 Route("/ping", self._ping, methods=["GET"]),
                 Route("/invocations", self._container, methods=["POST"]),
                 Route("/endpoints/{name}/invocations", self._runtime, methods=["POST"]),
+                Route("/endpoints/{name}/invocations-response-stream", self._runtime_stream, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/stats", self._stats, methods=["GET"]),
             ]
@@ -125,8 +161,12 @@ class ModelServer:
         return Response(b"", media_type="text/plain")
 
     async def _container(self, request: Request) -> Response:
+        body = await request.body()
         try:
-            answer = await run_in_threadpool(self.invoke, await request.body())
+            if _streams(body):
+                lines = await run_in_threadpool(self.invoke_stream, body)
+                return StreamingResponse(iterate_in_threadpool(_with_error_line(lines)), media_type="application/jsonlines")
+            answer = await run_in_threadpool(self.invoke, body)
         except ContainerError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         return _json(answer)
@@ -136,16 +176,21 @@ class ModelServer:
         try:
             answer = await run_in_threadpool(self.invoke, await request.body())
         except ContainerError as exc:
-            error = {
-                "ErrorCode": "ModelError",
-                "Message": f"Received client error ({exc.status}) from primary with message \"{exc.message}\"."
-                if exc.status < 500
-                else f"Received server error ({exc.status}) from primary with message \"{exc.message}\".",
-                "OriginalStatusCode": exc.status,
-                "OriginalMessage": exc.message,
-            }
-            return JSONResponse(error, status_code=424, headers={"x-amzn-ErrorType": "ModelError"})
+            return _model_error(exc)
         return _json(answer, headers={"x-Amzn-Invoked-Production-Variant": "AllTraffic"})
+
+    async def _runtime_stream(self, request: Request) -> Response:
+        """SageMaker's InvokeEndpointWithResponseStream: what fails before the stream is a
+        ModelError (424); then the container's bytes as PayloadPart events of AWS's event
+        stream, and a failure mid-stream as a ModelStreamError event, as on AWS."""
+        try:
+            lines = await run_in_threadpool(self.invoke_stream, await request.body())
+        except ContainerError as exc:
+            return _model_error(exc)
+        headers = {"x-Amzn-Invoked-Production-Variant": "AllTraffic", "X-Amzn-SageMaker-Content-Type": "application/jsonlines"}
+        return StreamingResponse(
+            iterate_in_threadpool(_event_stream(lines)), media_type="application/vnd.amazon.eventstream", headers=headers
+        )
 
     async def _stats(self, request: Request) -> Response:
         """How many times the model ran (the coalescing tests and benchmark count calls)."""
@@ -164,6 +209,39 @@ class ModelServer:
 
     # -- the container: one /invocations contract, the body's shape picks the task --
     def invoke(self, body: bytes) -> dict:
+        return self._answer(*self._accept(body))
+
+    def _answer(self, request: dict, pace: _Pace) -> dict:
+        if "input" in request:
+            return self._embeddings(request)
+        if "messages" in request:
+            return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(_checked(request), pace)
+        if "prompt" in request:
+            return self._proxy("/v1/completions", request) if self.chat_url else self._completion(_checked(request), pace)
+        if "inputs" in request:
+            params = request.get("parameters") or {}
+            tokens = self.generator.tokens(json.dumps(request["inputs"]), params, pace.length)
+            time.sleep(pace.token_seconds * len(tokens))
+            return {"generated_text": "".join(tokens)}
+        raise ContainerError(400, "expected one of: input, messages, prompt, inputs")
+
+    def invoke_stream(self, body: bytes) -> Iterator[bytes]:
+        """The answer as the container streams it, line by line. What fails before the
+        stream (a bad request, the model-error markers) raises ContainerError here; a
+        failure later raises StreamFailure from the iteration."""
+        request, pace = self._accept(body)
+        if "messages" in request or "prompt" in request:
+            chat = "messages" in request
+            if self.chat_url:
+                return self._proxy_stream("/v1/chat/completions" if chat else "/v1/completions", request)
+            return self._generation_stream(_checked(request), pace, chat=chat)
+        if "inputs" in request:
+            return self._tgi_stream(request, pace)
+        # What does not stream (embeddings) comes whole, as one line.
+        return iter([json.dumps(self._answer(request, pace), ensure_ascii=False).encode() + b"\n"])
+
+    def _accept(self, body: bytes) -> tuple[dict, _Pace]:
+        """Count the call, parse the body, act on the failure and delay markers."""
         with self._count_lock:
             self.invocations += 1
         try:
@@ -183,16 +261,7 @@ class ModelServer:
                 raise ContainerError(500, "simulated model failure (the first call of this prompt)")
         if slow := _SLOW.search(text):
             time.sleep(int(slow.group(1)) / 1000)
-        if "input" in request:
-            return self._embeddings(request)
-        if "messages" in request:
-            return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(_checked(request))
-        if "prompt" in request:
-            return self._proxy("/v1/completions", request) if self.chat_url else self._completion(_checked(request))
-        if "inputs" in request:
-            params = request.get("parameters") or {}
-            return {"generated_text": self.generator.answer(json.dumps(request["inputs"]), params)}
-        raise ContainerError(400, "expected one of: input, messages, prompt, inputs")
+        return request, _Pace(text)
 
     def _embeddings(self, request: dict) -> dict:
         texts = request["input"]
@@ -207,26 +276,87 @@ class ModelServer:
             "usage": {"prompt_tokens": sum(len(t.split()) for t in texts), "total_tokens": sum(len(t.split()) for t in texts)},
         }
 
-    def _chat(self, request: dict) -> dict:
-        prompt = json.dumps(request.get("messages"), sort_keys=True, ensure_ascii=False)
+    def _chat(self, request: dict, pace: _Pace) -> dict:
+        prompt, tokens = self._generate(request, pace, chat=True)
+        text = "".join(tokens)
         choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": self.generator.answer(prompt, request)},
-                "finish_reason": "stop",
-            }
-            for i in range(int(request.get("n", 1) or 1))
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            for i in range(_choices(request))
         ]
-        return self._completion_envelope("chat.completion", request, choices, prompt)
+        return self._completion_envelope("chat.completion", request, choices, prompt, len(tokens) * len(choices))
 
-    def _completion(self, request: dict) -> dict:
-        prompt = json.dumps(request.get("prompt"), ensure_ascii=False)
-        choices = [{"index": 0, "text": self.generator.answer(prompt, request), "finish_reason": "stop"}]
-        return self._completion_envelope("text_completion", request, choices, prompt)
+    def _completion(self, request: dict, pace: _Pace) -> dict:
+        prompt, tokens = self._generate(request, pace, chat=False)
+        choices = [{"index": 0, "text": "".join(tokens), "finish_reason": "stop"}]
+        return self._completion_envelope("text_completion", request, choices, prompt, len(tokens))
+
+    def _generate(self, request: dict, pace: _Pace, *, chat: bool) -> tuple[str, list[str]]:
+        """(the prompt, the answer's tokens), after the time the generator takes for them."""
+        prompt = _prompt(request, chat)
+        tokens = self.generator.tokens(prompt, request, pace.length)
+        time.sleep(pace.token_seconds * len(tokens))
+        return prompt, tokens
+
+    def _generation_stream(self, request: dict, pace: _Pace, *, chat: bool) -> Iterator[bytes]:
+        """LMI's stream of an OpenAI body: one chunk object per line (no `data: `), each
+        token as it is generated, a last chunk per choice with its finish reason, the usage
+        chunk when asked, and an empty line where vLLM's `[DONE]` was."""
+        prompt = _prompt(request, chat)
+        tokens = self.generator.tokens(prompt, request, pace.length)
+        choices = range(_choices(request) if chat else 1)
+        envelope = self._completion_envelope(
+            "chat.completion.chunk" if chat else "text_completion", request, [], prompt, len(tokens) * len(choices)
+        )
+        usage = envelope.pop("usage")
+
+        def chunk(choice: dict) -> bytes:
+            return json.dumps({**envelope, "choices": [choice]}, ensure_ascii=False).encode() + b"\n"
+
+        def lines() -> Iterator[bytes]:
+            if chat:
+                for i in choices:
+                    yield chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+            for n, token in enumerate(tokens):
+                if pace.error_after is not None and n == pace.error_after:
+                    raise StreamFailure(f"simulated model failure after {n} tokens")
+                time.sleep(pace.token_seconds)
+                for i in choices:
+                    yield chunk({"index": i, "delta": {"content": token}, "finish_reason": None} if chat
+                                else {"index": i, "text": token, "finish_reason": None})
+            for i in choices:
+                yield chunk({"index": i, "delta": {}, "finish_reason": "stop"} if chat
+                            else {"index": i, "text": "", "finish_reason": "stop"})
+            options = request.get("stream_options")
+            if isinstance(options, dict) and options.get("include_usage") is True:
+                yield json.dumps({**envelope, "choices": [], "usage": usage}).encode() + b"\n"
+            yield b"\n"
+
+        return lines()
+
+    def _tgi_stream(self, request: dict, pace: _Pace) -> Iterator[bytes]:
+        """A TGI-style stream: a token object per line; the last carries the whole
+        generated text and the finish reason."""
+        params = request.get("parameters") or {}
+        tokens = self.generator.tokens(json.dumps(request["inputs"]), params, pace.length)
+
+        def lines() -> Iterator[bytes]:
+            for n, token in enumerate(tokens):
+                if pace.error_after is not None and n == pace.error_after:
+                    raise StreamFailure(f"simulated model failure after {n} tokens")
+                time.sleep(pace.token_seconds)
+                last = n == len(tokens) - 1
+                event = {
+                    "index": n + 1,
+                    "token": {"id": n, "text": token, "logprob": 0.0, "special": False},
+                    "generated_text": "".join(tokens) if last else None,
+                    "details": {"finish_reason": "eos_token", "generated_tokens": len(tokens)} if last else None,
+                }
+                yield json.dumps(event, ensure_ascii=False).encode() + b"\n"
+
+        return lines()
 
     @staticmethod
-    def _completion_envelope(kind: str, request: dict, choices: list, prompt: str) -> dict:
-        completion_tokens = sum(len(str(c.get("message", c.get("text", ""))).split()) for c in choices)
+    def _completion_envelope(kind: str, request: dict, choices: list, prompt: str, completion_tokens: int) -> dict:
         return {
             "id": "cmpl-" + hashlib.sha256(prompt.encode()).hexdigest()[:24],
             "object": kind,
@@ -253,6 +383,87 @@ class ModelServer:
             raise ContainerError(exc.code, exc.read().decode("utf-8", "replace")[:500]) from exc
         except OSError as exc:
             raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
+
+    def _proxy_stream(self, path: str, request: dict) -> Iterator[bytes]:
+        """The OpenAI-compatible server's own stream (SSE), line by line as it arrives."""
+        proxied = urllib.request.Request(
+            self.chat_url + path,
+            data=json.dumps(request).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {os.environ.get('LOCAL_CHAT_API_KEY', 'local')}"},
+        )
+        try:
+            answer = urllib.request.urlopen(proxied, timeout=55)
+        except urllib.error.HTTPError as exc:
+            raise ContainerError(exc.code, exc.read().decode("utf-8", "replace")[:500]) from exc
+        except OSError as exc:
+            raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
+
+        def lines() -> Iterator[bytes]:
+            try:
+                with answer:
+                    yield from answer  # http.client reads a line as soon as it is complete
+            except OSError as exc:
+                raise StreamFailure(f"the chat server's stream broke: {exc}") from exc
+
+        return lines()
+
+
+def _prompt(request: dict, chat: bool) -> str:
+    """What the test generator reads: the messages (keys sorted), or the prompt."""
+    if chat:
+        return json.dumps(request.get("messages"), sort_keys=True, ensure_ascii=False)
+    return json.dumps(request.get("prompt"), ensure_ascii=False)
+
+
+def _choices(request: dict) -> int:
+    return int(request.get("n", 1) or 1)
+
+
+def _streams(body: bytes) -> bool:
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(request, dict) and request.get("stream") is True
+
+
+def _with_error_line(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """The container's own stream: a failure mid-stream ends it with an error line (LMI
+    writes `{"error": ...}`; vLLM an error chunk), and the HTTP status stays 200."""
+    try:
+        yield from lines
+    except StreamFailure as exc:
+        yield json.dumps({"error": {"message": str(exc), "code": 500}}).encode() + b"\n"
+
+
+def _event_stream(lines: Iterator[bytes]) -> Iterator[bytes]:
+    """The container's lines as SageMaker's response stream: PayloadPart events whose
+    boundaries are not line ends (each line is cut in two), and a failure mid-stream as a
+    ModelStreamError event, encoded with moto's event-stream encoder."""
+    encoder = EventStreamEncoder()
+    part = {":message-type": "event", ":event-type": "PayloadPart", ":content-type": "application/octet-stream"}
+    try:
+        for line in lines:
+            middle = len(line) // 2
+            for piece in (line[:middle], line[middle:]):
+                if piece:
+                    yield encoder.encode_message(part, piece)
+    except StreamFailure as exc:
+        error = {":message-type": "exception", ":exception-type": "ModelStreamError", ":content-type": "application/json"}
+        payload = {"Message": f"Received server error from primary: {exc}", "ErrorCode": "ModelError"}
+        yield encoder.encode_message(error, json.dumps(payload).encode())
+
+
+def _model_error(exc: ContainerError) -> Response:
+    """What SageMaker's runtime answers when the container answered non-2xx."""
+    kind = "client" if exc.status < 500 else "server"
+    error = {
+        "ErrorCode": "ModelError",
+        "Message": f"Received {kind} error ({exc.status}) from primary with message \"{exc.message}\".",
+        "OriginalStatusCode": exc.status,
+        "OriginalMessage": exc.message,
+    }
+    return JSONResponse(error, status_code=424, headers={"x-amzn-ErrorType": "ModelError"})
 
 
 def _checked(request: dict) -> dict:

@@ -117,7 +117,8 @@ class CdnStack(cdk.Stack):
             origin_request_policy=cloudfront.OriginRequestPolicy.ALL_VIEWER_EXCEPT_HOST_HEADER,
             # A redirect would drop a POST body; plain HTTP is refused instead.
             viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
-            compress=True,
+            # Streamed answers go out event by event: nothing is held back to compress them.
+            compress=False,
             function_associations=key_check,
             edge_lambdas=[
                 cloudfront.EdgeLambda(

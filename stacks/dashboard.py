@@ -73,6 +73,7 @@ class SlaDashboard(Construct):
         self._traffic_and_error_budget_row()
         self._errors_by_layer_row()
         self._latency_by_layer_row()
+        self._streaming_and_coalescing_row()
         self._capacity_row()
         self._gpu_time_and_workspace_row()
         self._alarm_status_row(home_alarms, edge_alarm_names)
@@ -278,6 +279,45 @@ class SlaDashboard(Construct):
                     _in_ms(home.sagemaker("OverheadLatency", "p99", PERIOD), "overheadP99", "OverheadLatency p99"),
                 ],
                 left_y_axis=ms_axis,
+            ),
+        )
+
+    def _streaming_and_coalescing_row(self) -> None:
+        """Time to first token of streamed misses, streams cut short, and what coalescing
+        saved: waiters answered from an identical request's result instead of the GPU."""
+        home = self.home
+        self.dashboard.add_widgets(
+            cw.GraphWidget(
+                title="Streamed misses: time to first token (ms)",
+                width=8,
+                height=6,
+                left=[
+                    home.emf(Metric.TIME_TO_FIRST_TOKEN, "p50", PERIOD, "TTFT p50"),
+                    home.emf(Metric.TIME_TO_FIRST_TOKEN, "p99", PERIOD, "TTFT p99"),
+                ],
+                left_y_axis=cw.YAxisProps(min=0, label="ms", show_units=False),
+            ),
+            cw.GraphWidget(
+                title="Streams cut short (never stored)",
+                width=8,
+                height=6,
+                left=[
+                    home.emf(Metric.STREAM_CUT_OFF, "Sum", PERIOD, "streams cut off (client gone, model error, timeout)"),
+                    home.emf(Metric.TIME_TO_FIRST_TOKEN, "SampleCount", PERIOD, "streamed misses"),
+                ],
+                left_y_axis=cw.YAxisProps(min=0, label="requests", show_units=False),
+            ),
+            cw.GraphWidget(
+                title="Coalesced identical misses",
+                width=8,
+                height=6,
+                left=[
+                    home.emf(Metric.COALESCED, "Sum", PERIOD, "answered from an identical request's result"),
+                    home.emf(Metric.LEASE_WON, "Sum", PERIOD, "model calls that held the lease"),
+                    home.emf(Metric.LEASE_TAKEOVER, "Sum", PERIOD, "leases taken over (holder failed or expired)"),
+                    home.emf(Metric.COALESCE_GAVE_UP, "Sum", PERIOD, "waits given up (503, retry)"),
+                ],
+                left_y_axis=cw.YAxisProps(min=0, label="requests", show_units=False),
             ),
         )
 

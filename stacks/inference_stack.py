@@ -17,17 +17,20 @@ from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from config.aws_facts import LAMBDA_WEB_ADAPTER_LAYER_ARN, LAMBDA_WEB_ADAPTER_LAYER_VERSION
 from config.settings import StageSettings
 from inference_cache.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCING_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
+    HEALTH_ROUTE,
     LEASE_PREFIX,
     METRICS_NAMESPACE,
     ORIGIN_ADAPTER_SERVICE,
     RESULTS_BUCKET_ENV,
     RESULTS_PREFIX,
+    WEB_ADAPTER_PORT,
 )
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER, lambda_bundle
 from stacks.common import retention
@@ -316,6 +319,15 @@ class InferenceStack(cdk.Stack):
                 self, f"/aws/service/powertools/python/arm64/python3.14/{version('aws-lambda-powertools')}"
             ),
         )
+        # Lambda Web Adapter runs the adapter's web app (run.sh) and streams its answers
+        # through the function URL as they are written (docs/decisions.md, "Streaming misses").
+        web_adapter = lambda_.LayerVersion.from_layer_version_arn(
+            self,
+            "WebAdapter",
+            LAMBDA_WEB_ADAPTER_LAYER_ARN.format(
+                partition=self.partition, region=self.region, version=LAMBDA_WEB_ADAPTER_LAYER_VERSION
+            ),
+        )
         function = lambda_.Function(
             self,
             "OriginAdapter",
@@ -332,7 +344,7 @@ class InferenceStack(cdk.Stack):
             # home region's pool that Lambda@Edge replicas there share.
             reserved_concurrent_executions=self.settings.endpoint.adapter_reserved_concurrency,
             role=role,
-            layers=[powertools],
+            layers=[web_adapter, powertools],
             log_group=log_group,
             tracing=lambda_.Tracing.ACTIVE,
             environment={
@@ -342,10 +354,21 @@ class InferenceStack(cdk.Stack):
                 # Coalescing's lease and wait budgets are derived from these two.
                 ADAPTER_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.adapter_seconds),
                 COALESCING_ENV: "true",
+                # Lambda Web Adapter: its bootstrap runs the handler (run.sh), waits for the
+                # app's readiness route, and streams each answer (a typo here would silently
+                # buffer every answer: tests pin these values).
+                "AWS_LAMBDA_EXEC_WRAPPER": "/opt/bootstrap",
+                "AWS_LWA_INVOKE_MODE": "response_stream",
+                "AWS_LWA_PORT": str(WEB_ADAPTER_PORT),
+                "AWS_LWA_READINESS_CHECK_PATH": HEALTH_ROUTE,
                 "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             },
         )
-        url = function.add_function_url(auth_type=lambda_.FunctionUrlAuthType.AWS_IAM)
+        # RESPONSE_STREAM: the answer reaches CloudFront as it is written (up to 200 MB)
+        # instead of once it is whole (6 MB).
+        url = function.add_function_url(
+            auth_type=lambda_.FunctionUrlAuthType.AWS_IAM, invoke_mode=lambda_.InvokeMode.RESPONSE_STREAM
+        )
         return function, url
 

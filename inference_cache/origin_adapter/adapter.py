@@ -1,16 +1,20 @@
 """What the origin adapter does with one request (flow steps 5-7): recompute the cache
-decision, call the model, store what may be served again, answer the client."""
+decision, call the model, store what may be served again, answer the client. A request
+with `stream: true` gets the model's events as they are generated (streaming.py)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from inference_cache import cache_decision
 from inference_cache.cache_settings import EdgeCacheSettings
 from inference_cache.contract import (
     COALESCED_HEADER,
+    EMBEDDINGS_ROUTE,
+    INVOCATIONS_ROUTE,
     KEY_HEADER,
     MODELS_ROUTE,
     SERVABLE_BODY_LIMIT_BYTES,
@@ -19,9 +23,16 @@ from inference_cache.contract import (
     TENANT_HEADER,
 )
 from inference_cache.errors import ApiError
-from inference_cache.origin_adapter.coalescing import Coalescer
-from inference_cache.origin_adapter.endpoint import EndpointFailure, SageMakerEndpoint
+from inference_cache.origin_adapter.coalescing import Coalescer, Lease
+from inference_cache.origin_adapter.endpoint import EndpointFailure, EndpointStream, SageMakerEndpoint
 from inference_cache.origin_adapter.results_store import ResultsStore
+from inference_cache.origin_adapter.streaming import (
+    SSE_CONTENT_TYPE,
+    StreamRelay,
+    error_event,
+    requested_choices,
+    wants_usage,
+)
 
 # The viewer's credentials never enter the decision here: behind OAC the Authorization
 # header is CloudFront's signature. The tenant comes from the edge, in TENANT_HEADER.
@@ -41,6 +52,23 @@ class OriginResponse:
     status: int
     body: bytes
     headers: dict = field(default_factory=dict)
+    # A streamed answer: the body comes from here, and the Outcome is final once it ended.
+    stream: StreamedBody | None = None
+
+
+class StreamedBody:
+    """A streamed answer's body: iterate it once. close() ends it, with its model stream
+    and its lease, whether or not it was iterated to the end (or at all)."""
+
+    def __init__(self, chunks: Iterator[bytes], end: Callable[[], None]) -> None:
+        self._chunks, self._end = chunks, end
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        self._chunks.close()
+        self._end()
 
 
 @dataclass
@@ -62,6 +90,12 @@ class Outcome:
     lease_won: bool = False
     lease_takeover: bool = False
     coalesce_gave_up: bool = False
+    # Streaming: the answer was streamed; seconds from the request to its first event;
+    # why a stream ended without a complete answer (client gone, model error, timeout).
+    streamed: bool = False
+    first_token_seconds: float | None = None
+    stream_cut_off: str | None = None
+    started: float = field(default_factory=time.perf_counter)
 
 
 class InferenceAdapter:
@@ -72,23 +106,27 @@ class InferenceAdapter:
         store: ResultsStore,
         logger,
         coalescer: Coalescer | None = None,
+        stream_seconds: float = 52.0,
     ):
         self.cache = cache_settings
         self.endpoint = endpoint
         self.store = store
         self.logger = logger
         self.coalescer = coalescer  # None: every miss calls the model
+        # How long a stream may run from the request's start: the adapter ends it (an
+        # error event, nothing stored) before Lambda's timeout would cut it mid-event.
+        self.stream_seconds = stream_seconds
         self.routes = frozenset(cache_settings.routes)
 
     def answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
-        started = time.perf_counter()
         response, outcome = self._answer(request)
-        # The origin's own time on every answer, as the edge's answers carry theirs.
-        response.headers[SERVER_TIMING_HEADER] = f"origin;dur={(time.perf_counter() - started) * 1000:.2f}"
+        # The origin's own time on every answer (a streamed one: until its stream began),
+        # as the edge's answers carry theirs.
+        response.headers[SERVER_TIMING_HEADER] = f"origin;dur={(time.perf_counter() - outcome.started) * 1000:.2f}"
         return response, outcome
 
     def _answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
-        started = time.monotonic()
+        started = time.monotonic()  # the coalescing budgets count from here
         outcome = Outcome()
         if request.method == "GET" and request.path == MODELS_ROUTE:
             return self._models(), outcome
@@ -132,38 +170,109 @@ class InferenceAdapter:
                 response.headers["retry-after"] = "1"
                 return response, outcome
             lease = turn.lease
+        return self._generate(request, decision, outcome, lease), outcome
+
+    def _generate(self, request: OriginRequest, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
+        """Call the model; store the answer if it may be served again. A streamed answer
+        releases the lease when its stream ends; any other, here."""
         try:
-            return self._generate(request, decision, outcome)
+            if request.path != EMBEDDINGS_ROUTE and json.loads(request.body).get("stream") is True:
+                return self._stream(request, decision, outcome, lease)
+            return self._whole(request, decision, outcome)
         finally:
-            if lease is not None:
+            if lease is not None and not outcome.streamed:
                 self.coalescer.release(lease)
 
-    def _generate(self, request: OriginRequest, decision, outcome: Outcome) -> tuple[OriginResponse, Outcome]:
-        """Call the model; store the answer if it may be served again."""
-        streaming, payload = _without_stream(request.body)
+    def _whole(self, request: OriginRequest, decision, outcome: Outcome) -> OriginResponse:
+        """InvokeEndpoint: the whole answer at once."""
         try:
-            answer = self.endpoint.invoke(payload, "application/json")
+            answer = self.endpoint.invoke(request.body, "application/json")
         except EndpointFailure as failure:
-            outcome.model_error = failure.model_error
-            response = _error(failure.status, failure.code, failure.message)
-            if failure.retry_after:
-                response.headers["retry-after"] = str(failure.retry_after)
-            return response, outcome
+            return _failed(failure, outcome)
         outcome.inference_seconds = answer.seconds
-
-        body, content_type = answer.body, answer.content_type
-        if streaming:
-            body, content_type = _as_event_stream(request.path, answer.body), "text/event-stream"
         outcome.cache = "MISS" if decision.store else "BYPASS"
-        if decision.store and decision.key and decision.ttl_seconds > 0 and _is_json(answer):
-            if len(body) > SERVABLE_BODY_LIMIT_BYTES:  # the edge could never serve it back
+        if _storable(decision) and _is_json(answer):
+            self._store_if_servable(decision, answer.body, answer.content_type, outcome)
+        return OriginResponse(200, answer.body, self._answer_headers(answer.content_type, decision, outcome))
+
+    def _stream(self, request: OriginRequest, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
+        """InvokeEndpointWithResponseStream: the client gets each event as the model
+        writes it; the answer is stored once the stream ended normally and the client got
+        its last byte (streaming.py)."""
+        try:
+            stream = self.endpoint.invoke_stream(request.body, "application/json")
+        except EndpointFailure as failure:
+            return _failed(failure, outcome)
+        body = json.loads(request.body)
+        sse = request.path != INVOCATIONS_ROUTE  # /invocations: the container's own framing
+        relay = StreamRelay(
+            sse=sse, choices=requested_choices(body), usage=wants_usage(body), keep_limit=SERVABLE_BODY_LIMIT_BYTES
+        )
+        content_type = SSE_CONTENT_TYPE if sse else stream.content_type
+        outcome.cache, outcome.streamed = ("MISS" if decision.store else "BYPASS"), True
+        ended = []
+
+        def end() -> None:  # once, however the stream ends
+            if not ended:
+                ended.append(True)
+                outcome.inference_seconds = time.perf_counter() - stream.started
+                stream.close()
+                if lease is not None:
+                    self.coalescer.release(lease)
+
+        chunks = self._relay(stream, relay, content_type, decision, outcome, end)
+        return OriginResponse(200, b"", self._answer_headers(content_type, decision, outcome), StreamedBody(chunks, end))
+
+    def _relay(
+        self, stream: EndpointStream, relay: StreamRelay, content_type: str, decision, outcome: Outcome, end
+    ) -> Iterator[bytes]:
+        deadline = outcome.started + self.stream_seconds
+        try:
+            try:
+                for part in stream:
+                    frames = relay.feed(part)
+                    if frames:
+                        if outcome.first_token_seconds is None:
+                            outcome.first_token_seconds = time.perf_counter() - outcome.started
+                        yield b"".join(frames)
+                    if time.perf_counter() > deadline:
+                        raise EndpointFailure(504, "model_timeout", "The answer took longer than the origin may stream.")
+                frames = relay.finish()
+            except EndpointFailure as failure:
+                outcome.stream_cut_off, outcome.model_error = failure.code, failure.model_error
+                yield error_event(failure.status, failure.code, failure.message, sse=relay.sse)
+                return
+            if not relay.complete:
+                outcome.stream_cut_off, outcome.model_error = relay.why_incomplete(), relay.model_error is not None
+                if not relay.error_relayed:  # else the model's own error event reached the client
+                    message = f"The model's stream ended early ({outcome.stream_cut_off})."
+                    frames.append(error_event(502, "model_stream_incomplete", message, sse=relay.sse))
+                yield b"".join(frames)
+                return
+            yield b"".join(frames)
+            # Resumed after the last event went out: the client has the whole answer.
+            kept = relay.kept()
+            if kept is None:
                 outcome.too_large_to_store = True
-            else:
-                outcome.stored_bytes, outcome.store_failed = self._store(decision, body, content_type)
+            elif _storable(decision):
+                outcome.stored_bytes, outcome.store_failed = self._store(decision, kept, content_type)
+        except GeneratorExit:  # the client went away: nothing of this is stored
+            outcome.stream_cut_off = outcome.stream_cut_off or "client gone"
+            raise
+        finally:
+            end()
+
+    def _answer_headers(self, content_type: str, decision, outcome: Outcome) -> dict:
         headers = {"content-type": content_type, STATUS_HEADER: outcome.cache}
         if decision.key:
             headers[KEY_HEADER] = decision.key
-        return OriginResponse(200, body, headers), outcome
+        return headers
+
+    def _store_if_servable(self, decision, body: bytes, content_type: str, outcome: Outcome) -> None:
+        if len(body) > SERVABLE_BODY_LIMIT_BYTES:  # the edge could never serve it back
+            outcome.too_large_to_store = True
+        else:
+            outcome.stored_bytes, outcome.store_failed = self._store(decision, body, content_type)
 
     def _store(self, decision, body: bytes, content_type: str) -> tuple[int, bool]:
         try:
@@ -190,18 +299,12 @@ def _coalesces(decision) -> bool:
     """Only a miss that will be looked up and stored waits for an identical one. Not a
     non-cacheable request (sampled, tools, ...), nor `Cache-Control: no-cache` (lookup off:
     the client asked for a new generation, not one that was in flight before it came)."""
-    return bool(decision.key and decision.lookup and decision.store and decision.ttl_seconds > 0)
+    return bool(decision.lookup) and _storable(decision)
 
 
-def _without_stream(body: bytes) -> tuple[bool, bytes]:
-    """The endpoint is always asked for the whole answer; a streaming client gets it as
-    one event stream (true token streaming needs a Node.js streaming origin)."""
-    request = json.loads(body)
-    if request.get("stream") is True:
-        request["stream"] = False
-        request.pop("stream_options", None)
-        return True, json.dumps(request, ensure_ascii=False).encode()
-    return False, body
+def _storable(decision) -> bool:
+    """A 2xx answer to this request may be stored."""
+    return bool(decision.store and decision.key and decision.ttl_seconds > 0)
 
 
 def _is_json(answer) -> bool:
@@ -214,38 +317,16 @@ def _is_json(answer) -> bool:
         return False
 
 
-def _as_event_stream(path: str, body: bytes) -> bytes:
-    try:
-        full = json.loads(body)
-    except ValueError:
-        full = None
-    events = []
-    if isinstance(full, dict) and isinstance(full.get("choices"), list):
-        chat = path.endswith("/chat/completions") or full.get("object") == "chat.completion"
-        base = {k: full[k] for k in ("id", "model", "system_fingerprint") if k in full}
-        base["object"] = "chat.completion.chunk" if chat else "text_completion"
-        base["created"] = full.get("created", int(time.time()))
-        for choice in full["choices"]:
-            index = choice.get("index", 0)
-            if chat:
-                message = choice.get("message") or {}
-                delta = {"role": message.get("role", "assistant"), "content": message.get("content")}
-                if message.get("tool_calls"):
-                    delta["tool_calls"] = message["tool_calls"]
-                events.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
-                events.append({**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]})
-            else:
-                events.append({**base, "choices": [{"index": index, "text": choice.get("text", ""), "finish_reason": choice.get("finish_reason")}]})
-        if full.get("usage"):
-            events.append({**base, "choices": [], "usage": full["usage"]})
-    else:
-        events.append(full if full is not None else body.decode("utf-8", "replace"))
-    lines = [f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events]
-    return ("".join(lines) + "data: [DONE]\n\n").encode()
-
-
 def _json_headers(cache_status: str) -> dict:
     return {"content-type": "application/json", STATUS_HEADER: cache_status}
+
+
+def _failed(failure: EndpointFailure, outcome: Outcome) -> OriginResponse:
+    outcome.model_error = failure.model_error
+    response = _error(failure.status, failure.code, failure.message)
+    if failure.retry_after:
+        response.headers["retry-after"] = str(failure.retry_after)
+    return response
 
 
 def _error(status: int, code: str, message: str) -> OriginResponse:

@@ -9,12 +9,14 @@ import time
 from dataclasses import dataclass
 
 import boto3
+import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    EventStreamError,
     ReadTimeoutError,
 )
 
@@ -24,6 +26,42 @@ class EndpointAnswer:
     body: bytes
     content_type: str
     seconds: float
+
+
+class EndpointStream:
+    """The model's stream: iterate for its bytes (PayloadParts, cut anywhere). A failure
+    mid-stream raises EndpointFailure: SageMaker's ModelStreamError or
+    InternalStreamFailure (botocore raises them as EventStreamError), a gap between parts
+    longer than the read timeout, a broken connection."""
+
+    def __init__(self, events, content_type: str, started: float) -> None:
+        self._events = events
+        self.content_type = content_type
+        self.started = started  # perf_counter() when the call was made
+
+    def __iter__(self):
+        try:
+            for event in self._events:
+                part = event.get("PayloadPart")
+                if part and part.get("Bytes"):
+                    yield part["Bytes"]
+        except EventStreamError as exc:
+            error = exc.response.get("Error", {})
+            code, message = error.get("Code", ""), error.get("Message", "")
+            if error.get("ErrorCode") == "ModelInvocationTimeExceeded" or "timed out" in message.lower():
+                raise EndpointFailure(504, "model_timeout", "The model did not finish in time.") from exc
+            raise EndpointFailure(502, "model_stream_error", f"The model failed mid-stream ({code}): {message}",
+                                  model_error=code == "ModelStreamError") from exc
+        except (ReadTimeoutError, urllib3.exceptions.ReadTimeoutError) as exc:  # a gap longer than the read timeout
+            raise EndpointFailure(504, "model_timeout", "The model stopped sending tokens.") from exc
+        except (BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise EndpointFailure(502, "model_stream_broken", f"The model's stream broke: {type(exc).__name__}.") from exc
+
+    def close(self) -> None:
+        """Stop reading (the client is gone, or the adapter's time is up)."""
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass(frozen=True)
@@ -49,14 +87,33 @@ class SageMakerEndpoint:
         )
 
     def invoke(self, body: bytes, content_type: str) -> EndpointAnswer:
+        def call():
+            response = self.client.invoke_endpoint(
+                EndpointName=self.name, Body=body, ContentType=content_type, Accept="application/json"
+            )
+            return response["Body"].read(), response.get("ContentType") or "application/json"
+
+        started, (payload, answer_type) = self._with_retries(call)
+        return EndpointAnswer(payload, answer_type, time.perf_counter() - started)
+
+    def invoke_stream(self, body: bytes, content_type: str) -> EndpointStream:
+        """InvokeEndpointWithResponseStream. What fails before the stream starts (the
+        container's 4xx, throttling, no capacity) raises EndpointFailure as invoke() does;
+        what fails after it started is raised by EndpointStream's iteration."""
+
+        def call():
+            return self.client.invoke_endpoint_with_response_stream(EndpointName=self.name, Body=body, ContentType=content_type)
+
+        started, response = self._with_retries(call)
+        return EndpointStream(response["Body"], response.get("ContentType") or "application/jsonlines", started)
+
+    def _with_retries(self, call):
+        """(when the successful attempt started, its result); throttling retried with
+        jittered backoff, every failure as an EndpointFailure."""
         for attempt in range(self.throttle_retries + 1):
             started = time.perf_counter()
             try:
-                response = self.client.invoke_endpoint(
-                    EndpointName=self.name, Body=body, ContentType=content_type, Accept="application/json"
-                )
-                payload = response["Body"].read()
-                return EndpointAnswer(payload, response.get("ContentType") or "application/json", time.perf_counter() - started)
+                return started, call()
             except ClientError as exc:
                 failure = _failure_of(exc)
                 if failure.code != "throttled" or attempt == self.throttle_retries:

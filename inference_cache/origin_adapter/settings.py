@@ -55,9 +55,16 @@ class AdapterSettings:
         return self.adapter_timeout_seconds
 
     @property
-    def wait_seconds(self) -> float:
-        """How long a waiter polls for the result: its timeout less the time to answer."""
+    def answer_seconds(self) -> float:
+        """How long a request may take before the adapter must answer it: its timeout less
+        the time to send the answer. A stream still running then is ended (an error event,
+        nothing stored) rather than cut by Lambda mid-event."""
         return self.adapter_timeout_seconds - _ANSWER_MARGIN_SECONDS
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long a waiter polls for the result: as long as it may take to answer."""
+        return self.answer_seconds
 
     @property
     def takeover_window_seconds(self) -> float:

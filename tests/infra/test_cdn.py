@@ -42,6 +42,8 @@ def test_inference_routes_take_all_methods_uncached_through_the_cache_key_functi
     assert behavior["CachePolicyId"] == CACHING_DISABLED
     assert behavior["OriginRequestPolicyId"] == ALL_VIEWER_EXCEPT_HOST
     assert behavior["ViewerProtocolPolicy"] == "https-only"
+    # Streamed answers pass event by event: CloudFront does not hold them back to compress.
+    assert behavior["Compress"] is False
     association, on_response = behavior["LambdaFunctionAssociations"]
     assert association["EventType"] == "origin-request"
     assert association["IncludeBody"] is True

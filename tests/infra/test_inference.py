@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from aws_cdk.assertions import Match, Template
 
+from config.aws_facts import LAMBDA_WEB_ADAPTER_LAYER_VERSION
 from config.stages import STAGES
+from inference_cache.contract import HEALTH_ROUTE, WEB_ADAPTER_PORT
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER
 from tests.conftest import STAGE_NAMES
 
@@ -130,7 +132,8 @@ def test_origin_adapter_may_only_invoke_this_endpoint_and_write_cache_results(sy
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_origin_adapter_function_and_its_url(synthesized, stage):
     template = _template(synthesized, stage)
-    template.has_resource_properties("AWS::Lambda::Url", {"AuthType": "AWS_IAM", "InvokeMode": Match.absent()})
+    # Streamed: CloudFront gets each event as the adapter writes it.
+    template.has_resource_properties("AWS::Lambda::Url", {"AuthType": "AWS_IAM", "InvokeMode": "RESPONSE_STREAM"})
     function = [
         f["Properties"]
         for f in template.find_resources("AWS::Lambda::Function").values()
@@ -150,6 +153,15 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
     # Coalescing is on; its lease and wait budgets derive from the adapter's own timeout.
     assert function["Environment"]["Variables"]["ADAPTER_TIMEOUT_SECONDS"] == str(timeouts.adapter_seconds)
     assert function["Environment"]["Variables"]["COALESCE_IDENTICAL_MISSES"] == "true"
+    # Lambda Web Adapter runs the web app from the handler file and streams its answers.
+    # It falls back to buffered answers on any other invoke mode value, silently.
+    assert function["Handler"] == "run.sh"
+    assert {k: v for k, v in function["Environment"]["Variables"].items() if k.startswith(("AWS_LWA_", "AWS_LAMBDA_"))} == {
+        "AWS_LAMBDA_EXEC_WRAPPER": "/opt/bootstrap",
+        "AWS_LWA_INVOKE_MODE": "response_stream",
+        "AWS_LWA_PORT": str(WEB_ADAPTER_PORT),
+        "AWS_LWA_READINESS_CHECK_PATH": HEALTH_ROUTE,
+    }
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
@@ -193,4 +205,9 @@ def test_origin_adapter_uses_the_powertools_layer_of_the_pinned_version(synthesi
     parameters = {p.get("Default") for p in template.get("Parameters", {}).values()}
     assert f"/aws/service/powertools/python/arm64/python3.14/{pinned}" in parameters
     (function,) = [f for f in template["Resources"].values() if f["Properties"].get("Handler") == ORIGIN_ADAPTER_HANDLER]
-    assert len(function["Properties"]["Layers"]) == 1
+    layers = function["Properties"]["Layers"]
+    assert len(layers) == 2 and sum("Ref" in layer for layer in layers if isinstance(layer, dict)) == 1  # the SSM parameter
+    # Lambda Web Adapter's arm64 layer, published by its account in the function's region.
+    region = STAGES[stage].home_region
+    assert f"arn:aws:lambda:{region}:753240598075:layer:LambdaAdapterLayerArm64:{LAMBDA_WEB_ADAPTER_LAYER_VERSION}" in layers
+    assert function["Properties"]["Architectures"] == ["arm64"]

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from stacks.bundles import ORIGIN_ADAPTER_PACKAGES, vendored_modules
 from tests.conftest import ROOT
 
 RUNTIME = ROOT / "inference_cache"
 INFRASTRUCTURE = ("config", "stacks", "local_run", "cli", "tests", "bench", "scripts", "app")
-# What the Lambda runtimes provide besides the standard library (origin adapter only).
-ORIGIN_ADAPTER_LIBRARIES = ("boto3", "botocore", "aws_lambda_powertools")
+# What the Lambda runtime and the Powertools layer provide besides the standard library
+# (origin adapter only; urllib3 comes with botocore), and what its bundle carries itself.
+ORIGIN_ADAPTER_LIBRARIES = ("boto3", "botocore", "urllib3", "aws_lambda_powertools")
+ORIGIN_ADAPTER_BUNDLED = vendored_modules(ORIGIN_ADAPTER_PACKAGES)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -74,7 +77,7 @@ def test_edge_function_imports_only_the_standard_library_and_the_package():
 
 def test_origin_adapter_imports_only_the_package_the_stdlib_and_the_lambda_libraries():
     for module in sorted((RUNTIME / "origin_adapter").glob("*.py")):
-        allowed = {"inference_cache", *ORIGIN_ADAPTER_LIBRARIES}
+        allowed = {"inference_cache", *ORIGIN_ADAPTER_LIBRARIES, *ORIGIN_ADAPTER_BUNDLED}
         foreign = {n for n in imported_modules(module) if top(n) not in allowed and top(n) not in sys.stdlib_module_names}
         assert not foreign, f"{module.relative_to(ROOT)} imports {sorted(foreign)}"
 

@@ -1,32 +1,40 @@
-"""Origin adapter handler tests: function URL events as CloudFront forwards them,
-SageMaker and S3 stubbed at the boto3 boundary with botocore's Stubber."""
+"""Origin adapter tests: its web app served on 127.0.0.1 by uvicorn, each request made of
+it as Lambda Web Adapter makes it from a function URL event as CloudFront forwards it
+(tests/events); SageMaker and S3 stubbed at the boto3 boundary with botocore's Stubber."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
+from unittest import mock
 
+import httpx2
 import pytest
+from botocore.eventstream import EventStream
+from botocore.parsers import EventStreamJSONParser
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
+from moto.core.eventstream import EventStreamEncoder
 
 from config.stages import STAGES
 from inference_cache import cache_decision
 from inference_cache.contract import (
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
+    HEALTH_ROUTE,
     METRICS_NAMESPACE,
     ORIGIN_ADAPTER_SERVICE,
     RESULTS_BUCKET_ENV,
     SETTINGS_ENV,
     SETTINGS_FILE,
 )
-from inference_cache.origin_adapter import handler as origin_handler
+from inference_cache.origin_adapter import app as origin_app
 from inference_cache.origin_adapter.settings import AdapterSettings
-from local_run.events import function_url_event
+from local_run.events import function_url_event, web_adapter_request
+from local_run.servers import BackgroundServer
 
 ENDPOINT = "inference-cache-dev"
 BUCKET = "results-bucket"
@@ -54,10 +62,18 @@ def lambda_context():
     return LambdaContext()
 
 
+@dataclass
+class Answer:
+    status: int
+    headers: httpx2.Headers
+    body: bytes
+
+
 @pytest.fixture
 def origin(tmp_path, monkeypatch):
-    """The handler module with an adapter built afresh from the dev stage's settings (the
-    environment the Inference stack sets), put where the handler finds it."""
+    """The origin adapter's web app with an adapter built afresh from the dev stage's
+    settings (the environment the Inference stack sets), served on 127.0.0.1; `call`
+    makes a function URL event's request of it as Lambda Web Adapter does."""
     settings = tmp_path / SETTINGS_FILE
     settings.write_text(STAGES["dev"].edge_cache_settings().to_json())
     for name, value in {
@@ -70,14 +86,31 @@ def origin(tmp_path, monkeypatch):
         "AWS_SECRET_ACCESS_KEY": "testing",
         "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
         "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-        "POWERTOOLS_TRACE_DISABLED": "true",
     }.items():
         monkeypatch.setenv(name, value)
     adapter_settings = AdapterSettings.from_environment()
-    adapter = origin_handler.build_adapter(adapter_settings)
-    monkeypatch.setattr(origin_handler, "_adapter", adapter)
-    yield SimpleNamespace(handler=origin_handler.handler, ADAPTER=adapter, SETTINGS=adapter_settings)
-    origin_handler.metrics.clear_metrics()
+    adapter = origin_app.build_adapter(adapter_settings)
+    server = BackgroundServer(origin_app.create_app(lambda: adapter, worker_threads=4), name="origin-under-test").start()
+    client = httpx2.Client(base_url=server.url, timeout=30)
+
+    def call(event: dict, context: LambdaContext) -> Answer:
+        method, path, headers, body = web_adapter_request(event, request_id=context.aws_request_id, deadline_ms=0)
+        headers.pop("host", None)
+        answer = client.request(method, path, headers=headers, content=body)
+        return Answer(answer.status_code, answer.headers, answer.content)
+
+    def stream(event: dict, context: LambdaContext):
+        """(status, headers, [(seconds since the request, chunk bytes), ...]) as they arrive."""
+        method, path, headers, body = web_adapter_request(event, request_id=context.aws_request_id, deadline_ms=0)
+        headers.pop("host", None)
+        started = time.perf_counter()
+        with client.stream(method, path, headers=headers, content=body) as answer:
+            chunks = [(time.perf_counter() - started, chunk) for chunk in answer.iter_raw()]
+        return answer.status_code, answer.headers, chunks
+
+    yield SimpleNamespace(call=call, stream=stream, url=server.url, ADAPTER=adapter, SETTINGS=adapter_settings)
+    client.close()
+    server.stop()
 
 
 @pytest.fixture
@@ -105,12 +138,8 @@ def endpoint_answer(sagemaker, answer=CHAT_ANSWER, expected_body=None):
     return payload
 
 
-def decoded(response) -> bytes:
-    return base64.b64decode(response["body"])
-
-
 def emitted_metrics(capsys) -> dict:
-    """Metric name -> values from the EMF line the handler printed."""
+    """Metric name -> values from the EMF line the app printed for the request."""
     found = {}
     for line in capsys.readouterr().out.splitlines():
         try:
@@ -141,11 +170,11 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
             "Metadata": {"model": GREEDY["model"], "model-version": STAGES["dev"].model.model_version, "created": ANY, "expires": ANY},
         },
     )
-    response = origin.handler(url_event(), lambda_context)
-    assert response["statusCode"] == 200
-    assert decoded(response) == payload
-    assert response["headers"]["x-inference-cache"] == "MISS"
-    assert response["headers"]["x-inference-cache-key"] == key
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == 200
+    assert response.body == payload
+    assert response.headers["x-inference-cache"] == "MISS"
+    assert response.headers["x-inference-cache-key"] == key
     metrics = emitted_metrics(capsys)
     assert metrics["CacheMiss"] == 1.0 and metrics["CacheStore"] == 1.0
     assert metrics["StoredBytes"] == float(len(payload))
@@ -155,24 +184,24 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
 def test_sampling_request_is_a_bypass_and_not_stored(origin, stubs, lambda_context, capsys):
     sagemaker, _ = stubs
     endpoint_answer(sagemaker)
-    response = origin.handler(url_event({**GREEDY, "temperature": 0.8}), lambda_context)
-    assert response["statusCode"] == 200 and response["headers"]["x-inference-cache"] == "BYPASS"
+    response = origin.call(url_event({**GREEDY, "temperature": 0.8}), lambda_context)
+    assert response.status == 200 and response.headers["x-inference-cache"] == "BYPASS"
     assert emitted_metrics(capsys)["CacheBypass"] == 1.0
 
 
 def test_no_store_is_a_bypass_and_not_stored(origin, stubs, lambda_context):
     sagemaker, _ = stubs
     endpoint_answer(sagemaker)
-    response = origin.handler(url_event(headers={"cache-control": "no-store"}), lambda_context)
-    assert response["headers"]["x-inference-cache"] == "BYPASS"
+    response = origin.call(url_event(headers={"cache-control": "no-store"}), lambda_context)
+    assert response.headers["x-inference-cache"] == "BYPASS"
 
 
 def test_forged_key_header_is_ignored_and_counted(origin, stubs, lambda_context, capsys):
     sagemaker, s3 = stubs
     endpoint_answer(sagemaker)
     s3.add_response("put_object", {}, None)
-    response = origin.handler(url_event(headers={"x-inference-cache-key": "0" * 64}), lambda_context)
-    assert response["headers"]["x-inference-cache-key"] != "0" * 64
+    response = origin.call(url_event(headers={"x-inference-cache-key": "0" * 64}), lambda_context)
+    assert response.headers["x-inference-cache-key"] != "0" * 64
     assert emitted_metrics(capsys)["CacheKeyMismatch"] == 1.0
 
 
@@ -180,26 +209,201 @@ def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, 
     sagemaker, s3 = stubs
     payload = endpoint_answer(sagemaker)
     s3.add_client_error("put_object", service_error_code="AccessDenied", http_status_code=403)
-    response = origin.handler(url_event(), lambda_context)
-    assert response["statusCode"] == 200 and decoded(response) == payload
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == 200 and response.body == payload
     assert emitted_metrics(capsys)["CacheStoreFailed"] == 1.0
 
 
-def test_stream_request_gets_one_event_stream_and_is_cached_that_way(origin, stubs, lambda_context):
+# -- streamed answers (stream: true) ------------------------------------------------------
+
+def lmi_chunk(index: int = 0, content: str | None = None, finish: str | None = None, **extra) -> bytes:
+    """One line of LMI's stream of a chat body: a chat.completion.chunk, no `data: `."""
+    delta = {} if content is None else {"content": content}
+    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": GREEDY["model"],
+             "choices": [{"index": index, "delta": delta, "finish_reason": finish}], **extra}
+    return json.dumps(chunk).encode() + b"\n"
+
+
+def add_stream(sagemaker, *parts: bytes, error: tuple[str, str] | None = None, expected_body=None) -> None:
+    """A stubbed InvokeEndpointWithResponseStream whose Body is botocore's own EventStream
+    over SageMaker's wire bytes: these PayloadParts, then a ModelStreamError (code,
+    message) if given, encoded with moto's event-stream encoder. The Stubber validates a
+    response against the service model, whose event stream it cannot express (a known
+    gap: cohere-ai/cohere-aws#65); validation is skipped for this one response only."""
+    client = sagemaker.client
+    encoder = EventStreamEncoder()
+    wire = [
+        encoder.encode_message({":message-type": "event", ":event-type": "PayloadPart", ":content-type": "application/octet-stream"}, part)
+        for part in parts
+    ]
+    if error is not None:
+        code, message = error
+        wire.append(encoder.encode_message(
+            {":message-type": "exception", ":exception-type": code, ":content-type": "application/json"},
+            json.dumps({"Message": message}).encode(),
+        ))
+    operation = client.meta.service_model.operation_model("InvokeEndpointWithResponseStream")
+    body = EventStream(_WireStream(wire), operation.output_shape.members["Body"], EventStreamJSONParser(), operation.name)
+    expected = {"EndpointName": ENDPOINT, "Body": expected_body or ANY, "ContentType": "application/json"}
+    with mock.patch.object(sagemaker, "_validate_operation_response"):
+        sagemaker.add_response("invoke_endpoint_with_response_stream", {"Body": body, "ContentType": "application/jsonlines"}, expected)
+
+
+class _WireStream:
+    """The HTTP body botocore's EventStream reads: stream() yields the bytes as they came."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks, self.closed = chunks, False
+
+    def stream(self):
+        yield from self.chunks
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def sse_events(chunks) -> list[str]:
+    """The data of each event of an SSE body (as the openai client splits it)."""
+    body = b"".join(c for _, c in chunks).decode()
+    return [event.removeprefix("data: ") for event in body.split("\n\n") if event]
+
+
+def wait_for_metrics(capsys, name: str, seconds: float = 5.0) -> dict:
+    """A stream's EMF record is written once the stream ended, after its last byte."""
+    deadline, seen = time.monotonic() + seconds, {}
+    while time.monotonic() < deadline:
+        seen.update(emitted_metrics(capsys))
+        if name in seen:
+            return seen
+        time.sleep(0.02)
+    return seen
+
+
+STREAM = {**GREEDY, "stream": True}
+
+
+def test_a_streamed_miss_relays_each_event_as_it_comes_and_stores_the_stream(origin, stubs, lambda_context, capsys):
     sagemaker, s3 = stubs
-    # The endpoint is asked for the whole answer.
-    expected = json.dumps({**GREEDY, "stream": False}).encode()
-    endpoint_answer(sagemaker, expected_body=expected)
-    s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": ANY, "Body": ANY, "ContentType": "text/event-stream",
+    request_body = json.dumps(STREAM).encode()
+    # Cut anywhere, as PayloadParts are: the relay reassembles the lines.
+    lines = [lmi_chunk(content="The"), lmi_chunk(content=" answer"), lmi_chunk(content=" is 4"), lmi_chunk(finish="stop"), b"\n"]
+    wire = b"".join(lines)
+    add_stream(sagemaker, wire[:7], wire[7:150], wire[150:151], wire[151:], expected_body=request_body)  # the body as sent: stream: true
+    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache).key
+    stored = {}
+    s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": f"_cache/{key}", "Body": ANY, "ContentType": "text/event-stream",
                                        "CacheControl": ANY, "Metadata": ANY})
-    response = origin.handler(url_event({**GREEDY, "stream": True}), lambda_context)
-    assert response["headers"]["content-type"] == "text/event-stream"
-    events = [line[len("data: "):] for line in decoded(response).decode().split("\n\n") if line]
+    s3.client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_: stored.update(body=params["Body"]))
+    status, headers, chunks = origin.stream(url_event(STREAM), lambda_context)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert headers["x-inference-cache"] == "MISS" and headers["x-inference-cache-key"] == key
+    events = sse_events(chunks)
     assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert chunks[0]["object"] == "chat.completion.chunk"
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "4"}
-    assert chunks[1]["choices"][0]["finish_reason"] == "stop"
+    assert [json.loads(e) for e in events[:-1]] == [json.loads(line) for line in lines[:-1]]
+    # What the client got, byte for byte, is what a hit replays.
+    assert stored["body"] == b"".join(c for _, c in chunks)
+    metrics = wait_for_metrics(capsys, "TimeToFirstToken")
+    assert metrics["CacheMiss"] == 1.0 and metrics["CacheStore"] == 1.0 and "StreamCutOff" not in metrics
+    assert metrics["TimeToFirstToken"] > 0 and metrics["StoredBytes"] == float(len(stored["body"]))
+
+
+def test_a_stream_cut_by_a_model_error_ends_with_an_error_event_and_is_not_stored(origin, stubs, lambda_context, capsys):
+    sagemaker, _ = stubs  # no put_object stubbed: a store would fail the test
+    add_stream(sagemaker, lmi_chunk(content="The"), lmi_chunk(content=" ans"),
+               error=("ModelStreamError", "Your model primary did not complete sending the inference response."))
+    status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
+    assert status == 200  # the stream had begun: the error is its last event
+    events = sse_events(chunks)
+    assert json.loads(events[0])["choices"][0]["delta"] == {"content": "The"}
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "model_stream_error" and "ModelStreamError" in error["message"]
+    assert "[DONE]" not in events
+    metrics = wait_for_metrics(capsys, "StreamCutOff")
+    assert metrics["StreamCutOff"] == 1.0 and metrics["ModelError"] == 1.0 and "CacheStore" not in metrics
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        # vLLM's own mid-stream error chunk (then its normal-looking end): relayed, never stored.
+        ([lmi_chunk(content="The"), b'{"error": {"message": "engine died", "code": 500}}\n', b"\n"], "engine died"),
+        # The stream ended, but no choice finished: cut short somewhere upstream.
+        ([lmi_chunk(content="The"), lmi_chunk(content=" ans")], "stream ended early"),
+        # A line that is not an event.
+        ([lmi_chunk(content="The"), b"<html>502 Bad Gateway</html>\n", lmi_chunk(finish="stop")], "stream ended early"),
+    ],
+)
+def test_an_incomplete_or_failed_stream_reaches_the_client_with_an_error_and_is_not_stored(
+    origin, stubs, lambda_context, capsys, lines, why
+):
+    sagemaker, _ = stubs
+    add_stream(sagemaker, *lines)
+    status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
+    events = sse_events(chunks)
+    assert status == 200 and "[DONE]" not in events
+    assert why in json.loads(events[-1])["error"]["message"]
+    assert wait_for_metrics(capsys, "StreamCutOff")["StreamCutOff"] == 1.0
+
+
+def test_a_usage_chunk_asked_for_is_relayed_and_required(origin, stubs, lambda_context):
+    sagemaker, s3 = stubs
+    asked = {**STREAM, "stream_options": {"include_usage": True}}
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+    add_stream(sagemaker, lmi_chunk(content="4"), lmi_chunk(finish="stop"), lmi_chunk(usage=usage)[:-1].replace(
+        b'"choices": [{"index": 0, "delta": {}, "finish_reason": null}]', b'"choices": []') + b"\n", b"\n")
+    s3.add_response("put_object", {}, None)
+    _, _, chunks = origin.stream(url_event(asked), lambda_context)
+    events = sse_events(chunks)
+    assert json.loads(events[-2]) == {**json.loads(lmi_chunk(usage=usage)), "choices": []} and events[-1] == "[DONE]"
+    # Without the usage chunk it asked for, the answer is incomplete: not stored.
+    add_stream(sagemaker, lmi_chunk(content="4"), lmi_chunk(finish="stop"), b"\n")
+    _, _, chunks = origin.stream(url_event(asked), lambda_context)
+    assert "usage chunk missing" in json.loads(sse_events(chunks)[-1])["error"]["message"]
+
+
+def test_every_choice_must_finish_before_a_stream_with_n_choices_is_stored(origin, stubs, lambda_context):
+    sagemaker, _ = stubs  # n: 2, one choice never finishes: nothing stored
+    add_stream(sagemaker, lmi_chunk(0, "a"), lmi_chunk(1, "b"), lmi_chunk(0, finish="stop"), b"\n")
+    _, _, chunks = origin.stream(url_event({**STREAM, "n": 2}), lambda_context)
+    assert "without a finish reason" in json.loads(sse_events(chunks)[-1])["error"]["message"]
+
+
+def test_a_container_error_before_the_stream_is_an_http_error_not_an_event(origin, stubs, lambda_context):
+    sagemaker, _ = stubs
+    sagemaker.add_client_error(
+        "invoke_endpoint_with_response_stream", service_error_code="ModelError", http_status_code=424,
+        modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": VLLM_400},
+    )
+    response = origin.call(url_event(STREAM), lambda_context)
+    assert response.status == 400 and response.headers["content-type"] == "application/json"
+    assert "maximum context length" in json.loads(response.body)["error"]["message"]
+
+
+def test_invocations_streams_are_relayed_in_the_containers_own_framing(origin, stubs, lambda_context):
+    sagemaker, s3 = stubs
+    tgi = [json.dumps({"token": {"id": 1, "text": "4"}, "generated_text": None, "details": None}).encode() + b"\n",
+           json.dumps({"token": {"id": 2, "text": "."}, "generated_text": "4.", "details": {"finish_reason": "eos_token"}}).encode() + b"\n"]
+    add_stream(sagemaker, *tgi)
+    s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": ANY, "Body": b"".join(tgi), "ContentType": "application/jsonlines",
+                                       "CacheControl": ANY, "Metadata": ANY})
+    body = {"inputs": "2+2=", "parameters": {"do_sample": False}, "stream": True}
+    status, headers, chunks = origin.stream(url_event(body, path="/invocations"), lambda_context)
+    assert status == 200 and headers["content-type"] == "application/jsonlines"
+    assert b"".join(c for _, c in chunks) == b"".join(tgi)
+
+
+def test_embeddings_never_stream_the_body_goes_as_sent(origin, stubs, lambda_context):
+    sagemaker, s3 = stubs
+    body = {"model": "e5", "input": "hello", "stream": True}
+    answer = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}], "model": "e5"}
+    payload = endpoint_answer(sagemaker, answer=answer, expected_body=json.dumps(body).encode())
+    s3.add_response("put_object", {}, None)
+    response = origin.call(url_event(body, path="/v1/embeddings"), lambda_context)
+    assert response.status == 200 and response.body == payload and response.headers["content-type"] == "application/json"
+
+
+def test_the_readiness_route_answers_without_the_adapter(origin):
+    assert httpx2.get(origin.url + HEALTH_ROUTE).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -220,10 +424,10 @@ def test_endpoint_errors_map_to_openai_errors(origin, stubs, lambda_context, cap
         sagemaker.add_client_error(
             "invoke_endpoint", service_error_code=code, service_message="it failed", http_status_code=http, modeled_fields=extra
         )
-    response = origin.handler(url_event(), lambda_context)
-    assert response["statusCode"] == status
-    assert response["headers"].get("retry-after") == retry_after
-    error = json.loads(decoded(response))["error"]
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == status
+    assert response.headers.get("retry-after") == retry_after
+    error = json.loads(response.body)["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     expected_type = {429: "rate_limit_error"}.get(status, "server_error" if status >= 500 else "invalid_request_error")
     assert error["type"] == expected_type
@@ -237,14 +441,14 @@ def test_throttling_is_retried_then_succeeds(origin, stubs, lambda_context):
     sagemaker.add_client_error("invoke_endpoint", service_error_code="ThrottlingException", http_status_code=400)
     payload = endpoint_answer(sagemaker)
     s3.add_response("put_object", {}, None)
-    response = origin.handler(url_event(), lambda_context)
-    assert response["statusCode"] == 200 and decoded(response) == payload
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == 200 and response.body == payload
 
 
 def test_model_error_is_not_retried(origin, stubs, lambda_context):
     sagemaker, _ = stubs
     sagemaker.add_client_error("invoke_endpoint", service_error_code="ModelError", http_status_code=424)
-    assert origin.handler(url_event(), lambda_context)["statusCode"] == 502  # one call: the Stubber has no second
+    assert origin.call(url_event(), lambda_context).status == 502  # one call: the Stubber has no second
 
 
 def test_unknown_endpoint_is_503(origin, stubs, lambda_context):
@@ -255,37 +459,37 @@ def test_unknown_endpoint_is_503(origin, stubs, lambda_context):
         service_message="Endpoint inference-cache-dev of account 111111111111 not found.",
         http_status_code=400,
     )
-    response = origin.handler(url_event(), lambda_context)
-    assert response["statusCode"] == 503 and response["headers"]["retry-after"] == "30"
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == 503 and response.headers["retry-after"] == "30"
 
 
 def test_invalid_body_is_refused_without_calling_the_model(origin, stubs, lambda_context):
-    response = origin.handler(url_event(b"{not json"), lambda_context)
-    assert response["statusCode"] == 400
-    assert json.loads(decoded(response))["error"]["type"] == "invalid_request_error"
+    response = origin.call(url_event(b"{not json"), lambda_context)
+    assert response.status == 400
+    assert json.loads(response.body)["error"]["type"] == "invalid_request_error"
 
 
 def test_models_route_and_unknown_route(origin, stubs, lambda_context):
-    models = origin.handler(url_event(path="/v1/models", method="GET", body=b""), lambda_context)
-    assert json.loads(decoded(models))["data"][0]["id"] == STAGES["dev"].model.model_id
-    unknown = origin.handler(url_event(path="/v1/files", body=b"{}"), lambda_context)
-    assert unknown["statusCode"] == 404
+    models = origin.call(url_event(path="/v1/models", method="GET", body=b""), lambda_context)
+    assert json.loads(models.body)["data"][0]["id"] == STAGES["dev"].model.model_id
+    unknown = origin.call(url_event(path="/v1/files", body=b"{}"), lambda_context)
+    assert unknown.status == 404
 
 
 def test_tenant_comes_from_the_edge_header_not_the_signature(origin, stubs, lambda_context, monkeypatch):
     origin.ADAPTER.cache = origin.ADAPTER.cache._replace(tenant_scoped=True)
     sagemaker, s3 = stubs
     endpoint_answer(sagemaker)  # no tenant: not cacheable, not stored
-    response = origin.handler(url_event(), lambda_context)
-    assert response["headers"]["x-inference-cache"] == "BYPASS"
+    response = origin.call(url_event(), lambda_context)
+    assert response.headers["x-inference-cache"] == "BYPASS"
     endpoint_answer(sagemaker)
     s3.add_response("put_object", {}, None)
-    tenant_a = origin.handler(url_event(headers={"x-inference-tenant": "a" * 32}), lambda_context)
+    tenant_a = origin.call(url_event(headers={"x-inference-tenant": "a" * 32}), lambda_context)
     endpoint_answer(sagemaker)
     s3.add_response("put_object", {}, None)
-    tenant_b = origin.handler(url_event(headers={"x-inference-tenant": "b" * 32}), lambda_context)
-    assert tenant_a["headers"]["x-inference-cache"] == "MISS"
-    assert tenant_a["headers"]["x-inference-cache-key"] != tenant_b["headers"]["x-inference-cache-key"]
+    tenant_b = origin.call(url_event(headers={"x-inference-tenant": "b" * 32}), lambda_context)
+    assert tenant_a.headers["x-inference-cache"] == "MISS"
+    assert tenant_a.headers["x-inference-cache-key"] != tenant_b.headers["x-inference-cache-key"]
 
 
 VLLM_400 = json.dumps({"object": "error", "message": "This model's maximum context length is 8192 tokens.",
@@ -314,9 +518,9 @@ def test_container_status_passes_through_as_the_same_kind_of_error(
         "invoke_endpoint", service_error_code="ModelError", service_message="it failed", http_status_code=424,
         modeled_fields=extra,
     )
-    response = origin.handler(url_event(), lambda_context)
-    assert response["statusCode"] == status
-    error = json.loads(decoded(response))["error"]
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == status
+    error = json.loads(response.body)["error"]
     assert error["code"] == code and in_message in error["message"]
     assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
     assert emitted_metrics(capsys).get("ModelError") == (1.0 if code == "model_error" else None)
@@ -327,6 +531,6 @@ def test_an_answer_too_large_for_the_edge_is_not_stored(origin, stubs, lambda_co
     big = {**CHAT_ANSWER, "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 1_100_000},
                                        "finish_reason": "length"}]}
     endpoint_answer(sagemaker, answer=big)
-    response = origin.handler(url_event(), lambda_context)
-    assert response["statusCode"] == 200 and len(decoded(response)) > 1_048_576
-    assert response["headers"]["x-inference-cache"] == "MISS"
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == 200 and len(response.body) > 1_048_576
+    assert response.headers["x-inference-cache"] == "MISS"

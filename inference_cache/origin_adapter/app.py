@@ -1,0 +1,203 @@
+"""The origin adapter's HTTP face: a small web app that AWS Lambda Web Adapter runs behind
+the function URL in RESPONSE_STREAM invoke mode (run.sh starts it), so that a streamed
+answer reaches CloudFront event by event as the model writes it.
+
+Thin on purpose: turn the HTTP request into an OriginRequest, hand it to InferenceAdapter,
+send its answer (whole, or streamed), turn the outcome into a log line and EMF metrics once
+the answer ended. The adapter (settings, boto3 clients) is built once per execution
+environment, on first use. Lambda Web Adapter forwards the function URL request as it came
+(path, headers, the body's bytes) and adds the invocation's context as a header.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import anyio.to_thread
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from botocore.config import Config
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from inference_cache.contract import HEALTH_ROUTE, METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE, Metric
+from inference_cache.origin_adapter.adapter import InferenceAdapter, OriginRequest, Outcome, StreamedBody
+from inference_cache.origin_adapter.coalescing import Coalescer
+from inference_cache.origin_adapter.endpoint import SageMakerEndpoint
+from inference_cache.origin_adapter.results_store import ResultsStore
+from inference_cache.origin_adapter.settings import AdapterSettings
+
+logger = Logger(service=ORIGIN_ADAPTER_SERVICE)
+
+# Lambda Web Adapter's JSON of the invocation's Lambda context (request_id, deadline, ...).
+_LAMBDA_CONTEXT_HEADER = "x-amzn-lambda-context"
+_METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def build_adapter(settings: AdapterSettings) -> InferenceAdapter:
+    return InferenceAdapter(
+        settings.cache,
+        SageMakerEndpoint(
+            settings.endpoint_name,
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=settings.read_timeout_seconds,
+            throttle_retries=settings.throttle_retries,
+        ),
+        ResultsStore(settings.results_bucket),
+        logger,
+        coalescer=_coalescer(settings) if settings.coalescing else None,
+        stream_seconds=settings.answer_seconds,
+    )
+
+
+def _coalescer(settings: AdapterSettings) -> Coalescer:
+    # Its own S3 client: short timeouts (a lease call that hangs must not eat the
+    # request's minute; it fails open), a pool for the polls.
+    client = boto3.client(
+        "s3", config=Config(connect_timeout=1, read_timeout=3, retries={"mode": "standard", "total_max_attempts": 2})
+    )
+    return Coalescer(
+        settings.results_bucket,
+        client,
+        lease_seconds=settings.lease_seconds,
+        wait_seconds=settings.wait_seconds,
+        takeover_window_seconds=settings.takeover_window_seconds,
+        logger=logger,
+    )
+
+
+def create_app(adapter: Callable[[], InferenceAdapter], *, worker_threads: int) -> Starlette:
+    """The web app around `adapter()`. Its code is synchronous (boto3): each request, and
+    each step of a stream, runs on one of `worker_threads` threads. Lambda gives an
+    execution environment one request at a time; the local run serves many at once."""
+    limiter: list[anyio.CapacityLimiter] = []  # made on the server's event loop
+
+    async def in_worker(function, *args):
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(worker_threads))
+        return await anyio.to_thread.run_sync(function, *args, limiter=limiter[0])
+
+    async def health(request: Request) -> Response:
+        return Response(b"ok", media_type="text/plain")  # Lambda Web Adapter's readiness check
+
+    async def answer(request: Request) -> Response:
+        origin_request = OriginRequest(
+            method=request.method,
+            path=request.url.path,
+            headers={name: ", ".join(request.headers.getlist(name)) for name in request.headers.keys()},
+            body=await request.body(),
+        )
+        response, outcome = await in_worker(lambda: adapter().answer(origin_request))
+        context = _invocation(origin_request.headers)
+        if response.stream is None:
+            record(outcome, response.status, origin_request.path, context)
+            return Response(response.body, status_code=response.status, headers=response.headers)
+        return _Streamed(
+            _chunks(response.stream, in_worker, lambda: record(outcome, response.status, origin_request.path, context)),
+            status_code=response.status,
+            headers=response.headers,
+        )
+
+    return Starlette(routes=[Route(HEALTH_ROUTE, health, methods=["GET"]), Route("/{path:path}", answer, methods=_METHODS)])
+
+
+async def _chunks(body: StreamedBody, in_worker, ended: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The streamed body, each step on a worker thread; when it ends, however it ends
+    (the last event, the client gone), the stream is closed and the outcome recorded."""
+    chunks = iter(body)
+    try:
+        while (chunk := await in_worker(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):  # the client may be gone: finish anyway
+            await in_worker(body.close)
+            ended()
+
+
+class _Streamed(StreamingResponse):
+    """StreamingResponse that always closes its body iterator: Starlette leaves it
+    suspended when the client disconnects, and the stream would end only when the
+    garbage collector finds it (its lease held, its model stream open)."""
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
+def _invocation(headers: dict) -> dict:
+    """Who is asking, for the log line: CloudFront's request id and the Lambda request id."""
+    out = {"correlation_id": headers.get("x-amz-cf-id")}
+    try:
+        context = json.loads(headers.get(_LAMBDA_CONTEXT_HEADER) or "{}")
+        out["function_request_id"] = context.get("request_id")
+    except (ValueError, AttributeError):
+        pass
+    return out
+
+
+def record(outcome: Outcome, status: int, path: str, context: dict) -> None:
+    """One log line and one EMF record per request, once its answer ended."""
+    logger.info(
+        "answered",
+        extra={
+            **context,
+            "status": status,
+            "path": path,
+            "cache": outcome.cache,
+            "cache_key": outcome.key,
+            "reason": outcome.reason,
+            **({"streamed": True, "stream_cut_off": outcome.stream_cut_off} if outcome.streamed else {}),
+        },
+    )
+    # Per request, not the process-wide Metrics: a stream ends in its own time.
+    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=ORIGIN_ADAPTER_SERVICE)
+    count = MetricUnit.Count
+    metrics.add_metric(name=Metric.REQUESTS, unit=count, value=1)
+    if outcome.inference_seconds is not None:  # the request ran on the GPU
+        metrics.add_metric(name=Metric.CACHE_MISS if outcome.cache == "MISS" else Metric.CACHE_BYPASS, unit=count, value=1)
+        metrics.add_metric(name=Metric.INFERENCE_LATENCY, unit=MetricUnit.Milliseconds, value=outcome.inference_seconds * 1000)
+        # Wall-clock of the invocation: the GPU time a hit on this key will save.
+        metrics.add_metric(name=Metric.GPU_SECONDS_ON_MISS, unit=MetricUnit.Seconds, value=outcome.inference_seconds)
+    if outcome.first_token_seconds is not None:
+        metrics.add_metric(
+            name=Metric.TIME_TO_FIRST_TOKEN, unit=MetricUnit.Milliseconds, value=outcome.first_token_seconds * 1000
+        )
+    if outcome.stored_bytes:
+        metrics.add_metric(name=Metric.CACHE_STORE, unit=count, value=1)
+        metrics.add_metric(name=Metric.STORED_BYTES, unit=MetricUnit.Bytes, value=outcome.stored_bytes)
+    for happened, name in (
+        (outcome.store_failed, Metric.CACHE_STORE_FAILED),
+        (outcome.model_error, Metric.MODEL_ERROR),
+        (outcome.key_mismatch, Metric.CACHE_KEY_MISMATCH),
+        (outcome.stream_cut_off is not None, Metric.STREAM_CUT_OFF),
+        (outcome.coalesced, Metric.COALESCED),
+        (outcome.lease_won, Metric.LEASE_WON),
+        (outcome.lease_takeover, Metric.LEASE_TAKEOVER),
+        (outcome.coalesce_gave_up, Metric.COALESCE_GAVE_UP),
+    ):
+        if happened:
+            metrics.add_metric(name=name, unit=count, value=1)
+    metrics.flush_metrics()
+
+
+_adapter: InferenceAdapter | None = None
+
+
+def the_adapter() -> InferenceAdapter:
+    """This execution environment's adapter, built from its environment on first use."""
+    global _adapter
+    if _adapter is None:
+        _adapter = build_adapter(AdapterSettings.from_environment())
+    return _adapter
+
+
+# What run.sh serves. One request at a time per execution environment, so few threads.
+app = create_app(the_adapter, worker_threads=4)
