@@ -78,6 +78,7 @@ bench: $(TOOLS)
 	$(PY) -m bench.bench_model_publish
 	$(PY) -m bench.bench_edge_hit_path
 	$(PY) -m bench.bench_coalescing
+	$(PY) -m bench.bench_streaming
 
 # Synthesizes (the preview reads the dashboard body from the templates), then writes
 # build/dashboards/<stage>.html: no AWS account needed.

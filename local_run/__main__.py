@@ -108,7 +108,6 @@ def start(
             "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
             "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
-            "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
             "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
         }
@@ -120,7 +119,7 @@ def start(
     origin = importlib.import_module("inference_cache.origin_adapter.app")
     origin.the_adapter()  # built once, before requests arrive (as Lambda's init phase)
     origin_server = BackgroundServer(
-        origin.create_app(origin.the_adapter, worker_threads=LAMBDA_CONCURRENCY), name="local-origin-adapter"
+        origin.create_app(origin.the_adapter, environments=LAMBDA_CONCURRENCY), name="local-origin-adapter"
     ).start()
     front.attach(importlib.import_module("inference_cache.edge.handler"), origin_server.url)
     front_server.start()

@@ -262,9 +262,9 @@ class _Relayed(StreamingResponse):
         super().__init__(upstream.aiter_raw(), **kwargs)
         self._upstream = upstream
 
-    async def stream_response(self, send) -> None:
+    async def __call__(self, scope, receive, send) -> None:
         try:
-            await super().stream_response(send)
+            await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._upstream.aclose()

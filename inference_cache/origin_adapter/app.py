@@ -71,16 +71,22 @@ def _coalescer(settings: AdapterSettings) -> Coalescer:
     )
 
 
-def create_app(adapter: Callable[[], InferenceAdapter], *, worker_threads: int) -> Starlette:
-    """The web app around `adapter()`. Its code is synchronous (boto3): each request, and
-    each step of a stream, runs on one of `worker_threads` threads. Lambda gives an
-    execution environment one request at a time; the local run serves many at once."""
-    limiter: list[anyio.CapacityLimiter] = []  # made on the server's event loop
+def create_app(adapter: Callable[[], InferenceAdapter], *, environments: int) -> Starlette:
+    """The web app around `adapter()`. Each request holds one of `environments` (an
+    execution environment: Lambda gives one a request at a time) from its arrival until its
+    answer ended, a stream included; its synchronous code (boto3) runs on a worker thread,
+    one step at a time. Lambda runs one request per environment; the local run many."""
+    limits: list[anyio.CapacityLimiter] = []  # made on the server's event loop
 
-    async def in_worker(function, *args):
-        if not limiter:
-            limiter.append(anyio.CapacityLimiter(worker_threads))
-        return await anyio.to_thread.run_sync(function, *args, limiter=limiter[0])
+    def limiters() -> tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]:
+        if not limits:
+            # Only requests that hold an environment take a thread, one at a time each: a
+            # stream's next step never waits behind a coalescing waiter's polls.
+            limits.extend((anyio.CapacityLimiter(environments), anyio.CapacityLimiter(environments)))
+        return limits[0], limits[1]
+
+    async def in_thread(function, *args):
+        return await anyio.to_thread.run_sync(function, *args, limiter=limiters()[1])
 
     async def health(request: Request) -> Response:
         return Response(b"ok", media_type="text/plain")  # Lambda Web Adapter's readiness check
@@ -92,44 +98,72 @@ def create_app(adapter: Callable[[], InferenceAdapter], *, worker_threads: int) 
             headers={name: ", ".join(request.headers.getlist(name)) for name in request.headers.keys()},
             body=await request.body(),
         )
-        response, outcome = await in_worker(lambda: adapter().answer(origin_request))
         context = _invocation(origin_request.headers)
+        environment = _Environment(limiters()[0])
+        await environment.take()
+        try:
+            response, outcome = await in_thread(lambda: adapter().answer(origin_request))
+        except BaseException:
+            environment.give_back()
+            raise
         if response.stream is None:
+            environment.give_back()
             record(outcome, response.status, origin_request.path, context)
             return Response(response.body, status_code=response.status, headers=response.headers)
-        return _Streamed(
-            _chunks(response.stream, in_worker, lambda: record(outcome, response.status, origin_request.path, context)),
-            status_code=response.status,
-            headers=response.headers,
-        )
+
+        def ended() -> None:
+            environment.give_back()
+            record(outcome, response.status, origin_request.path, context)
+
+        return _Streamed(response.stream, in_thread, ended, status_code=response.status, headers=response.headers)
 
     return Starlette(routes=[Route(HEALTH_ROUTE, health, methods=["GET"]), Route("/{path:path}", answer, methods=_METHODS)])
 
 
-async def _chunks(body: StreamedBody, in_worker, ended: Callable[[], None]) -> AsyncIterator[bytes]:
-    """The streamed body, each step on a worker thread; when it ends, however it ends
-    (the last event, the client gone), the stream is closed and the outcome recorded."""
-    chunks = iter(body)
-    try:
-        while (chunk := await in_worker(next, chunks, None)) is not None:
-            yield chunk
-    finally:
-        with anyio.CancelScope(shield=True):  # the client may be gone: finish anyway
-            await in_worker(body.close)
-            ended()
+class _Environment:
+    """One request's hold on an execution environment, given back once."""
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self._limiter, self._held = limiter, False
+
+    async def take(self) -> None:
+        await self._limiter.acquire_on_behalf_of(self)  # on behalf of: a stream ends in another task
+        self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._limiter.release_on_behalf_of(self)
 
 
 class _Streamed(StreamingResponse):
-    """StreamingResponse that always closes its body iterator: Starlette leaves it
-    suspended when the client disconnects, and the stream would end only when the
-    garbage collector finds it (its lease held, its model stream open)."""
+    """A streamed answer: each step of its body on a worker thread. However the response
+    ends (its last event, the client gone, cancelled before it began), the body is closed
+    (the model's stream, the lease) and `ended` called, once: Starlette itself leaves a
+    body iterator suspended when the client disconnects."""
 
-    async def stream_response(self, send) -> None:
+    def __init__(self, body: StreamedBody, in_thread, ended: Callable[[], None], **kwargs) -> None:
+        self._body, self._in_thread, self._ended = body, in_thread, ended
+        super().__init__(self._chunks(), **kwargs)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        chunks = iter(self._body)
+        while (chunk := await self._in_thread(next, chunks, None)) is not None:
+            yield chunk
+        await self._end()  # before the response's last message: the outcome is on record when the client sees the end
+
+    async def _end(self) -> None:
+        if self._ended is not None:
+            ended, self._ended = self._ended, None
+            await self._in_thread(self._body.close)
+            ended()
+
+    async def __call__(self, scope, receive, send) -> None:
         try:
-            await super().stream_response(send)
+            await super().__call__(scope, receive, send)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()
+            with anyio.CancelScope(shield=True):  # the client may be gone: finish anyway
+                await self._end()
 
 
 def _invocation(headers: dict) -> dict:
@@ -199,5 +233,5 @@ def the_adapter() -> InferenceAdapter:
     return _adapter
 
 
-# What run.sh serves. One request at a time per execution environment, so few threads.
-app = create_app(the_adapter, worker_threads=4)
+# What run.sh serves: Lambda gives this execution environment one request at a time.
+app = create_app(the_adapter, environments=1)

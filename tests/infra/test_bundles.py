@@ -4,20 +4,37 @@ its entry point and its web app's pure-Python packages; nothing else."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx2
 import pytest
 
 import inference_cache
 from config.stages import STAGES
 from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import SETTINGS_FILE
+from inference_cache.contract import (
+    ENDPOINT_NAME_ENV,
+    ENDPOINT_READ_TIMEOUT_ENV,
+    HEALTH_ROUTE,
+    RESULTS_BUCKET_ENV,
+    SETTINGS_FILE,
+)
+from local_run.model_server import ModelServer
+from local_run.process import free_port
+from local_run.servers import BackgroundServer
 from stacks.bundles import (
     EDGE_HANDLER,
     ORIGIN_ADAPTER_ENTRY_POINT,
     ORIGIN_ADAPTER_HANDLER,
     ORIGIN_ADAPTER_PACKAGES,
+    lambda_bundle,
     vendored_files,
     vendored_modules,
 )
@@ -81,3 +98,77 @@ def test_origin_adapter_bundle_holds_its_entry_point_and_web_app_packages(synthe
     assert {"uvicorn", "h11", "click", "starlette", "anyio", "idna", "typing_extensions"} <= modules
     assert all((asset / m).is_dir() or (asset / f"{m}.py").is_file() for m in modules)
     assert not [p for p in asset.rglob("*") if p.suffix in (".pyc", ".so") or p.name == "RECORD"]
+
+
+def test_the_origin_adapter_bundle_serves_a_streamed_answer_as_lambda_runs_it(tmp_path):
+    """The bundle as Lambda runs it, minus AWS: its run.sh started the way Lambda Web
+    Adapter starts it, by a Python that sees nothing but the bundle, the runtime's
+    libraries (boto3, botocore) and the Powertools layer's (no site-packages, no venv),
+    answering the readiness check and streaming a chat answer from the local model server.
+    A web app package missing from the bundle fails here, not in a deployed stage."""
+    bundle = Path(lambda_bundle("origin_adapter", STAGES["dev"]))
+    runtime = tmp_path / "runtime"  # what the Lambda runtime and the Powertools layer put on the path
+    runtime.mkdir()
+    for module in ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six", "aws_lambda_powertools"):
+        spec = importlib.util.find_spec(module)
+        source = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+        (runtime / source.name).symlink_to(source)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python").write_text(f'#!/bin/sh\nexec "{sys._base_executable}" -S "$@"\n')  # -S: no site-packages
+    (bare / "python").chmod(0o755)
+    port = free_port()
+    model = BackgroundServer(ModelServer(embedder=SimpleNamespace(version=None)).app, name="bundle-model").start()
+    env = {
+        "PATH": f"{bare}:/usr/bin:/bin",
+        "LAMBDA_TASK_ROOT": str(bundle),
+        "LAMBDA_RUNTIME_DIR": str(runtime),
+        "AWS_LWA_PORT": str(port),
+        ENDPOINT_NAME_ENV: "inference-cache-dev",
+        RESULTS_BUCKET_ENV: "results",
+        ENDPOINT_READ_TIMEOUT_ENV: "48",
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": model.url,
+        "AWS_DEFAULT_REGION": "us-west-2",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+    }
+    # Lambda starts it in the task root, /var/task.
+    process = subprocess.Popen([str(bundle / ORIGIN_ADAPTER_HANDLER)], cwd=bundle, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # Lambda Web Adapter's readiness check
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}{HEALTH_ROUTE}", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline, "the app never became ready"
+            time.sleep(0.1)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi [[tokens:4]]"}], "temperature": 0, "stream": True}
+        answer = httpx2.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers={"cache-control": "no-store"},
+                             timeout=30)
+        assert answer.status_code == 200, _output(process)
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        events = [e.removeprefix("data: ") for e in answer.text.split("\n\n") if e]
+        assert events[-1] == "[DONE]" and len(events) == 1 + 4 + 1 + 1  # role, 4 tokens, finish, [DONE]
+    finally:
+        process.terminate()
+        process.wait(10)
+        model.stop()
+
+
+def _output(process: subprocess.Popen) -> str:
+    process.terminate()
+    return process.communicate(timeout=10)[0].decode()
+
+
+def test_every_bundled_package_is_pinned_at_the_installed_version():
+    """The bundle copies what is installed: each package it carries is pinned in
+    requirements.txt, at the version installed, so that every machine ships the same."""
+    requirements = (Path(__file__).resolve().parents[2] / "requirements.txt").read_text().lower().splitlines()
+    for name in ORIGIN_ADAPTER_PACKAGES:
+        installed = importlib.metadata.version(name)
+        assert f"{name.lower()}=={installed}" in requirements, name

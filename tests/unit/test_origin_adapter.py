@@ -90,7 +90,7 @@ def origin(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     adapter_settings = AdapterSettings.from_environment()
     adapter = origin_app.build_adapter(adapter_settings)
-    server = BackgroundServer(origin_app.create_app(lambda: adapter, worker_threads=4), name="origin-under-test").start()
+    server = BackgroundServer(origin_app.create_app(lambda: adapter, environments=4), name="origin-under-test").start()
     client = httpx2.Client(base_url=server.url, timeout=30)
 
     def call(event: dict, context: LambdaContext) -> Answer:
@@ -224,7 +224,9 @@ def lmi_chunk(index: int = 0, content: str | None = None, finish: str | None = N
     return json.dumps(chunk).encode() + b"\n"
 
 
-def add_stream(sagemaker, *parts: bytes, error: tuple[str, str] | None = None, expected_body=None) -> None:
+def add_stream(
+    sagemaker, *parts: bytes, error: tuple[str, str] | None = None, expected_body=None, gap: float = 0.0
+) -> _WireStream:
     """A stubbed InvokeEndpointWithResponseStream whose Body is botocore's own EventStream
     over SageMaker's wire bytes: these PayloadParts, then a ModelStreamError (code,
     message) if given, encoded with moto's event-stream encoder. The Stubber validates a
@@ -243,20 +245,25 @@ def add_stream(sagemaker, *parts: bytes, error: tuple[str, str] | None = None, e
             json.dumps({"Message": message}).encode(),
         ))
     operation = client.meta.service_model.operation_model("InvokeEndpointWithResponseStream")
-    body = EventStream(_WireStream(wire), operation.output_shape.members["Body"], EventStreamJSONParser(), operation.name)
+    raw = _WireStream(wire, gap)
+    body = EventStream(raw, operation.output_shape.members["Body"], EventStreamJSONParser(), operation.name)
     expected = {"EndpointName": ENDPOINT, "Body": expected_body or ANY, "ContentType": "application/json"}
     with mock.patch.object(sagemaker, "_validate_operation_response"):
         sagemaker.add_response("invoke_endpoint_with_response_stream", {"Body": body, "ContentType": "application/jsonlines"}, expected)
+    return raw
 
 
 class _WireStream:
-    """The HTTP body botocore's EventStream reads: stream() yields the bytes as they came."""
+    """The HTTP body botocore's EventStream reads: stream() yields the bytes as they came,
+    `gap` seconds apart."""
 
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks, self.closed = chunks, False
+    def __init__(self, chunks: list[bytes], gap: float = 0.0) -> None:
+        self.chunks, self.gap, self.closed = chunks, gap, False
 
     def stream(self):
-        yield from self.chunks
+        for chunk in self.chunks:
+            time.sleep(self.gap)
+            yield chunk
 
     def close(self) -> None:
         self.closed = True
@@ -319,7 +326,32 @@ def test_a_stream_cut_by_a_model_error_ends_with_an_error_event_and_is_not_store
     assert error["code"] == "model_stream_error" and "ModelStreamError" in error["message"]
     assert "[DONE]" not in events
     metrics = wait_for_metrics(capsys, "StreamCutOff")
-    assert metrics["StreamCutOff"] == 1.0 and metrics["ModelError"] == 1.0 and "CacheStore" not in metrics
+    assert metrics["StreamCutOff"] == 1.0 and metrics["ModelError"] == 1.0
+    assert "CacheStore" not in metrics and "CacheStoreFailed" not in metrics  # no store was even tried
+
+
+def test_a_client_that_goes_away_mid_stream_ends_it_and_nothing_is_stored(origin, stubs, lambda_context, capsys):
+    sagemaker, _ = stubs
+    tokens = [lmi_chunk(content=f" t{i}") for i in range(20)] + [lmi_chunk(finish="stop"), b"\n"]
+    wire = add_stream(sagemaker, *tokens, gap=0.05)
+    method, path, headers, body = web_adapter_request(url_event(STREAM), request_id="r", deadline_ms=0)
+    headers.pop("host")
+    with httpx2.Client(base_url=origin.url) as client, client.stream(method, path, headers=headers, content=body) as answer:
+        first = next(answer.iter_raw())
+    assert b"t0" in first  # then the client hangs up, ~1 s before the model would end
+    metrics = wait_for_metrics(capsys, "StreamCutOff")
+    assert metrics["StreamCutOff"] == 1.0 and "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
+    assert wire.closed  # the model's stream was closed, not read to its end
+
+
+def test_a_stream_that_runs_past_the_adapters_time_ends_with_a_timeout_event(origin, stubs, lambda_context, capsys):
+    sagemaker, _ = stubs
+    origin.ADAPTER.stream_seconds = 0.3
+    add_stream(sagemaker, *[lmi_chunk(content=f" t{i}") for i in range(10)], lmi_chunk(finish="stop"), gap=0.1)
+    status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
+    error = json.loads(sse_events(chunks)[-1])["error"]
+    assert status == 200 and error["code"] == "model_timeout" and len(sse_events(chunks)) < 6
+    assert wait_for_metrics(capsys, "StreamCutOff")["StreamCutOff"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -342,7 +374,8 @@ def test_an_incomplete_or_failed_stream_reaches_the_client_with_an_error_and_is_
     events = sse_events(chunks)
     assert status == 200 and "[DONE]" not in events
     assert why in json.loads(events[-1])["error"]["message"]
-    assert wait_for_metrics(capsys, "StreamCutOff")["StreamCutOff"] == 1.0
+    metrics = wait_for_metrics(capsys, "StreamCutOff")
+    assert metrics["StreamCutOff"] == 1.0 and "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
 
 
 def test_a_usage_chunk_asked_for_is_relayed_and_required(origin, stubs, lambda_context):
