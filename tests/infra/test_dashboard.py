@@ -160,6 +160,23 @@ def test_p99_latency_at_each_layer_against_its_objective(synthesized, stage):
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_streamed_misses_time_to_first_token_cut_offs_and_coalescing(synthesized, stage):
+    body = dashboard(synthesized, stage)
+    emf = ("InferenceCache", "service", "origin-adapter")
+
+    def series(title: str) -> set[tuple[str, str]]:
+        rows = metric_rows(widget(body, title))
+        assert all((n[0], n[2], n[3]) == emf for n, _ in rows), title  # the adapter's EMF, its one dimension
+        return {(n[1], o.get("stat", "Average")) for n, o in rows}
+
+    assert series("Streamed misses: time to first token (ms)") == {("TimeToFirstToken", "p50"), ("TimeToFirstToken", "p99")}
+    assert series("Streams cut short (never stored)") == {("StreamCutOff", "Sum"), ("TimeToFirstToken", "SampleCount")}
+    assert series("Coalesced identical misses") == {
+        (name, "Sum") for name in ("CoalescedWaiter", "LeaseWon", "LeaseTakeover", "CoalesceGaveUp")
+    }
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_capacity_gpu_time_saved_and_workspace(synthesized, stage):
     settings = STAGES[stage]
     body = dashboard(synthesized, stage)
