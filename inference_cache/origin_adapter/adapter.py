@@ -176,8 +176,9 @@ class InferenceAdapter:
         """Call the model; store the answer if it may be served again. A streamed answer
         releases the lease when its stream ends; any other, here."""
         try:
-            if request.path != EMBEDDINGS_ROUTE and json.loads(request.body).get("stream") is True:
-                return self._stream(request, decision, outcome, lease)
+            body = _json_object(request.body)
+            if request.path != EMBEDDINGS_ROUTE and body is not None and body.get("stream") is True:
+                return self._stream(request, body, decision, outcome, lease)
             return self._whole(request, decision, outcome)
         finally:
             if lease is not None and not outcome.streamed:
@@ -195,7 +196,7 @@ class InferenceAdapter:
             self._store_if_servable(decision, answer.body, answer.content_type, outcome)
         return OriginResponse(200, answer.body, self._answer_headers(answer.content_type, decision, outcome))
 
-    def _stream(self, request: OriginRequest, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
+    def _stream(self, request: OriginRequest, body: dict, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
         """InvokeEndpointWithResponseStream: the client gets each event as the model
         writes it; the answer is stored once the stream ended normally and the client got
         its last byte (streaming.py)."""
@@ -203,7 +204,6 @@ class InferenceAdapter:
             stream = self.endpoint.invoke_stream(request.body, "application/json")
         except EndpointFailure as failure:
             return _failed(failure, outcome)
-        body = json.loads(request.body)
         sse = request.path != INVOCATIONS_ROUTE  # /invocations: the container's own framing
         relay = StreamRelay(
             sse=sse, choices=requested_choices(body), usage=wants_usage(body), keep_limit=SERVABLE_BODY_LIMIT_BYTES
@@ -305,6 +305,16 @@ def _coalesces(decision) -> bool:
 def _storable(decision) -> bool:
     """A 2xx answer to this request may be stored."""
     return bool(decision.store and decision.key and decision.ttl_seconds > 0)
+
+
+def _json_object(body: bytes) -> dict | None:
+    """The request body as the decision read it (None if it is no JSON object: the
+    decision let it through uncached, and the model answers it)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _is_json(answer) -> bool:

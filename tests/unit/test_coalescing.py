@@ -412,6 +412,8 @@ def test_timings_come_from_the_stages_timeout_budget(monkeypatch, tmp_path):
     assert budget.model_read_seconds <= settings.wait_seconds < budget.adapter_seconds
     # A waiter that runs the model itself still has a whole model read, and the store, left.
     assert settings.takeover_window_seconds + budget.model_read_seconds + 4 <= budget.adapter_seconds
+    # A stream is ended by the adapter itself, with time left to send its last event.
+    assert budget.model_read_seconds < settings.answer_seconds <= budget.adapter_seconds - 2
     monkeypatch.delenv(COALESCING_ENV)
     assert not AdapterSettings.from_environment().coalescing  # unset: off
     monkeypatch.setenv(COALESCING_ENV, "yes please")

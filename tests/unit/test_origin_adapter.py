@@ -346,6 +346,7 @@ def test_a_client_that_goes_away_mid_stream_ends_it_and_nothing_is_stored(origin
 
 def test_a_stream_that_runs_past_the_adapters_time_ends_with_a_timeout_event(origin, stubs, lambda_context, capsys):
     sagemaker, _ = stubs
+    assert origin.ADAPTER.stream_seconds == origin.SETTINGS.answer_seconds  # the adapter's timeout less 2 s
     origin.ADAPTER.stream_seconds = 0.3
     add_stream(sagemaker, *[lmi_chunk(content=f" t{i}") for i in range(10)], lmi_chunk(finish="stop"), gap=0.1)
     status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
