@@ -286,38 +286,35 @@ class SlaDashboard(Construct):
         """Time to first token of streamed misses, streams cut short, and what coalescing
         saved: waiters answered from an identical request's result instead of the GPU."""
         home = self.home
+        requests_axis = cw.YAxisProps(min=0, label="requests", show_units=False)
+
+        def graph(title: str, left: list, axis: cw.YAxisProps = requests_axis) -> cw.GraphWidget:
+            return cw.GraphWidget(title=title, width=8, height=6, left=left, left_y_axis=axis)
+
         self.dashboard.add_widgets(
-            cw.GraphWidget(
-                title="Streamed misses: time to first token (ms)",
-                width=8,
-                height=6,
-                left=[
+            graph(
+                "Streamed misses: time to first token (ms)",
+                [
                     home.emf(Metric.TIME_TO_FIRST_TOKEN, "p50", PERIOD, "TTFT p50"),
                     home.emf(Metric.TIME_TO_FIRST_TOKEN, "p99", PERIOD, "TTFT p99"),
                 ],
-                left_y_axis=cw.YAxisProps(min=0, label="ms", show_units=False),
+                cw.YAxisProps(min=0, label="ms", show_units=False),
             ),
-            cw.GraphWidget(
-                title="Streams cut short (never stored)",
-                width=8,
-                height=6,
-                left=[
+            graph(
+                "Streams cut short (never stored)",
+                [
                     home.emf(Metric.STREAM_CUT_OFF, "Sum", PERIOD, "streams cut off (client gone, model error, timeout)"),
                     home.emf(Metric.TIME_TO_FIRST_TOKEN, "SampleCount", PERIOD, "streamed misses"),
                 ],
-                left_y_axis=cw.YAxisProps(min=0, label="requests", show_units=False),
             ),
-            cw.GraphWidget(
-                title="Coalesced identical misses",
-                width=8,
-                height=6,
-                left=[
+            graph(
+                "Coalesced identical misses",
+                [
                     home.emf(Metric.COALESCED, "Sum", PERIOD, "answered from an identical request's result"),
                     home.emf(Metric.LEASE_WON, "Sum", PERIOD, "model calls that held the lease"),
                     home.emf(Metric.LEASE_TAKEOVER, "Sum", PERIOD, "leases taken over (holder failed or expired)"),
                     home.emf(Metric.COALESCE_GAVE_UP, "Sum", PERIOD, "waits given up (503, retry)"),
                 ],
-                left_y_axis=cw.YAxisProps(min=0, label="requests", show_units=False),
             ),
         )
 
