@@ -118,6 +118,7 @@ class Metric:
     COALESCED = "CoalescedWaiter"
     LEASE_WON = "LeaseWon"
     LEASE_TAKEOVER = "LeaseTakeover"
+    LEASE_EXPIRED = "LeaseExpired"  # of the takeovers: a lease past its expiry (its holder died)
     COALESCE_GAVE_UP = "CoalesceGaveUp"
     # Streaming: from the request to its first event (ms); streams that ended without a
     # complete answer (client gone, model error, timeout), never stored.

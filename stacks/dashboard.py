@@ -313,6 +313,7 @@ class SlaDashboard(Construct):
                     home.emf(Metric.COALESCED, "Sum", PERIOD, "answered from an identical request's result"),
                     home.emf(Metric.LEASE_WON, "Sum", PERIOD, "model calls that held the lease"),
                     home.emf(Metric.LEASE_TAKEOVER, "Sum", PERIOD, "leases taken over (holder failed or expired)"),
+                    home.emf(Metric.LEASE_EXPIRED, "Sum", PERIOD, "of those, expired leases (holder died)"),
                     home.emf(Metric.COALESCE_GAVE_UP, "Sum", PERIOD, "waits given up (503, retry)"),
                 ],
             ),

@@ -89,6 +89,7 @@ class Outcome:
     coalesced: bool = False
     lease_won: bool = False
     lease_takeover: bool = False
+    lease_expired: bool = False  # the lease it took over was past its expiry
     coalesce_gave_up: bool = False
     # Streaming: the answer was streamed; seconds from the request to its first event;
     # why a stream ended without a complete answer (client gone, model error, timeout).
@@ -156,7 +157,7 @@ class InferenceAdapter:
         if self.coalescer is not None and _coalesces(decision):
             turn = self.coalescer.acquire(decision.key, max_age_seconds=decision.ttl_seconds, started=started)
             outcome.lease_won = turn.lease is not None and not turn.takeover
-            outcome.lease_takeover = turn.takeover
+            outcome.lease_takeover, outcome.lease_expired = turn.takeover, turn.expired_takeover
             if turn.result is not None:
                 outcome.cache, outcome.coalesced = "HIT", True
                 outcome.reason += ", coalesced"

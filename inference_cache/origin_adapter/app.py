@@ -215,6 +215,7 @@ def record(outcome: Outcome, status: int, path: str, context: dict) -> None:
         (outcome.coalesced, Metric.COALESCED),
         (outcome.lease_won, Metric.LEASE_WON),
         (outcome.lease_takeover, Metric.LEASE_TAKEOVER),
+        (outcome.lease_expired, Metric.LEASE_EXPIRED),
         (outcome.coalesce_gave_up, Metric.COALESCE_GAVE_UP),
     ):
         if happened:

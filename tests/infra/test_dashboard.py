@@ -172,7 +172,7 @@ def test_streamed_misses_time_to_first_token_cut_offs_and_coalescing(synthesized
     assert series("Streamed misses: time to first token (ms)") == {("TimeToFirstToken", "p50"), ("TimeToFirstToken", "p99")}
     assert series("Streams cut short (never stored)") == {("StreamCutOff", "Sum"), ("TimeToFirstToken", "SampleCount")}
     assert series("Coalesced identical misses") == {
-        (name, "Sum") for name in ("CoalescedWaiter", "LeaseWon", "LeaseTakeover", "CoalesceGaveUp")
+        (name, "Sum") for name in ("CoalescedWaiter", "LeaseWon", "LeaseTakeover", "LeaseExpired", "CoalesceGaveUp")
     }
 
 

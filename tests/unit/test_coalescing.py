@@ -16,6 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from config.stages import STAGES
+from inference_cache import cache_decision
 from inference_cache.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCED_HEADER,
@@ -370,6 +371,17 @@ def test_a_failed_leader_hands_over_and_the_waiters_still_get_answers(s3):
     assert model.calls == 2
     assert sorted(r.status for r, _ in answers) == [200] * 7 + [502]
     assert sum(o.lease_takeover for _, o in answers) == 1 and sum(o.coalesced for _, o in answers) == 6
+
+
+def test_a_miss_that_finds_a_dead_holders_lease_takes_it_over_and_says_so(s3):
+    request = chat(f"dead holder {time.time()}")
+    key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings()).key
+    assert coalescer(s3, lease=0.2)._claim(key) is not None  # a holder that never comes back
+    time.sleep(0.3)
+    model = CountingModel(seconds=0.05)
+    response, outcome = adapter(s3, model).answer(request)
+    assert response.status == 200 and model.calls == 1
+    assert outcome.lease_takeover and outcome.lease_expired and not outcome.lease_won
 
 
 def test_non_cacheable_and_no_cache_requests_never_wait(s3):
