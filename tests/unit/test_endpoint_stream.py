@@ -1,18 +1,25 @@
 """SageMakerEndpoint.invoke_stream with boto3's real sagemaker-runtime client against the
 local model server on 127.0.0.1, which speaks SageMaker's response-stream wire format
 (AWS's binary event stream): PayloadParts cut mid-line, ModelStreamError mid-stream, a
-container error before the stream, a model that stops sending."""
+container error before the stream, a model that stops sending, and an OpenAI-compatible
+server behind it (LOCAL_CHAT_URL) streaming SSE."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import boto3
 import pytest
 from botocore.config import Config
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 from inference_cache.origin_adapter.endpoint import EndpointFailure, SageMakerEndpoint
+from inference_cache.origin_adapter.streaming import SSE_DONE, StreamRelay
 from local_run.model_server import ModelServer
 from local_run.servers import BackgroundServer
 
@@ -84,3 +91,41 @@ def test_a_model_that_stops_sending_for_longer_than_the_read_timeout_is_a_504(mo
     with pytest.raises(EndpointFailure) as failure:
         list(stream)
     assert (failure.value.status, failure.value.code) == (504, "model_timeout")
+
+
+def test_an_openai_compatible_chat_server_is_relayed_as_it_streams():
+    """LOCAL_CHAT_URL: a server that streams SSE as vLLM does (data: lines, [DONE]) reaches
+    the adapter line by line as it writes them, and the relay turns it into the same
+    events, complete."""
+    chunks = [{"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+              for word in ("one", " two", " three")]
+    chunks.append({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    seen: list[dict] = []
+
+    async def completions(request: Request) -> StreamingResponse:
+        seen.append(json.loads(await request.body()))
+
+        async def events():
+            for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+                await asyncio.sleep(0.15)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    vllm = BackgroundServer(Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])).start()
+    model = BackgroundServer(ModelServer(chat_url=vllm.url, embedder=_NoEmbeddings()).app).start()
+    try:
+        stream = endpoint(model.url).invoke_stream(chat("hi"), "application/json")
+        relay, out, started, arrivals = StreamRelay(sse=True, keep_limit=1 << 20), [], time.perf_counter(), []
+        for part in stream:
+            for frame in relay.feed(part):
+                arrivals.append(time.perf_counter() - started)
+                out.append(frame)
+        out += relay.finish()
+    finally:
+        model.stop()
+        vllm.stop()
+    assert seen[0]["stream"] is True  # the server was asked to stream
+    assert relay.complete and [json.loads(f.removeprefix(b"data: ")) for f in out[:-1]] == chunks and out[-1] == SSE_DONE
+    assert arrivals[-1] - arrivals[0] > 0.3  # as the server wrote them, 0.15 s apart
