@@ -170,32 +170,50 @@ def _header_value(value) -> str:
     return "" if value is None else str(value)
 
 
-def _lower_headers(headers) -> dict:
-    """{lowercase name: str} for the few headers decide reads, from a plain mapping (any
-    case), list values, or CloudFront's {name: [{"key", "value"}]}; repeats joined by ", "."""
-    out: dict = {}
+def _read_headers(headers) -> tuple:
+    """(content-type, content-encoding, cache-control, x-inference-cache-ttl), each a str or
+    None, from a plain mapping (any case), list values, or CloudFront's {name: [{"key",
+    "value"}]}; repeats joined by ", "."""
     if not headers:
-        return out
+        return None, None, None, None
     try:  # CloudFront hands over lowercase names: look the few up, leave the rest alone
         direct = all(map(str.islower, headers.keys()))
     except TypeError:
         direct = False
     if direct:
-        for name in _READ_HEADERS:
-            value = headers.get(name)
-            if value is not None:
-                out[name] = value if type(value) is str else _header_value(value)
-        return out
+        get = headers.get
+        ctype = get("content-type")
+        if ctype is not None and type(ctype) is not str:
+            ctype = _header_value(ctype)
+        encoding = get("content-encoding")
+        if encoding is not None and type(encoding) is not str:
+            encoding = _header_value(encoding)
+        cc = get("cache-control")
+        if cc is not None and type(cc) is not str:
+            cc = _header_value(cc)
+        ttl = get(TTL_HEADER)
+        if ttl is not None and type(ttl) is not str:
+            ttl = _header_value(ttl)
+        return ctype, encoding, cc, ttl
+    out: dict = {}
     for name, value in headers.items():
         name = str(name).lower()
         if name in _READ_HEADERS:
             value = _header_value(value)
             out[name] = out[name] + ", " + value if name in out else value
-    return out
+    return tuple(map(out.get, _READ_HEADERS))
 
 
-def _check_content_headers(h: dict) -> None:
-    ctype = h.get("content-type")
+def _client_headers(headers, settings: EdgeCacheSettings) -> tuple[bool, bool, int]:
+    """Checks the content headers (415) and reads the client controls (400 on a bad TTL):
+    (no_store, no_cache, ttl_seconds)."""
+    ctype, encoding, cc, ttl = _read_headers(headers)
+    if (ctype and ctype != "application/json") or encoding:
+        _check_content_headers(ctype, encoding)
+    return _client_controls(cc, ttl, settings)
+
+
+def _check_content_headers(ctype: str | None, encoding: str | None) -> None:
     if ctype and ctype != "application/json" and ctype.strip():  # absent or empty: taken as JSON
         media, *params = ctype.split(";")
         media = media.strip().lower()
@@ -205,22 +223,19 @@ def _check_content_headers(h: dict) -> None:
             name, _, value = p.partition("=")
             if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
                 raise _Reject(415, "unsupported_media_type", "JSON bodies must be UTF-8", "content-type")
-    encoding = h.get("content-encoding")
     if encoding and encoding.strip().lower() not in ("", "identity"):
         raise _Reject(
             415, "unsupported_media_type", f"Content-Encoding {encoding.strip()[:40]!r} is not supported", "content-encoding"
         )
 
 
-def _client_controls(h: dict, settings: EdgeCacheSettings) -> tuple[bool, bool, int]:
+def _client_controls(cc: str | None, raw: str | None, settings: EdgeCacheSettings) -> tuple[bool, bool, int]:
     """(no_store, no_cache, ttl_seconds) from Cache-Control and x-inference-cache-ttl."""
     no_store = no_cache = False
-    cc = h.get("cache-control")
     if cc:
         directives = {d.split("=", 1)[0].strip().lower() for d in cc.split(",")}
         no_store, no_cache = "no-store" in directives, "no-cache" in directives
     max_ttl = settings.max_ttl_seconds
-    raw = h.get(TTL_HEADER)
     if raw is None:
         return no_store, no_cache, min(settings.default_ttl_seconds, max_ttl)
     raw = raw.strip()
@@ -301,7 +316,7 @@ def _parse(body: bytes) -> dict:
         # The parse_int hook: a Python call per integer; a search for "-0": ~1.5 ns a byte.
         minus_zero = len(body) <= 4096 or _may_contain(body, b"-", b"0")
         # JSONDecoder.decode without its two regex calls: the C scanner, then whitespace.
-        start = len(text) - len(text.lstrip(_JSON_SPACE))
+        start = 0 if text[0] not in _JSON_SPACE else len(text) - len(text.lstrip(_JSON_SPACE))
         obj, end = (_DECODER_MINUS_ZERO if minus_zero else _DECODER).scan_once(text, start)
         if end != len(text) and text[end:].strip(_JSON_SPACE):
             raise _Reject(400, "invalid_json", f"body is not valid JSON: Extra data at position {end}")
@@ -335,11 +350,10 @@ def _may_contain(body: bytes, first: bytes, rest: bytes) -> bool:
     return i >= 0
 
 
-def _check_depth(obj: dict, body: bytes, limit: int) -> None:
+def _check_depth(obj: dict, limit: int) -> None:
     """Containers nested deeper than `limit` -> 400. Level by level, each level in a few
-    C-level passes (map/chain/compress): no Python loop over nodes, no recursion."""
-    if len(body) <= 8192 and len(body.translate(None, _NOT_BRACKETS)) <= limit:  # cheap bound for small bodies
-        return
+    C-level passes (map/chain/compress): no Python loop over nodes, no recursion. (_decide
+    calls it only where a cheap bound on the body does not settle it.)"""
     level, depth = [obj], 1
     while True:
         kinds = set(map(type, level))
@@ -413,11 +427,19 @@ def _fold(d: dict, fields: dict, declared: dict, odd: list) -> bool:
             if type(v) is list:
                 if not v:
                     del d[name]
-                elif len(v) > 1 and set(map(type, v)) == _STR_ONLY and len(set(v)) < len(v):
+                elif len(v) > 1 and _STR_ONLY.issuperset(map(type, v)) and len(set(v)) < len(v):
                     d[name] = list(dict.fromkeys(v))  # repeats removed, first occurrence kept
     for v in d.values():
         t = type(v)
-        if t is dict or (t is list and not set(map(type, v)) <= _SCALARS):
+        if t is list:
+            if len(v) > 8:
+                if not _SCALARS.issuperset(map(type, v)):
+                    return False
+            else:  # a short list (stop strings): a plain loop is cheaper
+                for x in v:
+                    if type(x) not in _SCALARS:
+                        return False
+        elif t is dict:
             return False
     return True
 
@@ -438,11 +460,13 @@ def _text_token(s: str, texts: list) -> str:
     gets one more NUL, so no literal string can pose as a placeholder."""
     if len(s) >= _LONG_TEXT_CHARS:
         try:
-            data, token = s.encode("latin-1"), "\x00l"
+            data = s.encode("latin-1")
         except UnicodeEncodeError:
-            data, token = s.encode("utf-8", "surrogatepass"), "\x00u"
-        texts += (b"l" if token == "\x00l" else b"u", len(data).to_bytes(8, "big"), data)
-        return token
+            data = s.encode("utf-8", "surrogatepass")
+            texts += (b"u", len(data).to_bytes(8, "big"), data)
+            return "\x00u"
+        texts += (b"l", len(data).to_bytes(8, "big"), data)
+        return "\x00l"
     if s[:1] == "\x00":
         return "\x00" + s
     return s
@@ -452,35 +476,59 @@ def _normalize_messages(obj: dict, texts: list) -> bool:
     """Validate messages; one plain text part -> its string; prompt text through
     _text_token. Returns whether every value of every message is a scalar (key order: the
     sort_keys encoder folds it then, else see _sorted_messages)."""
-    messages = _require(obj, "messages")
-    if type(messages) is not list or not messages or set(map(type, messages)) != _DICT_ONLY:
+    messages = obj.get("messages")
+    if type(messages) is not list or not messages:
+        _require(obj, "messages")  # absent or null: missing_field
         raise _Reject(400, "invalid_type", "'messages' must be a non-empty list of objects", "messages")
     minimum = _LONG_TEXT_CHARS
-    contents = list(map(dict.get, messages, repeat("content")))
-    if set(map(type, contents)) == _STR_ONLY:  # the common case: all text
-        if len(contents) <= 8:
-            for m, content in zip(messages, contents, strict=True):
+    if len(messages) <= 8:  # a few messages: one pass over each is cheaper than several C-speed passes
+        flat = True
+        for m in messages:
+            if type(m) is not dict:  # (a message before it may be normalized already: the request is refused)
+                raise _Reject(400, "invalid_type", "'messages' must be a non-empty list of objects", "messages")
+            content = m.get("content")
+            if type(content) is str:
                 if len(content) >= minimum or content[:1] == "\x00":
                     m["content"] = _text_token(content, texts)
-            return set(map(type, chain.from_iterable(map(dict.values, messages)))) <= _SCALARS
-        if not any(map(str.startswith, contents, repeat("\x00"))):  # long conversations: C-speed passes
-            for i in compress(count(), map(minimum.__le__, map(len, contents))):
-                messages[i]["content"] = _text_token(contents[i], texts)
-            return set(map(type, chain.from_iterable(map(dict.values, messages)))) <= _SCALARS
-    for m, content in zip(messages, contents, strict=True):
+            elif type(content) is list:
+                content = _content_parts(m, content, texts)
+                if type(content) is str and (len(content) >= minimum or content[:1] == "\x00"):
+                    m["content"] = _text_token(content, texts)
+            if flat:
+                for v in m.values():
+                    if type(v) not in _SCALARS:
+                        flat = False
+                        break
+        return flat
+    if not _DICT_ONLY.issuperset(map(type, messages)):
+        raise _Reject(400, "invalid_type", "'messages' must be a non-empty list of objects", "messages")
+    contents = list(map(dict.get, messages, repeat("content")))
+    # Long conversations, all text: C-speed passes.
+    if _STR_ONLY.issuperset(map(type, contents)) and not any(map(str.startswith, contents, repeat("\x00"))):
+        for i in compress(count(), map(minimum.__le__, map(len, contents))):
+            messages[i]["content"] = _text_token(contents[i], texts)
+        return _SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, messages))))
+    for m, content in zip(messages, contents):
         if type(content) is list:
-            if len(content) == 1:
-                part = content[0]
-                if type(part) is dict and len(part) == 2 and part.get("type") == "text" and type(part.get("text")) is str:
-                    content = m["content"] = part["text"]
-            if type(content) is list:
-                for part in content:
-                    if type(part) is dict and part.get("type") == "text" and type(part.get("text")) is str:
-                        part["text"] = _text_token(part["text"], texts)
-                continue
+            content = _content_parts(m, content, texts)
         if type(content) is str and (len(content) >= minimum or content[:1] == "\x00"):
             m["content"] = _text_token(content, texts)
-    return set(map(type, chain.from_iterable(map(dict.values, messages)))) <= _SCALARS
+    return _SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, messages))))
+
+
+def _content_parts(m: dict, content: list, texts: list):
+    """A message's list content: one plain text part (exactly "type" and "text") becomes
+    its string, returned for _text_token; else each text part's text goes through
+    _text_token, and the list is returned."""
+    if len(content) == 1:
+        part = content[0]
+        if type(part) is dict and len(part) == 2 and part.get("type") == "text" and type(part.get("text")) is str:
+            text = m["content"] = part["text"]
+            return text
+    for part in content:
+        if type(part) is dict and part.get("type") == "text" and type(part.get("text")) is str:
+            part["text"] = _text_token(part["text"], texts)
+    return content
 
 
 def _sorted_messages(messages: list) -> list:
@@ -554,13 +602,16 @@ def _canonical(route: str, obj: dict, settings: EdgeCacheSettings, texts: list) 
     for name in settings.excluded_fields:
         obj.pop(name, None)
     if route != INVOCATIONS_ROUTE:
-        model = _require(obj, "model")
+        get = obj.get
+        model = get("model")
         if type(model) is not str or not model:
+            _require(obj, "model")  # absent or null: missing_field
             raise _Reject(400, "invalid_type", "'model' must be a non-empty string", "model")
-        for name in ("n", "best_of"):  # the servers refuse these with a 400 (vLLM: "n must be at least 1")
-            count = _number(obj.get(name))
-            if (type(count) is int or type(count) is float) and count < 1:
-                raise _Reject(400, "invalid_value", f"'{name}' must be at least 1", name)
+        if get("n") is not None or get("best_of") is not None:
+            for name in ("n", "best_of"):  # the servers refuse these with a 400 (vLLM: "n must be at least 1")
+                count = _number(get(name))
+                if (type(count) is int or type(count) is float) and count < 1:
+                    raise _Reject(400, "invalid_value", f"'{name}' must be at least 1", name)
     field, fields = _SCHEMAS[schema]
     odd: list = []
     params = {} if schema == "tgi" else None
@@ -656,8 +707,11 @@ _encode_sorted = _make_encoder(True)
 # --------------------------------------------------------------------------- decision
 
 
+_new_decision = tuple.__new__  # Decision(...) without the named tuple's Python-level __new__
+
+
 def _not_cacheable(reason: str, error: ApiError | None = None) -> Decision:
-    return Decision(False, None, reason, error, False, False, 0)
+    return _new_decision(Decision, (False, None, reason, error, False, False, 0))
 
 
 def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision, bytes | None]:
@@ -669,11 +723,12 @@ def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision,
         max_bytes = settings.max_body_bytes
         if truncated or len(body) > max_bytes:
             raise _Reject(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
-        h = _lower_headers(headers)
-        _check_content_headers(h)
-        no_store, no_cache, ttl = _client_controls(h, settings)
+        no_store, no_cache, ttl = _client_headers(headers, settings)
         obj = _parse(body)
-        _check_depth(obj, body, settings.max_nesting_depth)
+        limit = settings.max_nesting_depth
+        # Nesting: at most as deep as the body has { and [ (a cheap bound for small bodies).
+        if len(body) > 8192 or len(body.translate(None, _NOT_BRACKETS)) > limit:
+            _check_depth(obj, limit)
         texts: list[bytes] = []
         obj, encoder, stream, ok, reason = _canonical(path, obj, settings, texts)
     except _Reject as r:
@@ -687,21 +742,37 @@ def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision,
             return _not_cacheable("tenant-scoped stage, no verified tenant"), None
     if no_store:
         return _not_cacheable("client no-store"), None
-    payload = _key_bytes(
-        [KEY_FORMAT, path, settings.model_id, settings.model_version, scope, stream, obj], texts, encoder
-    )
+    payload = b"".join([_key_head(path, settings, scope, stream, encoder), encoder(obj).encode(), b"]\x00", *texts])
     if no_cache:
         reason += ", client no-cache"
     if ttl <= 0:
         reason += ", ttl 0"
-    return Decision(True, hashlib.sha256(payload).hexdigest(), reason, None, not no_cache, ttl > 0, ttl), payload
+    key = hashlib.sha256(payload).hexdigest()
+    return _new_decision(Decision, (True, key, reason, None, not no_cache, ttl > 0, ttl)), payload
 
 
-def _key_bytes(head: list, texts: list, encoder) -> bytes:
-    """What the key hashes: the canonical JSON of `head` (ASCII, so it holds no NUL byte),
-    a NUL, then the long texts in document order, each as kind (b"l"/b"u"), 8-byte length
-    and bytes. Unambiguous: the first NUL ends the JSON; lengths delimit the texts."""
-    return b"".join([encoder(head).encode(), b"\x00", *texts])
+# What the key hashes: the canonical JSON of [KEY_FORMAT, route, model_id, model_version,
+# tenant|null, stream, body] (ASCII, so it holds no NUL byte), a NUL, then the long texts
+# in document order, each as kind (b"l"/b"u"), 8-byte length and bytes. Unambiguous: the
+# first NUL ends the JSON; lengths delimit the texts. The JSON is written as its head (the
+# list up to the body, the same for every request of a route and stream, so it is written
+# once: _key_head), the body's JSON, and "]": the bytes the encoder writes for the whole list.
+_KEY_HEADS: dict = {}
+
+
+def _key_head(path, settings: EdgeCacheSettings, scope, stream: bool, encoder) -> bytes:
+    model_id, model_version = settings.model_id, settings.model_version
+    if type(path) is not str or type(model_id) is not str or type(model_version) is not str or (
+        scope is not None and type(scope) is not str
+    ):  # only plain strings share a head (1 == 1.0 == True would share one, and are written apart)
+        return encoder([KEY_FORMAT, path, model_id, model_version, scope, stream]).encode()[:-1] + b","
+    key = (path, model_id, model_version, scope, stream)
+    head = _KEY_HEADS.get(key)
+    if head is None:
+        if len(_KEY_HEADS) >= 256:  # tenants, models: bounded
+            _KEY_HEADS.clear()
+        head = _KEY_HEADS[key] = _encode_sorted([KEY_FORMAT, *key]).encode()[:-1] + b","
+    return head
 
 
 def decide(
