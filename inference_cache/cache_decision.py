@@ -508,7 +508,7 @@ def _normalize_messages(obj: dict, texts: list) -> bool:
         for i in compress(count(), map(minimum.__le__, map(len, contents))):
             messages[i]["content"] = _text_token(contents[i], texts)
         return _SCALARS.issuperset(map(type, chain.from_iterable(map(dict.values, messages))))
-    for m, content in zip(messages, contents):
+    for m, content in zip(messages, contents, strict=True):
         if type(content) is list:
             content = _content_parts(m, content, texts)
         if type(content) is str and (len(content) >= minimum or content[:1] == "\x00"):
