@@ -48,7 +48,9 @@ class EndpointStream:
         except EventStreamError as exc:
             error = exc.response.get("Error", {})
             code, message = error.get("Code", ""), error.get("Message", "")
-            if error.get("ErrorCode") == "ModelInvocationTimeExceeded" or "timed out" in message.lower():
+            # ModelStreamError's ErrorCode (ModelInvocationTimeExceeded, StreamBroken) does
+            # not reach us: botocore's event-stream parser keeps only Code and Message.
+            if "timed out" in message.lower():
                 raise EndpointFailure(504, "model_timeout", "The model did not finish in time.") from exc
             raise EndpointFailure(502, "model_stream_error", f"The model failed mid-stream ({code}): {message}",
                                   model_error=code == "ModelStreamError") from exc
