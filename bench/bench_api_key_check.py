@@ -2,7 +2,7 @@
 
 Prints a table; asserts nothing. Run: .venv/bin/python bench/bench_api_key_check.py [--iterations N]
 
-- API key check: the real inference_cache/viewer_request/api_key_check.js under Node.js,
+- API key check: the real lambdas/viewer_request/api_key_check.js under Node.js,
   timed inside local_run/cloudfront_function_host.mjs (`--bench`: process.hrtime around
   each handler call, the key store read once into memory), over a store of 1,000 keys.
   Node.js on this machine is not the CloudFront Functions runtime: the figures compare
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from cli import api_keys
 from config.stages import stage
-from inference_cache import cache_decision
-from inference_cache.contract import CHAT_ROUTE as CHAT
+from lambdas import cache_decision
+from lambdas.contract import CHAT_ROUTE as CHAT
 from local_run import viewer_request_host as host
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ import zipfile
 from pathlib import Path
 
 from config.stages import DEFAULT_STAGE, stage
-from inference_cache import cache_decision
-from inference_cache.contract import SETTINGS_ENV
+from lambdas import cache_decision
+from lambdas.contract import SETTINGS_ENV
 from stacks.bundles import lambda_bundle
 
 WORDS = (
@@ -162,7 +162,7 @@ def main() -> None:
               f"{dp50 / bp50:>6.2f} {dp99 / bp99:>6.2f}")
     print("base = json.loads(raw) + sha256(raw); dec = cache_decision.decide(); x = dec / base")
     bundle = Path(lambda_bundle("edge", stage(DEFAULT_STAGE)))  # exactly what synth ships
-    for module in ("inference_cache.cache_decision", "inference_cache.edge.handler"):
+    for module in ("lambdas.cache_decision", "lambdas.edge.handler"):
         t = import_times(bundle, module)
         print(f"cold import {module} (edge bundle), from source: {t['source importtime']:.1f} ms (-X importtime), "
               f"{t['source wall']:.1f} ms (fresh process minus bare interpreter); from .pyc: "

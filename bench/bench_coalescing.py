@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
-from inference_cache.contract import COALESCED_HEADER, COALESCING_ENV, STATUS_HEADER
+from lambdas.contract import COALESCED_HEADER, COALESCING_ENV, STATUS_HEADER
 from local_run.process import create_api_key, launched
 
 

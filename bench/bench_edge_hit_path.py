@@ -37,18 +37,18 @@ import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import inference_cache
+import lambdas
 from bench.bench_cache_decision import import_times
 from config.stages import DEFAULT_STAGE, stage
-from inference_cache.contract import LOOKUP_BASE_ENV, LOOKUP_CA_ENV, SETTINGS_ENV, SETTINGS_FILE
+from lambdas.contract import LOOKUP_BASE_ENV, LOOKUP_CA_ENV, SETTINGS_ENV, SETTINGS_FILE
 from local_run.events import origin_request_event
 from stacks.bundles import lambda_bundle
 
-ROOT = Path(inference_cache.__file__).resolve().parent.parent
+ROOT = Path(lambdas.__file__).resolve().parent.parent
 # The commit before issue 12: its lookup.py is "today's way" (Connection: close, a fresh
 # TLS session per lookup) and its edge modules the cold-import baseline.
 BASELINE_COMMIT = "efdd8bc"
-BASELINE_FILES = ("inference_cache/edge/lookup.py", "inference_cache/edge/handler.py", "inference_cache/contract.py")
+BASELINE_FILES = ("lambdas/edge/lookup.py", "lambdas/edge/handler.py", "lambdas/contract.py")
 RTTS_MS = (0, 2, 10)
 ITERATIONS = {0: 400, 2: 200, 10: 100}
 NETNS = "inference-cache-bench"
@@ -233,7 +233,7 @@ def baseline_source(relative: str) -> str | None:
 
 def load_edge(settings_file: Path):
     os.environ[SETTINGS_ENV] = str(settings_file)
-    spec = importlib.util.spec_from_file_location("edge_handler_bench", ROOT / "inference_cache/edge/handler.py")
+    spec = importlib.util.spec_from_file_location("edge_handler_bench", ROOT / "lambdas/edge/handler.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -241,9 +241,9 @@ def load_edge(settings_file: Path):
 
 def old_lookup(ca: Path):
     """The client before issue 12 (its source at BASELINE_COMMIT), trusting our CA."""
-    source = baseline_source("inference_cache/edge/lookup.py")
+    source = baseline_source("lambdas/edge/lookup.py")
     if source is None:  # no history (an archive): the new client with its connection dropped each time
-        from inference_cache.edge import lookup
+        from lambdas.edge import lookup
 
         def get(*args):
             lookup.reset()
@@ -288,7 +288,7 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def hit_path(delay: str) -> list[tuple]:
-    from inference_cache.edge import lookup
+    from lambdas.edge import lookup
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -373,7 +373,7 @@ def cold_imports() -> list[str]:
     before = Path(tempfile.mkdtemp(prefix="edge-before-"))
     shutil.copytree(after, before, dirs_exist_ok=True)
     sources = {relative: baseline_source(relative) for relative in BASELINE_FILES}
-    handler = "inference_cache.edge.handler"
+    handler = "lambdas.edge.handler"
     bundles = {"after": after}
     if all(sources.values()):
         for relative, source in sources.items():

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from inference_cache.contract import STATUS_HEADER
+from lambdas.contract import STATUS_HEADER
 from local_run.process import create_api_key, launched
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from inference_cache.contract import API_KEY_STORE_NAME
+from lambdas.contract import API_KEY_STORE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_PREFIX = "sk-ic-"  # recognisable in leaked-secret scans, like OpenAI's sk-

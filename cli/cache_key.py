@@ -19,7 +19,7 @@ import json
 import sys
 
 from config.stages import DEFAULT_STAGE, STAGES
-from inference_cache import cache_decision, cache_settings
+from lambdas import cache_decision, cache_settings
 
 
 def _bad_line(number: int, message: str) -> dict:

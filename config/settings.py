@@ -24,8 +24,8 @@ from config.aws_facts import (
     NVME_FAMILIES,
     SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
 )
-from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import (
+from lambdas.cache_settings import EdgeCacheSettings
+from lambdas.contract import (
     EDGE_BODY_LIMIT_BYTES,
     INFERENCE_ROUTES,
     MODEL_BUCKET_NAME,

@@ -15,7 +15,7 @@ from pathlib import Path
 from cli.api_keys import DEFAULT_LOCAL_KEY_STORE, LOCAL_KEY_STORE_ENV, ROOT, local_key_store_path
 from cli.model_stage import stage_target
 from config.stages import DEFAULT_STAGE, stage
-from inference_cache.contract import (
+from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCING_ENV,
     ENDPOINT_NAME_ENV,
@@ -116,12 +116,12 @@ def start(
     # Imported only now: both read their settings from the environment set above. The
     # origin adapter's web app is served as Lambda Web Adapter serves it in Lambda, with
     # as many worker threads as execution environments the front runs at once.
-    origin = importlib.import_module("inference_cache.origin_adapter.app")
+    origin = importlib.import_module("lambdas.origin_adapter.app")
     origin.the_adapter()  # built once, before requests arrive (as Lambda's init phase)
     origin_server = BackgroundServer(
         origin.create_app(origin.the_adapter, environments=LAMBDA_CONCURRENCY), name="local-origin-adapter"
     ).start()
-    front.attach(importlib.import_module("inference_cache.edge.handler"), origin_server.url)
+    front.attach(importlib.import_module("lambdas.edge.handler"), origin_server.url)
     front_server.start()
     return LocalRun(settings, front, front_server, model, model_server, origin_server, results, key_check)
 

@@ -39,14 +39,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from config.settings import StageSettings
-from inference_cache.contract import (
+from lambdas.contract import (
     EDGE_BODY_LIMIT_BYTES,
     INVOCATIONS_ROUTE,
     MODELS_ROUTE,
     RESULTS_PATH,
     STATUS_HEADER,
 )
-from inference_cache.errors import ApiError
+from lambdas.errors import ApiError
 from local_run.events import function_url_event, origin_request_event, origin_response_event, web_adapter_request
 from local_run.viewer_request_host import ViewerRequestFunction, is_response, viewer_request_event
 

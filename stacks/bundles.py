@@ -1,5 +1,5 @@
 """Lambda bundles assembled at synth: the runtime package's shared modules, the one
-component the function runs (inference_cache/edge or inference_cache/origin_adapter),
+component the function runs (lambdas/edge or lambdas/origin_adapter),
 and the stage's edge settings as JSON beside the package's modules (Lambda@Edge has no
 environment variables). Each function imports the package by its path, as the tests
 and the local run do.
@@ -17,12 +17,12 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-import inference_cache
+import lambdas
 from config.settings import StageSettings
-from inference_cache.contract import SETTINGS_FILE
+from lambdas.contract import SETTINGS_FILE
 
-PACKAGE_DIR = Path(inference_cache.__file__).resolve().parent
-EDGE_HANDLER = "inference_cache.edge.handler.handler"
+PACKAGE_DIR = Path(lambdas.__file__).resolve().parent
+EDGE_HANDLER = "lambdas.edge.handler.handler"
 # Lambda Web Adapter's bootstrap executes the handler as a file of the bundle.
 ORIGIN_ADAPTER_HANDLER = "run.sh"
 ORIGIN_ADAPTER_ENTRY_POINT = PACKAGE_DIR / "origin_adapter" / ORIGIN_ADAPTER_HANDLER
@@ -68,7 +68,7 @@ def vendored_modules(distributions: tuple[str, ...]) -> set[str]:
 
 
 def lambda_bundle(component: str, settings: StageSettings) -> str:
-    """A directory holding inference_cache/*.py, inference_cache/<component>/ and the
+    """A directory holding lambdas/*.py, lambdas/<component>/ and the
     stage's edge settings (and, for the origin adapter, its entry point and web app
     packages). The asset hash is the content's, so it is stable."""
     bundle = Path(tempfile.mkdtemp(prefix=f"{component}-{settings.name}-"))

@@ -19,9 +19,9 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-import inference_cache
+import lambdas
 from config.settings import StageSettings
-from inference_cache.contract import (
+from lambdas.contract import (
     API_KEY_STORE_NAME,
     INFERENCE_PATH_PATTERNS,
     RESULTS_PREFIX,
@@ -33,7 +33,7 @@ from stacks.edge_stack import EdgeStack
 # error is never pinned at the edge (403/404 above all: that is what a cache miss on
 # /_cache/ looks like, and pinning it would send every repeat to the GPU).
 # The CloudFront Function checking API keys (JavaScript, runtime cloudfront-js-2.0).
-API_KEY_CHECK_FILE = Path(inference_cache.__file__).resolve().parent / "viewer_request" / "api_key_check.js"
+API_KEY_CHECK_FILE = Path(lambdas.__file__).resolve().parent / "viewer_request" / "api_key_check.js"
 ERROR_CODES_NOT_CACHED = (400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504)
 
 

@@ -14,7 +14,7 @@ from aws_cdk import aws_cloudwatch as cw
 from constructs import Construct
 
 from config.settings import StageSettings, gpu_count
-from inference_cache.contract import Metric
+from lambdas.contract import Metric
 from stacks.burn_rates import FAST_BURN_RATE, SLO_WINDOW_DAYS, SLOW_BURN_RATE
 from stacks.sla_metrics import (
     EdgeMetrics,

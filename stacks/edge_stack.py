@@ -13,7 +13,7 @@ from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from config.settings import StageSettings
-from inference_cache.contract import METRICS_NAMESPACE, RESULTS_PATH, EdgeLog, EdgeLogMetric
+from lambdas.contract import METRICS_NAMESPACE, RESULTS_PATH, EdgeLog, EdgeLogMetric
 from stacks.common import retention
 
 EDGE_REGION = "us-east-1"

@@ -87,4 +87,11 @@ class InferenceCacheStage(cdk.Stage):
         )
         # The dashboard names the us-east-1 alarms by ARN; create them first.
         self.monitoring.add_stack_dependency(self.edge_monitoring)
-        acknowledge_findings(self)
+        acknowledge_findings(
+            settings,
+            foundation=self.foundation,
+            model_storage=self.model_storage,
+            inference=self.inference,
+            edge=self.edge,
+            cdn=self.cdn,
+        )

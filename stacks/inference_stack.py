@@ -19,7 +19,7 @@ from constructs import Construct
 
 from config.aws_facts import LAMBDA_WEB_ADAPTER_LAYER_ARN, LAMBDA_WEB_ADAPTER_LAYER_VERSION
 from config.settings import StageSettings
-from inference_cache.contract import (
+from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCING_ENV,
     ENDPOINT_NAME_ENV,

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import aws_cdk as cdk
 from cdk_nag import NagPackSuppression, NagSuppressions
 from constructs import IConstruct
 
-if TYPE_CHECKING:
-    from stacks.inference_cache_stage import InferenceCacheStage
+from config.settings import StageSettings
+from stacks.cdn_stack import CdnStack
+from stacks.edge_stack import EdgeStack
+from stacks.foundation_stack import FoundationStack
+from stacks.inference_stack import InferenceStack
+from stacks.model_storage_stack import ModelStorageStack
 
 
 def _ack(construct: IConstruct, rule: str, reason: str, applies_to: str | None = None) -> None:
@@ -24,9 +26,15 @@ def _policy(role) -> IConstruct:
     return role.node.find_child("DefaultPolicy").node.default_child
 
 
-def acknowledge_findings(stage: InferenceCacheStage) -> None:
-    s = stage.settings
-    edge, inference, cdn, foundation = stage.edge, stage.inference, stage.cdn, stage.foundation
+def acknowledge_findings(
+    s: StageSettings,
+    *,
+    foundation: FoundationStack,
+    model_storage: ModelStorageStack,
+    inference: InferenceStack,
+    edge: EdgeStack,
+    cdn: CdnStack,
+) -> None:
 
     _ack(
         cdn.cache_key_function.lambda_.node.default_child,
@@ -58,7 +66,7 @@ def acknowledge_findings(stage: InferenceCacheStage) -> None:
         model_policy,
         "IAM5",
         "Read of exactly this model version's prefix; the endpoint loads every file under it.",
-        f"Resource::<{_logical_id(stage.model_storage.model_bucket)}.Arn>/{s.model.s3_prefix}*",
+        f"Resource::<{_logical_id(model_storage.model_bucket)}.Arn>/{s.model.s3_prefix}*",
     )
     _ack(
         model_policy,

@@ -19,7 +19,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from config.settings import StageSettings, gpu_count
-from inference_cache.contract import EdgeLogMetric
+from lambdas.contract import EdgeLogMetric
 from stacks.burn_rates import (
     FAST_BURN_RATE,
     FAST_BURN_WINDOWS_SECONDS,

@@ -17,7 +17,7 @@ Names, namespaces, dimensions, statistics and units follow the service guides:
 - The origin adapter's embedded metric format (namespace InferenceCache, dimension
   service=origin-adapter): CacheMiss, CacheStore, CacheBypass, ModelError (counts),
   InferenceLatency (ms), StoredBytes, GpuSecondsOnMiss (seconds). Namespace, service
-  and metric names come from inference_cache.contract, which the adapter emits with.
+  and metric names come from lambdas.contract, which the adapter emits with.
 
 Metric-math identifiers must start with a lower-case letter; the ones used here are
 named for what they hold so that an expression reads on its own in the console.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cw
 
-from inference_cache.contract import METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE, EdgeLogMetric
+from lambdas.contract import METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE, EdgeLogMetric
 
 CLOUDFRONT_NAMESPACE = "AWS/CloudFront"
 SAGEMAKER_NAMESPACE = "AWS/SageMaker"

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from inference_cache.contract import COALESCED_HEADER, COALESCING_ENV, STATUS_HEADER
+from lambdas.contract import COALESCED_HEADER, COALESCING_ENV, STATUS_HEADER
 from local_run.model_server import FAIL_ONCE_MARKER
 from local_run.process import create_api_key, launched
 

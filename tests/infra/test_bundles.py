@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import httpx2
 import pytest
 
-import inference_cache
+import lambdas
 from config.stages import STAGES
-from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import (
+from lambdas.cache_settings import EdgeCacheSettings
+from lambdas.contract import (
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     HEALTH_ROUTE,
@@ -40,7 +40,7 @@ from stacks.bundles import (
 )
 from tests.conftest import STAGE_NAMES
 
-PACKAGE = Path(inference_cache.__file__).resolve().parent
+PACKAGE = Path(lambdas.__file__).resolve().parent
 SHARED_MODULES = sorted(p.name for p in PACKAGE.glob("*.py"))
 
 
@@ -55,7 +55,7 @@ def asset_dir(synthesized, stage: str, stack: str, handler: str) -> Path:
 
 def _package_files(component: str) -> list[str]:
     component_modules = sorted(p.name for p in (PACKAGE / component).glob("*.py"))
-    return [f"inference_cache/{m}" for m in SHARED_MODULES] + [f"inference_cache/{component}/{m}" for m in component_modules]
+    return [f"lambdas/{m}" for m in SHARED_MODULES] + [f"lambdas/{component}/{m}" for m in component_modules]
 
 
 def _held(asset: Path) -> list[str]:
@@ -65,7 +65,7 @@ def _held(asset: Path) -> list[str]:
 def _check_package_and_settings(asset: Path, stage: str, component: str) -> None:
     for relative in _package_files(component):
         assert (asset / relative).read_bytes() == (PACKAGE.parent / relative).read_bytes()
-    baked = EdgeCacheSettings.from_json((asset / "inference_cache" / SETTINGS_FILE).read_text())
+    baked = EdgeCacheSettings.from_json((asset / "lambdas" / SETTINGS_FILE).read_text())
     assert baked == STAGES[stage].edge_cache_settings()
 
 
@@ -73,7 +73,7 @@ def _check_package_and_settings(asset: Path, stage: str, component: str) -> None
 def test_edge_bundle_holds_the_package_its_component_and_stage_settings(synthesized, stage):
     asset = asset_dir(synthesized, stage, "Edge", EDGE_HANDLER)
     assert "cache_decision.py" in SHARED_MODULES
-    assert _held(asset) == sorted([*_package_files("edge"), f"inference_cache/{SETTINGS_FILE}"])
+    assert _held(asset) == sorted([*_package_files("edge"), f"lambdas/{SETTINGS_FILE}"])
     _check_package_and_settings(asset, stage, "edge")
     # The handler string names a module the bundle holds.
     module, _, function = EDGE_HANDLER.rpartition(".")
@@ -85,7 +85,7 @@ def test_origin_adapter_bundle_holds_its_entry_point_and_web_app_packages(synthe
     asset = asset_dir(synthesized, stage, "Inference", ORIGIN_ADAPTER_HANDLER)
     vendored = vendored_files(ORIGIN_ADAPTER_PACKAGES)
     assert _held(asset) == sorted(
-        [*_package_files("origin_adapter"), f"inference_cache/{SETTINGS_FILE}", ORIGIN_ADAPTER_HANDLER, *map(str, vendored)]
+        [*_package_files("origin_adapter"), f"lambdas/{SETTINGS_FILE}", ORIGIN_ADAPTER_HANDLER, *map(str, vendored)]
     )
     _check_package_and_settings(asset, stage, "origin_adapter")
     # Lambda Web Adapter executes the handler file: it must be there, executable.

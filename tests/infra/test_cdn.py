@@ -7,7 +7,7 @@ import pytest
 from aws_cdk.assertions import Template
 
 from config.stages import STAGES
-from inference_cache.contract import API_KEY_STORE_NAME
+from lambdas.contract import API_KEY_STORE_NAME
 from stacks.cdn_stack import API_KEY_CHECK_FILE
 from tests.conftest import STAGE_NAMES
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from config.stages import STAGES
-from inference_cache.contract import EdgeLogMetric
+from lambdas.contract import EdgeLogMetric
 from tests.conftest import STAGE_NAMES
 
 EDGE_REGION = "us-east-1"

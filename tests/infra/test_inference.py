@@ -10,7 +10,7 @@ from aws_cdk.assertions import Match, Template
 
 from config.aws_facts import LAMBDA_WEB_ADAPTER_LAYER_VERSION
 from config.stages import STAGES
-from inference_cache.contract import HEALTH_ROUTE, WEB_ADAPTER_PORT
+from lambdas.contract import HEALTH_ROUTE, WEB_ADAPTER_PORT
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER
 from tests.conftest import STAGE_NAMES
 

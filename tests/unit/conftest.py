@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import inference_cache
+import lambdas
 from config.stages import STAGES
-from inference_cache.contract import LOOKUP_BASE_ENV, SETTINGS_ENV, SETTINGS_FILE
+from lambdas.contract import LOOKUP_BASE_ENV, SETTINGS_ENV, SETTINGS_FILE
 
 # Loaded afresh per test (its settings are read at import), from the package's own file.
-EDGE_HANDLER = Path(inference_cache.__file__).parent / "edge" / "handler.py"
+EDGE_HANDLER = Path(lambdas.__file__).parent / "edge" / "handler.py"
 
 
 @pytest.fixture

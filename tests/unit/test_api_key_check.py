@@ -1,4 +1,4 @@
-"""The API key check (inference_cache/viewer_request/api_key_check.js) run for real: the
+"""The API key check (lambdas/viewer_request/api_key_check.js) run for real: the
 JavaScript file itself under Node.js, through local_run/cloudfront_function_host.mjs,
 driven from Python. Nothing is mocked: the key store is a real JSON file behind the
 host's cf.kvs() stand-in, written with the same helpers that bin/api-keys uses."""

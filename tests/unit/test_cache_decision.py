@@ -11,10 +11,10 @@ import unicodedata
 import pytest
 
 from config.stages import STAGES
-from inference_cache import cache_decision as cd
-from inference_cache import cache_settings
-from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import (
+from lambdas import cache_decision as cd
+from lambdas import cache_settings
+from lambdas.cache_settings import EdgeCacheSettings
+from lambdas.contract import (
     CHAT_ROUTE,
     COMPLETIONS_ROUTE,
     EMBEDDINGS_ROUTE,

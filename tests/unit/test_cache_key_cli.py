@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from config.stages import DEFAULT_STAGE, STAGES
-from inference_cache import cache_decision as cd
-from inference_cache.contract import SETTINGS_ENV
+from lambdas import cache_decision as cd
+from lambdas.contract import SETTINGS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "bin" / "cache-key"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_cache import cache_decision as cd
+from lambdas import cache_decision as cd
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cache-key.md"
 DEFAULTS = {"—": cd.NO, "false": False, "0": 0, "1": 1}

@@ -1,4 +1,4 @@
-"""Coalescing identical misses (inference_cache/origin_adapter/coalescing.py) against
+"""Coalescing identical misses (lambdas/origin_adapter/coalescing.py) against
 moto's S3 server on 127.0.0.1 (local_run.s3.LocalS3): real conditional writes over HTTP,
 no mock of boto3."""
 
@@ -16,8 +16,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from config.stages import STAGES
-from inference_cache import cache_decision
-from inference_cache.contract import (
+from lambdas import cache_decision
+from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCED_HEADER,
     COALESCING_ENV,
@@ -31,11 +31,11 @@ from inference_cache.contract import (
     STATUS_HEADER,
     STORED_AT_METADATA,
 )
-from inference_cache.origin_adapter.adapter import InferenceAdapter, OriginRequest
-from inference_cache.origin_adapter.coalescing import Coalescer, Lease
-from inference_cache.origin_adapter.endpoint import EndpointAnswer, EndpointFailure
-from inference_cache.origin_adapter.results_store import ResultsStore
-from inference_cache.origin_adapter.settings import AdapterSettings
+from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest
+from lambdas.origin_adapter.coalescing import Coalescer, Lease
+from lambdas.origin_adapter.endpoint import EndpointAnswer, EndpointFailure
+from lambdas.origin_adapter.results_store import ResultsStore
+from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.s3 import LocalS3
 
 BUCKET = "coalescing-results"

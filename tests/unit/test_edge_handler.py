@@ -368,7 +368,7 @@ def test_errors_carry_server_timing_of_the_decision(edge, store, capsys, body, h
 def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
     """The edge cannot add response headers to a forwarded request: the origin adapter's
     answer to it carries origin;dur."""
-    from inference_cache.origin_adapter.adapter import InferenceAdapter, OriginRequest
+    from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest
 
     class Endpoint:
         def invoke(self, payload, content_type):

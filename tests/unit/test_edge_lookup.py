@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from inference_cache.contract import LOOKUP_CA_ENV
-from inference_cache.edge import lookup
+from lambdas.contract import LOOKUP_CA_ENV
+from lambdas.edge import lookup
 from local_run.events import origin_request_event
 from tests.unit.stored_answers import answer_stored, serving
 

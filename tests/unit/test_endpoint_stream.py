@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from inference_cache.origin_adapter.endpoint import EndpointFailure, SageMakerEndpoint
-from inference_cache.origin_adapter.streaming import SSE_DONE, StreamRelay
+from lambdas.origin_adapter.endpoint import EndpointFailure, SageMakerEndpoint
+from lambdas.origin_adapter.streaming import SSE_DONE, StreamRelay
 from local_run.model_server import ModelServer
 from local_run.servers import BackgroundServer
 

@@ -13,7 +13,7 @@ import pytest
 from stacks.bundles import ORIGIN_ADAPTER_PACKAGES, vendored_modules
 from tests.conftest import ROOT
 
-RUNTIME = ROOT / "inference_cache"
+RUNTIME = ROOT / "lambdas"
 INFRASTRUCTURE = ("config", "stacks", "local_run", "cli", "tests", "bench", "scripts", "app")
 # What the Lambda runtime and the Powertools layer provide besides the standard library
 # (origin adapter only; urllib3 comes with botocore), and what its bundle carries itself.
@@ -45,7 +45,7 @@ def test_runtime_imports_nothing_from_the_infrastructure(module):
 def _edge_closure() -> dict[str, set[str]]:
     """Every package module the edge handler reaches, with what each imports."""
     seen: dict[str, set[str]] = {}
-    todo = ["inference_cache.edge.handler"]
+    todo = ["lambdas.edge.handler"]
     while todo:
         name = todo.pop()
         if name in seen:
@@ -54,11 +54,11 @@ def _edge_closure() -> dict[str, set[str]]:
         if not path.exists():
             path = ROOT / name.replace(".", "/") / "__init__.py"
         seen[name] = imported_modules(path)
-        todo += [m for m in seen[name] if top(m) == "inference_cache"]
-        # `from inference_cache import cache_decision` names modules inside the package.
+        todo += [m for m in seen[name] if top(m) == "lambdas"]
+        # `from lambdas import cache_decision` names modules inside the package.
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and top(node.module) == "inference_cache":
+            if isinstance(node, ast.ImportFrom) and node.module and top(node.module) == "lambdas":
                 for alias in node.names:
                     candidate = f"{node.module}.{alias.name}"
                     if (ROOT / (candidate.replace(".", "/") + ".py")).exists():
@@ -68,16 +68,16 @@ def _edge_closure() -> dict[str, set[str]]:
 
 def test_edge_function_imports_only_the_standard_library_and_the_package():
     closure = _edge_closure()
-    assert {"inference_cache.edge.handler", "inference_cache.cache_decision", "inference_cache.contract"} <= set(closure)
+    assert {"lambdas.edge.handler", "lambdas.cache_decision", "lambdas.contract"} <= set(closure)
     for module, names in closure.items():
-        foreign = {n for n in names if top(n) != "inference_cache" and top(n) not in sys.stdlib_module_names}
+        foreign = {n for n in names if top(n) != "lambdas" and top(n) not in sys.stdlib_module_names}
         assert not foreign, f"{module} imports {sorted(foreign)}"
-        assert not any(n.startswith("inference_cache.origin_adapter") for n in names), module
+        assert not any(n.startswith("lambdas.origin_adapter") for n in names), module
 
 
 def test_origin_adapter_imports_only_the_package_the_stdlib_and_the_lambda_libraries():
     for module in sorted((RUNTIME / "origin_adapter").glob("*.py")):
-        allowed = {"inference_cache", *ORIGIN_ADAPTER_LIBRARIES, *ORIGIN_ADAPTER_BUNDLED}
+        allowed = {"lambdas", *ORIGIN_ADAPTER_LIBRARIES, *ORIGIN_ADAPTER_BUNDLED}
         foreign = {n for n in imported_modules(module) if top(n) not in allowed and top(n) not in sys.stdlib_module_names}
         assert not foreign, f"{module.relative_to(ROOT)} imports {sorted(foreign)}"
 

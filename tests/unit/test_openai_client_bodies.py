@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from config.stages import STAGES
-from inference_cache import cache_decision as cd
+from lambdas import cache_decision as cd
 from tests.unit.stored_answers import serving
 
 openai = pytest.importorskip("openai")

@@ -20,8 +20,8 @@ from botocore.stub import ANY, Stubber
 from moto.core.eventstream import EventStreamEncoder
 
 from config.stages import STAGES
-from inference_cache import cache_decision
-from inference_cache.contract import (
+from lambdas import cache_decision
+from lambdas.contract import (
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     HEALTH_ROUTE,
@@ -31,8 +31,8 @@ from inference_cache.contract import (
     SETTINGS_ENV,
     SETTINGS_FILE,
 )
-from inference_cache.origin_adapter import app as origin_app
-from inference_cache.origin_adapter.settings import AdapterSettings
+from lambdas.origin_adapter import app as origin_app
+from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.events import function_url_event, web_adapter_request
 from local_run.servers import BackgroundServer
 

@@ -16,7 +16,7 @@ from config.settings import (
     SlaSettings,
 )
 from config.stages import STAGES, stage
-from inference_cache.cache_settings import EdgeCacheSettings
+from lambdas.cache_settings import EdgeCacheSettings
 
 
 def test_every_stage_is_valid_and_named_after_itself():

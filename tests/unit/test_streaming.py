@@ -1,4 +1,4 @@
-"""StreamRelay (inference_cache/origin_adapter/streaming.py): the model's stream, cut
+"""StreamRelay (lambdas/origin_adapter/streaming.py): the model's stream, cut
 anywhere, relayed event by event, and judged complete or not."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference_cache.origin_adapter.streaming import SSE_DONE, StreamRelay, requested_choices, wants_usage
+from lambdas.origin_adapter.streaming import SSE_DONE, StreamRelay, requested_choices, wants_usage
 
 
 def chunk(index: int = 0, content: str | None = None, finish: str | None = None) -> bytes:

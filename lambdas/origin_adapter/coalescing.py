@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from inference_cache.contract import LEASE_PREFIX, RESULTS_PREFIX, STORED_AT_METADATA
+from lambdas.contract import LEASE_PREFIX, RESULTS_PREFIX, STORED_AT_METADATA
 
 # The result's expiry in its user metadata (epoch seconds), written next to `created`.
 RESULT_EXPIRES_METADATA = "expires"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from inference_cache import cache_settings
-from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import (
+from lambdas import cache_settings
+from lambdas.cache_settings import EdgeCacheSettings
+from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCING_ENV,
     ENDPOINT_NAME_ENV,

@@ -17,8 +17,8 @@ import json
 import os
 import time
 
-from inference_cache import cache_decision, cache_settings
-from inference_cache.contract import (
+from lambdas import cache_decision, cache_settings
+from lambdas.contract import (
     CONTENT_SHA256_HEADER,
     EXPIRES_METADATA,
     KEY_HEADER,
@@ -29,9 +29,9 @@ from inference_cache.contract import (
     TENANT_HEADER,
     EdgeLog,
 )
-from inference_cache.edge import lookup
-from inference_cache.edge.lookup import GENERATED_BODY_LIMIT
-from inference_cache.errors import ApiError
+from lambdas.edge import lookup
+from lambdas.edge.lookup import GENERATED_BODY_LIMIT
+from lambdas.errors import ApiError
 
 SETTINGS = cache_settings.load()
 ROUTES = frozenset(SETTINGS.routes)

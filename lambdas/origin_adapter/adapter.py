@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from inference_cache import cache_decision
-from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import (
+from lambdas import cache_decision
+from lambdas.cache_settings import EdgeCacheSettings
+from lambdas.contract import (
     COALESCED_HEADER,
     EMBEDDINGS_ROUTE,
     INVOCATIONS_ROUTE,
@@ -22,11 +22,11 @@ from inference_cache.contract import (
     STATUS_HEADER,
     TENANT_HEADER,
 )
-from inference_cache.errors import ApiError
-from inference_cache.origin_adapter.coalescing import Coalescer, Lease
-from inference_cache.origin_adapter.endpoint import EndpointFailure, EndpointStream, SageMakerEndpoint
-from inference_cache.origin_adapter.results_store import ResultsStore
-from inference_cache.origin_adapter.streaming import (
+from lambdas.errors import ApiError
+from lambdas.origin_adapter.coalescing import Coalescer, Lease
+from lambdas.origin_adapter.endpoint import EndpointFailure, EndpointStream, SageMakerEndpoint
+from lambdas.origin_adapter.results_store import ResultsStore
+from lambdas.origin_adapter.streaming import (
     SSE_CONTENT_TYPE,
     StreamRelay,
     error_event,

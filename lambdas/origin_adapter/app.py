@@ -25,12 +25,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from inference_cache.contract import HEALTH_ROUTE, METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE, Metric
-from inference_cache.origin_adapter.adapter import InferenceAdapter, OriginRequest, Outcome, StreamedBody
-from inference_cache.origin_adapter.coalescing import Coalescer
-from inference_cache.origin_adapter.endpoint import SageMakerEndpoint
-from inference_cache.origin_adapter.results_store import ResultsStore
-from inference_cache.origin_adapter.settings import AdapterSettings
+from lambdas.contract import HEALTH_ROUTE, METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE, Metric
+from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest, Outcome, StreamedBody
+from lambdas.origin_adapter.coalescing import Coalescer
+from lambdas.origin_adapter.endpoint import SageMakerEndpoint
+from lambdas.origin_adapter.results_store import ResultsStore
+from lambdas.origin_adapter.settings import AdapterSettings
 
 logger = Logger(service=ORIGIN_ADAPTER_SERVICE)
 

@@ -13,7 +13,7 @@ import json
 import os
 from collections import namedtuple
 
-from inference_cache.contract import SETTINGS_ENV, SETTINGS_FILE
+from lambdas.contract import SETTINGS_ENV, SETTINGS_FILE
 
 _FIELDS = (
     "stage",  # str

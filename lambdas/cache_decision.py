@@ -14,15 +14,15 @@ import json.encoder
 from collections import namedtuple
 from itertools import chain, compress, count, repeat
 
-from inference_cache.cache_settings import EdgeCacheSettings
-from inference_cache.contract import (
+from lambdas.cache_settings import EdgeCacheSettings
+from lambdas.contract import (
     CHAT_ROUTE,
     COMPLETIONS_ROUTE,
     EMBEDDINGS_ROUTE,
     INVOCATIONS_ROUTE,
     TTL_HEADER,
 )
-from inference_cache.errors import ApiError
+from lambdas.errors import ApiError
 
 # Bump when the canonical form changes: every key changes with it (a fresh cache).
 KEY_FORMAT = "inference-cache-key/2"

@@ -5,4 +5,4 @@
 # The bundle's own packages (the web server) first, then the Powertools layer's, then the runtime's.
 PYTHONPATH="$LAMBDA_TASK_ROOT:/opt/python:$LAMBDA_RUNTIME_DIR" exec python -m uvicorn \
     --host 127.0.0.1 --port "${AWS_LWA_PORT:-8000}" --no-access-log --log-level warning \
-    inference_cache.origin_adapter.app:app
+    lambdas.origin_adapter.app:app

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 
-from inference_cache.contract import LOOKUP_CA_ENV, SERVABLE_BODY_LIMIT_BYTES
+from lambdas.contract import LOOKUP_CA_ENV, SERVABLE_BODY_LIMIT_BYTES
 
 # A generated origin-request response may be 1 MB with its headers (contract).
 GENERATED_BODY_LIMIT = SERVABLE_BODY_LIMIT_BYTES

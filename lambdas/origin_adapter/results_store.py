@@ -6,7 +6,7 @@ import time
 
 import boto3
 
-from inference_cache.contract import EXPIRES_METADATA, RESULTS_PREFIX, STORED_AT_METADATA
+from lambdas.contract import EXPIRES_METADATA, RESULTS_PREFIX, STORED_AT_METADATA
 
 
 class ResultsStore:
