@@ -31,6 +31,7 @@ from pathlib import Path
 
 from cli.model_manifest import FileChangedError, Manifest, ModelFile, ModelSourceError, build_manifest, list_model_files
 from cli.model_stage import STAGES_FILE, StageError, pin_model_version, stage_region, stage_target
+from cli.serve_state import SERVE_STATE_FILE, read_serve_state
 
 MANIFESTS_DIR = "_manifests/"
 SHA256_METADATA = "sha256"
@@ -367,10 +368,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _fill_from_running_local_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """--local without a full target: the S3 endpoint, model bucket and prefix that a
     running `make serve` wrote down (build/local/serve.json)."""
-    from local_run.model_store import SERVE_STATE_FILE
-
     try:
-        state = json.loads(SERVE_STATE_FILE.read_text())
+        state = read_serve_state()
     except (OSError, ValueError):
         parser.error(f"--local: no running make serve found ({SERVE_STATE_FILE}); or give --endpoint-url, --bucket, --prefix")
     args.endpoint_url = args.endpoint_url or state["s3_endpoint_url"]

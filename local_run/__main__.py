@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cli.api_keys import DEFAULT_LOCAL_KEY_STORE, LOCAL_KEY_STORE_ENV, ROOT, local_key_store_path
 from cli.model_stage import stage_target
+from cli.serve_state import write_serve_state
 from config.stages import DEFAULT_STAGE, stage
 from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
@@ -29,7 +30,7 @@ from lambdas.contract import (
 )
 from local_run.front import LAMBDA_CONCURRENCY, LocalFront
 from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packaged_embedding_model
-from local_run.model_store import fetch_model, local_s3_client, publish_model, write_serve_state
+from local_run.model_store import fetch_model, local_s3_client, publish_model
 from local_run.s3 import LocalS3
 from local_run.servers import BackgroundServer
 from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction

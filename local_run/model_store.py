@@ -6,16 +6,12 @@ local run's cache keys follow the weights."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import boto3
 
 from cli.model_publish import parse_args, publish
-
-# Written by `make serve` so that `bin/model-publish --local` finds the running local S3.
-SERVE_STATE_FILE = Path(__file__).resolve().parent.parent / "build" / "local" / "serve.json"
 
 
 def publish_model(s3_url: str, region: str, bucket: str, base_prefix: str, src: Path) -> str:
@@ -36,11 +32,6 @@ def fetch_model(s3_url: str, region: str, bucket: str, version_prefix: str) -> P
             path.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, item["Key"], str(path))
     return target
-
-
-def write_serve_state(**state) -> None:
-    SERVE_STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    SERVE_STATE_FILE.write_text(json.dumps(state, indent=2) + "\n")
 
 
 def local_s3_client(s3_url: str, region: str):

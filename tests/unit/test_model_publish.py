@@ -26,8 +26,8 @@ from cli import model_publish
 from cli.model_manifest import FileChangedError, Manifest, build_manifest, list_model_files
 from cli.model_stage import STAGES_FILE, pin_model_version, stage_target
 from config.stages import STAGES
-from inference_cache import cache_decision
-from inference_cache.contract import CHAT_ROUTE
+from lambdas import cache_decision
+from lambdas.contract import CHAT_ROUTE
 from local_run.s3 import LocalS3
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -542,10 +542,10 @@ def test_model_manifest_module_prints_the_version_a_directory_would_get(tmp_path
 def test_local_without_a_target_publishes_to_the_running_local_run(tmp_path, monkeypatch):
     """`bin/model-publish --local DIR` finds the S3 endpoint, bucket and prefix that a running
     `make serve` wrote down; without one it says so."""
-    from local_run import model_store
+    from cli import serve_state
 
     state = tmp_path / "serve.json"
-    monkeypatch.setattr(model_store, "SERVE_STATE_FILE", state)
+    monkeypatch.setattr(serve_state, "SERVE_STATE_FILE", state)
     with pytest.raises(SystemExit):
         model_publish.parse_args([str(tmp_path), "--local"])
     state.write_text(json.dumps({"s3_endpoint_url": "http://127.0.0.1:9", "model_bucket": "b", "model_prefix": "models/m/"}))
