@@ -83,7 +83,7 @@ bench: $(TOOLS)
 # Synthesizes (the preview reads the dashboard body from the templates), then writes
 # build/dashboards/<stage>.html: no AWS account needed.
 dashboard: synth
-	$(PY) scripts/dashboard_preview.py --cdk-out cdk.out --out build/dashboards
+	$(PY) -m cli.dashboard_preview --cdk-out cdk.out --out build/dashboards
 
 clean:
 	rm -rf cdk.out .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""scripts/dashboard_preview.py renders each stage's synthesized dashboard as static
+"""cli/dashboard_preview.py (`make dashboard`) renders each stage's synthesized dashboard as static
 HTML: one positioned element per widget, at the widget's grid cell, with
 CloudFormation tokens turned into readable placeholders."""
 
@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import dashboard_preview as preview
+from cli import dashboard_preview as preview
 from tests.conftest import ROOT, STAGE_NAMES
 
-SCRIPT = ROOT / "scripts" / "dashboard_preview.py"
 
 
 class _Widgets(HTMLParser):
@@ -40,7 +39,8 @@ def _cdk_out(synthesized) -> Path:
 def rendered(synthesized, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dashboards")
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--cdk-out", str(_cdk_out(synthesized)), "--out", str(out)],
+        [sys.executable, "-m", "cli.dashboard_preview", "--cdk-out", str(_cdk_out(synthesized)), "--out", str(out)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Static HTML previews of the synthesized CloudWatch dashboards, one file per stage.
 
-    python scripts/dashboard_preview.py [--cdk-out cdk.out] [--out build/dashboards]
+    python -m cli.dashboard_preview [--cdk-out cdk.out] [--out build/dashboards]
 
 Reads the cloud assembly that `cdk synth` (or `make synth`) wrote, finds every
 AWS::CloudWatch::Dashboard in every stage's stacks, turns its DashboardBody back into
