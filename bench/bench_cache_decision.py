@@ -23,10 +23,11 @@ import time
 import zipfile
 from pathlib import Path
 
+from bench.edge_bundles import LAYOUT_BASELINE_COMMIT, best_importtimes, edge_bundle_at
 from config.stages import DEFAULT_STAGE, stage
 from lambdas import cache_decision
 from lambdas.contract import SETTINGS_ENV
-from stacks.bundles import lambda_bundle
+from stacks.bundles import EDGE_HANDLER, lambda_bundle
 
 WORDS = (
     "the model answers questions about invoices refunds shipping policy customer account order status "
@@ -169,6 +170,21 @@ def main() -> None:
               f"{t['pyc importtime']:.1f} ms, {t['pyc wall']:.1f} ms")
     files = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
     print(f"edge function bundle: {zipped_size(bundle)} bytes zipped ({', '.join(files)}); limit 1 MB viewer / 50 MB origin")
+    _against_the_layout_baseline(bundle)
+
+
+def _against_the_layout_baseline(bundle: Path) -> None:
+    """The edge bundle before the runtime moved to lambdas/ (issue 19) and now: size and
+    cold import of the handler, alternating runs."""
+    before = edge_bundle_at(LAYOUT_BASELINE_COMMIT, DEFAULT_STAGE)
+    if before is None:
+        print("no git history: no layout baseline")
+        return
+    best = best_importtimes({"before": before, "now": (bundle, EDGE_HANDLER.rsplit(".", 1)[0])})
+    print(f"edge handler before the lambdas/ layout ({LAYOUT_BASELINE_COMMIT}) and now, from source, best of 15 "
+          "(alternating): " + "; ".join(f"{label} {ms:.1f} ms -X importtime, {cpu:.1f} ms CPU" for label, (ms, cpu) in best.items())
+          + f"; zipped bundle {zipped_size(before[0])} -> {zipped_size(bundle)} bytes")
+    shutil.rmtree(before[0], ignore_errors=True)
 
 
 if __name__ == "__main__":

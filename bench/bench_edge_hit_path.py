@@ -24,7 +24,6 @@ import ipaddress
 import json
 import os
 import queue
-import resource
 import shutil
 import socket
 import ssl
@@ -39,16 +38,18 @@ from pathlib import Path
 
 import lambdas
 from bench.bench_cache_decision import import_times
+from bench.edge_bundles import best_importtimes, edge_bundle_at, package_dir, package_source
 from config.stages import DEFAULT_STAGE, stage
 from lambdas.contract import LOOKUP_BASE_ENV, LOOKUP_CA_ENV, SETTINGS_ENV, SETTINGS_FILE
 from local_run.events import origin_request_event
-from stacks.bundles import lambda_bundle
+from stacks.bundles import EDGE_HANDLER, lambda_bundle
 
 ROOT = Path(lambdas.__file__).resolve().parent.parent
 # The commit before issue 12: its lookup.py is "today's way" (Connection: close, a fresh
-# TLS session per lookup) and its edge modules the cold-import baseline.
+# TLS session per lookup) and its edge bundle the cold-import baseline.
 BASELINE_COMMIT = "efdd8bc"
-BASELINE_FILES = ("lambdas/edge/lookup.py", "lambdas/edge/handler.py", "lambdas/contract.py")
+# The files issue 12 changed, inside the runtime package.
+BASELINE_FILES = ("edge/lookup.py", "edge/handler.py", "contract.py")
 RTTS_MS = (0, 2, 10)
 ITERATIONS = {0: 400, 2: 200, 10: 100}
 NETNS = "inference-cache-bench"
@@ -226,11 +227,6 @@ def reexec_in_namespace() -> bool:
 
 # -- the two ways --------------------------------------------------------------------------
 
-def baseline_source(relative: str) -> str | None:
-    result = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:{relative}"], cwd=ROOT, capture_output=True, text=True)
-    return result.stdout if result.returncode == 0 else None
-
-
 def load_edge(settings_file: Path):
     os.environ[SETTINGS_ENV] = str(settings_file)
     spec = importlib.util.spec_from_file_location("edge_handler_bench", ROOT / "lambdas/edge/handler.py")
@@ -241,7 +237,7 @@ def load_edge(settings_file: Path):
 
 def old_lookup(ca: Path):
     """The client before issue 12 (its source at BASELINE_COMMIT), trusting our CA."""
-    source = baseline_source("lambdas/edge/lookup.py")
+    source = package_source(BASELINE_COMMIT, "edge/lookup.py")
     if source is None:  # no history (an archive): the new client with its connection dropped each time
         from lambdas.edge import lookup
 
@@ -329,36 +325,6 @@ def hit_path(delay: str) -> list[tuple]:
 
 # -- cold import ---------------------------------------------------------------------------
 
-def best_importtimes(bundles: dict[str, Path], code: str, module: str, runs: int = 15) -> dict[str, tuple[float, float]]:
-    """For each bundle, from source (no bytecode), best of `runs`: the -X importtime
-    cumulative ms of `module`, and the CPU ms (user + sys) of the interpreter running
-    `code` minus one running `pass` (less sensitive than wall time to other processes
-    on a busy machine). Runs alternate between the bundles, so noise hits them alike."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop(SETTINGS_ENV, None)
-    best = {label: [float("inf"), float("inf")] for label in bundles}
-    bare = float("inf")
-
-    def run(arguments: list[str], cwd: Path) -> tuple[str, float]:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        err = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, cwd=cwd, env=env,
-                             check=True).stderr
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return err, (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
-
-    with tempfile.TemporaryDirectory() as tmp:
-        copies = {label: shutil.copytree(bundle, Path(tmp) / label) for label, bundle in bundles.items()}
-        for _ in range(runs):
-            bare = min(bare, run(["-c", "pass"], Path(tmp))[1])
-            for label, copy in copies.items():
-                err, _ = run(["-X", "importtime", "-c", code], copy)
-                us = sum(int(line.split("|")[1]) for line in err.splitlines()
-                         if line.count("|") == 2 and line.split("|")[2].strip() == module)
-                best[label][0] = min(best[label][0], us / 1000)
-                best[label][1] = min(best[label][1], run(["-c", code], copy)[1])
-    return {label: (importtime, cpu - bare) for label, (importtime, cpu) in best.items()}
-
-
 def compile_ms(source: str, runs: int = 200) -> float:
     best = float("inf")
     for _ in range(runs):
@@ -370,40 +336,36 @@ def compile_ms(source: str, runs: int = 200) -> float:
 
 def cold_imports() -> list[str]:
     after = Path(lambda_bundle("edge", stage(DEFAULT_STAGE)))
-    before = Path(tempfile.mkdtemp(prefix="edge-before-"))
-    shutil.copytree(after, before, dirs_exist_ok=True)
-    sources = {relative: baseline_source(relative) for relative in BASELINE_FILES}
-    handler = "lambdas.edge.handler"
-    bundles = {"after": after}
-    if all(sources.values()):
-        for relative, source in sources.items():
-            (before / relative).write_text(source)
-        bundles = {"before": before, "after": after}
-    best = best_importtimes(bundles, f"import {handler}", handler)
-    lines = [f"cold import {handler}, from source, best of 15 (runs alternating): "
+    handler = EDGE_HANDLER.rsplit(".", 1)[0]
+    bundles = {"after": (after, handler)}
+    before = edge_bundle_at(BASELINE_COMMIT, DEFAULT_STAGE)
+    if before is not None:
+        bundles = {"before": before, **bundles}
+    best = best_importtimes(bundles)
+    lines = [f"cold import of the edge handler, from source, best of 15 (runs alternating; before = {BASELINE_COMMIT}): "
              + "; ".join(f"{label} {ms:.1f} ms -X importtime, {cpu:.1f} ms CPU" for label, (ms, cpu) in best.items())]
     if "before" in best:
         lines.append(f"  after - before: {best['after'][0] - best['before'][0]:+.1f} ms importtime, "
                      f"{best['after'][1] - best['before'][1]:+.1f} ms CPU")
-    if "before" in bundles:
         # The changed files' share of a cold start from source, measured where other
         # processes cannot blur it: compiling them (executing them costs microseconds).
-        compiled = {label: sum(compile_ms((bundle / relative).read_text()) for relative in BASELINE_FILES)
-                    for label, bundle in bundles.items()}
+        compiled = {label: sum(compile_ms((package_dir(bundle) / relative).read_text()) for relative in BASELINE_FILES)
+                    for label, (bundle, _) in bundles.items()}
         lines.append(f"  compiling {', '.join(Path(r).name for r in BASELINE_FILES)} (best of 200, in process): "
                      f"before {compiled['before']:.2f} ms, after {compiled['after']:.2f} ms "
                      f"({compiled['after'] - compiled['before']:+.2f} ms)")
-    for label, bundle in bundles.items():
-        t = import_times(bundle, handler)
+    for label, (bundle, module) in bundles.items():
+        t = import_times(bundle, module)
         lines.append(f"  bench_cache_decision.import_times(), {label:>6}: source {t['source importtime']:.1f} ms importtime "
                      f"(one run) / {t['source wall']:.1f} ms wall (median of 15); .pyc {t['pyc importtime']:.1f} ms / "
                      f"{t['pyc wall']:.1f} ms wall")
     for extra in ("http.client", "ssl"):
-        ms = best_importtimes({"after": after}, f"import {handler}; import {extra}", extra)["after"][0]
+        ms = best_importtimes({"after": (after, handler)}, then=extra)["after"][0]
         lines.append(f"  {extra} on top of the handler, best of 15 from source: {ms:.1f} ms"
                      + (" (not used: the reason for the hand-written client)" if extra == "http.client"
                         else " (imported at the first HTTPS lookup, before and after)"))
-    shutil.rmtree(before, ignore_errors=True)
+    if before is not None:
+        shutil.rmtree(before[0], ignore_errors=True)
     return lines
 
 
