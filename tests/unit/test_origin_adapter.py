@@ -16,7 +16,7 @@ import pytest
 from botocore.eventstream import EventStream
 from botocore.parsers import EventStreamJSONParser
 from botocore.response import StreamingBody
-from botocore.stub import ANY, Stubber
+from botocore.stub import ANY
 from moto.core.eventstream import EventStreamEncoder
 
 from config.stages import STAGES
@@ -28,6 +28,7 @@ from lambdas.contract import (
     METRICS_NAMESPACE,
     ORIGIN_ADAPTER_SERVICE,
     RESULTS_BUCKET_ENV,
+    SERVABLE_BODY_LIMIT_BYTES,
     SETTINGS_ENV,
     SETTINGS_FILE,
 )
@@ -35,6 +36,7 @@ from lambdas.origin_adapter import app as origin_app
 from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.events import function_url_event, web_adapter_request
 from local_run.servers import BackgroundServer
+from tests.unit.boto_boundary import CountingStubber
 
 ENDPOINT = "inference-cache-dev"
 BUCKET = "results-bucket"
@@ -115,12 +117,15 @@ def origin(tmp_path, monkeypatch):
 
 @pytest.fixture
 def stubs(origin):
-    sagemaker = Stubber(origin.ADAPTER.endpoint.client)
-    s3 = Stubber(origin.ADAPTER.store.client)
+    """SageMaker and S3 at the boto3 boundary. Every test ends with exactly the calls it
+    queued made: a call beyond them (a store that should not happen, a retry) fails the
+    test even where the adapter caught the Stubber's refusal."""
+    sagemaker = CountingStubber(origin.ADAPTER.endpoint.client)
+    s3 = CountingStubber(origin.ADAPTER.store.client)
     with sagemaker, s3:
         yield sagemaker, s3
-        sagemaker.assert_no_pending_responses()
-        s3.assert_no_pending_responses()
+        sagemaker.assert_calls_as_queued()
+        s3.assert_calls_as_queued()
 
 
 def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None) -> dict:
@@ -182,18 +187,31 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
 
 
 def test_sampling_request_is_a_bypass_and_not_stored(origin, stubs, lambda_context, capsys):
-    sagemaker, _ = stubs
+    sagemaker, s3 = stubs
     endpoint_answer(sagemaker)
     response = origin.call(url_event({**GREEDY, "temperature": 0.8}), lambda_context)
     assert response.status == 200 and response.headers["x-inference-cache"] == "BYPASS"
-    assert emitted_metrics(capsys)["CacheBypass"] == 1.0
+    assert sagemaker.calls == ["invoke_endpoint"] and s3.calls == []  # no store was even tried
+    metrics = emitted_metrics(capsys)
+    assert metrics["CacheBypass"] == 1.0 and "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
 
 
-def test_no_store_is_a_bypass_and_not_stored(origin, stubs, lambda_context):
-    sagemaker, _ = stubs
-    endpoint_answer(sagemaker)
-    response = origin.call(url_event(headers={"cache-control": "no-store"}), lambda_context)
-    assert response.headers["x-inference-cache"] == "BYPASS"
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({"cache-control": "no-store"}, "BYPASS"), ({"x-inference-cache-ttl": "0"}, "BYPASS")],
+    ids=["no-store", "ttl-0"],
+)
+def test_a_request_that_may_not_be_stored_is_answered_and_not_stored(origin, stubs, lambda_context, capsys, headers, status):
+    """no-store: not cacheable at all; a TTL of 0: cacheable (its key is forwarded), but
+    nothing may be kept for 0 seconds."""
+    sagemaker, s3 = stubs
+    payload = endpoint_answer(sagemaker)
+    response = origin.call(url_event(headers=headers), lambda_context)
+    assert response.status == 200 and response.body == payload
+    assert response.headers["x-inference-cache"] == status
+    assert sagemaker.calls == ["invoke_endpoint"] and s3.calls == []
+    metrics = emitted_metrics(capsys)
+    assert "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
 
 
 def test_forged_key_header_is_ignored_and_counted(origin, stubs, lambda_context, capsys):
@@ -315,7 +333,7 @@ def test_a_streamed_miss_relays_each_event_as_it_comes_and_stores_the_stream(ori
 
 
 def test_a_stream_cut_by_a_model_error_ends_with_an_error_event_and_is_not_stored(origin, stubs, lambda_context, capsys):
-    sagemaker, _ = stubs  # no put_object stubbed: a store would fail the test
+    sagemaker, s3 = stubs
     add_stream(sagemaker, lmi_chunk(content="The"), lmi_chunk(content=" ans"),
                error=("ModelStreamError", "Your model primary did not complete sending the inference response."))
     status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
@@ -327,11 +345,12 @@ def test_a_stream_cut_by_a_model_error_ends_with_an_error_event_and_is_not_store
     assert "[DONE]" not in events
     metrics = wait_for_metrics(capsys, "StreamCutOff")
     assert metrics["StreamCutOff"] == 1.0 and metrics["ModelError"] == 1.0
-    assert "CacheStore" not in metrics and "CacheStoreFailed" not in metrics  # no store was even tried
+    assert "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
+    assert s3.calls == []  # no store was even tried
 
 
 def test_a_client_that_goes_away_mid_stream_ends_it_and_nothing_is_stored(origin, stubs, lambda_context, capsys):
-    sagemaker, _ = stubs
+    sagemaker, s3 = stubs
     tokens = [lmi_chunk(content=f" t{i}") for i in range(20)] + [lmi_chunk(finish="stop"), b"\n"]
     wire = add_stream(sagemaker, *tokens, gap=0.05)
     method, path, headers, body = web_adapter_request(url_event(STREAM), request_id="r", deadline_ms=0)
@@ -342,10 +361,11 @@ def test_a_client_that_goes_away_mid_stream_ends_it_and_nothing_is_stored(origin
     metrics = wait_for_metrics(capsys, "StreamCutOff")
     assert metrics["StreamCutOff"] == 1.0 and "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
     assert wire.closed  # the model's stream was closed, not read to its end
+    assert s3.calls == []
 
 
 def test_a_stream_that_runs_past_the_adapters_time_ends_with_a_timeout_event(origin, stubs, lambda_context, capsys):
-    sagemaker, _ = stubs
+    sagemaker, s3 = stubs
     assert origin.ADAPTER.stream_seconds == origin.SETTINGS.answer_seconds  # the adapter's timeout less 2 s
     origin.ADAPTER.stream_seconds = 0.3
     add_stream(sagemaker, *[lmi_chunk(content=f" t{i}") for i in range(10)], lmi_chunk(finish="stop"), gap=0.1)
@@ -353,6 +373,7 @@ def test_a_stream_that_runs_past_the_adapters_time_ends_with_a_timeout_event(ori
     error = json.loads(sse_events(chunks)[-1])["error"]
     assert status == 200 and error["code"] == "model_timeout" and len(sse_events(chunks)) < 6
     assert wait_for_metrics(capsys, "StreamCutOff")["StreamCutOff"] == 1.0
+    assert s3.calls == []
 
 
 @pytest.mark.parametrize(
@@ -369,7 +390,7 @@ def test_a_stream_that_runs_past_the_adapters_time_ends_with_a_timeout_event(ori
 def test_an_incomplete_or_failed_stream_reaches_the_client_with_an_error_and_is_not_stored(
     origin, stubs, lambda_context, capsys, lines, why
 ):
-    sagemaker, _ = stubs
+    sagemaker, s3 = stubs
     add_stream(sagemaker, *lines)
     status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
     events = sse_events(chunks)
@@ -377,9 +398,10 @@ def test_an_incomplete_or_failed_stream_reaches_the_client_with_an_error_and_is_
     assert why in json.loads(events[-1])["error"]["message"]
     metrics = wait_for_metrics(capsys, "StreamCutOff")
     assert metrics["StreamCutOff"] == 1.0 and "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
+    assert s3.calls == []
 
 
-def test_a_usage_chunk_asked_for_is_relayed_and_required(origin, stubs, lambda_context):
+def test_a_usage_chunk_asked_for_is_relayed_and_required(origin, stubs, lambda_context, capsys):
     sagemaker, s3 = stubs
     asked = {**STREAM, "stream_options": {"include_usage": True}}
     usage = {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
@@ -389,17 +411,23 @@ def test_a_usage_chunk_asked_for_is_relayed_and_required(origin, stubs, lambda_c
     _, _, chunks = origin.stream(url_event(asked), lambda_context)
     events = sse_events(chunks)
     assert json.loads(events[-2]) == {**json.loads(lmi_chunk(usage=usage)), "choices": []} and events[-1] == "[DONE]"
+    wait_for_metrics(capsys, "CacheStore")
+    assert s3.calls == ["put_object"]
     # Without the usage chunk it asked for, the answer is incomplete: not stored.
     add_stream(sagemaker, lmi_chunk(content="4"), lmi_chunk(finish="stop"), b"\n")
     _, _, chunks = origin.stream(url_event(asked), lambda_context)
     assert "usage chunk missing" in json.loads(sse_events(chunks)[-1])["error"]["message"]
+    wait_for_metrics(capsys, "StreamCutOff")
+    assert s3.calls == ["put_object"]  # still only the first
 
 
-def test_every_choice_must_finish_before_a_stream_with_n_choices_is_stored(origin, stubs, lambda_context):
-    sagemaker, _ = stubs  # n: 2, one choice never finishes: nothing stored
+def test_every_choice_must_finish_before_a_stream_with_n_choices_is_stored(origin, stubs, lambda_context, capsys):
+    sagemaker, s3 = stubs  # n: 2, one choice never finishes: nothing stored
     add_stream(sagemaker, lmi_chunk(0, "a"), lmi_chunk(1, "b"), lmi_chunk(0, finish="stop"), b"\n")
     _, _, chunks = origin.stream(url_event({**STREAM, "n": 2}), lambda_context)
     assert "without a finish reason" in json.loads(sse_events(chunks)[-1])["error"]["message"]
+    assert wait_for_metrics(capsys, "StreamCutOff")["StreamCutOff"] == 1.0
+    assert s3.calls == []
 
 
 def test_a_container_error_before_the_stream_is_an_http_error_not_an_event(origin, stubs, lambda_context):
@@ -441,18 +469,21 @@ def test_the_readiness_route_answers_without_the_adapter(origin):
 
 
 @pytest.mark.parametrize(
-    ("code", "http", "status", "retry_after", "extra"),
+    ("code", "http", "status", "retry_after", "extra", "error_code", "message"),
     [
-        ("ModelError", 424, 502, None, {"OriginalStatusCode": 500, "OriginalMessage": "CUDA out of memory"}),
-        ("ValidationError", 400, 400, None, {}),
-        ("ThrottlingException", 400, 429, "2", {}),
-        ("ModelNotReadyException", 429, 503, "10", {}),
-        ("ServiceUnavailable", 503, 503, "10", {}),
-        ("InternalFailure", 500, 502, None, {}),
+        ("ModelError", 424, 502, None, {"OriginalStatusCode": 500, "OriginalMessage": "CUDA out of memory"},
+         "model_error", "The model failed: CUDA out of memory"),
+        ("ValidationError", 400, 400, None, {}, "invalid_request", "The model rejected the request: it failed"),
+        ("ThrottlingException", 400, 429, "2", {}, "throttled", "Too many requests to the model; retry shortly."),
+        ("ModelNotReadyException", 429, 503, "10", {}, "no_capacity", "The model has no capacity right now; retry shortly."),
+        ("ServiceUnavailable", 503, 503, "10", {}, "no_capacity", "The model has no capacity right now; retry shortly."),
+        ("InternalFailure", 500, 502, None, {}, "endpoint_error", "The model endpoint failed (InternalFailure)."),
     ],
 )
-def test_endpoint_errors_map_to_openai_errors(origin, stubs, lambda_context, capsys, code, http, status, retry_after, extra):
-    sagemaker, _ = stubs
+def test_endpoint_errors_map_to_openai_errors(
+    origin, stubs, lambda_context, capsys, code, http, status, retry_after, extra, error_code, message
+):
+    sagemaker, s3 = stubs
     attempts = 1 + (origin.SETTINGS.throttle_retries if code == "ThrottlingException" else 0)
     for _ in range(attempts):
         sagemaker.add_client_error(
@@ -461,13 +492,13 @@ def test_endpoint_errors_map_to_openai_errors(origin, stubs, lambda_context, cap
     response = origin.call(url_event(), lambda_context)
     assert response.status == status
     assert response.headers.get("retry-after") == retry_after
+    assert response.headers["x-inference-cache"] == "BYPASS"
     error = json.loads(response.body)["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
     expected_type = {429: "rate_limit_error"}.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    assert error["type"] == expected_type
-    if code == "ModelError":
-        assert "CUDA out of memory" in error["message"]
-        assert emitted_metrics(capsys)["ModelError"] == 1.0
+    assert error == {"message": message, "type": expected_type, "param": None, "code": error_code}
+    # Only throttling is retried (each throttle answered once more, up to the limit); an error is never stored.
+    assert sagemaker.calls == ["invoke_endpoint"] * attempts and s3.calls == []
+    assert emitted_metrics(capsys).get("ModelError") == (1.0 if code == "ModelError" else None)
 
 
 def test_throttling_is_retried_then_succeeds(origin, stubs, lambda_context):
@@ -479,10 +510,12 @@ def test_throttling_is_retried_then_succeeds(origin, stubs, lambda_context):
     assert response.status == 200 and response.body == payload
 
 
-def test_model_error_is_not_retried(origin, stubs, lambda_context):
-    sagemaker, _ = stubs
-    sagemaker.add_client_error("invoke_endpoint", service_error_code="ModelError", http_status_code=424)
-    assert origin.call(url_event(), lambda_context).status == 502  # one call: the Stubber has no second
+@pytest.mark.parametrize("code", ["ModelError", "InternalFailure", "ModelNotReadyException"])
+def test_model_errors_are_not_retried(origin, stubs, lambda_context, code):
+    sagemaker, s3 = stubs
+    sagemaker.add_client_error("invoke_endpoint", service_error_code=code, http_status_code=424)
+    assert origin.call(url_event(), lambda_context).status in (502, 503)
+    assert sagemaker.calls == ["invoke_endpoint"] and s3.calls == []  # one model call, nothing stored
 
 
 def test_unknown_endpoint_is_503(origin, stubs, lambda_context):
@@ -560,11 +593,30 @@ def test_container_status_passes_through_as_the_same_kind_of_error(
     assert emitted_metrics(capsys).get("ModelError") == (1.0 if code == "model_error" else None)
 
 
-def test_an_answer_too_large_for_the_edge_is_not_stored(origin, stubs, lambda_context):
-    sagemaker, _ = stubs  # no put_object expected: the Stubber fails on an unexpected call
-    big = {**CHAT_ANSWER, "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 1_100_000},
-                                       "finish_reason": "length"}]}
-    endpoint_answer(sagemaker, answer=big)
+def answer_of_size(size: int) -> dict:
+    """A chat answer whose JSON (as endpoint_answer writes it) is exactly `size` bytes."""
+    def sized(content: str) -> dict:
+        return {**CHAT_ANSWER, "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                            "finish_reason": "length"}]}
+    answer = sized("x" * (size - len(json.dumps(sized("")))))
+    assert len(json.dumps(answer).encode()) == size
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("size", "stored"),
+    [(SERVABLE_BODY_LIMIT_BYTES - 1, True), (SERVABLE_BODY_LIMIT_BYTES, True), (SERVABLE_BODY_LIMIT_BYTES + 1, False)],
+    ids=["limit-1", "limit", "limit+1"],
+)
+def test_an_answer_is_stored_only_up_to_the_size_the_edge_can_serve(origin, stubs, lambda_context, capsys, size, stored):
+    sagemaker, s3 = stubs
+    payload = endpoint_answer(sagemaker, answer=answer_of_size(size))
+    if stored:
+        s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": ANY, "Body": payload, "ContentType": "application/json",
+                                           "CacheControl": ANY, "Metadata": ANY})
     response = origin.call(url_event(), lambda_context)
-    assert response.status == 200 and len(response.body) > 1_048_576
-    assert response.headers["x-inference-cache"] == "MISS"
+    assert response.status == 200 and response.body == payload and len(payload) == size
+    assert response.headers["x-inference-cache"] == "MISS"  # answered either way
+    assert s3.calls == (["put_object"] if stored else [])
+    metrics = emitted_metrics(capsys)
+    assert metrics.get("StoredBytes") == (float(size) if stored else None) and "CacheStoreFailed" not in metrics
