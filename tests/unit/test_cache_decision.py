@@ -301,6 +301,42 @@ def test_deterministic_policy_not_cacheable(body, path, reason):
     assert (d.cacheable, d.key, d.reason, d.error, d.lookup, d.store) == (False, None, reason, None, False, False)
 
 
+# Greedy at the boundary. vLLM (vllm/sampling_params.py, SamplingParams.__post_init__)
+# raises a temperature in (0, 0.01) to _MAX_TEMP = 0.01 before it checks for greedy
+# (temperature < _SAMPLING_EPS = 1e-5): only exactly 0 is greedy, and every positive
+# finite temperature it accepts, down to the smallest double 5e-324, samples. (Before the
+# clamp, vLLM took anything below 1e-5 as greedy: the decision follows the stricter reading.)
+@pytest.mark.parametrize("spelling", [b"0", b"0.0", b"-0", b"-0.0", b"0e0", b"0E+3", b"0.000", b"1e-400"])
+def test_a_temperature_of_exactly_zero_is_greedy(spelling):
+    """1e-400 is below the smallest double: every JSON parser, vLLM's included, reads 0.0."""
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":%s}' % spelling
+    d = run(body)
+    assert (d.cacheable, d.reason) == (True, "greedy decoding")
+    assert d.key == key(chat("hi"))
+
+
+@pytest.mark.parametrize(
+    "spelling", [b"5e-324", b"1e-300", b"1e-6", b"9.99e-6", b"1e-5", b"0.009999", b"0.01", b"0.1", b"0.149", b"0.15"]
+)
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS, INVOCATIONS])
+def test_any_positive_temperature_samples(spelling, path):
+    field = b'"prompt":"hi"' if path != CHAT else b'"messages":[{"role":"user","content":"hi"}]'
+    body = b'{"model":"m",%s,"temperature":%s}' % (field, spelling)
+    d = run(body, path)
+    assert (d.cacheable, d.key, d.reason) == (False, None, "sampling without seed")
+    seeded = run(body[:-1] + b',"seed":1}', path)  # seeded: cacheable as seeded sampling, never as greedy
+    assert (seeded.cacheable, seeded.reason) == (True, "seeded sampling")
+    assert seeded.key != key({"model": "m", "prompt": "hi", "temperature": 0, "seed": 1} if path != CHAT else chat("hi", seed=1),
+                             path)
+
+
+@pytest.mark.parametrize(("top_k", "reason"), [(1, "greedy decoding"), (1.0, "greedy decoding"), (2, "sampling without seed"),
+                                                (0, "sampling without seed"), (-1, "sampling without seed")])
+def test_only_top_k_of_one_is_greedy(top_k, reason):
+    """vLLM: top_k 0 or -1 disables it (every token); 1 keeps only the most likely one."""
+    assert run(chat(temperature=0.7, top_k=top_k)).reason == reason
+
+
 def test_declared_greedy_default_makes_absent_temperature_greedy():
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
     assert not run(body).cacheable
@@ -529,21 +565,34 @@ def test_error_precedence():
 # --------------------------------------------------------------------------- API
 
 
-def test_never_raises_on_odd_arguments():
-    odd = [
-        {"headers": None},
-        {"headers": {"content-type": None, 3: 4, "x": ["a", "b"]}},
-        {"body": "{\"model\": \"m\"}"},
-        {"body": None},
-        {"body": bytearray(b"{}")},
-        {"s": {}},
-        {"s": {"routes": [CHAT], "declared_server_defaults": "oops"}},
-        {"tenant": 5},
-    ]
-    for kw in odd:
-        body = kw.pop("body", json.dumps(chat()).encode())
-        d = cd.decide(CHAT, kw.pop("headers", JSON), body, kw.pop("s", settings("staging")), **kw)
-        assert isinstance(d, cd.Decision)
+@pytest.mark.parametrize(
+    ("odd", "reason"),
+    [
+        # Odd but readable: each reaches a real decision (staging scopes per tenant).
+        ({"headers": None}, "greedy decoding"),
+        ({"headers": {"content-type": None, 3: 4, "x": ["a", "b"]}}, "greedy decoding"),
+        ({"body": "{\"model\": \"m\"}"}, "invalid request: missing_field"),
+        ({"body": bytearray(b"{}")}, "invalid request: missing_field"),
+        ({"tenant": 5}, "greedy decoding"),
+        # A caller's bug (no body, no settings record): caught, not cacheable, never raised.
+        ({"body": None}, "internal error: TypeError"),
+        ({"s": {}}, "internal error: AttributeError"),
+        ({"s": {"routes": [CHAT], "declared_server_defaults": "oops"}}, "internal error: AttributeError"),
+    ],
+)
+def test_never_raises_on_odd_arguments(odd, reason):
+    kw = dict(odd)
+    body = kw.pop("body", json.dumps(chat()).encode())
+    kw.setdefault("tenant", "acme")
+    d = cd.decide(CHAT, kw.pop("headers", JSON), body, kw.pop("s", settings("staging")), **kw)
+    assert d.reason == reason
+    if reason == "greedy decoding":
+        assert d.cacheable and HEX64.match(d.key) and d.error is None
+    else:
+        assert (d.cacheable, d.key, d.lookup, d.store) == (False, None, False, False)
+        assert (d.error is None) == reason.startswith("internal error")
+    if reason == "internal error: TypeError":
+        assert cd.canonical_payload(CHAT, JSON, None, settings("staging"), tenant="acme") is None
 
 
 def test_body_as_str_is_accepted():

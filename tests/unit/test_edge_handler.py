@@ -412,16 +412,33 @@ def test_every_forwarded_request_with_a_body_carries_its_hash(edge, store):
     assert header(result, "x-inference-cache-key") is None and store.requests == []
 
 
-@pytest.mark.parametrize(("status", "retry"), [(429, "1"), (403, None), (502, None), (503, "1"), (504, None)])
-def test_lambdas_own_errors_reach_the_client_in_the_openai_shape(edge, store, status, retry):
+# Every status Lambda or OAC answers in its own shape, with the code and message the
+# client gets for it (an unlisted status: the generic origin error).
+ORIGIN_ERRORS = [
+    (403, "forbidden", "The origin refused the request.", None),
+    (413, "body_too_large", "The request body is larger than the origin accepts (6 MB).", None),
+    (429, "origin_busy", "Every model slot is busy; retry shortly.", "1"),
+    (500, "origin_error", "The origin failed.", None),
+    (502, "origin_error", "The origin failed.", None),
+    (503, "origin_unavailable", "The origin is unavailable; retry shortly.", "1"),
+    (504, "origin_timeout", "The origin did not answer in time.", None),
+    (501, "origin_error", "The origin failed.", None),
+    (400, "origin_error", "The origin failed.", None),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "message", "retry"), ORIGIN_ERRORS, ids=[str(e[0]) for e in ORIGIN_ERRORS])
+def test_lambdas_own_errors_reach_the_client_in_the_openai_shape(edge, store, capsys, status, code, message, retry):
     handler = edge()
     result = handler.handler(origin_response_event(status=status, headers={"x-amzn-ErrorType": "Whatever"}), None)
     assert result["status"] == str(status)
-    error = json.loads(result["body"])["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == ("rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error")
+    kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    assert json.loads(result["body"]) == {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    assert result["bodyEncoding"] == "text"
+    assert header(result, "content-type") == "application/json" and header(result, "cache-control") == "no-store"
     assert header(result, "x-inference-cache") == "BYPASS" and header(result, "retry-after") == retry
-    assert "x-amzn-errortype" not in result["headers"]
+    assert "x-amzn-errortype" not in result["headers"]  # Lambda's own headers are dropped
+    assert json.loads(capsys.readouterr().out)["outcome"] == f"origin-error-{status}"
 
 
 def test_the_adapters_own_answers_pass_the_origin_response_untouched(edge, store):
