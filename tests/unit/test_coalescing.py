@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 
 import boto3
 import pytest
@@ -58,8 +59,9 @@ def s3():
 
 @pytest.fixture
 def key(request):
-    """A key of its own per test (the bucket is shared)."""
-    return hashlib.sha256(request.node.name.encode()).hexdigest()
+    """A key of its own per test and run: the bucket is shared, and moto's backend lives as
+    long as the process (mutmut runs the suite several times in one)."""
+    return hashlib.sha256(f"{request.node.name} {uuid.uuid4()}".encode()).hexdigest()
 
 
 def coalescer(s3, *, lease=5.0, wait=3.0, takeover=3.0) -> Coalescer:
