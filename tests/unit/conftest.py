@@ -26,7 +26,8 @@ def load_edge_handler(tmp_path, monkeypatch):
         settings.write_text(config.to_json())
         monkeypatch.setenv(SETTINGS_ENV, str(settings))
         monkeypatch.setenv(LOOKUP_BASE_ENV, lookup_base)
-        spec = importlib.util.spec_from_file_location("edge_handler_under_test", EDGE_HANDLER)
+        # Under its own name (not in sys.modules): mutmut activates a mutant by module name.
+        spec = importlib.util.spec_from_file_location("lambdas.edge.handler", EDGE_HANDLER)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

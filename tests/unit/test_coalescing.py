@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -34,10 +35,12 @@ from lambdas.contract import (
 )
 from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest
 from lambdas.origin_adapter.coalescing import Coalescer, Lease
-from lambdas.origin_adapter.endpoint import EndpointAnswer, EndpointFailure
+from lambdas.origin_adapter.endpoint import SageMakerEndpoint
 from lambdas.origin_adapter.results_store import ResultsStore
 from lambdas.origin_adapter.settings import AdapterSettings
+from local_run.model_server import ModelServer
 from local_run.s3 import LocalS3
+from local_run.servers import BackgroundServer
 
 BUCKET = "coalescing-results"
 
@@ -127,23 +130,67 @@ def test_release_removes_only_its_own_lease(s3, key):
     c.release(lease)  # already gone: nothing to do, no error
 
 
-def test_a_waiter_answers_as_soon_as_the_result_lands(s3, key):
+class RecordingClient:
+    """The real S3 client, noting each call the coalescer makes (name, time.monotonic()) as
+    it starts; wait_for() blocks until the calls so far satisfy a condition."""
+
+    def __init__(self, s3):
+        self.s3, self.calls, self.changed = s3, [], threading.Condition()
+
+    def __getattr__(self, name):
+        method = getattr(self.s3, name)
+
+        def call(**kwargs):
+            with self.changed:
+                self.calls.append((name, time.monotonic()))
+                self.changed.notify_all()
+            return method(**kwargs)
+
+        return call
+
+    def names(self, since: int = 0) -> list[str]:
+        return [name for name, _ in self.calls[since:]]
+
+    def wait_for(self, condition, seconds: float = 10.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: condition(self), timeout=seconds), self.calls
+
+
+def test_a_waiter_answers_as_soon_as_the_result_lands(s3, key, monkeypatch):
     c = coalescer(s3, wait=5.0)
     leader = c.acquire(key, max_age_seconds=3600)
     assert leader.lease is not None and not leader.waited
+    recorded = RecordingClient(s3)
+    landed = []
 
-    def finish():
-        time.sleep(0.5)
+    def finish():  # once the waiter is polling (it found the lease held twice)
+        recorded.wait_for(lambda r: r.names().count("head_object") >= 2)
         store_result(s3, key)
+        landed.append(len(recorded.calls))
         c.release(leader.lease)
 
-    threading.Thread(target=finish).start()
-    began = time.monotonic()
-    turn = c.acquire(key, max_age_seconds=3600)
-    waited = time.monotonic() - began
-    assert turn.waited and turn.result is not None and turn.lease is None
+    naps, sleep, waiter = [], time.sleep, threading.get_ident()
+
+    def recorded_sleep(seconds):  # the waiter's own pauses between polls, as it asks for them
+        if threading.get_ident() == waiter:
+            naps.append(seconds)
+        sleep(seconds)
+
+    finisher = threading.Thread(target=finish)
+    finisher.start()
+    monkeypatch.setattr(time, "sleep", recorded_sleep)
+    turn = coalescer(recorded, wait=5.0).acquire(key, max_age_seconds=3600)
+    monkeypatch.undo()
+    finisher.join(10)
+    # Polls backing off from the first pause (0.02 s here) to at most the longest (0.1 s).
+    assert naps and naps[0] <= 0.02 and max(naps) <= 0.1
+    assert turn.waited and turn.result is not None and turn.lease is None and not turn.gave_up
     assert turn.result.body == b'{"answer": 4}' and turn.result.content_type == "application/json"
-    assert 0.45 < waited < 1.0  # polls every <= 0.1 s here
+    # The next poll after the result landed answered from it: at most the rest of a poll
+    # under way as it landed (its lease check), then one look at the result (or two: a
+    # lease found gone is followed by a second look).
+    after = recorded.names(landed[0]) if landed else None
+    assert after is not None and after.count("head_object") <= 1 and after.count("get_object") <= 2, after
 
 
 def test_a_result_past_its_expires_metadata_or_older_than_accepted_is_not_an_answer(s3, key):
@@ -194,10 +241,9 @@ def test_a_holder_that_stores_and_leaves_between_two_polls_is_answered_from(s3, 
 
 
 def test_an_expired_lease_is_taken_over_by_one_waiter(s3, key):
-    c = coalescer(s3, lease=0.3)
-    dead = c._claim(key)  # its holder never comes back
-    assert dead is not None
-    time.sleep(0.4)
+    c = coalescer(s3, lease=5.0)
+    dead = coalescer(s3, lease=0.0)._claim(key)  # expired as written; its holder never comes back
+    assert dead is not None and dead.expires <= time.time() + 0.001
     turns, barrier = [], threading.Barrier(5)
 
     def wait():
@@ -222,7 +268,8 @@ def test_an_expired_lease_is_taken_over_by_one_waiter(s3, key):
 
 
 def test_a_leader_that_fails_hands_the_key_to_one_waiter(s3, key):
-    c = coalescer(s3)
+    recorded = RecordingClient(s3)
+    c = coalescer(recorded)
     leader = c.acquire(key, max_age_seconds=3600)
     turns, barrier = [], threading.Barrier(6)
 
@@ -234,7 +281,7 @@ def test_a_leader_that_fails_hands_the_key_to_one_waiter(s3, key):
     for t in threads:
         t.start()
     barrier.wait()
-    time.sleep(0.2)
+    recorded.wait_for(lambda r: r.names().count("head_object") >= 5)  # the five are waiting on the lease
     c.release(leader.lease)  # the model failed: no result, lease removed
     deadline = time.monotonic() + 3
     while not any(t.lease for t in turns) and time.monotonic() < deadline:
@@ -265,37 +312,48 @@ def test_a_waiter_re_claims_once_then_runs_the_model_itself(s3, key):
                 return
             time.sleep(0.01)
 
-    began = time.monotonic()
     threading.Timer(0.1, holders_that_keep_failing).start()
     turn = c.acquire(key, max_age_seconds=3600)
-    assert turn.waited and not turn.gave_up and turn.result is None
+    assert turn.waited and not turn.gave_up and turn.result is None  # not gave_up: well within its 3 s
     # Either it won the re-claim (runs as leader) or, having re-claimed once, runs alone.
     if turn.lease is not None:
         assert turn.takeover
         c.release(turn.lease)
-    assert time.monotonic() - began < 3
 
 
 def test_a_waiter_never_waits_longer_than_its_budget(s3, key):
-    c = coalescer(s3, lease=30.0, wait=0.6, takeover=0.3)
-    held = c._claim(key)  # a live holder that never finishes within the budget
+    held = coalescer(s3, lease=30.0)._claim(key)  # a live holder that never finishes within the budget
+    recorded = RecordingClient(s3)
     began = time.monotonic()
-    turn = c.acquire(key, max_age_seconds=3600)
-    waited = time.monotonic() - began
+    turn = coalescer(recorded, lease=30.0, wait=0.6, takeover=0.3).acquire(key, max_age_seconds=3600, started=began)
     assert turn.gave_up and turn.lease is None and turn.result is None
-    assert 0.55 < waited < 0.75
-    c.release(held)
+    assert time.monotonic() - began >= 0.6  # not before its budget
+    # ... and not after it: past the budget, at most the poll under way when it ended.
+    late = [name for name, at in recorded.calls if at >= began + 0.6]
+    assert late in ([], ["head_object"], ["get_object", "head_object"]), late
+    assert recorded.names().count("head_object") >= 2  # it did poll meanwhile
+    coalescer(s3).release(held)
 
 
 def test_past_its_takeover_window_a_waiter_gives_up_instead_of_running_the_model(s3, key):
     """A holder failing late: a whole model read would not fit in the waiter's timeout."""
-    c = coalescer(s3, wait=2.0, takeover=0.2)
-    held = c._claim(key)
-    threading.Timer(0.5, c.release, args=(held,)).start()
+    holder = coalescer(s3)
+    held = holder._claim(key)
+    recorded = RecordingClient(s3)
+    released = []
+
+    def fail_late():  # 0.5 s after the waiter's start: past its 0.2 s takeover window
+        holder.release(held)
+        released.append(len(recorded.calls))
+
     began = time.monotonic()
-    turn = c.acquire(key, max_age_seconds=3600)
-    assert turn.gave_up and turn.lease is None
-    assert time.monotonic() - began < 1.0  # gave up when it saw the failure, not at the budget's end
+    threading.Timer(0.5, fail_late).start()
+    turn = coalescer(recorded, wait=2.0, takeover=0.2).acquire(key, max_age_seconds=3600, started=began)
+    assert turn.gave_up and turn.lease is None and turn.result is None
+    assert recorded.names().count("put_object") == 1  # its first claim (lost); no re-claim: it would run the model
+    # It gave up at the first poll that found the lease gone, not at its budget's end
+    # (polling on would look at the lease every 0.1 s for 1.5 s more).
+    assert released and recorded.names(released[0]).count("head_object") <= 2
 
 
 def test_s3_failures_fail_open(key):
@@ -312,26 +370,50 @@ def test_s3_failures_fail_open(key):
     assert turn.unavailable and turn.lease is None and turn.result is None and not turn.gave_up
 
 
-# -- the adapter's miss path with a coalescer (the model a counting stand-in) ---------------
+# -- the adapter's miss path with a coalescer, against the local model server -------------
 
-class CountingModel:
-    def __init__(self, seconds: float = 0.3, fail_first: bool = False):
-        self.calls, self.seconds, self.fail_first = 0, seconds, fail_first
-        self._lock = threading.Lock()
+class _NoEmbeddings:  # the chat model only: no sentence-transformers weights to load
+    version = None
 
-    def invoke(self, body: bytes, content_type: str) -> EndpointAnswer:
-        with self._lock:
-            self.calls += 1
-            first = self.calls == 1
-        time.sleep(self.seconds)
-        if self.fail_first and first:
-            raise EndpointFailure(502, "model_error", "The model failed.", model_error=True)
-        return EndpointAnswer(json.dumps({"choices": [{"message": {"content": "4"}}]}).encode(), "application/json", self.seconds)
+
+class LocalModel:
+    """The local model server (local_run.model_server) behind boto3's sagemaker-runtime
+    client, as the adapter calls SageMaker; `calls` counts the model's runs there. Its
+    prompt markers: [[slow-ms:N]] holds a call N ms, [[fail-once]] fails the first call of
+    a prompt (a ModelError) and answers the identical ones after it."""
+
+    def __init__(self):
+        self.server = ModelServer(embedder=_NoEmbeddings())
+        self.running = BackgroundServer(self.server.app, name="model-under-test").start()
+        client = boto3.client(
+            "sagemaker-runtime", endpoint_url=self.running.url, region_name="us-east-1", aws_access_key_id="local",
+            aws_secret_access_key="local", config=Config(read_timeout=10, max_pool_connections=64, retries={"total_max_attempts": 1}),
+        )
+        self.endpoint = SageMakerEndpoint("local", connect_timeout=2, read_timeout=10, throttle_retries=0, client=client)
+
+    @property
+    def calls(self) -> int:
+        return self.server.invocations
+
+
+@pytest.fixture(scope="module")
+def local_model():
+    model = LocalModel()
+    yield model
+    model.running.stop()
+
+
+@pytest.fixture
+def model(local_model):
+    """The model's calls counted from this test's start."""
+    before = local_model.calls
+    return SimpleNamespace(endpoint=local_model.endpoint, calls=lambda: local_model.calls - before)
 
 
 def adapter(s3, model, **timings) -> InferenceAdapter:
     return InferenceAdapter(
-        STAGES["dev"].edge_cache_settings(), model, ResultsStore(BUCKET, s3), logging.getLogger("test"), coalescer(s3, **timings)
+        STAGES["dev"].edge_cache_settings(), model.endpoint, ResultsStore(BUCKET, s3), logging.getLogger("test"),
+        coalescer(s3, **timings),
     )
 
 
@@ -355,10 +437,9 @@ def burst(a: InferenceAdapter, requests: list[OriginRequest]) -> list:
     return answers
 
 
-def test_a_burst_of_identical_misses_makes_one_model_call(s3):
-    model = CountingModel()
-    answers = burst(adapter(s3, model), [chat(f"burst {time.time()}")] * 12)
-    assert model.calls == 1
+def test_a_burst_of_identical_misses_makes_one_model_call(s3, model):
+    answers = burst(adapter(s3, model), [chat(f"burst {time.time_ns()} [[slow-ms:300]]")] * 12)
+    assert model.calls() == 1
     assert {r.status for r, _ in answers} == {200} and len({r.body for r, _ in answers}) == 1
     statuses = sorted((r.headers[STATUS_HEADER], r.headers.get(COALESCED_HEADER)) for r, _ in answers)
     assert statuses == [("HIT", "1")] * 11 + [("MISS", None)]
@@ -367,38 +448,36 @@ def test_a_burst_of_identical_misses_makes_one_model_call(s3):
     assert all(o.reason.endswith("coalesced") for o in outcomes if o.coalesced)
 
 
-def test_a_failed_leader_hands_over_and_the_waiters_still_get_answers(s3):
-    model = CountingModel(fail_first=True)
-    answers = burst(adapter(s3, model), [chat(f"fails once {time.time()}")] * 8)
-    assert model.calls == 2
-    assert sorted(r.status for r, _ in answers) == [200] * 7 + [502]
-    assert sum(o.lease_takeover for _, o in answers) == 1 and sum(o.coalesced for _, o in answers) == 6
+def test_a_failed_leader_hands_over_and_the_waiters_still_get_answers(s3, model):
+    answers = burst(adapter(s3, model), [chat(f"fails once {time.time_ns()} [[fail-once]] [[slow-ms:300]]")] * 8)
+    assert model.calls() == 2  # the failed call, and one more
+    assert sorted(r.status for r, _ in answers) == [200] * 7 + [502]  # the leader's own client gets the model error
+    outcomes = [o for _, o in answers]
+    # The failure comes at once: a request may claim the freed key afresh instead of taking it over.
+    assert sum(o.lease_won or o.lease_takeover for o in outcomes) == 2 and sum(o.coalesced for o in outcomes) == 6
+    assert len({r.body for r, _ in answers if r.status == 200}) == 1
 
 
-def test_a_miss_that_finds_a_dead_holders_lease_takes_it_over_and_says_so(s3):
-    request = chat(f"dead holder {time.time()}")
+def test_a_miss_that_finds_a_dead_holders_lease_takes_it_over_and_says_so(s3, model):
+    request = chat(f"dead holder {time.time_ns()}")
     key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings()).key
-    assert coalescer(s3, lease=0.2)._claim(key) is not None  # a holder that never comes back
-    time.sleep(0.3)
-    model = CountingModel(seconds=0.05)
+    assert coalescer(s3, lease=0.0)._claim(key) is not None  # expired as written: a holder that never comes back
     response, outcome = adapter(s3, model).answer(request)
-    assert response.status == 200 and model.calls == 1
+    assert response.status == 200 and model.calls() == 1
     assert outcome.lease_takeover and outcome.lease_expired and not outcome.lease_won
 
 
-def test_non_cacheable_and_no_cache_requests_never_wait(s3):
-    model = CountingModel(seconds=0.2)
-    sampled = [chat("roll", temperature=1)] * 4
-    fresh = [chat(f"fresh {time.time()}", headers={"cache-control": "no-cache"})] * 4
+def test_non_cacheable_and_no_cache_requests_never_wait(s3, model):
+    sampled = [chat("roll [[slow-ms:200]]", temperature=1)] * 4
+    fresh = [chat(f"fresh {time.time_ns()} [[slow-ms:200]]", headers={"cache-control": "no-cache"})] * 4
     answers = burst(adapter(s3, model), sampled + fresh)
-    assert model.calls == 8
+    assert model.calls() == 8
     assert not any(o.coalesced or o.lease_won for _, o in answers)
 
 
-def test_a_waiter_past_its_budget_answers_503_with_retry_after(s3):
-    model = CountingModel(seconds=1.5)
-    answers = burst(adapter(s3, model, wait=0.4, takeover=0.2), [chat(f"slow {time.time()}")] * 3)
-    assert model.calls == 1
+def test_a_waiter_past_its_budget_answers_503_with_retry_after(s3, model):
+    answers = burst(adapter(s3, model, wait=0.4, takeover=0.2), [chat(f"slow {time.time_ns()} [[slow-ms:1500]]")] * 3)
+    assert model.calls() == 1
     gave_up = [(r, o) for r, o in answers if r.status == 503]
     assert len(gave_up) == 2
     assert all(r.headers["retry-after"] == "1" and o.coalesce_gave_up for r, o in gave_up)
