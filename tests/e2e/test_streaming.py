@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 
+import boto3
 import httpx2
 import openai
 import pytest
@@ -84,12 +85,21 @@ def test_a_stream_cut_off_by_the_client_is_not_stored(client, local_run):
     request = {**ask(f"Hang up on me {time.time()} [[tokens:60]] [[token-ms:30]]"), "stream": True}
     calls = model_calls(local_run)
     headers = {"authorization": f"Bearer {local_run['api_key']}"}
+    began = time.monotonic()
     with httpx2.Client(base_url=local_run["listening"], timeout=30) as http, http.stream(
         "POST", "/v1/chat/completions", json=request, headers=headers
     ) as answer:
         assert answer.headers["x-inference-cache"] == "MISS"
+        key = answer.headers["x-inference-cache-key"]
         next(answer.iter_raw())  # the first events, then the client goes away ~1.7 s early
-    time.sleep(0.5)
+    # Nothing reaches the results store, not even once the model would have finished (1.8 s).
+    s3 = boto3.client("s3", endpoint_url=local_run["results_store"], region_name="us-east-1",
+                      aws_access_key_id="local", aws_secret_access_key="local")
+    buckets = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    while time.monotonic() < began + 2.5:
+        for bucket in buckets:
+            assert s3.list_objects_v2(Bucket=bucket, Prefix=f"_cache/{key}")["KeyCount"] == 0
+        time.sleep(0.1)
     status, text, _, _, _ = streamed(client, {k: v for k, v in request.items() if k != "stream"})
     assert status == "MISS" and len(text.split()) == 60  # generated again: nothing was stored
     assert model_calls(local_run) == calls + 2

@@ -9,8 +9,8 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
-import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -32,7 +32,8 @@ class ResultsStore(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _StoreHandler)
         self.objects: dict[str, tuple[int, bytes, dict]] = {}
         self.requests: list[tuple[str, str, dict]] = []
-        self.delay_seconds = 0.0
+        self.delay_seconds = 0.0  # before each answer: or until `released` is set
+        self.released = threading.Event()
         self.raw: dict[str, bytes] = {}  # path -> the exact bytes to answer with
 
     @property
@@ -45,7 +46,7 @@ class _StoreHandler(BaseHTTPRequestHandler):
         store: ResultsStore = self.server
         store.requests.append((self.command, self.path, dict(self.headers)))
         if store.delay_seconds:
-            time.sleep(store.delay_seconds)
+            store.released.wait(store.delay_seconds)
         if self.path in store.raw:
             self.wfile.write(store.raw[self.path])
             self.close_connection = True
@@ -60,6 +61,7 @@ class _StoreHandler(BaseHTTPRequestHandler):
 def store():
     with serving(ResultsStore()) as server:
         yield server
+        server.released.set()
 
 
 @pytest.fixture
@@ -194,12 +196,12 @@ def test_lookup_timeout_forwards_within_the_bound(edge, store):
     handler = edge(lookup_timeout_ms=100)
     key = forwarded_key(handler)
     store_answer(store, key)
-    store.delay_seconds = 1.0
+    store.delay_seconds = 30  # answers only when released, at the test's end
     started = time.perf_counter()
     result = handler.handler(event(), None)
     elapsed = time.perf_counter() - started
     assert "status" not in result and header(result, "x-inference-cache-key") == key
-    assert elapsed < 0.9  # gave up long before the store answered
+    assert elapsed < 5  # gave up at its timeout (0.1 s), not when the store answered
 
 
 def test_lookup_unreachable_forwards(edge, store, monkeypatch):
@@ -365,30 +367,50 @@ def test_errors_carry_server_timing_of_the_decision(edge, store, capsys, body, h
     assert timings(header(result, "server-timing")) == {"decision": json.loads(capsys.readouterr().out)["decision_ms"]}
 
 
+class _NoEmbeddings:  # the local model server's chat model only
+    version = None
+
+
 def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
     """The edge cannot add response headers to a forwarded request: the origin adapter's
-    answer to it carries origin;dur."""
+    answer to it carries origin;dur. The model is the local model server behind boto3's
+    sagemaker-runtime client; S3 is stubbed at the boto3 boundary."""
+    import boto3
+    from botocore.config import Config
+    from botocore.stub import ANY
+
     from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest
-
-    class Endpoint:
-        def invoke(self, payload, content_type):
-            time.sleep(0.02)
-            return types.SimpleNamespace(body=ANSWER, content_type="application/json", seconds=0.02)
-
-    class Store:
-        def put(self, *args, **kwargs):
-            pass
+    from lambdas.origin_adapter.endpoint import SageMakerEndpoint
+    from lambdas.origin_adapter.results_store import ResultsStore
+    from local_run.model_server import ModelServer
+    from local_run.servers import BackgroundServer
+    from tests.unit.boto_boundary import CountingStubber
 
     handler = edge()
-    forwarded = handler.handler(event(), None)
+    slow = {**GREEDY, "messages": [{"role": "user", "content": "What is 2+2? [[slow-ms:20]]"}]}  # the model takes 20 ms
+    forwarded = handler.handler(event(slow), None)
     assert "status" not in forwarded  # a miss: forwarded to the origin
     headers = {name: values[0]["value"] for name, values in forwarded["headers"].items()}
-    adapter = InferenceAdapter(handler.SETTINGS, Endpoint(), Store(), logging.getLogger("test"))
-    response, outcome = adapter.answer(OriginRequest("POST", CHAT, headers, base64.b64decode(forwarded["body"]["data"])))
-    assert (response.status, outcome.cache) == (200, "MISS")
+    model = ModelServer(embedder=_NoEmbeddings())
+    running = BackgroundServer(model.app, name="model-under-test").start()
+    local = {"region_name": "us-east-1", "aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    try:
+        runtime = boto3.client("sagemaker-runtime", endpoint_url=running.url, config=Config(retries={"total_max_attempts": 1}), **local)
+        endpoint = SageMakerEndpoint("local", connect_timeout=2, read_timeout=10, throttle_retries=0, client=runtime)
+        results = ResultsStore("results", boto3.client("s3", **local))
+        adapter = InferenceAdapter(handler.SETTINGS, endpoint, results, logging.getLogger("test"))
+        with CountingStubber(results.client) as s3:
+            s3.add_response("put_object", {}, {"Bucket": "results", "Key": f"_cache/{headers['x-inference-cache-key']}",
+                                               "Body": ANY, "ContentType": "application/json", "CacheControl": ANY, "Metadata": ANY})
+            response, outcome = adapter.answer(OriginRequest("POST", CHAT, headers, base64.b64decode(forwarded["body"]["data"])))
+            bad, _ = adapter.answer(OriginRequest("POST", CHAT, headers, b"{not json"))
+            s3.assert_calls_as_queued()  # the answer stored once, under the edge's key; the 400 not at all
+    finally:
+        running.stop()
+    assert (response.status, outcome.cache, model.invocations) == (200, "MISS", 1)
+    assert json.loads(response.body)["object"] == "chat.completion"
     assert timings(response.headers["server-timing"]).keys() == {"origin"}
     assert timings(response.headers["server-timing"])["origin"] >= 20
-    bad, _ = adapter.answer(OriginRequest("POST", CHAT, headers, b"{not json"))
     assert bad.status == 400 and timings(bad.headers["server-timing"]).keys() == {"origin"}
 
 

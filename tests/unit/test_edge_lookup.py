@@ -79,7 +79,9 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
 class TlsStore(ThreadingHTTPServer):
     """CloudFront's /_cache/* behavior over HTTPS with keep-alive. `plan` holds what to do
     with each request in turn (then "answer"): "answer", "drop" (read it, close the
-    connection unanswered), ("stall", seconds), ("raw", bytes)."""
+    connection unanswered; ("drop", seconds): that much later), ("stall", seconds: or until
+    `released` is set), ("raw", bytes).
+    It counts the connections it accepted and those it closed."""
 
     daemon_threads = True
 
@@ -92,6 +94,19 @@ class TlsStore(ThreadingHTTPServer):
         self.requests: list[str] = []
         self.plan: list = []
         self.idle_timeout: float | None = None  # close a connection idle this long
+        self.closed = 0  # TCP connections closed by the server
+        self.released = threading.Event()  # ends every stall (the fixture sets it at the end)
+        self.changed = threading.Condition()
+
+    def shutdown_request(self, request):
+        super().shutdown_request(request)
+        with self.changed:
+            self.closed += 1
+            self.changed.notify_all()
+
+    def wait_for(self, condition, seconds: float = 10.0) -> None:
+        with self.changed:
+            assert self.changed.wait_for(condition, timeout=seconds)
 
     @property
     def base(self) -> str:
@@ -120,11 +135,13 @@ class _TlsStoreHandler(BaseHTTPRequestHandler):
         store: TlsStore = self.server
         store.requests.append(self.path)
         action = store.plan.pop(0) if store.plan else "answer"
-        if action == "drop":
+        if action == "drop" or action[0] == "drop":
+            if action != "drop":
+                time.sleep(action[1])  # the server's own pace: part of the lookup's time goes here
             self.close_connection = True
             return
         if action[0] == "stall":
-            time.sleep(action[1])
+            store.released.wait(action[1])
         if action[0] == "raw":
             self.wfile.write(action[1])
             return
@@ -146,6 +163,7 @@ def store(certificates, monkeypatch):
     lookup.reset()  # a context and connection of this test's own
     with serving(TlsStore(certificate, key)) as server:
         yield server
+        server.released.set()
         lookup.reset()
 
 
@@ -196,7 +214,7 @@ def test_server_closing_idle_connections_still_gives_hits(edge, store, capsys):
     store.idle_timeout = 0.05
     stored(store, handler)
     for _ in range(4):
-        time.sleep(0.3)  # the server has closed the idle connection by now
+        store.wait_for(lambda: store.closed == store.accepted)  # the server closed the idle connection
         assert is_hit(handler.handler(event(), None))
     # One new connection per hit, and no request lost on a closed one: the close was
     # noticed before sending.
@@ -224,22 +242,24 @@ def test_fresh_connection_closed_unanswered_is_a_miss_without_retry(store):
 def test_stalling_server_gives_a_miss_within_the_timeout(edge, store):
     handler = edge(lookup_timeout_ms=100)
     key = stored(store, handler)
-    store.plan = [("stall", 1.0)]
+    store.plan = [("stall", 30)]  # answers only when released, at the test's end
     started = time.perf_counter()
     result = handler.handler(event(), None)
     elapsed = time.perf_counter() - started
     assert "status" not in result and header(result, "x-inference-cache-key") == key
-    assert elapsed < 0.5  # gave up at the timeout, long before the store answered
+    assert elapsed < 5  # gave up at its timeout (0.1 s), not when the store answered
 
 
 def test_retry_on_a_fresh_connection_stays_within_the_same_timeout(store):
     store.objects["/_cache/abc"] = (200, ANSWER, {})
     assert lookup.get(store.base, "/_cache/abc", 0.3)[0] == 200
-    store.plan = ["drop", ("stall", 1.0)]  # the kept connection closes, the fresh one stalls
+    # The kept connection closes 0.6 s into the request, the fresh one stalls.
+    store.plan = [("drop", 0.6), ("stall", 30)]
     started = time.perf_counter()
     with pytest.raises(TimeoutError):
-        lookup.get(store.base, "/_cache/abc", 0.15)
-    assert time.perf_counter() - started < 0.4
+        lookup.get(store.base, "/_cache/abc", 1.0)
+    # One timeout for both tries (1 s); a fresh one for the retry would end at 1.6 s.
+    assert time.perf_counter() - started < 1.4
     assert store.accepted == 2
 
 
@@ -295,7 +315,7 @@ def test_server_that_never_answers_the_tls_handshake_is_a_miss_within_the_timeou
     try:
         started = time.perf_counter()
         with pytest.raises(TimeoutError):
-            lookup.get(f"https://127.0.0.1:{silent.getsockname()[1]}", "/_cache/abc", 0.15)
-        assert time.perf_counter() - started < 0.4
+            lookup.get(f"https://127.0.0.1:{silent.getsockname()[1]}", "/_cache/abc", 0.5)
+        assert time.perf_counter() - started < 0.95  # the handshake within the same timeout as the connect
     finally:
         silent.close()
