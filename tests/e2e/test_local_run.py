@@ -106,12 +106,20 @@ def test_models_listed_are_what_the_local_run_serves(client, local_run):
 
 def test_a_container_4xx_reaches_the_client_as_that_4xx_and_is_not_retried(local_run):
     retrying = openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key=local_run["api_key"], max_retries=2)
+    calls = model_calls(local_run)
     with pytest.raises(openai.BadRequestError) as raised:
         retrying.chat.completions.with_raw_response.create(
             model="local", messages=[{"role": "user", "content": "Too long an answer?"}], temperature=0, max_tokens=0
         )
     assert raised.value.status_code == 400
     assert "max_tokens" in raised.value.body["message"] and raised.value.body["type"] == "invalid_request_error"
+    assert model_calls(local_run) == calls + 1  # the model ran once: neither the adapter nor the client retried
+
+
+def model_calls(local_run) -> int:
+    """How many times the local model server ran the model."""
+    with urllib.request.urlopen(local_run["model_server"] + "/stats", timeout=5) as answer:
+        return json.loads(answer.read())["invocations"]
 
 
 def test_the_embedding_model_is_published_by_content_and_served_at_its_version(client, local_run):

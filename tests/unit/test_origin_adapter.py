@@ -531,9 +531,11 @@ def test_unknown_endpoint_is_503(origin, stubs, lambda_context):
 
 
 def test_invalid_body_is_refused_without_calling_the_model(origin, stubs, lambda_context):
+    sagemaker, s3 = stubs
     response = origin.call(url_event(b"{not json"), lambda_context)
     assert response.status == 400
     assert json.loads(response.body)["error"]["type"] == "invalid_request_error"
+    assert sagemaker.calls == [] and s3.calls == []
 
 
 def test_models_route_and_unknown_route(origin, stubs, lambda_context):
