@@ -192,6 +192,6 @@ def test_the_top_level_is_the_design_cards():
     card = {"app.py", "cdk.json", "stacks", "lambdas", "tests", "requirements.txt"}
     beside = {"config", "cli", "bin", "local_run", "bench", "docs"}
     tooling = {".ci", ".gitignore", "Makefile", "README.md", "cdk.context.json", "package.json", "package-lock.json",
-               "pytest.ini", "requirements-dev.txt", "ruff.toml"}
+               "pytest.ini", "requirements-dev.txt", "ruff.toml", "setup.cfg"}
     assert card <= top_level
     assert top_level - card - beside - tooling == set()
