@@ -128,6 +128,21 @@ def stubs(origin):
         s3.assert_calls_as_queued()
 
 
+@pytest.fixture
+def outcomes(origin, monkeypatch):
+    """Each Outcome the adapter reported for the app's requests (what the logs and
+    metrics are made of), in order."""
+    seen, answer = [], origin.ADAPTER.answer
+
+    def recorded(request):
+        response, outcome = answer(request)
+        seen.append(outcome)
+        return response, outcome
+
+    monkeypatch.setattr(origin.ADAPTER, "answer", recorded)
+    return seen
+
+
 def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None) -> dict:
     """The recorded function URL event (tests/events) with this request in it."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -163,6 +178,8 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
     request_body = json.dumps(GREEDY).encode()
     payload = endpoint_answer(sagemaker, expected_body=request_body)
     key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache).key
+    stored = {}
+    s3.client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_: stored.update(params["Metadata"]))
     s3.add_response(
         "put_object",
         {},
@@ -175,11 +192,15 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
             "Metadata": {"model": GREEDY["model"], "model-version": STAGES["dev"].model.model_version, "created": ANY, "expires": ANY},
         },
     )
+    began = int(time.time())
     response = origin.call(url_event(), lambda_context)
     assert response.status == 200
     assert response.body == payload
     assert response.headers["x-inference-cache"] == "MISS"
     assert response.headers["x-inference-cache-key"] == key
+    # When it was stored, and until when it may be served: the writer's TTL binds every reader.
+    created = int(stored["created"])
+    assert began <= created <= time.time() and int(stored["expires"]) == created + STAGES["dev"].cache.default_ttl_seconds
     metrics = emitted_metrics(capsys)
     assert metrics["CacheMiss"] == 1.0 and metrics["CacheStore"] == 1.0
     assert metrics["StoredBytes"] == float(len(payload))
@@ -212,6 +233,25 @@ def test_a_request_that_may_not_be_stored_is_answered_and_not_stored(origin, stu
     assert sagemaker.calls == ["invoke_endpoint"] and s3.calls == []
     metrics = emitted_metrics(capsys)
     assert "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
+
+
+def test_a_ttl_of_one_second_is_stored_for_one_second(origin, stubs, lambda_context):
+    sagemaker, s3 = stubs
+    payload = endpoint_answer(sagemaker)
+    s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": ANY, "Body": payload, "ContentType": "application/json",
+                                       "CacheControl": "max-age=1", "Metadata": ANY})
+    response = origin.call(url_event(headers={"x-inference-cache-ttl": "1"}), lambda_context)
+    assert response.headers["x-inference-cache"] == "MISS" and s3.calls == ["put_object"]
+
+
+@pytest.mark.parametrize(("content_type", "body"), [("text/plain", b"4"), ("application/json", b'{"choices": [')],
+                         ids=["not-json", "broken-json"])
+def test_an_answer_that_is_not_json_is_relayed_and_not_stored(origin, stubs, lambda_context, content_type, body):
+    sagemaker, s3 = stubs
+    sagemaker.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": content_type})
+    response = origin.call(url_event(), lambda_context)
+    assert (response.status, response.body, response.headers["content-type"]) == (200, body, content_type)
+    assert s3.calls == []
 
 
 def test_forged_key_header_is_ignored_and_counted(origin, stubs, lambda_context, capsys):
@@ -610,7 +650,7 @@ def answer_of_size(size: int) -> dict:
     [(SERVABLE_BODY_LIMIT_BYTES - 1, True), (SERVABLE_BODY_LIMIT_BYTES, True), (SERVABLE_BODY_LIMIT_BYTES + 1, False)],
     ids=["limit-1", "limit", "limit+1"],
 )
-def test_an_answer_is_stored_only_up_to_the_size_the_edge_can_serve(origin, stubs, lambda_context, capsys, size, stored):
+def test_an_answer_is_stored_only_up_to_the_size_the_edge_can_serve(origin, stubs, outcomes, lambda_context, capsys, size, stored):
     sagemaker, s3 = stubs
     payload = endpoint_answer(sagemaker, answer=answer_of_size(size))
     if stored:
@@ -622,3 +662,4 @@ def test_an_answer_is_stored_only_up_to_the_size_the_edge_can_serve(origin, stub
     assert s3.calls == (["put_object"] if stored else [])
     metrics = emitted_metrics(capsys)
     assert metrics.get("StoredBytes") == (float(size) if stored else None) and "CacheStoreFailed" not in metrics
+    assert [(o.too_large_to_store, o.stored_bytes) for o in outcomes] == [(not stored, size if stored else 0)]
