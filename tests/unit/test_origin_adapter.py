@@ -359,7 +359,9 @@ def test_a_streamed_miss_relays_each_event_as_it_comes_and_stores_the_stream(ori
     s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": f"_cache/{key}", "Body": ANY, "ContentType": "text/event-stream",
                                        "CacheControl": ANY, "Metadata": ANY})
     s3.client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_: stored.update(body=params["Body"]))
+    began = time.perf_counter()
     status, headers, chunks = origin.stream(url_event(STREAM), lambda_context)
+    took_ms = (time.perf_counter() - began) * 1000
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     assert headers["x-inference-cache"] == "MISS" and headers["x-inference-cache-key"] == key
     events = sse_events(chunks)
@@ -369,7 +371,7 @@ def test_a_streamed_miss_relays_each_event_as_it_comes_and_stores_the_stream(ori
     assert stored["body"] == b"".join(c for _, c in chunks)
     metrics = wait_for_metrics(capsys, "TimeToFirstToken")
     assert metrics["CacheMiss"] == 1.0 and metrics["CacheStore"] == 1.0 and "StreamCutOff" not in metrics
-    assert metrics["TimeToFirstToken"] > 0 and metrics["StoredBytes"] == float(len(stored["body"]))
+    assert 0 < metrics["TimeToFirstToken"] <= took_ms and metrics["StoredBytes"] == float(len(stored["body"]))
 
 
 def test_a_stream_cut_by_a_model_error_ends_with_an_error_event_and_is_not_stored(origin, stubs, lambda_context, capsys):
@@ -389,7 +391,7 @@ def test_a_stream_cut_by_a_model_error_ends_with_an_error_event_and_is_not_store
     assert s3.calls == []  # no store was even tried
 
 
-def test_a_client_that_goes_away_mid_stream_ends_it_and_nothing_is_stored(origin, stubs, lambda_context, capsys):
+def test_a_client_that_goes_away_mid_stream_ends_it_and_nothing_is_stored(origin, stubs, outcomes, lambda_context, capsys):
     sagemaker, s3 = stubs
     tokens = [lmi_chunk(content=f" t{i}") for i in range(20)] + [lmi_chunk(finish="stop"), b"\n"]
     wire = add_stream(sagemaker, *tokens, gap=0.05)
@@ -401,7 +403,7 @@ def test_a_client_that_goes_away_mid_stream_ends_it_and_nothing_is_stored(origin
     metrics = wait_for_metrics(capsys, "StreamCutOff")
     assert metrics["StreamCutOff"] == 1.0 and "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
     assert wire.closed  # the model's stream was closed, not read to its end
-    assert s3.calls == []
+    assert s3.calls == [] and [o.stream_cut_off for o in outcomes] == ["client gone"]
 
 
 def test_a_stream_that_runs_past_the_adapters_time_ends_with_a_timeout_event(origin, stubs, lambda_context, capsys):
@@ -410,35 +412,61 @@ def test_a_stream_that_runs_past_the_adapters_time_ends_with_a_timeout_event(ori
     origin.ADAPTER.stream_seconds = 0.3
     add_stream(sagemaker, *[lmi_chunk(content=f" t{i}") for i in range(10)], lmi_chunk(finish="stop"), gap=0.1)
     status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
-    error = json.loads(sse_events(chunks)[-1])["error"]
-    assert status == 200 and error["code"] == "model_timeout" and len(sse_events(chunks)) < 6
+    assert status == 200 and len(sse_events(chunks)) < 6
+    assert b"".join(c for _, c in chunks).endswith(b"data: " + json.dumps({"error": {
+        "message": "The answer took longer than the origin may stream.", "type": "server_error", "param": None,
+        "code": "model_timeout"}}).encode() + b"\n\n")
     assert wait_for_metrics(capsys, "StreamCutOff")["StreamCutOff"] == 1.0
     assert s3.calls == []
 
 
+def ended_early(why: str) -> bytes:
+    """The adapter's own last event for a stream that ended without a complete answer."""
+    error = {"message": f"The model's stream ended early ({why}).", "type": "server_error", "param": None,
+             "code": "model_stream_incomplete"}
+    return b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+
+
 @pytest.mark.parametrize(
-    ("lines", "why"),
+    ("lines", "last", "model_error"),
     [
-        # vLLM's own mid-stream error chunk (then its normal-looking end): relayed, never stored.
-        ([lmi_chunk(content="The"), b'{"error": {"message": "engine died", "code": 500}}\n', b"\n"], "engine died"),
+        # vLLM's own mid-stream error chunk (then its normal-looking end): relayed as it came, never stored.
+        ([lmi_chunk(content="The"), b'{"error": {"message": "engine died", "code": 500}}\n', b"\n"],
+         b'data: {"error": {"message": "engine died", "code": 500}}\n\n', True),
         # The stream ended, but no choice finished: cut short somewhere upstream.
-        ([lmi_chunk(content="The"), lmi_chunk(content=" ans")], "stream ended early"),
-        # A line that is not an event.
-        ([lmi_chunk(content="The"), b"<html>502 Bad Gateway</html>\n", lmi_chunk(finish="stop")], "stream ended early"),
+        ([lmi_chunk(content="The"), lmi_chunk(content=" ans")], ended_early("a choice ended without a finish reason"), False),
+        # ... its last line without a newline: relayed, then the adapter's error event.
+        ([lmi_chunk(content="The"), lmi_chunk(content=" ans")[:-1]],
+         b"data: " + lmi_chunk(content=" ans")[:-1] + b"\n\n" + ended_early("a choice ended without a finish reason"), False),
+        # A line that is not an event: the model's fault.
+        ([lmi_chunk(content="The"), b"<html>502 Bad Gateway</html>\n", lmi_chunk(finish="stop")],
+         ended_early("unreadable event in the model's stream"), True),
     ],
+    ids=["model-error-event", "no-finish-reason", "no-finish-reason-no-newline", "not-an-event"],
 )
 def test_an_incomplete_or_failed_stream_reaches_the_client_with_an_error_and_is_not_stored(
-    origin, stubs, lambda_context, capsys, lines, why
+    origin, stubs, lambda_context, capsys, lines, last, model_error
 ):
     sagemaker, s3 = stubs
     add_stream(sagemaker, *lines)
     status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
-    events = sse_events(chunks)
-    assert status == 200 and "[DONE]" not in events
-    assert why in json.loads(events[-1])["error"]["message"]
+    assert status == 200 and "[DONE]" not in sse_events(chunks)
+    assert b"".join(c for _, c in chunks).endswith(last)
     metrics = wait_for_metrics(capsys, "StreamCutOff")
     assert metrics["StreamCutOff"] == 1.0 and "CacheStore" not in metrics and "CacheStoreFailed" not in metrics
+    assert metrics.get("ModelError") == (1.0 if model_error else None)
     assert s3.calls == []
+
+
+def test_a_stream_too_large_for_the_edge_is_relayed_whole_and_not_stored(origin, stubs, outcomes, lambda_context, capsys):
+    sagemaker, s3 = stubs
+    big = [lmi_chunk(content="x" * 100_000) for _ in range(11)]  # ~1.1 MB of events: past the servable size
+    add_stream(sagemaker, *big, lmi_chunk(finish="stop"))
+    status, _, chunks = origin.stream(url_event(STREAM), lambda_context)
+    assert status == 200 and sse_events(chunks)[-1] == "[DONE]" and len(sse_events(chunks)) == 13
+    metrics = wait_for_metrics(capsys, "CacheMiss")
+    assert "StreamCutOff" not in metrics and "CacheStore" not in metrics and s3.calls == []
+    assert [(o.too_large_to_store, o.stream_cut_off) for o in outcomes] == [(True, None)]
 
 
 def test_a_usage_chunk_asked_for_is_relayed_and_required(origin, stubs, lambda_context, capsys):

@@ -112,3 +112,38 @@ def test_choices_and_usage_are_read_the_way_servers_coerce_them():
         1, 1, 2, 2, 3, 2, 1, 1, 1, 1, 1]
     assert wants_usage({"stream_options": {"include_usage": True}})
     assert not wants_usage({"stream_options": {"include_usage": "yes"}}) and not wants_usage({})
+
+
+def test_a_last_line_without_its_newline_is_relayed_and_judged():
+    r, out = relay([chunk(content="Hel") + b"\n" + chunk(finish="stop")])  # no newline after the last event
+    assert out == [b"data: " + chunk(content="Hel") + b"\n\n", b"data: " + chunk(finish="stop") + b"\n\n", SSE_DONE]
+    assert r.complete and r.kept() == b"".join(out)
+    r, out = relay([b"<html>502</html>"])  # the same for a last line that is no event
+    assert out == [] and r.why_incomplete() == "unreadable event in the model's stream"
+
+
+def test_the_models_error_reads_as_its_message_whatever_its_shape():
+    assert relay([b'{"error": "engine died"}\n'])[0].why_incomplete() == "model error mid-stream: engine died"
+    assert relay([b'{"error": {"message": "engine died", "code": 500}}\n'])[0].why_incomplete() == (
+        "model error mid-stream: engine died")
+    long = "x" * 300  # at most 200 characters of it
+    assert relay([json.dumps({"error": long}).encode() + b"\n"])[0].why_incomplete() == "model error mid-stream: " + "x" * 200
+
+
+def test_a_choice_without_an_index_is_choice_zero_and_an_odd_index_finishes_none():
+    no_index = json.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]}).encode() + b"\n"
+    assert relay([no_index])[0].complete
+    odd = json.dumps({"choices": [{"index": "1", "delta": {}, "finish_reason": "stop"}]}).encode() + b"\n"
+    assert not relay([chunk(0, finish="stop") + b"\n" + odd], choices=2)[0].complete
+
+
+def test_a_tgi_stream_may_finish_by_its_details_alone():
+    last = json.dumps({"token": {"id": 2, "text": "."}, "generated_text": None, "details": {"finish_reason": "length"}}).encode()
+    assert relay([last + b"\n"], sse=False)[0].complete
+
+
+def test_the_keep_limit_counts_the_whole_stream_and_holds_at_the_limit():
+    lines = [chunk(content="Hel") + b"\n", chunk(content="lo") + b"\n", chunk(finish="stop") + b"\n"]
+    whole = b"".join(b"data: " + line.rstrip(b"\n") + b"\n\n" for line in lines) + SSE_DONE
+    assert relay(lines, keep_limit=len(whole))[0].kept() == whole  # exactly at the limit: kept
+    assert relay(lines, keep_limit=len(whole) - 1)[0].kept() is None  # one byte over, across four feeds: not kept
