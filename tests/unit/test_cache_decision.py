@@ -621,6 +621,16 @@ def test_canonical_payload_is_what_the_key_hashes():
     assert cd.canonical_payload(CHAT, JSON, b"{", settings()) is None
 
 
+@pytest.mark.parametrize("headers", [{"content-type": "text/plain"}, {"cache-control": "no-store"},
+                                     {"x-inference-cache-ttl": "soon"}, {"content-encoding": "gzip"}])
+def test_canonical_payload_reads_the_headers_as_the_decision_does(headers):
+    """No key, no payload: the headers alone can refuse a request (415, 400) or its storing."""
+    raw = json.dumps(chat()).encode()
+    assert run(raw, headers=headers).key is None
+    assert cd.canonical_payload(CHAT, headers, raw, settings()) is None
+    assert cd.canonical_payload(CHAT, JSON, raw, settings()) is not None
+
+
 def test_load_settings(tmp_path, monkeypatch):
     def written(stage: str):
         return settings()._replace(stage=stage).to_json()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -132,10 +133,12 @@ def test_release_removes_only_its_own_lease(s3, key):
 
 class RecordingClient:
     """The real S3 client, noting each call the coalescer makes (name, time.monotonic()) as
-    it starts; wait_for() blocks until the calls so far satisfy a condition."""
+    it starts; wait_for() blocks until the calls so far satisfy a condition. `before`
+    (name -> function(kwargs)) runs just before a call of that name is made: the moment
+    another request acts, or S3 fails."""
 
-    def __init__(self, s3):
-        self.s3, self.calls, self.changed = s3, [], threading.Condition()
+    def __init__(self, s3, **before):
+        self.s3, self.calls, self.changed, self.before = s3, [], threading.Condition(), before
 
     def __getattr__(self, name):
         method = getattr(self.s3, name)
@@ -144,6 +147,8 @@ class RecordingClient:
             with self.changed:
                 self.calls.append((name, time.monotonic()))
                 self.changed.notify_all()
+            if name in self.before:
+                self.before[name](kwargs)
             return method(**kwargs)
 
         return call
@@ -154,6 +159,28 @@ class RecordingClient:
     def wait_for(self, condition, seconds: float = 10.0) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: condition(self), timeout=seconds), self.calls
+
+
+def record_the_waiters_pauses(monkeypatch) -> tuple[list, list]:
+    """(pauses, jitter ranges) the calling thread asks for from now on; its jitter draws
+    0.75 of its range. Other threads (the S3 server, a finisher) are left alone."""
+    naps, draws, waiter = [], [], threading.get_ident()
+    sleep, uniform = time.sleep, random.uniform
+
+    def recorded_sleep(seconds):
+        if threading.get_ident() == waiter:
+            naps.append(seconds)
+        sleep(seconds)
+
+    def drawn(low, high):
+        if threading.get_ident() != waiter:
+            return uniform(low, high)
+        draws.append((low, high))
+        return low + 0.5 * (high - low)
+
+    monkeypatch.setattr(time, "sleep", recorded_sleep)
+    monkeypatch.setattr(random, "uniform", drawn)
+    return naps, draws
 
 
 def test_a_waiter_answers_as_soon_as_the_result_lands(s3, key, monkeypatch):
@@ -169,21 +196,16 @@ def test_a_waiter_answers_as_soon_as_the_result_lands(s3, key, monkeypatch):
         landed.append(len(recorded.calls))
         c.release(leader.lease)
 
-    naps, sleep, waiter = [], time.sleep, threading.get_ident()
-
-    def recorded_sleep(seconds):  # the waiter's own pauses between polls, as it asks for them
-        if threading.get_ident() == waiter:
-            naps.append(seconds)
-        sleep(seconds)
-
+    naps, draws = record_the_waiters_pauses(monkeypatch)
     finisher = threading.Thread(target=finish)
     finisher.start()
-    monkeypatch.setattr(time, "sleep", recorded_sleep)
     turn = coalescer(recorded, wait=5.0).acquire(key, max_age_seconds=3600)
     monkeypatch.undo()
     finisher.join(10)
-    # Polls backing off from the first pause (0.02 s here) to at most the longest (0.1 s).
-    assert naps and naps[0] <= 0.02 and max(naps) <= 0.1
+    # Polls backing off by half again from the first pause (0.02 s here) to the longest
+    # (0.1 s), each with a jitter of half to all of it (drawn as 0.75 here).
+    assert draws and set(draws) == {(0.5, 1.0)}
+    assert naps == pytest.approx([min(0.02 * 1.5**n, 0.1) * 0.75 for n in range(len(naps))])
     assert turn.waited and turn.result is not None and turn.lease is None and not turn.gave_up
     assert turn.result.body == b'{"answer": 4}' and turn.result.content_type == "application/json"
     # The next poll after the result landed answered from it: at most the rest of a poll
@@ -209,7 +231,71 @@ def test_a_claim_that_finds_a_result_just_stored_answers_from_it(s3, key):
     store_result(s3, key)
     turn = coalescer(s3).acquire(key, max_age_seconds=3600)
     assert turn.result is not None and turn.lease is None and not turn.waited
+    assert not turn.takeover and not turn.expired_takeover  # answered, not a takeover
     assert not lease_exists(s3, key)
+
+
+def test_a_waiter_answers_from_a_result_while_its_holder_still_holds_the_lease(s3, key):
+    """The holder stored its answer and has not removed its lease yet (or died just then)."""
+    held = coalescer(s3, lease=30.0)._claim(key)
+    recorded = RecordingClient(s3, head_object=lambda kwargs: store_result(s3, key))  # stored as the lease is checked
+    turn = coalescer(recorded).acquire(key, max_age_seconds=3600)
+    assert turn.result is not None and not turn.gave_up and lease_exists(s3, key)
+    coalescer(s3).release(held)
+
+
+def test_a_failed_lease_check_is_polled_again(s3, key):
+    held = coalescer(s3, lease=30.0)._claim(key)
+    failures = []
+
+    def s3_fails_once(kwargs):
+        if not failures:
+            failures.append(kwargs)
+            raise ClientError({"Error": {"Code": "InternalError"}, "ResponseMetadata": {"HTTPStatusCode": 500}}, "HeadObject")
+        store_result(s3, key)
+
+    turn = coalescer(RecordingClient(s3, head_object=s3_fails_once)).acquire(key, max_age_seconds=3600)
+    assert failures and turn.result is not None and turn.lease is None and not turn.gave_up
+    coalescer(s3).release(held)
+
+
+def test_a_waiter_re_claims_the_key_only_once(s3, key):
+    """Its one re-claim lost to another request, which fails too: it runs the model without
+    a lease rather than claim again."""
+    first = coalescer(s3)._claim(key)
+    other = coalescer(s3)
+    puts = []
+
+    def another_request_claims_first(kwargs):
+        puts.append(kwargs)
+        if len(puts) == 2:  # the waiter's re-claim, after the first holder failed
+            lease = other._claim(key)
+            threading.Timer(0.05, other.release, args=(lease,)).start()  # ... and fails in turn
+
+    recorded = RecordingClient(s3, put_object=another_request_claims_first)
+    threading.Timer(0.05, coalescer(s3).release, args=(first,)).start()  # the first holder fails
+    turn = coalescer(recorded, wait=3.0, takeover=3.0).acquire(key, max_age_seconds=3600)
+    assert len(puts) == 2 and turn.lease is None and turn.result is None and not turn.gave_up and not turn.takeover
+
+
+def test_an_expired_lease_found_past_the_takeover_window_is_given_up_on(s3, key):
+    assert coalescer(s3, lease=0.0)._claim(key) is not None  # expired as written
+    recorded = RecordingClient(s3)
+    turn = coalescer(recorded, wait=3.0, takeover=0.0).acquire(key, max_age_seconds=3600)
+    assert turn.gave_up and turn.lease is None and turn.result is None
+    assert recorded.names().count("put_object") == 1  # its first claim only: no takeover
+
+
+def test_a_takeover_that_finds_a_result_stored_meanwhile_answers_from_it(s3, key):
+    assert coalescer(s3, lease=0.0)._claim(key) is not None  # a dead holder's lease
+
+    def stored_just_before_the_takeover(kwargs):
+        if "IfMatch" in kwargs:
+            store_result(s3, key)
+
+    turn = coalescer(RecordingClient(s3, put_object=stored_just_before_the_takeover)).acquire(key, max_age_seconds=3600)
+    assert turn.result is not None and turn.lease is None
+    assert not turn.takeover and not turn.expired_takeover and not lease_exists(s3, key)
 
 
 class StoresBeforeTheLeaseCheck:
@@ -319,6 +405,18 @@ def test_a_waiter_re_claims_once_then_runs_the_model_itself(s3, key):
     if turn.lease is not None:
         assert turn.takeover
         c.release(turn.lease)
+
+
+def test_a_waiters_last_pause_ends_at_its_budget(s3, key, monkeypatch):
+    """A request that began 0.55 s ago with a 0.6 s budget: its first pause (0.2 s * 0.75)
+    is cut to what is left of the budget."""
+    held = coalescer(s3, lease=30.0)._claim(key)
+    naps, _ = record_the_waiters_pauses(monkeypatch)
+    waiter = Coalescer(BUCKET, s3, lease_seconds=30, wait_seconds=0.6, takeover_window_seconds=0.3, first_poll_seconds=0.2)
+    turn = waiter.acquire(key, max_age_seconds=3600, started=time.monotonic() - 0.55)
+    monkeypatch.undo()
+    assert turn.gave_up and naps and naps[0] <= 0.05
+    coalescer(s3).release(held)
 
 
 def test_a_waiter_never_waits_longer_than_its_budget(s3, key):
