@@ -250,6 +250,24 @@ def test_viewer_cannot_inject_edge_headers(edge, store):
     assert header(sampling, "x-inference-cache-key") is None
 
 
+def test_a_scoped_stage_caches_only_with_one_verified_tenant(edge, store, capsys):
+    """No tenant, or the header twice (which copy would the origin see?): forwarded
+    uncached, without a tenant; never answered from another scope."""
+    handler = edge(tenant_scoped=True)
+    capsys.readouterr()
+    missing = handler.handler(event(), None)
+    twice = event(headers={"x-inference-tenant": "acme"})
+    request = twice["Records"][0]["cf"]["request"]
+    request["headers"]["x-inference-tenant"] = [{"key": "X-Inference-Tenant", "value": "acme"},
+                                                {"key": "X-Inference-Tenant", "value": "other"}]
+    repeated = handler.handler(twice, None)
+    for result in (missing, repeated):
+        assert header(result, "x-inference-cache-key") is None and header(result, "x-inference-tenant") is None
+    logs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(log["outcome"], log["reason"]) for log in logs] == [("forward", "tenant-scoped stage, no verified tenant")] * 2
+    assert store.requests == []
+
+
 def test_unscoped_stage_forwards_no_tenant(edge, store):
     handler = edge(tenant_scoped=False)
     result = handler.handler(event(headers={"x-inference-tenant": "acme"}), None)
