@@ -485,13 +485,17 @@ def test_lambdas_own_errors_reach_the_client_in_the_openai_shape(edge, store, ca
     assert capsys.readouterr().out == json.dumps({"outcome": f"origin-error-{status}", "uri": CHAT}, separators=(",", ":")) + "\n"
 
 
-def test_an_origin_response_without_headers_is_shaped_all_the_same(edge, store):
-    """CloudFront always sends headers; the function does not depend on it."""
+def test_an_origin_response_without_headers_or_status_is_handled_all_the_same(edge, store):
+    """CloudFront always sends both; the function does not depend on it."""
     answer = origin_response_event(status=502, headers={})
     del answer["Records"][0]["cf"]["response"]["headers"]
     result = edge().handler(answer, None)
     assert json.loads(result["body"])["error"]["code"] == "origin_error"
     assert header(result, "x-inference-cache") == "BYPASS"
+    answer = origin_response_event(status=200, headers={"content-type": "application/json"})
+    del answer["Records"][0]["cf"]["response"]["status"]
+    response = json.loads(json.dumps(answer["Records"][0]["cf"]["response"]))
+    assert edge().handler(answer, None) == response  # no status: taken as a success, passed untouched
 
 
 def test_the_adapters_own_answers_pass_the_origin_response_untouched(edge, store):

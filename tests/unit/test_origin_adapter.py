@@ -263,13 +263,18 @@ def test_forged_key_header_is_ignored_and_counted(origin, stubs, lambda_context,
     assert emitted_metrics(capsys)["CacheKeyMismatch"] == 1.0
 
 
-def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, capsys):
+def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, capsys, caplog):
     sagemaker, s3 = stubs
     payload = endpoint_answer(sagemaker)
     s3.add_client_error("put_object", service_error_code="AccessDenied", http_status_code=403)
     response = origin.call(url_event(), lambda_context)
     assert response.status == 200 and response.body == payload
-    assert emitted_metrics(capsys)["CacheStoreFailed"] == 1.0
+    metrics = emitted_metrics(capsys)
+    assert metrics["CacheStoreFailed"] == 1.0 and "CacheStore" not in metrics and "StoredBytes" not in metrics
+    # The failure is logged with the key it was for, and its traceback.
+    failed = [r for r in caplog.records if r.getMessage() == "storing the result failed"]
+    assert len(failed) == 1 and failed[0].levelname == "ERROR" and "AccessDenied" in str(failed[0].exc_info[1])
+    assert failed[0].cache_key == response.headers["x-inference-cache-key"]
 
 
 # -- streamed answers (stream: true) ------------------------------------------------------
