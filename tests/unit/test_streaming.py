@@ -133,8 +133,9 @@ def test_the_models_error_reads_as_its_message_whatever_its_shape():
 def test_a_choice_without_an_index_is_choice_zero_and_an_odd_index_finishes_none():
     no_index = json.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]}).encode() + b"\n"
     assert relay([no_index])[0].complete
-    odd = json.dumps({"choices": [{"index": "1", "delta": {}, "finish_reason": "stop"}]}).encode() + b"\n"
-    assert not relay([chunk(0, finish="stop") + b"\n" + odd], choices=2)[0].complete
+    for index in ("1", 1.0, True):  # equal to 1 in Python, but not the integer index 1 a server sends
+        odd = json.dumps({"choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]}).encode() + b"\n"
+        assert not relay([chunk(0, finish="stop") + b"\n" + odd], choices=2)[0].complete, index
 
 
 def test_a_tgi_stream_may_finish_by_its_details_alone():
