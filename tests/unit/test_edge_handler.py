@@ -128,12 +128,41 @@ def test_same_request_in_other_clothes_hits(edge, store):
     assert header(handler.handler(event(reformatted), None), "x-inference-cache") == "HIT"
 
 
-def test_stored_answer_older_than_the_requested_ttl_is_a_miss(edge, store):
+def test_stored_answer_older_than_the_requested_ttl_is_a_miss(edge, store, capsys):
     handler = edge()
     key = forwarded_key(handler)
     store_answer(store, key, age_seconds=600)
     result = handler.handler(event(headers={"x-inference-cache-ttl": "60"}), None)
     assert "status" not in result and header(result, "x-inference-cache-key") == key
+    assert logged(capsys)["lookup"] == "older-than-requested-ttl"
+
+
+@pytest.mark.parametrize(("age", "hit"), [(59, True), (60, True), (61, False)])
+def test_a_stored_answer_exactly_as_old_as_accepted_is_served(edge, store, monkeypatch, age, hit):
+    """The clock stands still for the test: the age is exact."""
+    now = 1_800_000_000
+    monkeypatch.setattr(time, "time", lambda: now)
+    handler = edge()
+    key = forwarded_key(handler)
+    store.objects[f"/_cache/{key}"] = (200, ANSWER, {"x-amz-meta-created": str(now - age)})
+    result = handler.handler(event(headers={"x-inference-cache-ttl": "60"}), None)
+    assert (header(result, "x-inference-cache") == "HIT") == hit
+    if hit:
+        assert header(result, "age") == str(age)
+
+
+@pytest.mark.parametrize(("stored", "served"), [("text/event-stream", "text/event-stream"), (None, "application/json")])
+def test_a_hit_carries_the_stored_content_type(edge, store, stored, served):
+    """A streamed answer is stored as text/event-stream and replayed as such; an object
+    stored without a type is taken as JSON."""
+    handler = edge()
+    key = forwarded_key(handler)
+    stored_at = email.utils.formatdate(time.time() - 5, usegmt=True)
+    type_line = f"Content-Type: {stored}\r\n" if stored else ""
+    store.raw[f"/_cache/{key}"] = (f"HTTP/1.1 200 OK\r\n{type_line}Last-Modified: {stored_at}\r\n"
+                                   f"Content-Length: {len(ANSWER)}\r\n\r\n").encode() + ANSWER
+    result = handler.handler(event(), None)
+    assert header(result, "x-inference-cache") == "HIT" and header(result, "content-type") == served
 
 
 def test_binary_answer_is_returned_base64(edge, store):
@@ -183,13 +212,24 @@ def test_stored_object_too_large_for_a_generated_response_is_a_miss(edge, store)
     assert "status" not in result and header(result, "x-inference-cache-key") == key
 
 
-@pytest.mark.parametrize("status", [403, 500, 503])
-def test_lookup_error_status_forwards(edge, store, status):
+def logged(capsys) -> dict:
+    """The edge's log line of the last request."""
+    return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+# What the log says of each lookup answer: the metric filters count "lookup-status-*" as
+# failed lookups (EdgeLookupFailed), a 403/404 (nothing stored; no ListBucket) as a miss.
+@pytest.mark.parametrize(("status", "lookup"), [(403, "miss"), (404, "miss"), (405, "lookup-status-405"),
+                                                (500, "lookup-status-500"), (503, "lookup-status-503")])
+def test_lookup_error_status_forwards(edge, store, capsys, status, lookup):
     handler = edge()
     key = forwarded_key(handler)
     store.objects[f"/_cache/{key}"] = (status, b"err", {})
+    capsys.readouterr()
     result = handler.handler(event(), None)
     assert "status" not in result and header(result, "x-inference-cache-key") == key
+    log = logged(capsys)
+    assert (log["outcome"], log["lookup"]) == ("forward", lookup)
 
 
 def test_lookup_timeout_forwards_within_the_bound(edge, store):
@@ -204,11 +244,13 @@ def test_lookup_timeout_forwards_within_the_bound(edge, store):
     assert elapsed < 5  # gave up at its timeout (0.1 s), not when the store answered
 
 
-def test_lookup_unreachable_forwards(edge, store, monkeypatch):
+def test_lookup_unreachable_forwards(edge, store, monkeypatch, capsys):
     handler = edge()
     monkeypatch.setenv("INFERENCE_CACHE_LOOKUP_BASE", "http://127.0.0.1:9")  # discard port: refused
     result = handler.handler(event(), None)
     assert "status" not in result and header(result, "x-inference-cache-key")
+    log = logged(capsys)
+    assert (log["outcome"], log["lookup"]) == ("forward", "lookup-failed-ConnectionRefusedError")
 
 
 def test_no_cache_skips_the_lookup_but_forwards_the_key(edge, store):

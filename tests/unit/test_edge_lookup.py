@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lambdas.contract import LOOKUP_CA_ENV
+from lambdas.contract import LOOKUP_BASE_ENV, LOOKUP_CA_ENV
 from lambdas.edge import lookup
 from local_run.events import origin_request_event
 from tests.unit.stored_answers import answer_stored, serving
@@ -319,3 +319,17 @@ def test_server_that_never_answers_the_tls_handshake_is_a_miss_within_the_timeou
         assert time.perf_counter() - started < 0.95  # the handshake within the same timeout as the connect
     finally:
         silent.close()
+
+
+def test_without_a_lookup_base_the_lookup_goes_to_the_distribution_itself(edge, store, monkeypatch):
+    """As on AWS (no LOOKUP_BASE_ENV): https://{distributionDomainName}/_cache/{key}, here
+    the test's HTTPS store standing in for the distribution's domain."""
+    handler = edge()
+    key = stored(store, handler)
+    monkeypatch.delenv(LOOKUP_BASE_ENV)
+    domain = store.base.removeprefix("https://")
+    headers = {"content-type": "application/json", "Via": "2.0 abc.cloudfront.net (CloudFront)"}
+    at_the_distribution = origin_request_event(body=json.dumps(GREEDY).encode(), headers=headers, uri=CHAT,
+                                               distribution_domain=domain)
+    assert is_hit(handler.handler(at_the_distribution, None))
+    assert store.requests[-1] == f"/_cache/{key}"

@@ -379,6 +379,19 @@ def test_a_streamed_miss_relays_each_event_as_it_comes_and_stores_the_stream(ori
     assert 0 < metrics["TimeToFirstToken"] <= took_ms and metrics["StoredBytes"] == float(len(stored["body"]))
 
 
+def test_a_stream_whose_last_event_has_no_newline_is_complete_and_stored_as_relayed(origin, stubs, lambda_context, capsys):
+    sagemaker, s3 = stubs
+    add_stream(sagemaker, lmi_chunk(content="4"), lmi_chunk(finish="stop")[:-1])  # the model's last line, unterminated
+    stored = {}
+    s3.add_response("put_object", {}, None)
+    s3.client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_: stored.update(body=params["Body"]))
+    _, _, chunks = origin.stream(url_event(STREAM), lambda_context)
+    body = b"".join(c for _, c in chunks)
+    assert body == b"data: " + lmi_chunk(content="4")[:-1] + b"\n\n" + b"data: " + lmi_chunk(finish="stop")[:-1] + b"\n\n" + (
+        b"data: [DONE]\n\n")
+    assert wait_for_metrics(capsys, "CacheStore")["CacheStore"] == 1.0 and stored["body"] == body
+
+
 def test_a_stream_cut_by_a_model_error_ends_with_an_error_event_and_is_not_stored(origin, stubs, lambda_context, capsys):
     sagemaker, s3 = stubs
     add_stream(sagemaker, lmi_chunk(content="The"), lmi_chunk(content=" ans"),
