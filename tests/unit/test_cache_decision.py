@@ -337,6 +337,34 @@ def test_only_top_k_of_one_is_greedy(top_k, reason):
     assert run(chat(temperature=0.7, top_k=top_k)).reason == reason
 
 
+@pytest.mark.parametrize(
+    ("parameters", "reason"),
+    [
+        ({"do_sample": False}, "greedy decoding"),
+        ({"do_sample": False, "temperature": 1, "top_p": 1, "typical_p": 1, "top_k": 1}, "greedy decoding"),
+        # TGI samples anyway when a logits warper is set, whatever do_sample says.
+        ({"do_sample": False, "temperature": 2}, "sampling without seed"),
+        ({"do_sample": False, "temperature": 0.5}, "sampling without seed"),
+        ({"do_sample": False, "top_p": 0.9}, "sampling without seed"),
+        ({"do_sample": False, "typical_p": 0.9}, "sampling without seed"),
+        ({"do_sample": False, "top_k": 5}, "sampling without seed"),
+        ({"do_sample": False, "top_k": 5, "seed": 3}, "seeded sampling"),
+        ({"do_sample": True}, "sampling without seed"),
+    ],
+)
+def test_tgi_do_sample_false_is_greedy_only_without_a_logits_warper(parameters, reason):
+    assert run({"inputs": "x", "parameters": parameters}, INVOCATIONS).reason == reason
+
+
+@pytest.mark.parametrize("field", ["model_id", "model_version"])
+def test_settings_values_of_other_types_key_apart(field):
+    """1, 1.0 and True are equal in Python but written apart in the key; the head a
+    decision reuses is kept only for plain strings, so none of them borrows another's."""
+    keys = [key(chat(), s=settings(**{field: value})) for value in (1, 1.0, True, "1")]
+    assert len(set(keys)) == 4
+    assert keys == [key(chat(), s=settings(**{field: value})) for value in (1, 1.0, True, "1")]  # and stay so
+
+
 def test_declared_greedy_default_makes_absent_temperature_greedy():
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
     assert not run(body).cacheable
