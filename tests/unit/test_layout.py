@@ -86,7 +86,7 @@ def test_no_python_module_edits_sys_path():
     offenders = []
     for path in ROOT.rglob("*.py"):
         parts = path.relative_to(ROOT).parts
-        if parts[0] in (".venv", "node_modules", ".tools", "cdk.out", "build") or path == Path(__file__).resolve():
+        if parts[0] in (".venv", "node_modules", ".tools", "cdk.out", "build", "mutants") or path == Path(__file__).resolve():
             continue
         text = path.read_text(errors="replace")
         if "sys.path.insert" in text or "sys.path.append" in text or "sys.path[" in text or "syspath_prepend" in text:
