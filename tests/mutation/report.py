@@ -66,8 +66,8 @@ def main() -> int:
     total = sum(table.values(), Counter())
     print(f"{'module':40} " + " ".join(f"{c:>11}" for c in COLUMNS) + "       score")
     for name, counts in [*sorted(table.items()), ("total", total)]:
-        detected = counts["killed"] + counts["timeout"]
-        score = detected / max(1, counts["mutants"] - counts["equivalent"])
+        detected = counts["killed"] + counts["timeout"]  # of those checked, less the equivalent ones
+        score = detected / max(1, counts["mutants"] - counts["equivalent"] - counts["not checked"])
         print(f"{name:40} " + " ".join(f"{counts[c]:>11}" for c in COLUMNS) + f"  {score:10.1%}")
     stale = sorted(name for name in equivalent if found.get(name) != "survived")
     if stale:
