@@ -121,6 +121,73 @@ def test_hit_is_answered_at_the_edge(edge, store):
     assert result["body"].encode() == ANSWER and result["bodyEncoding"] == "text"
 
 
+def test_a_hit_is_exactly_the_response_cloudfront_is_given(edge, store, monkeypatch, capsys):
+    """A generated response as Lambda@Edge takes it: status and its description as
+    strings, each header a list of {"key", "value"} with the header's own spelling."""
+    now = 1_800_000_000
+    monkeypatch.setattr(time, "time", lambda: now)
+    handler = edge()
+    key = forwarded_key(handler)
+    store.objects[f"/_cache/{key}"] = (200, ANSWER, {"x-amz-meta-created": str(now - 42)})
+    capsys.readouterr()
+    result = handler.handler(event(), None)
+    server_timing = result["headers"].pop("server-timing")
+    assert result == {
+        "status": "200",
+        "statusDescription": "OK",
+        "headers": {
+            "content-type": [{"key": "Content-Type", "value": "application/json"}],
+            "age": [{"key": "Age", "value": "42"}],
+            "x-inference-cache": [{"key": "X-Inference-Cache", "value": "HIT"}],
+            "x-inference-cache-key": [{"key": "X-Inference-Cache-Key", "value": key}],
+        },
+        "body": ANSWER.decode(),
+        "bodyEncoding": "text",
+    }
+    assert server_timing[0]["key"] == "Server-Timing"
+    log = logged(capsys)
+    assert (log["outcome"], log["lookup"]) == ("hit", "hit")
+
+
+def test_a_forwarded_request_carries_exactly_the_edges_own_headers(edge, store):
+    handler = edge(tenant_scoped=True)
+    forwarded = handler.handler(event(headers={"x-inference-tenant": "acme"}), None)["headers"]
+    key = forwarded["x-inference-cache-key"][0]["value"]
+    assert forwarded["x-inference-cache-key"] == [{"key": "X-Inference-Cache-Key", "value": key}]
+    assert forwarded["x-inference-tenant"] == [{"key": "X-Inference-Tenant", "value": "acme"}]
+    assert forwarded["x-amz-content-sha256"] == [
+        {"key": "x-amz-content-sha256", "value": hashlib.sha256(json.dumps(GREEDY).encode()).hexdigest()}]
+    bare = event()  # CloudFront always sends headers; the function does not depend on it
+    del bare["Records"][0]["cf"]["request"]["headers"]
+    assert set(edge().handler(bare, None)["headers"]) == {"x-inference-cache-key", "x-amz-content-sha256"}
+
+
+@pytest.mark.parametrize(("expires_in", "served"), [(-1, False), (0, False), (1, True)])
+def test_an_answer_is_not_served_from_the_second_it_expires(edge, store, monkeypatch, capsys, expires_in, served):
+    now = 1_800_000_000
+    monkeypatch.setattr(time, "time", lambda: now)
+    handler = edge()
+    key = forwarded_key(handler)
+    store.objects[f"/_cache/{key}"] = (200, ANSWER, {"x-amz-meta-created": str(now - 5),
+                                                     "x-amz-meta-expires": str(now + expires_in)})
+    capsys.readouterr()
+    result = handler.handler(event(), None)
+    assert (header(result, "x-inference-cache") == "HIT") == served
+    assert logged(capsys)["lookup"] == ("hit" if served else "expired")
+
+
+@pytest.mark.parametrize(("size", "served"), [(-1, True), (0, True), (1, False)])
+def test_a_stored_answer_is_served_up_to_the_generated_response_limit(edge, store, capsys, size, served):
+    handler = edge()
+    key = forwarded_key(handler)
+    body = b'"' + b"a" * (handler.GENERATED_BODY_LIMIT + size - 2) + b'"'
+    store_answer(store, key, body=body)
+    capsys.readouterr()
+    result = handler.handler(event(), None)
+    assert (header(result, "x-inference-cache") == "HIT") == served
+    assert logged(capsys)["lookup"] == ("hit" if served else "too-large-to-generate")
+
+
 def test_same_request_in_other_clothes_hits(edge, store):
     handler = edge()
     store_answer(store, forwarded_key(handler))
