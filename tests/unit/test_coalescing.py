@@ -614,3 +614,20 @@ def test_timings_come_from_the_stages_timeout_budget(monkeypatch, tmp_path):
     monkeypatch.setenv(ADAPTER_TIMEOUT_ENV, str(budget.model_read_seconds))
     with pytest.raises(ValueError, match=ADAPTER_TIMEOUT_ENV):
         AdapterSettings.from_environment()
+
+
+def test_a_lease_that_cannot_be_removed_is_logged_with_its_key_and_the_error(s3, key, caplog):
+    """S3 refuses the delete (access denied) or cannot be reached: a warning, never a failure."""
+    def denied(kwargs):
+        raise ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "DeleteObject")
+
+    unreachable = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1", aws_access_key_id="local",
+                               aws_secret_access_key="local", config=Config(connect_timeout=0.5, retries={"total_max_attempts": 1}))
+    logger = logging.getLogger("coalescing-under-test")
+    for client, error in ((RecordingClient(s3, delete_object=denied), "ClientError: "), (unreachable, "EndpointConnectionError: ")):
+        caplog.clear()
+        Coalescer(BUCKET, client, lease_seconds=5, wait_seconds=3, takeover_window_seconds=3, logger=logger).release(
+            Lease(key, '"etag"', time.time() + 5))
+        (record,) = [r for r in caplog.records if r.name == "coalescing-under-test"]
+        assert (record.levelname, record.getMessage(), record.cache_key) == ("WARNING", "removing the lease failed", key)
+        assert record.error.startswith(error)
