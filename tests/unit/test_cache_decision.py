@@ -362,6 +362,10 @@ def test_settings_values_of_other_types_key_apart(field):
     decision reuses is kept only for plain strings, so none of them borrows another's."""
     keys = [key(chat(), s=settings(**{field: value})) for value in (1, 1.0, True, "1")]
     assert len(set(keys)) == 4
+    s = settings(**{field: 1})
+    head = [cd.KEY_FORMAT, CHAT, s.model_id, s.model_version, None, False]
+    payload = cd.canonical_payload(CHAT, JSON, json.dumps(chat()).encode(), s)
+    assert payload.startswith(json.dumps(head, separators=(",", ":")).encode()[:-1] + b',{"messages":')
     assert keys == [key(chat(), s=settings(**{field: value})) for value in (1, 1.0, True, "1")]  # and stay so
 
 
