@@ -341,7 +341,8 @@ def test_only_top_k_of_one_is_greedy(top_k, reason):
     ("parameters", "reason"),
     [
         ({"do_sample": False}, "greedy decoding"),
-        ({"do_sample": False, "temperature": 1, "top_p": 1, "typical_p": 1, "top_k": 1}, "greedy decoding"),
+        ({"do_sample": False, "temperature": 1, "top_p": 1, "typical_p": 1, "top_k": 0}, "greedy decoding"),
+        ({"do_sample": False, "top_k": 2}, "sampling without seed"),
         # TGI samples anyway when a logits warper is set, whatever do_sample says.
         ({"do_sample": False, "temperature": 2}, "sampling without seed"),
         ({"do_sample": False, "temperature": 0.5}, "sampling without seed"),
@@ -350,10 +351,21 @@ def test_only_top_k_of_one_is_greedy(top_k, reason):
         ({"do_sample": False, "top_k": 5}, "sampling without seed"),
         ({"do_sample": False, "top_k": 5, "seed": 3}, "seeded sampling"),
         ({"do_sample": True}, "sampling without seed"),
+        # Several sequences with sampling: never one answer (TGI/LMI: n, best_of, top_n_tokens).
+        ({"do_sample": True, "seed": 1, "n": 1}, "seeded sampling"),
+        ({"do_sample": True, "seed": 1, "n": 2}, "n > 1 with sampling"),
+        ({"do_sample": True, "seed": 1, "best_of": 2}, "n > 1 with sampling"),
+        ({"do_sample": True, "seed": 1, "top_n_tokens": 2}, "n > 1 with sampling"),
+        ({"do_sample": True, "seed": 1, "n": 0}, "n not 1 with sampling"),
     ],
 )
 def test_tgi_do_sample_false_is_greedy_only_without_a_logits_warper(parameters, reason):
     assert run({"inputs": "x", "parameters": parameters}, INVOCATIONS).reason == reason
+
+
+def test_top_n_tokens_counts_sequences_only_in_tgi_parameters():
+    """On the OpenAI routes it is an unknown field, kept in the key, not a count."""
+    assert run(chat(temperature=0.8, seed=1, top_n_tokens=5)).reason == "seeded sampling"
 
 
 @pytest.mark.parametrize("field", ["model_id", "model_version"])
