@@ -51,7 +51,9 @@ def test_every_pinned_request_keeps_its_key_and_canonical_payload(case):
     route, body, headers, tenant = golden_keys.CASES[case["name"]]
     settings = golden_keys.settings(tenant_scoped=tenant is not None)
     raw = golden_keys.body_bytes(body)
+    cache_decision._KEY_HEADS.clear()  # the key's head written afresh, as on a cold start, then reused
     decision = cache_decision.decide(route, headers, raw, settings, tenant=tenant)
+    assert cache_decision.decide(route, headers, raw, settings, tenant=tenant).key == decision.key
     payload = cache_decision.canonical_payload(route, headers, raw, settings, tenant=tenant)
     changed = f"the key of {case['name']!r} changed: a new KEY_FORMAT, its line in docs/cache-key.md, then {REGENERATE}"
     assert payload == case["canonical_payload"].encode("latin-1"), changed
