@@ -17,7 +17,6 @@ from cli import dashboard_preview as preview
 from tests.conftest import ROOT, STAGE_NAMES
 
 
-
 class _Widgets(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
