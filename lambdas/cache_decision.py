@@ -204,28 +204,37 @@ def _read_headers(headers) -> tuple:
     return tuple(map(out.get, _READ_HEADERS))
 
 
+# HTTP's optional whitespace around a field value is space and horizontal tab only (RFC
+# 9110, 5.6.3 OWS); str.strip() would also remove \v, \f, \x1c-\x1f and Unicode spaces.
+_OWS = " \t"
+
+
 def _client_headers(headers, settings: EdgeCacheSettings) -> tuple[bool, bool, int]:
     """Checks the content headers (415) and reads the client controls (400 on a bad TTL):
-    (no_store, no_cache, ttl_seconds)."""
-    ctype, encoding, cc, ttl = _read_headers(headers)
+    (no_store, no_cache, ttl_seconds). A value with a control character other than HTAB
+    is not a valid field value (RFC 9110, 5.5): 400, never read leniently."""
+    ctype, encoding, cc, ttl = headers_read = _read_headers(headers)
+    for value, name in zip(headers_read, _READ_HEADERS, strict=True):
+        if value is not None and not value.isprintable() and any(c < " " and c != "\t" or c == "\x7f" for c in value):
+            raise _Reject(400, "invalid_header_value", f"{name} holds a control character", name)
     if (ctype and ctype != "application/json") or encoding:
         _check_content_headers(ctype, encoding)
     return _client_controls(cc, ttl, settings)
 
 
 def _check_content_headers(ctype: str | None, encoding: str | None) -> None:
-    if ctype and ctype != "application/json" and ctype.strip():  # absent or empty: taken as JSON
+    if ctype and ctype != "application/json" and ctype.strip(_OWS):  # absent or empty: taken as JSON
         media, *params = ctype.split(";")
-        media = media.strip().lower()
+        media = media.strip(_OWS).lower()
         if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
             raise _Reject(415, "unsupported_media_type", f"Content-Type {media[:60]!r} is not application/json", "content-type")
         for p in params:
             name, _, value = p.partition("=")
-            if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            if name.strip(_OWS).lower() == "charset" and value.strip(_OWS).strip('"').lower() not in ("utf-8", "utf8"):
                 raise _Reject(415, "unsupported_media_type", "JSON bodies must be UTF-8", "content-type")
-    if encoding and encoding.strip().lower() not in ("", "identity"):
+    if encoding and encoding.strip(_OWS).lower() not in ("", "identity"):
         raise _Reject(
-            415, "unsupported_media_type", f"Content-Encoding {encoding.strip()[:40]!r} is not supported", "content-encoding"
+            415, "unsupported_media_type", f"Content-Encoding {encoding.strip(_OWS)[:40]!r} is not supported", "content-encoding"
         )
 
 
@@ -233,12 +242,12 @@ def _client_controls(cc: str | None, raw: str | None, settings: EdgeCacheSetting
     """(no_store, no_cache, ttl_seconds) from Cache-Control and x-inference-cache-ttl."""
     no_store = no_cache = False
     if cc:
-        directives = {d.split("=", 1)[0].strip().lower() for d in cc.split(",")}
+        directives = {d.split("=", 1)[0].strip(_OWS).lower() for d in cc.split(",")}
         no_store, no_cache = "no-store" in directives, "no-cache" in directives
     max_ttl = settings.max_ttl_seconds
     if raw is None:
         return no_store, no_cache, min(settings.default_ttl_seconds, max_ttl)
-    raw = raw.strip()
+    raw = raw.strip(_OWS)
     if not (raw.isascii() and raw.isdigit()):
         raise _Reject(400, "invalid_ttl", f"{TTL_HEADER} must be a whole number of seconds, got {raw[:40]!r}", TTL_HEADER)
     digits = raw.lstrip("0")

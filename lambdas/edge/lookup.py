@@ -131,8 +131,8 @@ def _exchange(conn: tuple, request: bytes, deadline: float) -> tuple[int, dict, 
     version, status = status_line.split(None, 2)[:2]
     status, headers = int(status), {}
     while (line := _line(sock, reader, deadline)) not in (b"\r\n", b"\n"):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
+        name, _, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+        headers[name.lower()] = value.strip(" \t")  # OWS is SP and HTAB only (RFC 9110)
     connection = headers.get("connection", "").lower()
     reusable = connection != "close" if version == b"HTTP/1.1" else connection == "keep-alive"
     if status in (204, 304):

@@ -38,7 +38,13 @@ function single(headers, name) {
     const header = headers[name];
     if (!header) return undefined;
     if (header.multiValue && header.multiValue.length > 1) return null;
-    return typeof header.value === 'string' ? header.value.trim() : null;
+    return typeof header.value === 'string' ? ows(header.value) : null;
+}
+
+// HTTP's optional whitespace is space and tab only (RFC 9110, OWS); trim() would also
+// drop vertical tabs, form feeds and Unicode spaces.
+function ows(value) {
+    return value.replace(/^[ \t]+|[ \t]+$/g, '');
 }
 
 function wellFormed(key) {
@@ -53,7 +59,7 @@ function presentedKey(headers) {
     if (authorization === null || apiKey === null) return null;
     if (authorization) {
         const bearer = BEARER.exec(authorization);
-        if (bearer) return bearer[1] ? wellFormed(bearer[1].trim()) : null;
+        if (bearer) return bearer[1] ? wellFormed(ows(bearer[1])) : null;
         if (!apiKey) return null; // another scheme (Basic ...) and no x-api-key
     }
     return apiKey ? wellFormed(apiKey) : '';

@@ -107,6 +107,14 @@ def test_bearer_scheme_is_case_insensitive_and_surrounding_whitespace_is_ignored
     assert _call(check, {"authorization": authorization})["headers"]["x-inference-tenant"] == {"value": "acme"}
 
 
+@pytest.mark.parametrize("pad", ["\u00a0", "\u2003", "\u000b", "\u000c", "\ufeff"])
+def test_only_space_and_tab_surround_a_key(check, pad):
+    """RFC 9110 OWS is SP and HTAB; JavaScript's trim() also drops NBSP, em spaces, VT, FF
+    and the BOM. A key padded with them is malformed, never read as the key."""
+    for headers in ({"authorization": f"Bearer {ACME_KEY}{pad}"}, {"x-api-key": f"{pad}{ACME_KEY}"}):
+        assert "Malformed" in _unauthorized(_call(check, headers))
+
+
 def test_another_authorization_scheme_falls_back_to_x_api_key(check):
     result = _call(check, {"authorization": "Basic dXNlcjpwYXNz", "x-api-key": ACME_KEY})
     assert result["headers"]["x-inference-tenant"] == {"value": "acme"}

@@ -358,6 +358,36 @@ def test_invalid_ttl_header_is_400(value):
                  "x-inference-cache-ttl")
 
 
+def test_header_whitespace_is_space_and_tab_only():
+    """RFC 9110 OWS: a TTL padded with spaces and tabs is read; one padded with what
+    Python's str.strip() also removes (NBSP, U+2003, U+3000) is not a whole number."""
+    s = settings(default_ttl_seconds=3600, max_ttl_seconds=86_400)
+    assert run(chat(), headers={**JSON, "x-inference-cache-ttl": " \t60\t "}, s=s).ttl_seconds == 60
+    for padded in ("\xa060", "60\u2003", "\u300060"):
+        assert "60" == padded.strip()  # what the edge used to read
+        assert_error(run(chat(), headers={**JSON, "x-inference-cache-ttl": padded}, s=s), 400, "invalid_ttl",
+                     "x-inference-cache-ttl")
+    # Content-Type padded the same way is not application/json.
+    assert run(chat(), headers={"content-type": "\tapplication/json ; charset=utf-8 "}).error is None
+    assert_error(run(chat(), headers={"content-type": "application/json\u2003"}), 415, "unsupported_media_type",
+                 "content-type")
+    # Cache-Control directives: only SP/HTAB around them.
+    assert not run(chat(), headers={**JSON, "cache-control": " \tno-store"}).cacheable
+    assert run(chat(), headers={**JSON, "cache-control": "\xa0no-store"}).cacheable
+
+
+@pytest.mark.parametrize("name", ["content-type", "cache-control", "x-inference-cache-ttl", "content-encoding"])
+@pytest.mark.parametrize("ctl", ["\x0b", "\x0c", "\x00", "\x1c", "\x7f", "\r"])
+def test_a_control_character_in_a_header_the_decision_reads_is_400(name, ctl):
+    """Not a valid field value (RFC 9110, 5.5: VCHAR, SP, HTAB, obs-text): refused, never
+    read leniently (a `no-store\\v` read as something else would store what the client
+    asked not to)."""
+    value = {"content-type": "application/json", "cache-control": "no-store", "x-inference-cache-ttl": "60",
+             "content-encoding": "identity"}[name]
+    assert_error(run(chat(), headers={**JSON, name: value + ctl}), 400, "invalid_header_value", name)
+    assert_error(run(chat(), headers={**JSON, name: ctl + value}), 400, "invalid_header_value", name)
+
+
 # --------------------------------------------------------------------------- tenants
 
 
