@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -62,6 +64,10 @@ def start(
         settings, model=dataclasses.replace(settings.model, model_version=version, s3_prefix=f"{base_prefix}{version}/")
     )
     fetched = fetch_model(results.url, settings.home_region, settings.model_bucket_name, settings.model.s3_prefix)
+    # Removed when the run stops: the model copy (~90 MB), the settings, torch's compile cache.
+    workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
+    scratch = [fetched, workdir]
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "torchinductor"))
     model = ModelServer(chat_url=chat_url, embedder=Embedder(fetched, version))
     write_serve_state(
         s3_endpoint_url=results.url, model_bucket=settings.model_bucket_name, model_prefix=base_prefix, model_version=version
@@ -85,7 +91,6 @@ def start(
     front_server = BackgroundServer(front.app, port=port, name="local-front")
     front.url = front_server.url
 
-    workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
     (workdir / SETTINGS_FILE).write_text(settings.edge_cache_settings().to_json())
     # The adapter's boto3 clients reach the local servers through the standard
     # per-service endpoint variables; its code does not know it runs locally.
@@ -124,14 +129,16 @@ def start(
     ).start()
     front.attach(importlib.import_module("lambdas.edge.handler"), origin_server.url)
     front_server.start()
-    return LocalRun(settings, front, front_server, model, model_server, origin_server, results, key_check)
+    return LocalRun(settings, front, front_server, model, model_server, origin_server, results, key_check, scratch)
 
 
 class LocalRun:
-    def __init__(self, settings, front, front_server, model, model_server, origin_server, results, key_check):
+    def __init__(self, settings, front, front_server, model, model_server, origin_server, results, key_check, scratch):
         self.settings, self.front, self.model = settings, front, model
         self._servers = [front_server, origin_server, model_server]
         self.model_server_url, self.results, self.key_check = model_server.url, results, key_check
+        self._scratch = scratch
+        atexit.register(self._remove_scratch)  # also when the process ends without stop()
 
     def stop(self) -> None:
         for server in self._servers:
@@ -139,6 +146,11 @@ class LocalRun:
         self.results.stop()
         if self.key_check is not None:
             self.key_check.close()
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        while self._scratch:
+            shutil.rmtree(self._scratch.pop(), ignore_errors=True)
 
 
 def main() -> int:
