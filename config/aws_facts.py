@@ -21,6 +21,18 @@ GPUS_PER_INSTANCE: dict[tuple[str, str], int] = {
     ("p5e", "48xlarge"): 8,
     ("p5en", "48xlarge"): 8,
 }
+# Memory of one GPU, GiB, by instance family, as AWS states it for the instance types
+# (Amazon EC2 User Guide, "Accelerated computing instances", specifications: GPU memory):
+# T4 16, A10G 24, L4 24, L40S 48, A100 40 / 80, H100 80, H200 141. The driver and the
+# CUDA context keep a little of it (an A10G reports 22.5 GiB to the process): the GPU-fit
+# check's headroom (ModelSettings.gpu_memory_headroom_gib) covers that.
+GPU_MEMORY_GIB: dict[str, float] = {
+    "g4dn": 16, "g5": 24, "g6": 24, "g6e": 48, "p4d": 40, "p4de": 80, "p5": 80, "p5e": 141, "p5en": 141,
+}
+# Bytes per weight or KV-cache element by the checkpoint's dtype, and by the serving
+# container's quantization (weight-only 4-bit methods: half a byte; fp8: one).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+QUANTIZED_WEIGHT_BYTES = {"fp8": 1.0, "awq": 0.5, "gptq": 0.5, "bitsandbytes": 0.5}
 # GPU families with NVMe instance storage: SageMaker rejects VolumeSizeInGB (and a
 # volume KMS key) for them; the model lives on the local NVMe.
 NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en")

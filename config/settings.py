@@ -15,13 +15,16 @@ from typing import Literal
 from config.aws_facts import (
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS,
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS,
+    DTYPE_BYTES,
     FSX_THROUGHPUT_PER_TIB,
+    GPU_MEMORY_GIB,
     GPUS_PER_INSTANCE,
     LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY,
     LAMBDA_MIN_UNRESERVED_CONCURRENCY,
     LOG_RETENTION_DAYS,
     MAX_ALARM_MINUTES,
     NVME_FAMILIES,
+    QUANTIZED_WEIGHT_BYTES,
     SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
 )
 from lambdas.cache_settings import EdgeCacheSettings
@@ -110,6 +113,62 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class ModelArchitecture:
+    """What a model's own files say about its size, which decides whether it fits a GPU:
+    its config.json (layers, KV heads, head size, context, vocabulary, dtype) and its
+    parameter count (the elements of its safetensors). bin/model-publish records these in
+    a version's manifest (`from_config`); a stage types them in its settings, and a test
+    holds the two equal for the published model."""
+
+    parameters: int
+    num_hidden_layers: int
+    num_key_value_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    torch_dtype: str
+
+    def __post_init__(self) -> None:
+        for name in ("parameters", "num_hidden_layers", "num_key_value_heads", "head_dim", "hidden_size",
+                     "vocab_size", "max_position_embeddings"):
+            _require(type(getattr(self, name)) is int and getattr(self, name) > 0, f"model architecture: {name} must be a positive integer")
+        _require(self.torch_dtype in DTYPE_BYTES, f"model architecture: torch_dtype {self.torch_dtype!r} is not one of {sorted(DTYPE_BYTES)}")
+
+    # What from_config needs of a config.json.
+    CONFIG_KEYS = ("num_attention_heads", "num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings")
+
+    @classmethod
+    def from_config(cls, config: Mapping, parameters: int) -> ModelArchitecture:
+        """From a Hugging Face config.json (decoder-only transformers: Llama, Mistral, Qwen
+        and their kin) and the checkpoint's parameter count."""
+        heads = config["num_attention_heads"]
+        return cls(
+            parameters=parameters,
+            num_hidden_layers=config["num_hidden_layers"],
+            num_key_value_heads=config.get("num_key_value_heads", heads),
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            hidden_size=config["hidden_size"],
+            vocab_size=config["vocab_size"],
+            max_position_embeddings=config["max_position_embeddings"],
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            torch_dtype=config.get("torch_dtype") or config.get("dtype") or "float32",
+        )
+
+    @property
+    def embedding_parameters(self) -> int:
+        """The input embedding and the output head (one matrix when tied): quantization
+        methods leave them in the checkpoint's dtype."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    def kv_bytes_per_token(self) -> int:
+        """KV cache of one token: K and V for every layer and KV head (vLLM's cache dtype
+        "auto" is the model's dtype)."""
+        return self.num_hidden_layers * 2 * self.num_key_value_heads * self.head_dim * DTYPE_BYTES[self.torch_dtype]
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """The model the endpoint serves and the container that serves it."""
 
@@ -118,10 +177,22 @@ class ModelSettings:
     image_uri: str
     # Key prefix in the model bucket holding uncompressed safetensors for this version.
     s3_prefix: str
+    # The model's size, from its own files (ModelArchitecture).
+    architecture: ModelArchitecture
+    # The context the container serves, prompt and answer together (LMI
+    # OPTION_MAX_MODEL_LEN, vLLM max_model_len). vLLM reserves KV cache for one whole
+    # sequence of it at start, and by default it is the model's whole context.
+    max_model_len: int
+    # Sequences generated at once (LMI OPTION_MAX_ROLLING_BATCH_SIZE, vLLM max_num_seqs).
+    max_num_seqs: int = 64
+    # The share of each GPU's memory vLLM may use (LMI OPTION_GPU_MEMORY_UTILIZATION).
+    gpu_memory_utilization: float = 0.9
+    # What the GPU holds besides weights and KV cache, per GPU: activations of a batch,
+    # CUDA graphs, the CUDA context (the GPU-fit check; stated, not measured here).
+    gpu_memory_headroom_gib: float = 2.0
     # Serving container's quantization option (LMI OPTION_QUANTIZE); None = full precision.
     quantization: str | None = None
     tensor_parallel_degree: int | str = "max"
-    max_rolling_batch_size: int = 64
     extra_environment: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,7 +209,80 @@ class ModelSettings:
             self.s3_prefix.endswith(f"/{self.model_version}/"),
             f"model prefix {self.s3_prefix!r} must end with the model version ({self.model_version}/)",
         )
-        _require(self.quantization in (None, "awq", "fp8", "gptq", "bitsandbytes"), f"quantization {self.quantization!r}")
+        _require(self.quantization is None or self.quantization in QUANTIZED_WEIGHT_BYTES, f"quantization {self.quantization!r}")
+        _require(
+            0 < self.max_model_len <= self.architecture.max_position_embeddings,
+            f"max_model_len {self.max_model_len} must be within the model's context "
+            f"({self.architecture.max_position_embeddings} tokens, max_position_embeddings)",
+        )
+        _require(1 <= self.max_num_seqs <= 1024, "max_num_seqs must be 1..1024")
+        _require(0.5 <= self.gpu_memory_utilization <= 0.98, "gpu_memory_utilization must be 0.5..0.98")
+        _require(0 <= self.gpu_memory_headroom_gib <= 64, "GPU memory headroom must be 0..64 GiB")
+        overridden = {"OPTION_MAX_MODEL_LEN", "OPTION_MAX_ROLLING_BATCH_SIZE", "OPTION_GPU_MEMORY_UTILIZATION"} & set(
+            self.extra_environment
+        )
+        _require(not overridden, f"{sorted(overridden)} are settings of their own (the GPU-fit check reads them)")
+
+    def weight_bytes(self) -> float:
+        """The weights in GPU memory: quantized layers at the method's bytes per weight,
+        the embedding and output head in the checkpoint's dtype."""
+        a = self.architecture
+        dtype = DTYPE_BYTES[a.torch_dtype]
+        if self.quantization is None:
+            return a.parameters * dtype
+        embeddings = min(a.embedding_parameters, a.parameters)
+        return (a.parameters - embeddings) * QUANTIZED_WEIGHT_BYTES[self.quantization] + embeddings * dtype
+
+
+_GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class GpuFit:
+    """One GPU of the endpoint at start, GiB: what vLLM must hold against what it may use."""
+
+    instance_type: str
+    gpu_memory_gib: float
+    tensor_parallel: int
+    weights_gib: float
+    kv_cache_gib: float  # one sequence of max_model_len tokens
+    headroom_gib: float
+    budget_gib: float  # gpu_memory_utilization x the GPU's memory
+    max_model_len: int
+    longest_context_that_fits: int  # tokens of KV cache the budget leaves after weights and headroom
+
+    @property
+    def needed_gib(self) -> float:
+        return self.weights_gib + self.kv_cache_gib + self.headroom_gib
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_gib <= self.budget_gib
+
+
+def gpu_fit(model: ModelSettings, instance_type: str) -> GpuFit:
+    """vLLM's start-up arithmetic for `model` on `instance_type`: the weights and the KV
+    cache of one full max_model_len sequence, split over the tensor-parallel GPUs, plus
+    headroom, within gpu_memory_utilization of each GPU (vLLM refuses to start otherwise:
+    "... larger than the maximum number of tokens that can be stored in KV cache")."""
+    gpus = gpu_count(instance_type)
+    tp = gpus if model.tensor_parallel_degree == "max" else int(model.tensor_parallel_degree)
+    per_gpu = GPU_MEMORY_GIB[instance_type.split(".")[1]]
+    kv_per_token = model.architecture.kv_bytes_per_token() / tp
+    weights = model.weight_bytes() / tp / _GIB
+    budget = model.gpu_memory_utilization * per_gpu
+    room = (budget - weights - model.gpu_memory_headroom_gib) * _GIB
+    return GpuFit(
+        instance_type=instance_type,
+        gpu_memory_gib=per_gpu,
+        tensor_parallel=tp,
+        weights_gib=weights,
+        kv_cache_gib=model.max_model_len * kv_per_token / _GIB,
+        headroom_gib=model.gpu_memory_headroom_gib,
+        budget_gib=budget,
+        max_model_len=model.max_model_len,
+        longest_context_that_fits=max(0, int(room // kv_per_token)),
+    )
 
 
 # What the origin adapter does besides waiting for the model, within its own timeout:
@@ -394,8 +538,29 @@ class StageSettings:
         )
 
         _require(
-            self.endpoint.concurrent_requests_per_instance <= self.model.max_rolling_batch_size,
-            f"{self.name}: concurrent requests per instance above the container's rolling batch size",
+            self.endpoint.target_concurrency <= self.model.max_num_seqs,
+            f"{self.name}: the scaling target ({self.endpoint.target_concurrency} concurrent requests per instance) is "
+            f"above max_num_seqs ({self.model.max_num_seqs}): the fleet would queue requests before it scales out",
+        )
+        _require(
+            self.endpoint.concurrent_requests_per_instance <= self.model.max_num_seqs,
+            f"{self.name}: concurrent requests per instance ({self.endpoint.concurrent_requests_per_instance}) above "
+            f"the sequences the container generates at once (max_num_seqs {self.model.max_num_seqs})",
+        )
+        tp = self.model.tensor_parallel_degree
+        gpus = gpu_count(self.endpoint.instance_type)
+        _require(
+            tp == "max" or (type(tp) is int and 1 <= tp <= gpus and gpus % tp == 0),
+            f"{self.name}: tensor_parallel_degree {tp!r} must be 'max' or divide the {gpus} GPUs of {self.endpoint.instance_type}",
+        )
+        fit = gpu_fit(self.model, self.endpoint.instance_type)
+        _require(
+            fit.fits,
+            f"{self.name}: {self.model.model_id} does not fit {fit.instance_type} (per GPU, tensor parallel {fit.tensor_parallel}): "
+            f"weights {fit.weights_gib:.2f} GiB + KV cache for one {fit.max_model_len}-token context "
+            f"{fit.kv_cache_gib:.2f} GiB + headroom {fit.headroom_gib:.2f} GiB = {fit.needed_gib:.2f} GiB, above "
+            f"{self.model.gpu_memory_utilization:.0%} of {fit.gpu_memory_gib:g} GiB ({fit.budget_gib:.2f} GiB); vLLM would "
+            f"refuse to start. Set max_model_len to at most {fit.longest_context_that_fits} tokens, quantize, or pick a larger GPU.",
         )
         reserved = self.endpoint.adapter_reserved_concurrency
         _require(

@@ -7,6 +7,7 @@ from config.settings import (
     CacheSettings,
     CustomDomain,
     EndpointSettings,
+    ModelArchitecture,
     ModelSettings,
     ModelWorkspaceSettings,
     SlaSettings,
@@ -16,6 +17,20 @@ from config.settings import (
 DEFAULT_STAGE = "dev"
 
 _MODEL_ID = "meta-llama/Llama-3.1-8B-Instruct"
+# Its config.json and parameter count (8,030,261,248: its safetensors index's total_size,
+# 16,060,522,496 bytes of bfloat16); tests/unit/test_gpu_fit.py holds them equal to the
+# published files (tests/fixtures/llama-3.1-8b-instruct/).
+_LLAMA_3_1_8B = ModelArchitecture(
+    parameters=8_030_261_248,
+    num_hidden_layers=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    hidden_size=4096,
+    vocab_size=128_256,
+    max_position_embeddings=131_072,
+    tie_word_embeddings=False,
+    torch_dtype="bfloat16",
+)
 
 
 def _lmi_image(region: str) -> str:
@@ -42,6 +57,10 @@ STAGES: dict[str, StageSettings] = {
                 model_version="2026-11-01",
                 image_uri=_lmi_image("us-west-2"),
                 s3_prefix="models/llama-3.1-8b-instruct/2026-11-01/",
+                architecture=_LLAMA_3_1_8B,
+                # bf16 weights (15.0 GiB) leave an A10G's 24 GiB room for ~38k tokens of KV
+                # cache; the model's whole 131,072 would need 16 GiB more (docs/decisions.md).
+                max_model_len=16_384,
             ),
             endpoint=EndpointSettings(
                 instance_type="ml.g5.2xlarge",
@@ -74,6 +93,8 @@ STAGES: dict[str, StageSettings] = {
                 model_version="2026-11-01",
                 image_uri=_lmi_image("us-west-2"),
                 s3_prefix="models/llama-3.1-8b-instruct/2026-11-01/",
+                architecture=_LLAMA_3_1_8B,
+                max_model_len=32_768,
                 quantization="fp8",
             ),
             endpoint=EndpointSettings(
@@ -102,6 +123,8 @@ STAGES: dict[str, StageSettings] = {
                 model_version="2026-11-01",
                 image_uri=_lmi_image("us-east-2"),
                 s3_prefix="models/llama-3.1-8b-instruct/2026-11-01/",
+                architecture=_LLAMA_3_1_8B,
+                max_model_len=32_768,
                 quantization="fp8",
             ),
             endpoint=EndpointSettings(

@@ -166,7 +166,10 @@ class InferenceStack(cdk.Stack):
             "HF_MODEL_ID": "/opt/ml/model",
             "OPTION_ROLLING_BATCH": "vllm",
             "TENSOR_PARALLEL_DEGREE": str(model.tensor_parallel_degree),
-            "OPTION_MAX_ROLLING_BATCH_SIZE": str(model.max_rolling_batch_size),
+            # The GPU-fit check's three figures (config.settings.gpu_fit), as the container reads them.
+            "OPTION_MAX_MODEL_LEN": str(model.max_model_len),
+            "OPTION_MAX_ROLLING_BATCH_SIZE": str(model.max_num_seqs),
+            "OPTION_GPU_MEMORY_UTILIZATION": str(model.gpu_memory_utilization),
             "OPTION_TRUST_REMOTE_CODE": "false",
             # Load safetensors only, never a .bin/.pt copy a snapshot may also hold.
             "OPTION_LOAD_FORMAT": "safetensors",

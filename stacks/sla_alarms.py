@@ -682,7 +682,7 @@ class HomeSlaAlarms(_SlaAlarmsBase):
                 ),
                 first=(
                     "the container logs for CUDA out-of-memory or KV-cache preemption, the rolling batch size "
-                    "(max_rolling_batch_size) and the quantization setting."
+                    "(max_num_seqs) and the quantization setting."
                 ),
                 why_missing="no instance reporting; endpoint-down is the 5XX alarm's job",
             ),

@@ -165,7 +165,7 @@ def test_adapter_concurrency_settings_are_validated():
         dataclasses.replace(endpoint, adapter_concurrency_headroom=5)
     prod = STAGES["prod"]
     # Beyond what the container batches at once.
-    with pytest.raises(SettingsError, match="rolling batch"):
+    with pytest.raises(SettingsError, match=r"generates at once \(max_num_seqs 64\)"):
         dataclasses.replace(prod, endpoint=dataclasses.replace(endpoint, concurrent_requests_per_instance=128))
     # The reservation must leave Lambda's 100 unreserved in the account's quota.
     with pytest.raises(SettingsError, match="unreserved"):
