@@ -600,12 +600,33 @@ def _mixed(obj: dict) -> str:
     return f"invocations body mixes {' and '.join(keys)}" if keys else "invocations body has no prompt, inputs or messages"
 
 
+# The /v1 generation routes whose bodies the origin adapter sends to the same LMI
+# /invocations, and the key LMI serves each by.
+_DISPATCHED_ROUTES = {CHAT_ROUTE: "messages", COMPLETIONS_ROUTE: "prompt"}
+
+
+def _served_otherwise(route: str, obj: dict) -> str | None:
+    """Why a /v1 chat or completions body would be served under another schema than its
+    route's: LMI picks the schema by the keys it finds (prompt, then inputs, then
+    messages), whatever the route. None when the route's key is the only one present (or
+    none is: the route's own 400)."""
+    keys = [name for name, _ in _INVOCATION_KEYS if name in obj]
+    if not keys or keys == [_DISPATCHED_ROUTES[route]]:
+        return None
+    if keys[0] == _DISPATCHED_ROUTES[route]:  # served as the route says, but mixed: as on /invocations
+        return f"{route} body mixes {' and '.join(keys)}"
+    served = next(schema for name, schema in _INVOCATION_KEYS if name == keys[0])
+    return f"{keys[0]} in a {route} body: the container serves it as {served} (LMI reads prompt, then inputs, then messages)"
+
+
 def _canonical(route: str, obj: dict, settings: EdgeCacheSettings, texts: list) -> tuple:
     """Validate and canonicalize `obj`, long prompt texts moved to `texts`; returns
     (canonical body, the encoder that writes it, stream, cacheable, reason)."""
     schema = _ROUTE_SCHEMA.get(route) or _schema(route, obj)
     if schema is None:
         return obj, _encode, False, False, _mixed(obj)
+    if route in _DISPATCHED_ROUTES and (otherwise := _served_otherwise(route, obj)):
+        return obj, _encode, False, False, otherwise
     declared = settings.declared_server_defaults
     declared = {k: _number(v) for k, v in declared.items()} if declared else {}
     for name in settings.excluded_fields:

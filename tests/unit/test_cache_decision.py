@@ -832,3 +832,30 @@ def test_what_the_servers_refuse_is_a_400_at_the_edge(path, body, param):
 def test_valid_counts_and_inputs_are_not_refused():
     assert run({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 1, "temperature": 0}).cacheable
     assert run({"model": "m", "input": ["a", "b"]}, path=EMBEDDINGS).cacheable
+
+
+@pytest.mark.parametrize("route, extra, served", [
+    (CHAT, {"prompt": "hi"}, "completions"),
+    (CHAT, {"inputs": "hi"}, "tgi"),
+    (CHAT, {"prompt": "hi", "inputs": "hi"}, "completions"),
+    ("/v1/completions", {"messages": [{"role": "user", "content": "hi"}], "inputs": "hi"}, None),
+    ("/v1/completions", {"inputs": "hi"}, None),
+])
+def test_a_v1_body_the_container_would_serve_under_another_schema_is_not_cached(route, extra, served):
+    """The adapter sends every route's body to LMI's /invocations, which picks the schema by
+    key (prompt, then inputs, then messages): a chat body with `prompt` is a completion to
+    it. Such a body passes through uncached (no 400: the container serves it), whatever the
+    policy; the route's own body alone stays cacheable."""
+    own = {"messages": [{"role": "user", "content": "hi"}]} if route == CHAT else {"prompt": "hi"}
+    alone = {"model": "m", **own, "temperature": 0}
+    assert run(alone, path=route).cacheable
+    for policy in ("deterministic", "all"):
+        d = run({**alone, **extra}, path=route, s=settings(policy=policy))
+        assert (d.cacheable, d.key, d.error) == (False, None, None), d
+        if served:
+            assert f"the container serves it as {served}" in d.reason
+        else:
+            assert d.reason.startswith(f"{route} body mixes prompt and ")
+    # Without the route's own key, but with another the container serves: passed through, not a 400.
+    other = run({"model": "m", **extra, "temperature": 0}, path=route)
+    assert (other.cacheable, other.error) == (False, None), other
