@@ -21,13 +21,18 @@ GPUS_PER_INSTANCE: dict[tuple[str, str], int] = {
     ("p5e", "48xlarge"): 8,
     ("p5en", "48xlarge"): 8,
 }
-# Memory of one GPU, GiB, by instance family, as AWS states it for the instance types
-# (Amazon EC2 User Guide, "Accelerated computing instances", specifications: GPU memory):
-# T4 16, A10G 24, L4 24, L40S 48, A100 40 / 80, H100 80, H200 141. The driver and the
-# CUDA context keep a little of it (an A10G reports 22.5 GiB to the process): the GPU-fit
-# check's headroom (ModelSettings.gpu_memory_headroom_gib) covers that.
-GPU_MEMORY_GIB: dict[str, float] = {
-    "g4dn": 16, "g5": 24, "g6": 24, "g6e": 48, "p4d": 40, "p4de": 80, "p5": 80, "p5e": 141, "p5en": 141,
+# Memory of one GPU by instance family, MiB: the smaller of what AWS states for the
+# instance type (EC2 DescribeInstanceTypes, GpuInfo.Gpus[].MemoryInfo.SizeInMiB, as
+# published in aws/karpenter-provider-aws's generated instance-type reference) and what the
+# driver reports to a process (nvidia-smi totals quoted in modal-labs/modal-client#2797,
+# NVIDIA/TensorRT-LLM#7818, NVIDIA/nccl#1264): T4 16384 / 15360, A10G 22888 / 23028, L4
+# 22888 / 23034, L40S 45776 / 46068, A100 40960, A100 80 GB 81920, H100 81920 / 81559,
+# H200 144384 (no driver figure found). AWS's marketing pages say "24 GiB" for an A10G;
+# a process gets less (docs/decisions.md, "The endpoint fits its GPU").
+
+GPU_MEMORY_MIB: dict[str, int] = {
+    "g4dn": 15360, "g5": 22888, "g6": 22888, "g6e": 45776, "p4d": 40960, "p4de": 81920,
+    "p5": 81559, "p5e": 144384, "p5en": 144384,
 }
 # Bytes per weight or KV-cache element by the checkpoint's dtype, and by the serving
 # container's quantization (weight-only 4-bit methods: half a byte; fp8: one).

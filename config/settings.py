@@ -17,7 +17,7 @@ from config.aws_facts import (
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS,
     DTYPE_BYTES,
     FSX_THROUGHPUT_PER_TIB,
-    GPU_MEMORY_GIB,
+    GPU_MEMORY_MIB,
     GPUS_PER_INSTANCE,
     LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY,
     LAMBDA_MIN_UNRESERVED_CONCURRENCY,
@@ -267,7 +267,7 @@ def gpu_fit(model: ModelSettings, instance_type: str) -> GpuFit:
     "... larger than the maximum number of tokens that can be stored in KV cache")."""
     gpus = gpu_count(instance_type)
     tp = gpus if model.tensor_parallel_degree == "max" else int(model.tensor_parallel_degree)
-    per_gpu = GPU_MEMORY_GIB[instance_type.split(".")[1]]
+    per_gpu = GPU_MEMORY_MIB[instance_type.split(".")[1]] / 1024
     kv_per_token = model.architecture.kv_bytes_per_token() / tp
     weights = model.weight_bytes() / tp / _GIB
     budget = model.gpu_memory_utilization * per_gpu
@@ -559,7 +559,7 @@ class StageSettings:
             f"{self.name}: {self.model.model_id} does not fit {fit.instance_type} (per GPU, tensor parallel {fit.tensor_parallel}): "
             f"weights {fit.weights_gib:.2f} GiB + KV cache for one {fit.max_model_len}-token context "
             f"{fit.kv_cache_gib:.2f} GiB + headroom {fit.headroom_gib:.2f} GiB = {fit.needed_gib:.2f} GiB, above "
-            f"{self.model.gpu_memory_utilization:.0%} of {fit.gpu_memory_gib:g} GiB ({fit.budget_gib:.2f} GiB); vLLM would "
+            f"{self.model.gpu_memory_utilization:.0%} of {fit.gpu_memory_gib:.2f} GiB ({fit.budget_gib:.2f} GiB); vLLM would "
             f"refuse to start. Set max_model_len to at most {fit.longest_context_that_fits} tokens, quantize, or pick a larger GPU.",
         )
         reserved = self.endpoint.adapter_reserved_concurrency

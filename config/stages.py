@@ -58,8 +58,8 @@ STAGES: dict[str, StageSettings] = {
                 image_uri=_lmi_image("us-west-2"),
                 s3_prefix="models/llama-3.1-8b-instruct/2026-11-01/",
                 architecture=_LLAMA_3_1_8B,
-                # bf16 weights (15.0 GiB) leave an A10G's 24 GiB room for ~38k tokens of KV
-                # cache; the model's whole 131,072 would need 16 GiB more (docs/decisions.md).
+                # bf16 weights (15.0 GiB) leave an A10G (22.35 GiB) room for ~25k tokens of KV
+                # cache; the model's whole 131,072 would need 16 GiB (docs/decisions.md).
                 max_model_len=16_384,
             ),
             endpoint=EndpointSettings(

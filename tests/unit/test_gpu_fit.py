@@ -46,8 +46,8 @@ def test_every_stage_fits_its_gpu_with_the_figures_the_docs_give():
         assert fit.fits, name
         rows[name] = fit
     dev = rows["dev"]
-    assert (round(dev.weights_gib, 2), dev.kv_cache_gib, dev.budget_gib) == (14.96, 2.0, 21.6)
-    assert dev.longest_context_that_fits == 38_031
+    assert (round(dev.weights_gib, 2), dev.kv_cache_gib, round(dev.budget_gib, 2)) == (14.96, 2.0, 20.12)
+    assert dev.longest_context_that_fits == 25_877
     # fp8 layers at one byte, the embedding and output head (1.05 B parameters) in bf16.
     assert round(rows["prod"].weights_gib, 2) == 8.46
     # docs/decisions.md's table is these figures.
@@ -58,7 +58,7 @@ def test_every_stage_fits_its_gpu_with_the_figures_the_docs_give():
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == s.endpoint.instance_type
         assert cells[2:] == [
-            f"{fit.gpu_memory_gib:g} GiB × {s.model.gpu_memory_utilization:g} = {fit.budget_gib:.1f}",
+            f"{fit.gpu_memory_gib:.2f} GiB × {s.model.gpu_memory_utilization:g} = {fit.budget_gib:.2f}",
             s.model.quantization or s.model.architecture.torch_dtype,
             f"{fit.weights_gib:.2f}",
             f"{s.model.max_model_len:,}",
@@ -71,25 +71,25 @@ def test_every_stage_fits_its_gpu_with_the_figures_the_docs_give():
 
 def test_a_stage_whose_model_does_not_fit_fails_synth_with_the_numbers():
     """The dev endpoint as it was: no max_model_len, so vLLM sized for the model's whole
-    131,072 tokens (16 GiB of KV cache) beside 15 GiB of bf16 weights on a 24 GiB A10G."""
+    131,072 tokens (16 GiB of KV cache) beside 15 GiB of bf16 weights on an A10G (22.35 GiB)."""
     dev = STAGES["dev"]
     whole_context = dataclasses.replace(dev.model, max_model_len=131_072)
     with pytest.raises(SettingsError) as refused:
         dataclasses.replace(dev, model=whole_context)
     message = str(refused.value)
     for figure in ("ml.g5.2xlarge", "weights 14.96 GiB", "131072-token context 16.00 GiB", "= 32.96 GiB",
-                   "90% of 24 GiB (21.60 GiB)", "at most 38031 tokens"):
+                   "90% of 22.35 GiB (20.12 GiB)", "at most 25877 tokens"):
         assert figure in message, message
     # One token more than fits is refused; the longest that fits is not.
-    assert dataclasses.replace(dev, model=dataclasses.replace(dev.model, max_model_len=38_031))
+    assert dataclasses.replace(dev, model=dataclasses.replace(dev.model, max_model_len=25_877))
     with pytest.raises(SettingsError):
-        dataclasses.replace(dev, model=dataclasses.replace(dev.model, max_model_len=38_032))
+        dataclasses.replace(dev, model=dataclasses.replace(dev.model, max_model_len=25_878))
 
 
 def test_a_larger_gpu_or_tensor_parallel_makes_it_fit():
     dev = STAGES["dev"]
     whole_context = dataclasses.replace(dev.model, max_model_len=131_072)
-    for instance_type in ("ml.g6e.2xlarge", "ml.g5.12xlarge"):  # 48 GiB; 4 x 24 GiB split four ways
+    for instance_type in ("ml.g6e.2xlarge", "ml.g5.12xlarge"):  # an L40S; four A10Gs, split four ways
         endpoint = dataclasses.replace(dev.endpoint, instance_type=instance_type)
         assert dataclasses.replace(dev, model=whole_context, endpoint=endpoint).model.max_model_len == 131_072
     assert gpu_fit(whole_context, "ml.g5.12xlarge").tensor_parallel == 4
