@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import collections
+import copy
+import html
 import re
 import sys
 import threading
@@ -48,6 +50,7 @@ from lambdas.contract import (
     STATUS_HEADER,
 )
 from lambdas.errors import ApiError
+from local_run import cloudfront_rules
 from local_run.events import function_url_event, origin_request_event, origin_response_event, web_adapter_request
 from local_run.viewer_request_host import ViewerRequestFunction, is_response, viewer_request_event
 
@@ -249,7 +252,7 @@ class LocalFront:
             distribution_domain=self.url.removeprefix("http://"),
             request_id=uuid.uuid4().hex,
         )
-        result = self.edge.handler(event, None)
+        result = self.run_edge_function(event)
         if "status" in result:  # answered at the edge: a hit or a refused request
             out_headers = {k: v[0]["value"] for k, v in result.get("headers", {}).items()}
             raw = result.get("body", "")
@@ -257,6 +260,19 @@ class LocalFront:
             return int(result["status"]), out_headers, data
         forwarded = {k: ", ".join(v["value"] for v in values) for k, values in result["headers"].items()}
         return ToOrigin(result["method"], result["uri"], query, forwarded, body, inference=True)
+
+    def run_edge_function(self, event: dict) -> dict:
+        """The edge function's result as CloudFront lets it through: a result that breaks
+        CloudFront's rules for edge functions (cloudfront_rules) becomes the 502 CloudFront
+        answers, logged loudly, so it is seen here before it is seen on AWS."""
+        before = copy.deepcopy(event)
+        result = self.edge.handler(event, None)
+        problems = cloudfront_rules.violations(before, result)
+        if not problems:
+            return result
+        event_type = before["Records"][0]["cf"]["config"]["eventType"]
+        sys.stderr.write(f"LAMBDA VALIDATION ERROR ({event_type}): CloudFront would answer 502: {'; '.join(problems)}\n")
+        return _validation_error_response(problems)
 
     async def _from_origin(self, request: ToOrigin, started: float) -> Response:
         """The function URL request, made of the origin adapter's web app as Lambda Web
@@ -282,10 +298,12 @@ class LocalFront:
         if status >= 400 and request.inference:  # the edge function on origin-response, as the behavior associates it
             data = await upstream.aread()
             await upstream.aclose()
-            answer = await self._in_worker(self.edge.handler, origin_response_event(status=status, headers=out, uri=request.uri), None)
+            answer = await self._in_worker(self.run_edge_function, origin_response_event(status=status, headers=out, uri=request.uri))
+            status = int(answer["status"])
+            out = {k: v[0]["value"] for k, v in answer["headers"].items() if k not in _DROPPED}
             if "body" in answer:
-                out = {k: v[0]["value"] for k, v in answer["headers"].items()}
-                data = answer["body"].encode()
+                raw = answer["body"]
+                data = base64.b64decode(raw) if answer.get("bodyEncoding") == "base64" else raw.encode()
             self._log(request.method, request.uri, status, out, started)
             return Response(data, status_code=status, headers=out)
         self._log(request.method, request.uri, status, out, started)
@@ -329,6 +347,26 @@ _METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
 # A function URL takes at most 6 MB of request payload; a larger declared body is refused
 # before it is read.
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
+
+
+def _validation_error_response(problems: list[str]) -> dict:
+    """What CloudFront answers when a Lambda@Edge result fails validation: a 502 error
+    page, with the result type in X-Cache."""
+    page = (
+        "<HTML><HEAD><TITLE>ERROR: The request could not be satisfied</TITLE></HEAD><BODY>"
+        "<H1>502 ERROR</H1><H2>The request could not be satisfied.</H2>"
+        "The Lambda function result failed validation: " + html.escape("; ".join(problems)) + "</BODY></HTML>"
+    )
+    return {
+        "status": str(cloudfront_rules.VALIDATION_ERROR_STATUS),
+        "statusDescription": "Bad Gateway",
+        "headers": {
+            "content-type": [{"key": "Content-Type", "value": "text/html"}],
+            "x-cache": [{"key": "X-Cache", "value": cloudfront_rules.VALIDATION_ERROR_CACHE_HEADER}],
+        },
+        "body": page,
+        "bodyEncoding": "text",
+    }
 
 
 def viewer_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str | list[str]]:

@@ -43,6 +43,10 @@ _EDGE_OWNED_HEADERS = (KEY_HEADER, TENANT_HEADER, CONTENT_SHA256_HEADER)
 _STORED_AT_HEADER = f"x-amz-meta-{STORED_AT_METADATA}"
 _EXPIRES_HEADER = f"x-amz-meta-{EXPIRES_METADATA}"
 _METHODS_WITH_BODY = ("POST", "PUT", "PATCH", "DELETE")
+# Read-only in an origin-response event: a function that deletes or changes one fails
+# CloudFront's validation and the viewer gets a 502 (CloudFront Developer Guide,
+# "Restrictions on all edge functions", HTTP headers). A streamed answer is chunked.
+_ORIGIN_RESPONSE_READ_ONLY = ("transfer-encoding", "via")
 # Errors the origin adapter never produces itself (it always sets x-inference-cache), but
 # Lambda and OAC do, in their own shapes: Lambda throttling the reserved concurrency
 # (429), a function error or timeout (5xx), a refused signature (403).
@@ -121,7 +125,9 @@ def _origin_response(response: dict, request: dict) -> dict:
     error = ApiError(status, message, None, code)
     generated = _error_response(error)
     response["body"], response["bodyEncoding"] = generated["body"], "text"
+    kept = {name: headers[name] for name in _ORIGIN_RESPONSE_READ_ONLY if name in headers}
     headers.clear()
+    headers.update(kept)
     headers.update(generated["headers"])
     if status in (429, 503):
         headers["retry-after"] = [{"key": "Retry-After", "value": "1"}]
