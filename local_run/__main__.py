@@ -68,7 +68,7 @@ def start(
     workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
     scratch = [fetched, workdir]
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "torchinductor"))
-    model = ModelServer(chat_url=chat_url, embedder=Embedder(fetched, version))
+    model = ModelServer(chat_url=chat_url, embedder=Embedder(fetched, version), max_model_len=settings.model.max_model_len)
     write_serve_state(
         s3_endpoint_url=results.url, model_bucket=settings.model_bucket_name, model_prefix=base_prefix, model_version=version
     )
