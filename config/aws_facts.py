@@ -63,6 +63,10 @@ CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS = 60
 CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS = 180
 # InvokeEndpoint: the container must answer within 60 s (SageMaker API reference).
 SAGEMAKER_INVOKE_TIMEOUT_SECONDS = 60
+# The longest a Lambda function may run: 15 minutes ("Lambda quotas", function timeout;
+# the API reference's CreateFunction now says 1,800 s: the stricter figure is the quotas
+# page's). It bounds a streamed response through a function URL (RESPONSE_STREAM).
+LAMBDA_MAX_TIMEOUT_SECONDS = 900
 # Lambda keeps at least this much of a region's account concurrency unreserved;
 # 1000 is the default account quota per region (Lambda Developer Guide, quotas).
 LAMBDA_MIN_UNRESERVED_CONCURRENCY = 100

@@ -20,6 +20,7 @@ from config.aws_facts import (
     GPU_MEMORY_MIB,
     GPUS_PER_INSTANCE,
     LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY,
+    LAMBDA_MAX_TIMEOUT_SECONDS,
     LAMBDA_MIN_UNRESERVED_CONCURRENCY,
     LOG_RETENTION_DAYS,
     MAX_ALARM_MINUTES,
@@ -296,14 +297,25 @@ ORIGIN_OVERHEAD_SECONDS = 5
 
 @dataclass(frozen=True)
 class TimeoutBudget:
-    """One request's time budget, innermost first: the adapter's read of the model's
-    answer < the adapter's Lambda timeout < CloudFront's origin read timeout. Ordered
-    with margins, so the adapter answers (504, its own error shape) before CloudFront
-    gives up on it and answers a bare 504 while the adapter goes on."""
+    """One request's time budget. A whole answer, innermost first: the adapter's read of
+    the model's answer < the adapter's budget < CloudFront's origin read timeout, ordered
+    with margins, so the adapter answers (504, its own error shape) before CloudFront gives
+    up on it and answers a bare 504 while the adapter goes on. InvokeEndpoint gives the
+    container 60 s.
+
+    A streamed answer is not bound by InvokeEndpoint's 60 s: it has `stream_seconds` from
+    the request to its last byte, and the function's Lambda timeout is derived from it.
+    CloudFront's origin read timeout bounds the gap between bytes of a stream, not the
+    whole stream (CloudFront Developer Guide, "Response timeout"): the model read timeout,
+    which bounds the gap between the model's parts, stays below it."""
 
     model_read_seconds: int = 48
     adapter_seconds: int = 54
     origin_read_seconds: int = 60
+    # A streamed answer, request to last byte: the adapter ends a stream still running then
+    # with an error event (nothing stored). SageMaker states no limit of its own for
+    # InvokeEndpointWithResponseStream (only ModelInvocationTimeExceeded, a 504 here).
+    stream_seconds: int = 300
     # The account's CloudFront "response timeout per origin" quota. Above 60 s only
     # with an approved quota increase: declare it here, or synth refuses.
     origin_read_quota_seconds: int = CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS
@@ -334,6 +346,21 @@ class TimeoutBudget:
             f"origin read timeout {self.origin_read_seconds} s is above the declared CloudFront quota "
             f"({self.origin_read_quota_seconds} s); request an increase and declare it in origin_read_quota_seconds",
         )
+        _require(
+            self.stream_seconds >= self.adapter_seconds,
+            f"a stream's budget ({self.stream_seconds} s) must be at least a whole answer's ({self.adapter_seconds} s)",
+        )
+        _require(
+            self.lambda_seconds <= LAMBDA_MAX_TIMEOUT_SECONDS,
+            f"stream budget {self.stream_seconds} s + {ADAPTER_OVERHEAD_SECONDS} s for the store and the close is above "
+            f"Lambda's {LAMBDA_MAX_TIMEOUT_SECONDS} s (15 min) function timeout",
+        )
+
+    @property
+    def lambda_seconds(self) -> int:
+        """The origin adapter's Lambda timeout: a stream's budget and what follows its last
+        byte (storing it, closing), or a whole answer's budget, whichever is longer."""
+        return max(self.adapter_seconds, self.stream_seconds + ADAPTER_OVERHEAD_SECONDS)
 
 
 @dataclass(frozen=True)

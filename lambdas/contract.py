@@ -87,8 +87,11 @@ LOOKUP_CA_ENV = "INFERENCE_CACHE_LOOKUP_CA"
 ENDPOINT_NAME_ENV = "ENDPOINT_NAME"
 RESULTS_BUCKET_ENV = "RESULTS_BUCKET"
 ENDPOINT_READ_TIMEOUT_ENV = "ENDPOINT_READ_TIMEOUT_SECONDS"
-# The adapter's own Lambda timeout (the stage's TimeoutBudget.adapter_seconds).
+# The adapter's budget for a whole answer (the stage's TimeoutBudget.adapter_seconds).
 ADAPTER_TIMEOUT_ENV = "ADAPTER_TIMEOUT_SECONDS"
+# A streamed answer's budget, request to last byte (TimeoutBudget.stream_seconds); the
+# function's Lambda timeout is this and the time to store and close after it.
+STREAM_BUDGET_ENV = "STREAM_BUDGET_SECONDS"
 # "true": identical cacheable misses share one model call (the stack sets it; unset: off).
 COALESCING_ENV = "COALESCE_IDENTICAL_MISSES"
 # The port the origin adapter's web app listens on inside Lambda, where Lambda Web Adapter

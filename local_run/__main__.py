@@ -29,6 +29,7 @@ from lambdas.contract import (
     RESULTS_BUCKET_ENV,
     SETTINGS_ENV,
     SETTINGS_FILE,
+    STREAM_BUDGET_ENV,
 )
 from local_run.front import LAMBDA_CONCURRENCY, LocalFront
 from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packaged_embedding_model
@@ -65,6 +66,7 @@ def start(
     )
     fetched = fetch_model(results.url, settings.home_region, settings.model_bucket_name, settings.model.s3_prefix)
     # Removed when the run stops: the model copy (~90 MB), the settings, torch's compile cache.
+    timeouts = settings.endpoint.timeouts
     workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
     scratch = [fetched, workdir]
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "torchinductor"))
@@ -100,8 +102,11 @@ def start(
             SETTINGS_ENV: str(workdir / SETTINGS_FILE),
             LOOKUP_BASE_ENV: front.url,
             ENDPOINT_NAME_ENV: f"inference-cache-{settings.name}",
-            ENDPOINT_READ_TIMEOUT_ENV: str(settings.endpoint.timeouts.model_read_seconds),
-            ADAPTER_TIMEOUT_ENV: str(settings.endpoint.timeouts.adapter_seconds),
+            # The stage's time budget; set in the environment, shorter ones (tests try a stream
+            # longer than a whole answer's budget without waiting minutes).
+            ENDPOINT_READ_TIMEOUT_ENV: os.environ.get(ENDPOINT_READ_TIMEOUT_ENV) or str(timeouts.model_read_seconds),
+            ADAPTER_TIMEOUT_ENV: os.environ.get(ADAPTER_TIMEOUT_ENV) or str(timeouts.adapter_seconds),
+            STREAM_BUDGET_ENV: os.environ.get(STREAM_BUDGET_ENV) or str(timeouts.stream_seconds),
             # On, as every deployed stage runs it; COALESCE_IDENTICAL_MISSES=false turns it off.
             COALESCING_ENV: os.environ.get(COALESCING_ENV, "true"),
             RESULTS_BUCKET_ENV: RESULTS_BUCKET,

@@ -30,6 +30,7 @@ from lambdas.contract import (
     ORIGIN_ADAPTER_SERVICE,
     RESULTS_BUCKET_ENV,
     RESULTS_PREFIX,
+    STREAM_BUDGET_ENV,
     WEB_ADAPTER_PORT,
 )
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER, lambda_bundle
@@ -341,8 +342,9 @@ class InferenceStack(cdk.Stack):
             handler=ORIGIN_ADAPTER_HANDLER,
             code=lambda_.Code.from_asset(lambda_bundle("origin_adapter", self.settings)),
             memory_size=512,
-            # Model read < this < CloudFront's origin read timeout (TimeoutBudget).
-            timeout=cdk.Duration.seconds(self.settings.endpoint.timeouts.adapter_seconds),
+            # A stream's budget and the store after it (TimeoutBudget.lambda_seconds); a whole
+            # answer keeps its own budget, model read < adapter < CloudFront's origin read timeout.
+            timeout=cdk.Duration.seconds(self.settings.endpoint.timeouts.lambda_seconds),
             # The fleet at its maximum, with headroom: a burst of misses cannot take the
             # home region's pool that Lambda@Edge replicas there share.
             reserved_concurrent_executions=self.settings.endpoint.adapter_reserved_concurrency,
@@ -356,6 +358,7 @@ class InferenceStack(cdk.Stack):
                 ENDPOINT_READ_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.model_read_seconds),
                 # Coalescing's lease and wait budgets are derived from these two.
                 ADAPTER_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.adapter_seconds),
+                STREAM_BUDGET_ENV: str(self.settings.endpoint.timeouts.stream_seconds),
                 COALESCING_ENV: "true",
                 # Lambda Web Adapter: its bootstrap runs the handler (run.sh), waits for the
                 # app's readiness route, and streams each answer (a typo here would silently

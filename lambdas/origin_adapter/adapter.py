@@ -108,6 +108,7 @@ class InferenceAdapter:
         logger,
         coalescer: Coalescer | None = None,
         stream_seconds: float = 52.0,
+        stream_lease_seconds: float | None = None,
     ):
         self.cache = cache_settings
         self.endpoint = endpoint
@@ -117,6 +118,9 @@ class InferenceAdapter:
         # How long a stream may run from the request's start: the adapter ends it (an
         # error event, nothing stored) before Lambda's timeout would cut it mid-event.
         self.stream_seconds = stream_seconds
+        # How long a streamed miss's lease holds its key (its stream, and the store after
+        # it); a whole answer's lease is the coalescer's own, shorter one.
+        self.stream_lease_seconds = stream_lease_seconds
         self.routes = frozenset(cache_settings.routes)
 
     def answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
@@ -153,9 +157,16 @@ class InferenceAdapter:
             outcome.key_mismatch = True
             self.logger.warning("cache key header differs from the body's key", extra={"claimed": claimed, "computed": decision.key})
 
+        body = _json_object(request.body)  # as the decision read it; None: the model answers it
+        streams = request.path != EMBEDDINGS_ROUTE and body is not None and body.get("stream") is True
         lease = None
         if self.coalescer is not None and _coalesces(decision):
-            turn = self.coalescer.acquire(decision.key, max_age_seconds=decision.ttl_seconds, started=started)
+            turn = self.coalescer.acquire(
+                decision.key,
+                max_age_seconds=decision.ttl_seconds,
+                started=started,
+                lease_seconds=self.stream_lease_seconds if streams else None,
+            )
             outcome.lease_won = turn.lease is not None and not turn.takeover
             outcome.lease_takeover, outcome.lease_expired = turn.takeover, turn.expired_takeover
             if turn.result is not None:
@@ -171,15 +182,15 @@ class InferenceAdapter:
                 response.headers["retry-after"] = "1"
                 return response, outcome
             lease = turn.lease
-        return self._generate(request, decision, outcome, lease), outcome
+        return self._generate(request, body if streams else None, decision, outcome, lease), outcome
 
-    def _generate(self, request: OriginRequest, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
-        """Call the model; store the answer if it may be served again. A streamed answer
-        releases the lease when its stream ends; any other, here."""
+    def _generate(self, request: OriginRequest, streamed: dict | None, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
+        """Call the model (streamed: the body of a `stream: true` request); store the answer
+        if it may be served again. A streamed answer releases the lease when its stream
+        ends; any other, here."""
         try:
-            body = _json_object(request.body)
-            if request.path != EMBEDDINGS_ROUTE and body is not None and body.get("stream") is True:
-                return self._stream(request, body, decision, outcome, lease)
+            if streamed is not None:
+                return self._stream(request, streamed, decision, outcome, lease)
             return self._whole(request, decision, outcome)
         finally:
             if lease is not None and not outcome.streamed:

@@ -51,7 +51,8 @@ def build_adapter(settings: AdapterSettings) -> InferenceAdapter:
         ResultsStore(settings.results_bucket),
         logger,
         coalescer=_coalescer(settings) if settings.coalescing else None,
-        stream_seconds=settings.answer_seconds,
+        stream_seconds=settings.stream_seconds,
+        stream_lease_seconds=settings.stream_lease_seconds,
     )
 
 

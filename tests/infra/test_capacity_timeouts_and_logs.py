@@ -75,10 +75,16 @@ def test_origin_adapter_reserves_the_fleets_concurrency_with_headroom(synthesize
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_timeout_budget_is_ordered_model_read_adapter_origin_read(synthesized, stage):
+    """A whole answer: model read < the adapter's budget < CloudFront's origin read timeout.
+    A stream: its own budget, the function's Lambda timeout that budget and the store after
+    it (at most Lambda's 15 min); CloudFront's origin read timeout bounds the gap between
+    the stream's bytes, and the model read (the gap between the model's parts) stays below it."""
     timeouts = STAGES[stage].endpoint.timeouts
     function = _adapter(synthesized, stage)
-    model_read = int(function["Environment"]["Variables"]["ENDPOINT_READ_TIMEOUT_SECONDS"])
-    adapter = function["Timeout"]
+    variables = function["Environment"]["Variables"]
+    model_read = int(variables["ENDPOINT_READ_TIMEOUT_SECONDS"])
+    adapter = int(variables["ADAPTER_TIMEOUT_SECONDS"])
+    stream = int(variables["STREAM_BUDGET_SECONDS"])
     (distribution,) = _resources(synthesized, stage, "Cdn", "AWS::CloudFront::Distribution").values()
     read_timeouts = {
         o["CustomOriginConfig"]["OriginReadTimeout"]
@@ -86,14 +92,17 @@ def test_timeout_budget_is_ordered_model_read_adapter_origin_read(synthesized, s
         if "CustomOriginConfig" in o
     }
     (origin_read,) = read_timeouts
-    assert (model_read, adapter, origin_read) == (
+    assert (model_read, adapter, origin_read, stream) == (
         timeouts.model_read_seconds,
         timeouts.adapter_seconds,
         timeouts.origin_read_seconds,
+        timeouts.stream_seconds,
     )
     # Connect, throttle back-off and the result store fit between model read and the
-    # adapter's timeout; a cold start between that and CloudFront's.
+    # adapter's budget; a cold start between that and CloudFront's.
     assert model_read + 6 <= adapter and adapter + 5 <= origin_read <= 60
+    assert function["Timeout"] == stream + 6 <= 900 and stream >= adapter
+    assert model_read < origin_read
 
 
 # -- 3. WAF rate rule and edge lookup metrics -------------------------------------------

@@ -179,3 +179,15 @@ def test_workspace_backups_and_lookup_failure_objective_are_bounded():
         ModelWorkspaceSettings(backup_retention_days=91)
     with pytest.raises(SettingsError, match="lookup"):
         SlaSettings(edge_lookup_failure_rate_max=0)
+
+
+def test_a_stream_has_a_budget_of_its_own_within_lambdas_15_minutes():
+    from config.settings import TimeoutBudget
+
+    timeouts = TimeoutBudget()
+    assert (timeouts.stream_seconds, timeouts.lambda_seconds) == (300, 306)
+    assert TimeoutBudget(stream_seconds=894).lambda_seconds == 900
+    with pytest.raises(SettingsError, match=r"stream budget 895 s \+ 6 s .* above Lambda's 900 s"):
+        TimeoutBudget(stream_seconds=895)
+    with pytest.raises(SettingsError, match=r"a stream's budget \(50 s\) must be at least a whole answer's \(54 s\)"):
+        TimeoutBudget(stream_seconds=50)
