@@ -20,7 +20,7 @@ import json
 import random
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
@@ -79,7 +79,7 @@ def main() -> None:
            "How long do refunds take?", "What is the warranty?", "How do I reset my password?", "Is there a student discount?"]
     log: list[dict] = []
     clock = random.Random(20261124)
-    day = datetime(2026, 11, 23, tzinfo=timezone.utc)
+    day = datetime(2026, 11, 23, tzinfo=UTC)
 
     def at(entry: dict, client: str, seconds: float) -> dict:
         stamp = (day + timedelta(seconds=seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z")

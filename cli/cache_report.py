@@ -22,7 +22,7 @@ import math
 import sys
 from array import array
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cli import charts
@@ -31,7 +31,7 @@ from config import prices
 from config.settings import StageSettings
 from config.stages import DEFAULT_STAGE, STAGES
 from lambdas import cache_decision
-from lambdas.contract import CHAT_ROUTE, COMPLETIONS_ROUTE, EMBEDDINGS_ROUTE, INVOCATIONS_ROUTE, TTL_HEADER
+from lambdas.contract import CHAT_ROUTE, COMPLETIONS_ROUTE, INVOCATIONS_ROUTE, TTL_HEADER
 
 # The TTLs the curve is drawn at (seconds), besides the stage's default and maximum.
 TTL_POINTS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86_400, 2 * 86_400, 3 * 86_400, 7 * 86_400)
@@ -87,7 +87,7 @@ def _timestamp(value) -> float | None:
     if type(value) is str:
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     raise ValueError("timestamp must be ISO 8601 text or epoch seconds")
 
