@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import math
+import re
 import sys
 from array import array
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,8 @@ MAX_CLIENTS = 1_000  # distinct clients counted by name; the rest together
 MAX_BAD_EXAMPLES = 20
 GENERATION_ROUTES = (CHAT_ROUTE, COMPLETIONS_ROUTE, INVOCATIONS_ROUTE)
 OTHER_CLIENTS = "(other clients)"
+_MODEL = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){0,200})"')
+_MAX_TOKENS = re.compile(rb'"max_(?:completion_|new_)?tokens"\s*:\s*(\d{1,9})\b')
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -136,11 +139,13 @@ def parse_line(number: int, line: bytes) -> LogRequest | str:
             return parsed["error"]["message"]
         path, headers, body, tenant = parsed
         request = LogRequest(number, path, headers, body, tenant, timestamp, _client(record, headers, tenant))
-        try:
-            obj = json.loads(body)
-            request.body_object = obj if type(obj) is dict else None
-        except ValueError:
-            pass
+        # Labels and the GPU-time estimate only (never a key): the first "model" string and
+        # max-tokens number in the body, read without parsing it a second time.
+        model = _MODEL.search(body)
+        request.model = model.group(1).decode("utf-8", "replace") if model else None
+        limit = _MAX_TOKENS.search(body)
+        request.max_tokens = int(limit.group(1)) or None if limit else None
+        return request
     obj = request.body_object
     if obj is not None:
         model = obj.get("model")
@@ -364,12 +369,18 @@ class Report:
         explicit = None
         if request.headers and any(name.lower() == TTL_HEADER for name in request.headers):
             explicit = decision.ttl_seconds  # the client's own, clamped to the stage's maximum
-        if index is None:
-            index = self._ids[k] = len(self._last_seen)
+        if index is None:  # a new key: a miss at every TTL, stored where it may be
+            self._ids[k] = len(self._last_seen)
             self._last_seen.append(now)
             self._seen_twice.append(0)
-            self._stored_at.extend([-math.inf] * len(points))
-            self._writer_ttl.extend([0.0] * len(points))
+            if request.timestamp is not None and decision.store:
+                own = [ttl if explicit is None else min(explicit, ttl) for ttl in points]
+                self._stored_at.extend([now if w > 0 else -math.inf for w in own])
+                self._writer_ttl.extend(own)
+            else:
+                self._stored_at.extend([-math.inf] * len(points))
+                self._writer_ttl.extend([0.0] * len(points))
+            return
         else:
             gap = max(0.0, now - self._last_seen[index])
             if request.timestamp is not None:
