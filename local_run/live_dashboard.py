@@ -352,7 +352,7 @@ class LiveDashboard:
 
 
 class EmfTap:
-    """stdout for the local run: EMF records (one JSON line each, `{"_aws": ...}`) go to
+    """stdout for the local run: EMF records (one JSON object a line, with `_aws`) go to
     `sink`, as CloudWatch Logs takes them out of a function's log; every other line passes
     on. Lines are put back together per thread (print writes text and newline apart)."""
 
@@ -366,12 +366,16 @@ class EmfTap:
         self._pending.text = rest
         passed = []
         for line in complete:
-            if line.startswith('{"_aws"'):
+            # EMF: a log event that is one JSON object with an `_aws` member at its root
+            # (CloudWatch's "Specification: Embedded metric format").
+            if line.startswith("{") and '"_aws"' in line:
                 try:
-                    self._sink(json.loads(line))
-                    continue
+                    record = json.loads(line)
                 except ValueError:
-                    pass
+                    record = None
+                if isinstance(record, dict) and isinstance(record.get("_aws"), dict):
+                    self._sink(record)
+                    continue
             passed.append(line + "\n")
         if passed:
             self._stream.write("".join(passed))

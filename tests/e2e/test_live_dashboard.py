@@ -41,6 +41,7 @@ def _series(drawn: dict, chart: str, name: str) -> list:
     return drawn[chart]["values"][drawn[chart]["names"].index(name)]
 
 
+@pytest.mark.chromium
 def test_live_dashboard_draws_what_the_local_run_served(fresh_run):
     url = fresh_run["listening"]
     client = OpenAI(base_url=f"{url}/v1", api_key=fresh_run["api_key"], max_retries=0)

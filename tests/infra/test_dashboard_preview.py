@@ -183,6 +183,7 @@ def test_metric_math_evaluates_point_by_point():
         evaluate("SUM(METRICS())", inputs, {})
 
 
+@pytest.mark.chromium
 def test_the_preview_opens_in_chromium_with_every_chart_drawn(synthesized, rendered):
     widgets = _metric_widgets(synthesized, "dev")
     with chromium_page() as page:

@@ -225,6 +225,7 @@ def test_progress_bar_on_a_terminal(tmp_path, capsys):
     assert "reading log" in err and "100%" in err
 
 
+@pytest.mark.chromium
 def test_the_html_opens_offline_in_chromium_with_every_chart_drawn(request_log, tmp_path):
     out = tmp_path / "report.html"
     cache_report.main([str(request_log), "--out", str(out), "--no-progress"])
