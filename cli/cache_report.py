@@ -774,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.log != "-" and not Path(args.log).is_file():
         parser.error(f"{args.log}: no such file")
+    if not charts.ECHARTS_JS.exists():  # before minutes of reading, not after
+        print(f"cache-report: {charts.ECHARTS_JS} is missing: run `npm ci` in {charts.ROOT} (make does it)", file=sys.stderr)
+        return 1
     settings = STAGES[args.stage]
     assumptions = assumptions_for(settings, args)
     result = run(args.log, settings, assumptions, progress=False if args.no_progress else None)
