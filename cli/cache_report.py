@@ -208,15 +208,15 @@ def assumptions_for(settings: StageSettings, args: argparse.Namespace | None = N
 
     instance = given("instance_type", settings.endpoint.instance_type)
 
-    def fact(table: dict, what: str) -> float | None:
+    def fact(table: dict) -> float | None:
         found = table.get(instance)
         return found.value if found else None
 
     out = Assumptions(
         instance_type=instance,
-        instance_per_hour=given("instance_price", fact(prices.SAGEMAKER_INSTANCE_PER_HOUR, "price")),
-        decode_tokens_per_second=given("decode_tps", fact(prices.DECODE_TOKENS_PER_SECOND, "decode speed")),
-        prefill_tokens_per_second=given("prefill_tps", fact(prices.PREFILL_TOKENS_PER_SECOND, "prefill speed")),
+        instance_per_hour=given("instance_price", fact(prices.SAGEMAKER_INSTANCE_PER_HOUR)),
+        decode_tokens_per_second=given("decode_tps", fact(prices.DECODE_TOKENS_PER_SECOND)),
+        prefill_tokens_per_second=given("prefill_tps", fact(prices.PREFILL_TOKENS_PER_SECOND)),
         streams_per_instance=given("streams_per_instance", settings.endpoint.target_concurrency),
         output_tokens=given("output_tokens", int(prices.OUTPUT_TOKENS_PER_ANSWER.value)),
         chars_per_token=prices.CHARS_PER_TOKEN.value,
@@ -698,6 +698,7 @@ def _facts_table() -> str:
 
 def render_html(result: dict, log_name: str) -> str:
     s, sv = result["summary"], result["savings"]
+    drawn = charts_for(result)
     kpis = [
         (f"{s['requests']:,}", "requests"),
         (_pct(s["hit_ratio"]), "hit ratio, these keys"),
@@ -719,11 +720,11 @@ def render_html(result: dict, log_name: str) -> str:
         f"{batch}; "
         f"charts by Apache ECharts {charts.e(charts.echarts_version())}, embedded (the file opens offline).</p>"
         "<div class='kpis'>" + "".join(f"<div class='kpi'><b>{charts.e(v)}</b><span>{charts.e(k)}</span></div>" for v, k in kpis)
-        + "</div><div class='cards'>" + "".join(c.html() for c in charts_for(result)) + bad + "</div>"
+        + "</div><div class='cards'>" + "".join(c.html() for c in drawn) + bad + "</div>"
         "<h2>Prices and speeds</h2><p class='meta'>config/prices.py, overridable by bin/cache-report's flags; "
         f"this report used: <code>{charts.e(json.dumps(result['assumptions']))}</code></p>" + _facts_table()
     )
-    return charts.page(f"Edge cache report: {log_name}", body, charts_for(result))
+    return charts.page(f"Edge cache report: {log_name}", body, drawn)
 
 
 def _text(result: dict, out: Path | None) -> str:
