@@ -46,6 +46,13 @@ CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS = 60
 CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS = 180
 # InvokeEndpoint: the container must answer within 60 s (SageMaker API reference).
 SAGEMAKER_INVOKE_TIMEOUT_SECONDS = 60
+# Blue/green rollouts (SageMaker API reference, TrafficRoutingConfig and
+# BlueGreenUpdatePolicy): a baking period (WaitIntervalInSeconds) is 0..3600 s; a
+# rollout's MaximumExecutionTimeoutInSeconds is 600..28800 s; AutoRollbackConfig takes
+# 1..10 alarms.
+SAGEMAKER_BAKING_MAX_SECONDS = 3600
+SAGEMAKER_ROLLOUT_TIMEOUT_MAX_SECONDS = 28_800
+SAGEMAKER_ROLLBACK_ALARMS_MAX = 10
 # Lambda keeps at least this much of a region's account concurrency unreserved;
 # 1000 is the default account quota per region (Lambda Developer Guide, quotas).
 LAMBDA_MIN_UNRESERVED_CONCURRENCY = 100

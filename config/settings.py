@@ -22,6 +22,7 @@ from config.aws_facts import (
     LOG_RETENTION_DAYS,
     MAX_ALARM_MINUTES,
     NVME_FAMILIES,
+    SAGEMAKER_BAKING_MAX_SECONDS,
     SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
 )
 from lambdas.cache_settings import EdgeCacheSettings
@@ -145,6 +146,15 @@ class ModelSettings:
 # connect (2 s, the runtime's connect timeout), throttle back-off between its retries
 # (< 1 s), and storing the answer in the results bucket (a PutObject, ~1-3 s).
 ADAPTER_OVERHEAD_SECONDS = 6
+# The rollback alarms judge a rollout's new fleet over 1-minute periods and go to ALARM
+# when ROLLBACK_ALARM_DATAPOINTS of the last ROLLBACK_ALARM_PERIODS breach (stacks/rollouts.py).
+ROLLBACK_ALARM_PERIODS, ROLLBACK_ALARM_DATAPOINTS = 5, 3
+# A baking period holds the alarm's whole window twice: once for the new fleet's traffic,
+# once for SageMaker's metrics to reach CloudWatch and the alarm to evaluate them.
+MIN_BAKING_MINUTES = 2 * ROLLBACK_ALARM_PERIODS
+# Added to a rollout's longest waits (download, start-up, baking) for its overall limit:
+# instance provisioning and traffic shifting, which no setting bounds.
+ROLLOUT_TIMEOUT_MARGIN_SECONDS = 600
 # What CloudFront waits for besides the adapter's own timeout: a cold start (init is
 # not counted in the Lambda timeout) and the function URL's own overhead.
 ORIGIN_OVERHEAD_SECONDS = 5
@@ -213,6 +223,10 @@ class EndpointSettings:
     # taking concurrency that Lambda@Edge replicas in the home region share.
     concurrent_requests_per_instance: int = 16
     adapter_concurrency_headroom: float = 1.5
+    # Blue/green rollouts (docs/decisions.md, "Rollouts that undo themselves"): how long the
+    # new fleet serves all traffic, watched by its rollback alarms, before the old fleet
+    # is terminated; a rollback alarm in ALARM meanwhile moves the traffic back.
+    rollout_baking_minutes: int = 15
     # False only for the first of the two deploys that change the instance type:
     # SageMaker refuses an instance-type update on a variant registered for autoscaling
     # (README, "Changing the instance type").
@@ -232,6 +246,11 @@ class EndpointSettings:
         _require(1.0 <= self.adapter_concurrency_headroom <= 3.0, "adapter concurrency headroom must be 1.0..3.0")
         for name in ("startup_health_check_timeout_seconds", "model_data_download_timeout_seconds"):
             _require(60 <= getattr(self, name) <= 3600, f"{name} must be 60..3600")
+        _require(
+            MIN_BAKING_MINUTES <= self.rollout_baking_minutes <= SAGEMAKER_BAKING_MAX_SECONDS // 60,
+            f"rollout baking period must be {MIN_BAKING_MINUTES}..{SAGEMAKER_BAKING_MAX_SECONDS // 60} minutes "
+            f"(the rollback alarms need {ROLLBACK_ALARM_PERIODS} one-minute periods, and time to see them)",
+        )
         if self.has_instance_storage:
             _require(self.volume_size_gb is None, f"{self.instance_type} has NVMe storage; SageMaker rejects VolumeSizeInGB")
         else:
@@ -241,6 +260,23 @@ class EndpointSettings:
     def adapter_reserved_concurrency(self) -> int:
         """What the whole fleet at its maximum serves at once, with headroom."""
         return math.ceil(self.max_instances * self.concurrent_requests_per_instance * self.adapter_concurrency_headroom)
+
+    @property
+    def rollout_timeout_seconds(self) -> int:
+        """The longest a blue/green rollout may run before SageMaker gives up on it: the new
+        fleet's model download and start-up, the baking period, and a margin."""
+        return (
+            self.model_data_download_timeout_seconds
+            + self.startup_health_check_timeout_seconds
+            + self.rollout_baking_minutes * 60
+            + ROLLOUT_TIMEOUT_MARGIN_SECONDS
+        )
+
+    @property
+    def blue_green_instances(self) -> int:
+        """Instances of this type a rollout at the maximum holds at once: the new fleet is
+        provisioned beside the old one at the retained (scaled) count."""
+        return 2 * self.max_instances
 
     @property
     def has_instance_storage(self) -> bool:
@@ -403,6 +439,23 @@ class StageSettings:
             f"{self.name}: origin adapter reserved concurrency {reserved} must leave "
             f"{LAMBDA_MIN_UNRESERVED_CONCURRENCY} of the {self.lambda_concurrency_quota} account quota unreserved",
         )
+
+    @property
+    def endpoint_name(self) -> str:
+        """The stage's SageMaker endpoint (named: alarms and the adapter's grant name it)."""
+        return f"inference-cache-{self.name}"
+
+    @property
+    def endpoints(self) -> dict[str, EndpointSettings]:
+        """Every SageMaker endpoint of the stage, by name: what bin/preflight sizes instance
+        quotas for. An endpoint the stage adds is one line here."""
+        return {self.endpoint_name: self.endpoint}
+
+    @property
+    def pinned_models(self) -> tuple[ModelSettings, ...]:
+        """Every model version the stage's endpoints load: each must be published (its
+        manifest in the model bucket) before a deploy creates or updates the endpoint."""
+        return (self.model,)
 
     @property
     def model_bucket_name(self) -> str:
