@@ -26,6 +26,19 @@ GPUS_PER_INSTANCE: dict[tuple[str, str], int] = {
 NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en")
 # FSx for Lustre PERSISTENT_2 throughput per TiB of storage (MB/s/TiB).
 FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
+# List prices, USD per GB-month of PERSISTENT_2 SSD storage by throughput tier, the same in
+# us-east-1, us-east-2 and us-west-2 (the stages' home regions). Source: the Amazon FSx for
+# Lustre pricing page, aws.amazon.com/fsx/lustre/pricing/, as of 2026-12-06; the 125 tier
+# also matches c3x.dev's estimate (1.2 TB at 125 MB/s/TiB ~ $174/month, 2026). Check the
+# page before budgeting: prices change.
+FSX_PERSISTENT_2_USD_PER_GB_MONTH = {125: 0.145, 250: 0.210, 500: 0.340, 1000: 0.600}
+# Interface VPC endpoints (AWS PrivateLink pricing, aws.amazon.com/privatelink/pricing/, as of
+# 2026-12-06): USD 0.01 per endpoint per AZ-hour in these regions, plus 0.01 per GB processed.
+INTERFACE_ENDPOINT_USD_PER_AZ_HOUR = 0.01
+HOURS_PER_MONTH = 730
+# What Session Manager needs in subnets without a route out (Systems Manager User Guide,
+# "Use VPC endpoints ... for Systems Manager"): ssm, ssmmessages, and ec2messages.
+SESSION_MANAGER_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages")
 # CloudWatch Logs retention periods this project allows, by the name of
 # aws_logs.RetentionDays' member.
 LOG_RETENTION_DAYS = {
@@ -82,3 +95,8 @@ LAMBDA_EDGE_REGIONS = (
 # one layer per architecture. The version is the latest stable release's.
 LAMBDA_WEB_ADAPTER_LAYER_ARN = "arn:{partition}:lambda:{region}:753240598075:layer:LambdaAdapterLayerArm64:{version}"
 LAMBDA_WEB_ADAPTER_LAYER_VERSION = 25  # aws-lambda-web-adapter v0.9.1
+# Powertools for AWS Lambda (Python): AWS publishes each release's public layer ARN as an
+# SSM parameter per region, architecture and runtime (Powertools docs, "Lambda Layer":
+# /aws/service/powertools/python/{architecture}/{runtime}/{version}). The Inference stack
+# resolves it at deploy time; bin/preflight checks it exists first.
+POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/{architecture}/{runtime}/{version}"

@@ -15,8 +15,11 @@ from typing import Literal
 from config.aws_facts import (
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS,
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS,
+    FSX_PERSISTENT_2_USD_PER_GB_MONTH,
     FSX_THROUGHPUT_PER_TIB,
     GPUS_PER_INSTANCE,
+    HOURS_PER_MONTH,
+    INTERFACE_ENDPOINT_USD_PER_AZ_HOUR,
     LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY,
     LAMBDA_MIN_UNRESERVED_CONCURRENCY,
     LOG_RETENTION_DAYS,
@@ -24,6 +27,7 @@ from config.aws_facts import (
     NVME_FAMILIES,
     SAGEMAKER_BAKING_MAX_SECONDS,
     SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
+    SESSION_MANAGER_ENDPOINTS,
 )
 from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
@@ -285,7 +289,8 @@ class EndpointSettings:
 
 @dataclass(frozen=True)
 class ModelWorkspaceSettings:
-    """FSx for Lustre beside the model bucket."""
+    """FSx for Lustre beside the model bucket, and the way in: a host started on demand in
+    the stage's VPC (bin/workspace-host) that mounts it and stops itself when idle."""
 
     capacity_gib: int = 1200
     throughput_per_tib: int = 250
@@ -293,14 +298,40 @@ class ModelWorkspaceSettings:
     # prepared; what is finished is exported to the versioned model bucket (the source
     # of truth) by the data repository association, so by default nothing is backed up.
     backup_retention_days: int = 0
+    # Off: no file system, no way in, nothing paid; models are published straight to the
+    # bucket (bin/model-publish). A stage that turns it off says why.
+    enabled: bool = True
+    off_reason: str | None = None
+    # The workspace host: its default instance type (bin/workspace-host --instance-type
+    # picks another) and the minutes without a session or a process on the workspace
+    # after which it shuts itself down (and is terminated: its work lives on Lustre).
+    host_instance_type: str = "m7i.xlarge"
+    host_idle_minutes: int = 30
 
     def __post_init__(self) -> None:
+        _require(
+            self.enabled or bool((self.off_reason or "").strip()),
+            "a stage without the model workspace must say why (off_reason)",
+        )
+        _require(bool(re.match(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", self.host_instance_type)), f"instance type {self.host_instance_type!r}")
+        _require(10 <= self.host_idle_minutes <= 24 * 60, "workspace host idle minutes must be 10..1440")
         _require(
             self.capacity_gib in (1200, 2400) or (self.capacity_gib > 0 and self.capacity_gib % 2400 == 0),
             "PERSISTENT_2 capacity is 1200, 2400 or a multiple of 2400 GiB",
         )
         _require(self.throughput_per_tib in FSX_THROUGHPUT_PER_TIB, f"throughput per TiB is one of {FSX_THROUGHPUT_PER_TIB}")
         _require(0 <= self.backup_retention_days <= 90, "FSx backup retention is 0..90 days")
+
+    @property
+    def monthly_cost_usd(self) -> float:
+        """What the file system costs a month at list price (capacity x the PERSISTENT_2 SSD
+        price of its throughput tier), plus the Session Manager endpoints of the way in;
+        0 when off. Prices: config/aws_facts.py, dated, with sources."""
+        if not self.enabled:
+            return 0.0
+        storage = self.capacity_gib * FSX_PERSISTENT_2_USD_PER_GB_MONTH[self.throughput_per_tib]
+        endpoints = len(SESSION_MANAGER_ENDPOINTS) * INTERFACE_ENDPOINT_USD_PER_AZ_HOUR * HOURS_PER_MONTH
+        return round(storage + endpoints, 2)
 
 
 @dataclass(frozen=True)

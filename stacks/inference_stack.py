@@ -17,7 +17,11 @@ from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from config.aws_facts import LAMBDA_WEB_ADAPTER_LAYER_ARN, LAMBDA_WEB_ADAPTER_LAYER_VERSION
+from config.aws_facts import (
+    LAMBDA_WEB_ADAPTER_LAYER_ARN,
+    LAMBDA_WEB_ADAPTER_LAYER_VERSION,
+    POWERTOOLS_LAYER_PARAMETER,
+)
 from config.settings import StageSettings
 from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
@@ -326,7 +330,10 @@ class InferenceStack(cdk.Stack):
             self,
             "Powertools",
             ssm.StringParameter.value_for_string_parameter(
-                self, f"/aws/service/powertools/python/arm64/python3.14/{version('aws-lambda-powertools')}"
+                self,
+                POWERTOOLS_LAYER_PARAMETER.format(
+                    architecture="arm64", runtime="python3.14", version=version("aws-lambda-powertools")
+                ),
             ),
         )
         # Lambda Web Adapter runs the adapter's web app (run.sh) and streams its answers
