@@ -7,8 +7,8 @@ first-deploy order still ahead), with what was found and what to do.
   exit status: 0 nothing failed, 1 a check failed, 2 no credentials or a bad stage
 
 A check is a function (AwsClients, StageSettings) -> list[Finding]; CHECKS lists them in
-the order they run. AwsClients hands out one boto3 client per (service, region): tests
-hand in clients whose AWS boundary is botocore's Stubber. Rules and sources:
+the order they run. AwsClients (cli/aws_clients.py) hands out one boto3 client per
+(service, region): tests hand in clients whose AWS boundary is botocore's Stubber. Rules and sources:
 docs/decisions.md, "Preflight (issue 23)".
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 
+from cli.aws_clients import AwsClients
 from config.aws_facts import (
     LAMBDA_MIN_UNRESERVED_CONCURRENCY,
     LAMBDA_WEB_ADAPTER_LAYER_ARN,
@@ -67,29 +68,6 @@ class Finding:
     check: str
     detail: str  # what was found
     fix: str = ""  # what to do (FAIL, LATER)
-
-
-class AwsClients:
-    """One boto3 client per (service, region), from one session. `clients` pre-made
-    (tests: clients with a Stubber attached) are handed out instead; with `only_given`
-    any other client is an error, so a test sees every call a check makes."""
-
-    def __init__(self, session=None, clients: dict[tuple[str, str], object] | None = None, only_given: bool = False):
-        self._session = session
-        self._clients = dict(clients or {})
-        self._only_given = only_given
-
-    def __call__(self, service: str, region: str):
-        key = (service, region)
-        if key not in self._clients:
-            if self._only_given:
-                raise AssertionError(f"no {service} client for {region} was given")
-            if self._session is None:
-                import boto3
-
-                self._session = boto3.session.Session()
-            self._clients[key] = self._session.client(service, region_name=region)
-        return self._clients[key]
 
 
 def _code(error: Exception) -> str:

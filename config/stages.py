@@ -54,7 +54,16 @@ STAGES: dict[str, StageSettings] = {
                 # The shortest that lets the rollback alarms judge a new model version.
                 rollout_baking_minutes=10,
             ),
-            workspace=ModelWorkspaceSettings(capacity_gib=1200, throughput_per_tib=125),
+            workspace=ModelWorkspaceSettings(
+                capacity_gib=1200,
+                throughput_per_tib=125,
+                enabled=False,
+                off_reason=(
+                    "Dev serves versions published from a laptop or CI straight to the model bucket "
+                    "(bin/model-publish); preparing models happens in staging's workspace. Kept, the "
+                    "smallest file system would cost ~$196/month that nothing uses."
+                ),
+            ),
             # Dev traffic is a developer's test traffic: a burst of failures from one person is
             # not evidence of an outage, so ratio alarms want twice the default volume.
             sla=SlaSettings(availability_target=0.99, alarm_email=None, min_requests_per_5_min=20),

@@ -11,7 +11,7 @@ from aws_cdk.assertions import Template
 
 from config.stages import STAGES
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER
-from tests.conftest import STAGE_NAMES
+from tests.conftest import STAGE_NAMES, WORKSPACE_STAGES
 
 EDGE_REGION = "us-east-1"
 
@@ -198,7 +198,7 @@ def test_endpoint_log_group_is_owned_with_retention_before_the_endpoint(synthesi
     assert logical_id in endpoint["DependsOn"]
 
 
-@pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.parametrize("stage", WORKSPACE_STAGES)
 def test_fsx_backups_are_set_explicitly(synthesized, stage):
     (fs,) = _resources(synthesized, stage, "ModelStorage", "AWS::FSx::FileSystem").values()
     assert fs["LustreConfiguration"]["AutomaticBackupRetentionDays"] == STAGES[stage].workspace.backup_retention_days

@@ -364,3 +364,15 @@ def test_a_stage_with_another_certificate_account_is_checked_where_cloudfront_re
     )
     (finding,) = _certificate({"exists": False}, settings=other)
     assert finding.status == FAIL and other.domain.certificate_arn in finding.detail
+
+
+def test_the_readmes_preflight_excerpt_is_what_the_command_prints():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### Before the first deploy: `make preflight`", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    printed = accounts.run(accounts.new_account())[1] + accounts.run(accounts.ready_account())[1]
+    for line in block.splitlines():
+        if line == "...":
+            continue
+        # A line cut short with "; ..." shows the start of what is printed.
+        shown = line.split("; ...")[0]
+        assert any(out.startswith(shown) for out in printed.splitlines()), line
