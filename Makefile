@@ -18,12 +18,13 @@ STAGE ?=
 STAGE_ARG := $(if $(STAGE),-c stage=$(STAGE))
 STACKS := $(if $(STAGE),'$(STAGE)/*',--all)
 
-.PHONY: help synth test lint diff deploy serve bench dashboard clean chromium
+.PHONY: help synth test lint preflight diff deploy serve bench dashboard clean chromium
 
 help:
 	@echo "make synth [STAGE=dev]   synthesize every stage (or one) into cdk.out/"
 	@echo "make test                run the whole test suite"
 	@echo "make lint                ruff, and cfn-lint on synthesized templates"
+	@echo "make preflight STAGE=name  read-only checks of the stage's account before deploying (needs credentials)"
 	@echo "make diff STAGE=name     cdk diff against the stage's account (needs credentials)"
 	@echo "make deploy STAGE=name   cdk deploy every stack of the stage (needs credentials)"
 	@echo "make serve [PORT=8080]   the whole request path locally, for the openai client and curl"
@@ -77,6 +78,12 @@ test: $(TOOLS) chromium
 lint: $(TOOLS) synth
 	$(PY) -m ruff check .
 	$(VENV)/bin/cfn-lint cdk.out/assembly-*/*.template.json || [ $$? -eq 4 ]  # 4: warnings only
+
+# Read-only: what would make the stage's deploy fail late (quotas, bootstrap, certificate,
+# published model, ...). Exit status 1 when a check fails.
+preflight: $(VENV)/.installed
+	@test -n "$(STAGE)" || (echo "usage: make preflight STAGE=dev|staging|prod" && exit 2)
+	bin/preflight --stage $(STAGE)
 
 diff: $(TOOLS)
 	@test -n "$(STAGE)" || (echo "usage: make diff STAGE=dev|staging|prod" && exit 2)
