@@ -50,9 +50,12 @@ TTL_HEADER = "x-inference-cache-ttl"
 TENANT_HEADER = "x-inference-tenant"
 # What OAC signs a POST to a function URL with: the SHA-256 of the body.
 CONTENT_SHA256_HEADER = "x-amz-content-sha256"
-# Where a request's time went (W3C Server Timing): decision and lookup on the edge's
-# answers, origin on the origin adapter's.
+# Where a request's time went (W3C Server Timing), step by step (TimingStep): decision and
+# lookup on the edge's answers; on the origin adapter's, the edge's forwarded steps and its own.
 SERVER_TIMING_HEADER = "server-timing"
+# The edge's own Server-Timing entries on a request it forwards to the origin (edge-owned:
+# any viewer copy is removed first); the origin adapter folds them into its answer's.
+EDGE_TIMING_HEADER = "x-inference-edge-timing"
 
 # -- API keys -------------------------------------------------------------------------------
 # The CloudFront KeyValueStore of a stage's API keys (key: SHA-256 hex of the API key),
@@ -103,6 +106,22 @@ METRICS_NAMESPACE = "InferenceCache"
 ORIGIN_ADAPTER_SERVICE = "origin-adapter"
 
 
+class TimingStep:
+    """Server-Timing step names, in the order a miss takes them (milliseconds). `origin` is
+    the origin adapter's whole time until its answer began, its own steps included; `store`
+    and `release` run after the answer (the log line has their times)."""
+
+    KEY_CHECK = "key-check"  # the API key check; reported by the local front only
+    DECISION = "decision"  # the edge's cache decision
+    LOOKUP = "lookup"  # the edge's GET /_cache/{key}
+    ORIGIN_DECISION = "origin-decision"  # the adapter recomputes the decision
+    LEASE = "lease"  # claiming the key (or waiting for an identical request)
+    MODEL = "model"  # the model call (a stream: until its stream began)
+    STORE = "store"  # after the answer
+    RELEASE = "release"  # after the answer and its store
+    ORIGIN = "origin"
+
+
 class Metric:
     """EMF metric names the origin adapter emits and the alarms and dashboard read."""
 
@@ -123,6 +142,9 @@ class Metric:
     LEASE_TAKEOVER = "LeaseTakeover"
     LEASE_EXPIRED = "LeaseExpired"  # of the takeovers: a lease past its expiry (its holder died)
     COALESCE_GAVE_UP = "CoalesceGaveUp"
+    # The results bucket failed a lease call (or was paused after failing): the miss ran
+    # the model without coordination.
+    LEASE_UNAVAILABLE = "LeaseUnavailable"
     # Streaming: from the request to its first event (ms); streams that ended without a
     # complete answer (client gone, model error, timeout), never stored.
     TIME_TO_FIRST_TOKEN = "TimeToFirstToken"

@@ -5,8 +5,8 @@ GET https://{distribution}/_cache/{key} through CloudFront's own cache, answer h
 the edge, and forward everything else to the origin adapter with the cache key and the
 body hash OAC needs. Stdlib only; it runs on every POST. It never raises: an unexpected
 failure forwards the request uncached. Its own answers (hits, 400/413/415) carry
-Server-Timing (decision, lookup) and the log line the same figures; a forwarded request's
-answer gets the origin's.
+Server-Timing (decision, lookup) and the log line the same figures; a request it forwards
+carries them to the origin (EDGE_TIMING_HEADER), whose answer names them beside its own.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from lambdas import cache_decision, cache_settings
 from lambdas.contract import (
     CONTENT_SHA256_HEADER,
+    EDGE_TIMING_HEADER,
     EXPIRES_METADATA,
     KEY_HEADER,
     LOOKUP_BASE_ENV,
@@ -37,7 +38,7 @@ SETTINGS = cache_settings.load()
 ROUTES = frozenset(SETTINGS.routes)
 LOOKUP_TIMEOUT_SECONDS = SETTINGS.lookup_timeout_ms / 1000
 # Set only by this function; a viewer's own values must never reach the origin.
-_EDGE_OWNED_HEADERS = (KEY_HEADER, TENANT_HEADER, CONTENT_SHA256_HEADER)
+_EDGE_OWNED_HEADERS = (KEY_HEADER, TENANT_HEADER, CONTENT_SHA256_HEADER, EDGE_TIMING_HEADER)
 # The stored answer's own record of when it was stored and until when it may be served
 # (epoch seconds), as S3 returns them.
 _STORED_AT_HEADER = f"x-amz-meta-{STORED_AT_METADATA}"
@@ -107,7 +108,7 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
         if hit is not None:
             log["outcome"] = "hit"
             return _with_server_timing(hit, log), log
-    _forward(request, decision.key if decision.cacheable else None, tenant, body)
+    _forward(request, decision.key if decision.cacheable else None, tenant, body, _timing(log))
     log["outcome"] = "forward"
     return request, log
 
@@ -140,10 +141,14 @@ def _verified_tenant(headers: dict) -> str | None:
     return values[0]["value"] if values and len(values) == 1 and values[0].get("value") else None
 
 
+def _timing(log: dict) -> str:
+    """The log's figures (ms) as Server-Timing entries."""
+    return ", ".join(f"{name};dur={log[f'{name}_ms']}" for name in ("decision", "lookup") if f"{name}_ms" in log)
+
+
 def _with_server_timing(response: dict, log: dict) -> dict:
-    """The log's figures (ms) as Server-Timing, beside x-inference-cache."""
-    value = ", ".join(f"{name};dur={log[f'{name}_ms']}" for name in ("decision", "lookup") if f"{name}_ms" in log)
-    response["headers"][SERVER_TIMING_HEADER] = [{"key": "Server-Timing", "value": value}]
+    """The log's figures as Server-Timing, beside x-inference-cache."""
+    response["headers"][SERVER_TIMING_HEADER] = [{"key": "Server-Timing", "value": _timing(log)}]
     return response
 
 
@@ -165,7 +170,7 @@ def _body_bytes(request: dict, default: bytes) -> bytes:
     return binascii.a2b_base64(data) if body.get("encoding", "base64") == "base64" else data.encode()
 
 
-def _forward(request: dict, key: str | None, tenant: str | None, body: bytes) -> None:
+def _forward(request: dict, key: str | None, tenant: str | None, body: bytes, timing: str = "") -> None:
     headers = request.setdefault("headers", {})
     for name in _EDGE_OWNED_HEADERS:
         headers.pop(name, None)
@@ -173,6 +178,8 @@ def _forward(request: dict, key: str | None, tenant: str | None, body: bytes) ->
         headers[KEY_HEADER] = [{"key": "X-Inference-Cache-Key", "value": key}]
     if tenant:
         headers[TENANT_HEADER] = [{"key": "X-Inference-Tenant", "value": tenant}]
+    if timing:  # the origin names the edge's steps in its answer's Server-Timing
+        headers[EDGE_TIMING_HEADER] = [{"key": "X-Inference-Edge-Timing", "value": timing}]
     # OAC signs POSTs to a function URL only with the payload hash of the decoded body.
     headers[CONTENT_SHA256_HEADER] = [{"key": "x-amz-content-sha256", "value": hashlib.sha256(body).hexdigest()}]
 

@@ -26,7 +26,11 @@ A waiter runs the model (re-claim, takeover, fallback) only within its takeover 
 (early enough that a whole model read still fits in its timeout); later it gives up.
 
 Any S3 failure of the lease itself fails open: the request runs the model uncoordinated,
-as it would without coalescing. It never fails a request.
+as it would without coalescing. It never fails a request. A failure that says the bucket
+is slow or down pauses the lease calls of this process for a while (BucketHealth): the
+misses that follow run the model at once instead of each paying the timeout again; a
+waiter whose bucket is paused runs the model itself within its takeover window, or gives
+up (nothing could be stored for it to find).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lambdas.contract import LEASE_PREFIX, RESULTS_PREFIX, STORED_AT_METADATA
+from lambdas.origin_adapter.results_store import BucketHealth
 
 # The result's expiry in its user metadata (epoch seconds), written next to `created`.
 RESULT_EXPIRES_METADATA = "expires"
@@ -83,7 +88,7 @@ class Turn:
     waited: bool = False  # it lost the first claim and polled
     takeover: bool = False  # it claimed after the holder failed, or took an expired lease
     expired_takeover: bool = False
-    unavailable: bool = False  # S3 failed us: uncoordinated
+    unavailable: bool = False  # S3 failed us (or is paused): uncoordinated
 
 
 class Coalescer:
@@ -98,6 +103,7 @@ class Coalescer:
         logger=None,
         first_poll_seconds: float = 0.05,
         max_poll_seconds: float = 0.5,
+        health: BucketHealth | None = None,
     ):
         if not 0 < wait_seconds <= lease_seconds + 60:
             raise ValueError("wait budget must be positive")
@@ -109,6 +115,7 @@ class Coalescer:
         self.logger = logger
         self.first_poll_seconds = first_poll_seconds
         self.max_poll_seconds = max_poll_seconds
+        self.health = health or BucketHealth()
 
     # -- the one entry point -----------------------------------------------------------
     def acquire(
@@ -121,6 +128,9 @@ class Coalescer:
         started = time.monotonic() if started is None else started
         lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
         turn = Turn()
+        if not self.health.available():  # slow or down a moment ago: not worth the timeout again
+            turn.unavailable = True
+            return turn
         try:
             lease = self._claim(key, lease_seconds)
         except _Unavailable:
@@ -140,15 +150,20 @@ class Coalescer:
             turn.lease, turn.takeover, turn.expired_takeover, turn.result = None, False, False, result
         return turn
 
-    def release(self, lease: Lease) -> None:
-        """Remove our lease, and only ours (a conditional delete on its ETag)."""
+    def release(self, lease: Lease) -> bool:
+        """Remove our lease, and only ours (a conditional delete on its ETag). Tried even
+        while the bucket is paused (it runs after the answer went out; waiters wait for it).
+        False when it failed: the lease then holds its key until it expires."""
         try:
             self.client.delete_object(Bucket=self.bucket, Key=_lease_key(lease.key), IfMatch=lease.etag)
         except ClientError as exc:
             if _code(exc) not in (*_PRECONDITION_FAILED, *_MISSING):
-                self._warn("removing the lease failed", lease.key, exc)
+                self._failed("removing the lease failed", lease.key, exc)
+                return False
         except BotoCoreError as exc:
-            self._warn("removing the lease failed", lease.key, exc)
+            self._failed("removing the lease failed", lease.key, exc)
+            return False
+        return True
 
     # -- waiting -----------------------------------------------------------------------
     def _wait(self, key: str, max_age_seconds: float, started: float, turn: Turn, lease_seconds: float) -> Turn:
@@ -157,13 +172,21 @@ class Coalescer:
         takeover_until = started + self.takeover_window_seconds
         reclaimed = False
         interval = self.first_poll_seconds
+        first = True
         while True:
             now = time.monotonic()
             if now >= wait_until:
                 turn.gave_up = True
                 return turn
-            time.sleep(min(interval * random.uniform(0.5, 1.0), wait_until - now))
-            interval = min(interval * 1.5, self.max_poll_seconds)
+            if not self.health.available():
+                # Nothing can be stored for us to find: run the model while it still fits.
+                turn.unavailable = True
+                turn.gave_up = time.monotonic() >= takeover_until
+                return turn
+            if not first:  # the first look is at once: the holder may be storing as we lost the claim
+                time.sleep(min(interval * random.uniform(0.5, 1.0), wait_until - now))
+                interval = min(interval * 1.5, self.max_poll_seconds)
+            first = False
 
             result = self._result(key, max_age_seconds)
             if result is not None:
@@ -238,10 +261,10 @@ class Coalescer:
                 if code in _CONFLICT and attempt < _CONFLICT_RETRIES:
                     time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
                     continue
-                self._warn("claiming the lease failed", key, exc)
+                self._failed("claiming the lease failed", key, exc)
                 raise _Unavailable from exc
             except BotoCoreError as exc:
-                self._warn("claiming the lease failed", key, exc)
+                self._failed("claiming the lease failed", key, exc)
                 raise _Unavailable from exc
         return None  # conflicts each time: someone else is claiming it
 
@@ -251,8 +274,10 @@ class Coalescer:
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
+            self.health.note(exc)
             raise _Unavailable from exc
         except BotoCoreError as exc:
+            self.health.note(exc)
             raise _Unavailable from exc
         try:
             expires = float(head.get("Metadata", {}).get(LEASE_EXPIRES_METADATA, ""))
@@ -267,10 +292,10 @@ class Coalescer:
             body = answer["Body"].read()
         except ClientError as exc:
             if _code(exc) not in _MISSING:
-                self._warn("reading the result failed", key, exc)
+                self._failed("reading the result failed", key, exc)
             return None
         except BotoCoreError as exc:
-            self._warn("reading the result failed", key, exc)
+            self._failed("reading the result failed", key, exc)
             return None
         metadata = answer.get("Metadata") or {}
         now = time.time()
@@ -281,7 +306,8 @@ class Coalescer:
             return None  # older than this request accepts
         return StoredResult(body, answer.get("ContentType") or "application/json", created)
 
-    def _warn(self, message: str, key: str, exc: Exception) -> None:
+    def _failed(self, message: str, key: str, exc: Exception) -> None:
+        self.health.note(exc)
         if self.logger is not None:
             self.logger.warning(message, extra={"cache_key": key, "error": f"{type(exc).__name__}: {exc}"})
 

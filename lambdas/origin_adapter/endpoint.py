@@ -78,15 +78,20 @@ class EndpointFailure(Exception):
 
 
 class SageMakerEndpoint:
-    def __init__(self, name: str, *, connect_timeout: float, read_timeout: float, throttle_retries: int, client=None):
+    def __init__(
+        self, name: str, *, connect_timeout: float, read_timeout: float, throttle_retries: int, client=None,
+        max_connections: int = 10,
+    ):
         self.name = name
         self.throttle_retries = throttle_retries
-        # botocore's own retries are off: they would also retry model errors and
-        # timeouts, which only burn GPU time and the client's minute.
+        # One client per process, its connections kept alive between requests. botocore's
+        # own retries are off: they would also retry model errors and timeouts, which only
+        # burn GPU time and the client's minute.
         self.client = client or boto3.client(
             "sagemaker-runtime",
             config=Config(
-                connect_timeout=connect_timeout, read_timeout=read_timeout, retries={"total_max_attempts": 1}
+                connect_timeout=connect_timeout, read_timeout=read_timeout, retries={"total_max_attempts": 1},
+                max_pool_connections=max_connections, tcp_keepalive=True,
             ),
         )
 

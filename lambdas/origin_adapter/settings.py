@@ -35,6 +35,12 @@ class AdapterSettings:
     stream_seconds: float | None = None
     # Identical cacheable misses share one model call (coalescing.py).
     coalescing: bool = False
+    # The results bucket's budgets (leases, polls, stores): per call, no retries, far below
+    # the answer's; after a timeout, a refused connection or a 5xx the lease calls pause
+    # this long (results_store.BucketHealth).
+    cache_connect_timeout_seconds: float = 0.5
+    cache_read_timeout_seconds: float = 2.0
+    cache_pause_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.endpoint_name:
@@ -49,6 +55,16 @@ class AdapterSettings:
             object.__setattr__(self, "adapter_timeout_seconds", self.read_timeout_seconds + _ADAPTER_OVERHEAD_SECONDS)
         if not self.read_timeout_seconds < self.adapter_timeout_seconds <= ORIGIN_READ_TIMEOUT_SECONDS:
             raise ValueError(f"{ADAPTER_TIMEOUT_ENV} must be above the model read timeout, at most {ORIGIN_READ_TIMEOUT_SECONDS} s")
+        cache_call = self.cache_connect_timeout_seconds + self.cache_read_timeout_seconds
+        if not (0 < self.cache_connect_timeout_seconds and 0 < self.cache_read_timeout_seconds
+                and cache_call <= self.read_timeout_seconds / 2):
+            raise ValueError(f"a results bucket call's budget ({cache_call} s) must be positive and at most half "
+                             f"the model read ({self.read_timeout_seconds} s)")
+        if 2 * cache_call > _ADAPTER_OVERHEAD_SECONDS:  # the store and the release after a stream's last byte
+            raise ValueError(f"the store and the lease release ({2 * cache_call} s) must fit in the "
+                             f"{_ADAPTER_OVERHEAD_SECONDS} s the function's timeout leaves after a stream")
+        if not 0 < self.cache_pause_seconds <= 300:
+            raise ValueError(f"the results bucket's pause ({self.cache_pause_seconds} s) must be within 0..300 s")
         if self.stream_seconds is None:
             object.__setattr__(self, "stream_seconds", self.answer_seconds)
         if not self.answer_seconds <= self.stream_seconds <= _LAMBDA_MAX_SECONDS - _ADAPTER_OVERHEAD_SECONDS:

@@ -344,6 +344,7 @@ def burst(a: InferenceAdapter, requests: list[OriginRequest]) -> list:
     def ask(i):
         barrier.wait()
         answers[i] = a.answer(requests[i])
+        answers[i][0].finish()  # the answer is sent: the store and the lease release, as the web app runs them
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -380,6 +381,7 @@ def test_a_miss_that_finds_a_dead_holders_lease_takes_it_over_and_says_so(s3):
     time.sleep(0.3)
     model = CountingModel(seconds=0.05)
     response, outcome = adapter(s3, model).answer(request)
+    response.finish()
     assert response.status == 200 and model.calls == 1
     assert outcome.lease_takeover and outcome.lease_expired and not outcome.lease_won
 

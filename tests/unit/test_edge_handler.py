@@ -324,12 +324,19 @@ def test_age_comes_from_the_stored_at_metadata_the_adapter_writes(edge, store):
 
 # -- Server-Timing: where the time went, on every answer ------------------------------------
 
-SERVER_TIMING = re.compile(r"^[a-z]+;dur=\d+(\.\d+)?(, [a-z]+;dur=\d+(\.\d+)?)*$")
+_ENTRY = r'[a-z][a-z-]*(;dur=\d+(\.\d+)?)?(;desc="[^"]*")?'
+SERVER_TIMING = re.compile(rf"^{_ENTRY}(, {_ENTRY})*$")
 
 
-def timings(value: str) -> dict[str, float]:
+def timings(value: str) -> dict[str, float | None]:
+    """name -> milliseconds (None: an entry with a description only), in order."""
     assert SERVER_TIMING.match(value), value
-    return {name: float(dur) for name, dur in (part.split(";dur=") for part in value.split(", "))}
+    found = {}
+    for part in value.split(", "):
+        name, _, rest = part.partition(";")
+        duration = re.search(r"dur=([\d.]+)", rest)
+        found[name] = float(duration.group(1)) if duration else None
+    return found
 
 
 def test_hit_carries_server_timing_with_the_logged_figures(edge, store, capsys):
@@ -365,9 +372,10 @@ def test_errors_carry_server_timing_of_the_decision(edge, store, capsys, body, h
     assert timings(header(result, "server-timing")) == {"decision": json.loads(capsys.readouterr().out)["decision_ms"]}
 
 
-def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
-    """The edge cannot add response headers to a forwarded request: the origin adapter's
-    answer to it carries origin;dur."""
+def test_miss_is_answered_by_the_origin_naming_the_edges_steps_and_its_own(edge, store, capsys):
+    """The edge cannot add response headers to a forwarded request: it forwards its own
+    figures (x-inference-edge-timing), and the origin adapter's answer names them beside
+    its own steps; the store runs after the answer (named, without a duration)."""
     from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest
 
     class Endpoint:
@@ -380,16 +388,26 @@ def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
             pass
 
     handler = edge()
-    forwarded = handler.handler(event(), None)
+    capsys.readouterr()
+    forwarded = handler.handler(event(headers={"x-inference-edge-timing": "lookup;dur=0.01"}), None)
     assert "status" not in forwarded  # a miss: forwarded to the origin
+    log = json.loads(capsys.readouterr().out)
     headers = {name: values[0]["value"] for name, values in forwarded["headers"].items()}
+    # The viewer's own copy never reaches the origin: only the edge's figures.
+    assert headers["x-inference-edge-timing"] == f"decision;dur={log['decision_ms']}, lookup;dur={log['lookup_ms']}"
     adapter = InferenceAdapter(handler.SETTINGS, Endpoint(), Store(), logging.getLogger("test"))
     response, outcome = adapter.answer(OriginRequest("POST", CHAT, headers, base64.b64decode(forwarded["body"]["data"])))
     assert (response.status, outcome.cache) == (200, "MISS")
-    assert timings(response.headers["server-timing"]).keys() == {"origin"}
-    assert timings(response.headers["server-timing"])["origin"] >= 20
+    figures = timings(response.headers["server-timing"])
+    assert list(figures) == ["decision", "lookup", "origin-decision", "model", "store", "origin"]
+    assert (figures["decision"], figures["lookup"]) == (log["decision_ms"], log["lookup_ms"])
+    assert figures["model"] >= 20 and figures["origin"] >= figures["model"] and figures["store"] is None
     bad, _ = adapter.answer(OriginRequest("POST", CHAT, headers, b"{not json"))
-    assert bad.status == 400 and timings(bad.headers["server-timing"]).keys() == {"origin"}
+    assert bad.status == 400 and list(timings(bad.headers["server-timing"])) == ["decision", "lookup", "origin-decision", "origin"]
+    # Whatever reaches the origin in that header, only well-formed entries are echoed.
+    forged = {**headers, "x-inference-edge-timing": 'lookup;dur=1, evil\r\nset-cookie: a=b;dur=2, x;desc="<script>"'}
+    echoed, _ = adapter.answer(OriginRequest("POST", CHAT, forged, b"{not json"))
+    assert list(timings(echoed.headers["server-timing"])) == ["lookup", "origin-decision", "origin"]
 
 
 def test_an_answer_past_the_writers_expiry_is_not_served(edge, store):

@@ -90,13 +90,20 @@ def origin(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     adapter_settings = AdapterSettings.from_environment()
     adapter = origin_app.build_adapter(adapter_settings)
-    server = BackgroundServer(origin_app.create_app(lambda: adapter, environments=4), name="origin-under-test").start()
+    web_app = origin_app.create_app(lambda: adapter, environments=4)
+    server = BackgroundServer(web_app, name="origin-under-test").start()
     client = httpx2.Client(base_url=server.url, timeout=30)
+
+    def settled() -> None:
+        """The invocation is over: the store and the lease release after the answer done,
+        its record written (what Lambda waits for before it freezes the environment)."""
+        assert web_app.state.invocations.wait_idle(10), "the work after the answer did not finish"
 
     def call(event: dict, context: LambdaContext) -> Answer:
         method, path, headers, body = web_adapter_request(event, request_id=context.aws_request_id, deadline_ms=0)
         headers.pop("host", None)
         answer = client.request(method, path, headers=headers, content=body)
+        settled()
         return Answer(answer.status_code, answer.headers, answer.content)
 
     def stream(event: dict, context: LambdaContext):
@@ -106,9 +113,11 @@ def origin(tmp_path, monkeypatch):
         started = time.perf_counter()
         with client.stream(method, path, headers=headers, content=body) as answer:
             chunks = [(time.perf_counter() - started, chunk) for chunk in answer.iter_raw()]
+        settled()
         return answer.status_code, answer.headers, chunks
 
-    yield SimpleNamespace(call=call, stream=stream, url=server.url, ADAPTER=adapter, SETTINGS=adapter_settings)
+    yield SimpleNamespace(call=call, stream=stream, url=server.url, ADAPTER=adapter, SETTINGS=adapter_settings,
+                          settled=settled, client=client)
     client.close()
     server.stop()
 
