@@ -97,6 +97,9 @@ ADAPTER_TIMEOUT_ENV = "ADAPTER_TIMEOUT_SECONDS"
 STREAM_BUDGET_ENV = "STREAM_BUDGET_SECONDS"
 # "true": identical cacheable misses share one model call (the stack sets it; unset: off).
 COALESCING_ENV = "COALESCE_IDENTICAL_MISSES"
+# How long the lease calls pause after the results bucket timed out or failed (seconds;
+# unset: AdapterSettings' default). Local runs and tests shorten it.
+RESULTS_BUCKET_PAUSE_ENV = "RESULTS_BUCKET_PAUSE_SECONDS"
 # The port the origin adapter's web app listens on inside Lambda, where Lambda Web Adapter
 # forwards each request (its AWS_LWA_PORT; run.sh reads the same variable).
 WEB_ADAPTER_PORT = 8000

@@ -35,7 +35,7 @@ from local_run.front import LAMBDA_CONCURRENCY, LocalFront
 from local_run.live_dashboard import EmfTap, LiveDashboard, LiveMetrics
 from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packaged_embedding_model
 from local_run.model_store import fetch_model, local_s3_client, publish_model
-from local_run.s3 import LocalS3
+from local_run.s3 import LocalS3Process
 from local_run.servers import BackgroundServer
 from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction
 
@@ -53,7 +53,7 @@ def start(
     """Start the results bucket, the model server and the front; returns them running."""
     settings = stage(stage_name)
     model_dir = model_dir or packaged_embedding_model()
-    results = LocalS3().start()
+    results = LocalS3Process().start()
     local_s3_client(results.url, settings.home_region).create_bucket(
         Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.home_region}
     )

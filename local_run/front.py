@@ -14,6 +14,12 @@ adapter code.
 An ASGI app on uvicorn: many requests in flight at once, as CloudFront and Lambda serve
 them. The edge code is synchronous; each call runs on a worker thread, as each Lambda
 execution environment runs one request at a time.
+
+The API key check's verdicts are remembered per request headers and key store version:
+the function is deterministic (no clock, no randomness, no state between runs), so the
+same event against the same KeyValueStore always gets the same answer, and the real
+JavaScript still decides every event it has not seen. Inference answers name the check's
+time in their Server-Timing (`key-check`, a local stand-in's: CloudFront reports none).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import base64
 import collections
 import copy
 import html
+import json
+import os
 import re
 import sys
 import threading
@@ -47,7 +55,9 @@ from lambdas.contract import (
     INVOCATIONS_ROUTE,
     MODELS_ROUTE,
     RESULTS_PATH,
+    SERVER_TIMING_HEADER,
     STATUS_HEADER,
+    TimingStep,
 )
 from lambdas.errors import ApiError
 from local_run import cloudfront_rules
@@ -142,6 +152,7 @@ class LocalFront:
         self.edge = None
         self._origin_client: httpx2.AsyncClient | None = None  # made on the server's event loop
         self.edge_cache = EdgeCopies(EDGE_CACHE_BYTES)
+        self.verdicts = KeyCheckVerdicts(key_check.key_store_file if key_check else None)
         self._limiter: anyio.CapacityLimiter | None = None  # made on the server's event loop
         self.app = _refuse_oversized_bodies(Starlette(routes=[Route("/{path:path}", self._any, methods=_METHODS)]))
 
@@ -164,20 +175,30 @@ class LocalFront:
         unread_body = _may_have_body(request)
         if uri.startswith(RESULTS_PATH):
             if method in ("GET", "HEAD"):
-                status, out, data = await self._in_worker(self.results_object, uri)
+                # A copy this edge holds is served at once; the bucket is read on a worker.
+                answer = self.edge_copy(uri)
+                status, out, data = answer or await self._in_worker(self.results_object, uri)
             else:
                 status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
         elif uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE or method in ("GET", "HEAD", "OPTIONS"):
-            verdict = await self._in_worker(self.viewer_request, method, uri, query, headers)
+            checked = time.perf_counter()
+            event = self.key_check_event(method, uri, query, headers)
+            verdict, version = self.verdicts.get(event)
+            if verdict is None:  # not seen against this key store: the JavaScript decides
+                verdict = await self._in_worker(self.viewer_request, method, uri, query, headers, event)
+                self.verdicts.put(event, verdict, version)
+            key_check_ms = (time.perf_counter() - checked) * 1000
             if isinstance(verdict, dict):
                 body = await _bounded_body(request, MAX_REQUEST_BYTES)
                 if body is None:
                     return _body_too_large()
                 unread_body = False
-                answer = await self._in_worker(self.behavior, method, uri, query, verdict, body)
+                answer = await self._in_worker(self.behavior, method, uri, query, dict(verdict), body)
                 if isinstance(answer, ToOrigin):
-                    return await self._from_origin(answer, started)
+                    return await self._from_origin(answer, started, key_check_ms)
                 status, out, data = answer
+                if self.key_check is not None and SERVER_TIMING_HEADER in out:
+                    out = {**out, SERVER_TIMING_HEADER: _with_key_check(out[SERVER_TIMING_HEADER], key_check_ms)}
             else:
                 status, out, data = verdict
         else:
@@ -194,13 +215,19 @@ class LocalFront:
             # One write per line: lines of concurrent requests never interleave.
             sys.stdout.write(f"{method} {uri} -> {status} {cache} ({(time.perf_counter() - started) * 1000:.1f} ms)\n")
 
-    def viewer_request(self, method: str, uri: str, query: str, headers: dict) -> dict | tuple[int, dict, bytes]:
+    def key_check_event(self, method: str, uri: str, query: str, headers: dict) -> dict | None:
+        """The viewer-request function's event for this request (None: no key check)."""
+        return None if self.key_check is None else viewer_request_event(method, uri, headers, query)
+
+    def viewer_request(
+        self, method: str, uri: str, query: str, headers: dict, event: dict | None = None
+    ) -> dict | tuple[int, dict, bytes]:
         """The viewer-request function (the API key check), which sees the headers, every
         value of a repeated one included, and never the body: the request's headers as the
         function lets them through, or its answer."""
         if self.key_check is None:
             return {name: ", ".join(value) if isinstance(value, list) else value for name, value in headers.items()}
-        result = self.key_check.handle(viewer_request_event(method, uri, headers, query))
+        result = self.key_check.handle(event or viewer_request_event(method, uri, headers, query))
         if is_response(result):
             out = {k: v["value"] for k, v in result.get("headers", {}).items()}
             data = result.get("body", {}).get("data", "")
@@ -218,12 +245,20 @@ class LocalFront:
         return ToOrigin(method, uri, query, headers, body, inference=False)
 
     # -- /_cache/*: CloudFront's cache in front of the results bucket ----------------
-    def results_object(self, path: str) -> tuple[int, dict, bytes]:
+    def edge_copy(self, path: str) -> tuple[int, dict, bytes] | None:
+        """This edge's unexpired copy of a /_cache/ object, if it holds one."""
         now = time.time()
         cached = self.edge_cache.get(path)
         if cached and cached[1] > now:
             stored_at, _, status, headers, body = cached
             return status, {**headers, "age": str(int(now - stored_at))}, body
+        return None
+
+    def results_object(self, path: str) -> tuple[int, dict, bytes]:
+        now = time.time()
+        copy_held = self.edge_copy(path)
+        if copy_held is not None:
+            return copy_held
         # CloudFront reaches the bucket through OAC: a signed GetObject, S3's headers passed on.
         try:
             answer = self.results_bucket.get_object(Bucket=self.bucket, Key=path.removeprefix("/"))
@@ -274,7 +309,7 @@ class LocalFront:
         sys.stderr.write(f"LAMBDA VALIDATION ERROR ({event_type}): CloudFront would answer 502: {'; '.join(problems)}\n")
         return _validation_error_response(problems)
 
-    async def _from_origin(self, request: ToOrigin, started: float) -> Response:
+    async def _from_origin(self, request: ToOrigin, started: float, key_check_ms: float | None = None) -> Response:
         """The function URL request, made of the origin adapter's web app as Lambda Web
         Adapter makes it; its answer relayed as it comes (a stream event by event)."""
         cf_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
@@ -290,11 +325,18 @@ class LocalFront:
         try:
             upstream = await client.send(client.build_request(method, self.origin_url + path, headers=headers, content=body),
                                          stream=True)
-        except httpx2.HTTPError as exc:  # CloudFront answers 502 when the origin cannot be reached
-            self._log(request.method, request.uri, 502, {}, started)
-            return Response(f"origin unreachable: {type(exc).__name__}".encode(), status_code=502, media_type="text/plain")
+        except httpx2.HTTPError as exc:
+            # No answer from the origin: CloudFront's own error page (504 when the origin's
+            # first byte did not come within the origin read timeout, 502 when it could not
+            # be reached). The origin-response function does not run: there is no response
+            # (the stricter reading; the adapter answers within its own budget, before this).
+            status = 504 if isinstance(exc, httpx2.TimeoutException) else 502
+            self._log(request.method, request.uri, status, {}, started)
+            return _cloudfront_error(status)
         status = upstream.status_code
         out = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROPPED}
+        if key_check_ms is not None and self.key_check is not None and SERVER_TIMING_HEADER in out:
+            out[SERVER_TIMING_HEADER] = _with_key_check(out[SERVER_TIMING_HEADER], key_check_ms)
         if status >= 400 and request.inference:  # the edge function on origin-response, as the behavior associates it
             data = await upstream.aread()
             await upstream.aclose()
@@ -341,6 +383,65 @@ class _Relayed(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._upstream.aclose()
+
+
+class KeyCheckVerdicts:
+    """The API key check's verdicts by event, valid for one version of the key store file
+    (its inode, size and mtime, as the Node host's cf.kvs() stand-in tells versions apart):
+    a new, rotated or revoked key changes the file, and every verdict is forgotten."""
+
+    LIMIT = 4096  # events remembered (past it, all are forgotten: a bound, not an LRU)
+
+    def __init__(self, key_store_file) -> None:
+        self.key_store_file = key_store_file
+        self._version: tuple | None = None
+        self._verdicts: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _current_version(self) -> tuple | None:
+        try:
+            st = os.stat(self.key_store_file)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def get(self, event: dict | None) -> tuple[object | None, tuple | None]:
+        """(the remembered verdict or None, the key store's version now)."""
+        if event is None or self.key_store_file is None:
+            return None, None
+        version = self._current_version()
+        with self._lock:
+            if version != self._version:
+                self._version, self._verdicts = version, {}
+                return None, version
+            return self._verdicts.get(json.dumps(event, sort_keys=True)), version
+
+    def put(self, event: dict | None, verdict, version: tuple | None) -> None:
+        """Remember a verdict the function gave while the store was at `version` (read
+        before it ran): only if the file has not changed since, else it may be stale."""
+        if event is None or self.key_store_file is None or version is None:
+            return
+        with self._lock:
+            if self._current_version() != version or self._version != version:
+                return
+            if len(self._verdicts) >= self.LIMIT:
+                self._verdicts = {}
+            self._verdicts[json.dumps(event, sort_keys=True)] = verdict
+
+
+def _with_key_check(server_timing: str, key_check_ms: float) -> str:
+    entry = f'{TimingStep.KEY_CHECK};dur={key_check_ms:.2f};desc="local stand-in"'
+    return f"{entry}, {server_timing}" if server_timing else entry
+
+
+def _cloudfront_error(status: int) -> Response:
+    """CloudFront's own error page for an origin that did not answer."""
+    reason = {502: "Bad Gateway", 504: "Gateway Timeout"}[status]
+    page = (
+        "<HTML><HEAD><TITLE>ERROR: The request could not be satisfied</TITLE></HEAD><BODY>"
+        f"<H1>{status} ERROR</H1><H2>The request could not be satisfied.</H2>{reason}</BODY></HTML>"
+    )
+    return Response(page.encode(), status_code=status, media_type="text/html", headers={"x-cache": "Error from cloudfront"})
 
 
 _METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]

@@ -14,6 +14,7 @@ from lambdas.contract import (
     ENDPOINT_READ_TIMEOUT_ENV,
     ORIGIN_READ_TIMEOUT_SECONDS,
     RESULTS_BUCKET_ENV,
+    RESULTS_BUCKET_PAUSE_ENV,
     STREAM_BUDGET_ENV,
 )
 
@@ -112,6 +113,8 @@ class AdapterSettings:
             adapter_timeout_seconds=float(os.environ[ADAPTER_TIMEOUT_ENV]) if os.environ.get(ADAPTER_TIMEOUT_ENV) else None,
             stream_seconds=float(os.environ[STREAM_BUDGET_ENV]) if os.environ.get(STREAM_BUDGET_ENV) else None,
             coalescing=_flag(os.environ.get(COALESCING_ENV, "false"), COALESCING_ENV),
+            **({"cache_pause_seconds": float(os.environ[RESULTS_BUCKET_PAUSE_ENV])}
+               if os.environ.get(RESULTS_BUCKET_PAUSE_ENV) else {}),
         )
 
 
