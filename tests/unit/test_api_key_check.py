@@ -291,3 +291,43 @@ def test_event_builder_shapes_repeats_as_cloudfront_does():
     assert request["headers"] == {"accept": {"value": "a", "multiValue": [{"value": "a"}, {"value": "b"}]}}
     assert request["querystring"] == {"q": {"value": "1", "multiValue": [{"value": "1"}, {"value": "2"}]},
                                       "r": {"value": ""}}
+
+
+# -- the local front remembers verdicts (local_run/front.py KeyCheckVerdicts) ---------------
+
+def test_remembered_verdicts_hold_only_for_the_key_store_they_were_given_against(node, tmp_path):
+    """The local front asks the real JavaScript once per event and key store version: the
+    same event against the same store gets the same verdict; a revoked key is refused at
+    once (the file changed: every verdict forgotten); a verdict the function gave while
+    the store changed under it is not kept."""
+    from local_run.front import KeyCheckVerdicts
+
+    keys = LocalKeyStore(tmp_path / "api-keys.json")
+    issued = create_key(keys, "acme")
+    verdicts = KeyCheckVerdicts(keys.path)
+    with ViewerRequestFunction(API_KEY_CHECK, keys.path, node=node) as function:
+        event = viewer_request_event("POST", CHAT, {"authorization": f"Bearer {issued['key']}"})
+        remembered, version = verdicts.get(event)
+        assert remembered is None
+        verdict = function.handle(event)
+        verdicts.put(event, verdict, version)
+        assert verdicts.get(event)[0] == verdict and verdict["headers"]["x-inference-tenant"]["value"] == "acme"
+        revoke_key(keys, issued["key_id"])
+        assert verdicts.get(event)[0] is None  # the store changed: ask the function again
+        assert function.handle(event)["statusCode"] == 401
+        # A verdict given against the store before a change is never kept under the new one.
+        _, before = verdicts.get(event)
+        other = create_key(keys, "beta")  # the store changes while the (old) verdict is computed
+        verdicts.put(event, verdict, before)
+        assert verdicts.get(event)[0] is None
+        assert other["tenant"] == "beta"
+
+
+def test_the_function_is_deterministic_so_its_verdicts_may_be_remembered():
+    """What remembering verdicts rests on: the function reads nothing but its event and the
+    key store (no clock, no randomness, no state kept between runs)."""
+    source = API_KEY_CHECK.read_text()
+    for word in ("Date", "Math.random", "crypto.randomBytes", "globalThis", "setTimeout"):
+        assert word not in source
+    # Module-level bindings are constants: nothing carries over from one request to the next.
+    assert not [line for line in source.splitlines() if line.startswith(("let ", "var "))]

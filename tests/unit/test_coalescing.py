@@ -34,7 +34,7 @@ from lambdas.contract import (
 from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest
 from lambdas.origin_adapter.coalescing import Coalescer, Lease
 from lambdas.origin_adapter.endpoint import EndpointAnswer, EndpointFailure
-from lambdas.origin_adapter.results_store import ResultsStore
+from lambdas.origin_adapter.results_store import BucketHealth, ResultsStore
 from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.s3 import LocalS3
 
@@ -308,6 +308,45 @@ def test_s3_failures_fail_open(key):
     )
     turn = Coalescer(BUCKET, client, lease_seconds=5, wait_seconds=3, takeover_window_seconds=3).acquire(key, max_age_seconds=60)
     assert turn.unavailable and turn.lease is None and turn.result is None and not turn.gave_up
+
+
+def test_a_slow_bucket_pauses_the_leases_and_the_next_misses_skip_them_at_once(key):
+    """The local S3 made slow by its fault hook (every call waits 3 s): the first claim
+    pays one read budget (1 s), fails open and pauses the bucket; the claims that follow
+    within the pause make no call at all; after it, the bucket is tried again."""
+    with LocalS3() as server:
+        client = boto3.client(
+            "s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local",
+            config=Config(s3={"addressing_style": "path"}, connect_timeout=0.5, read_timeout=1.0, retries={"total_max_attempts": 1}),
+        )
+        client.create_bucket(Bucket=BUCKET)
+        health = BucketHealth(pause_seconds=1.5)
+        slow = Coalescer(BUCKET, client, lease_seconds=5, wait_seconds=3, takeover_window_seconds=3, health=health)
+        server.checks.set_fault(BUCKET, delay_seconds=3)
+        try:
+            began = time.monotonic()
+            assert slow.acquire(key, max_age_seconds=60).unavailable
+            assert 0.9 <= time.monotonic() - began < 2.5 and not health.available() and "ReadTimeout" in health.last_failure
+            calls = server.checks.stats()["requests"].get("PUT", 0)
+            began = time.monotonic()
+            assert slow.acquire(key + "2", max_age_seconds=60).unavailable
+            assert time.monotonic() - began < 0.05 and server.checks.stats()["requests"].get("PUT", 0) == calls
+            server.checks.set_fault(None)
+            time.sleep(1.6)
+            turn = slow.acquire(key, max_age_seconds=60)  # the pause is over: claimed for real
+            assert turn.lease is not None and not turn.unavailable
+        finally:
+            server.checks.set_fault(None)
+
+
+def test_lost_races_and_missing_objects_never_pause_the_bucket(s3, key):
+    health = BucketHealth(pause_seconds=60)
+    first = Coalescer(BUCKET, s3, lease_seconds=5, wait_seconds=0.3, takeover_window_seconds=0.1, health=health)
+    lease = first.acquire(key, max_age_seconds=60).lease  # its result GET finds nothing: a 404
+    assert lease is not None
+    assert first.acquire(key, max_age_seconds=60).gave_up  # a 412, then polls that find nothing
+    assert first.release(lease) and first.release(lease)  # the second finds it gone: nothing held, no failure
+    assert health.available()
 
 
 # -- the adapter's miss path with a coalescer (the model a counting stand-in) ---------------

@@ -577,3 +577,35 @@ def test_an_answer_too_large_for_the_edge_is_not_stored(origin, stubs, lambda_co
     response = origin.call(url_event(), lambda_context)
     assert response.status == 200 and len(response.body) > 1_048_576
     assert response.headers["x-inference-cache"] == "MISS"
+
+
+def test_the_adapters_own_failure_is_answered_in_the_openai_shape(origin, stubs, lambda_context):
+    """Something the adapter did not expect (here a body that fails to read with an error
+    no handler knows): a 500 the openai client can read, never Starlette's text/plain page."""
+
+    class Unreadable:
+        def read(self, *args):
+            raise RuntimeError("nobody expected this")
+
+    sagemaker, _ = stubs
+    sagemaker.add_response("invoke_endpoint", {"Body": Unreadable(), "ContentType": "application/json"})
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == 500 and response.headers["content-type"] == "application/json"
+    assert json.loads(response.body)["error"] == {"message": "The origin failed to answer.", "type": "server_error",
+                                                 "param": None, "code": "origin_error"}
+
+
+def test_the_results_buckets_budgets_are_far_below_the_answers(origin):
+    """One S3 client for the leases and the store: per call 0.5 s to connect and 2 s to
+    read, no retries; the SageMaker client keeps its connections alive too."""
+    settings = origin.SETTINGS
+    config = origin.ADAPTER.store.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (0.5, 2.0) == (
+        settings.cache_connect_timeout_seconds, settings.cache_read_timeout_seconds)
+    assert config.retries["total_max_attempts"] == 1 and config.tcp_keepalive
+    assert origin.ADAPTER.endpoint.client.meta.config.tcp_keepalive
+    assert 2 * (config.connect_timeout + config.read_timeout) <= settings.read_timeout_seconds / 4
+    with pytest.raises(ValueError, match="half the model read"):
+        AdapterSettings(**{**settings.__dict__, "cache_read_timeout_seconds": settings.read_timeout_seconds})
+    with pytest.raises(ValueError, match="fit in the 6.0 s"):
+        AdapterSettings(**{**settings.__dict__, "cache_connect_timeout_seconds": 1.0, "cache_read_timeout_seconds": 2.5})
