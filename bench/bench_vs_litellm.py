@@ -135,8 +135,9 @@ class Client:
         payload = response.read()
         return time.perf_counter() - started, response.status, {k.lower(): v for k, v in response.getheaders()}, payload
 
-    def first_token(self, body: dict) -> tuple[float, float, int]:
-        """(seconds to the first event with text, to the end, status) of a streamed request."""
+    def first_token(self, body: dict) -> tuple[float, float, int, str]:
+        """(seconds to the first event with text, to the end, status, Server-Timing) of a
+        streamed request."""
         started, response = self._send(body)
         first = None
         while line := response.readline():
@@ -145,7 +146,8 @@ class Client:
                 event = json.loads(data)
                 if (event.get("choices") or [{}])[0].get("delta", {}).get("content"):
                     first = time.perf_counter() - started
-        return (first if first is not None else float("nan")), time.perf_counter() - started, response.status
+        timing = response.getheader(SERVER_TIMING_HEADER) or ""
+        return (first if first is not None else float("nan")), time.perf_counter() - started, response.status, timing
 
 
 def chat(content: str, stream: bool = False) -> dict:
@@ -308,6 +310,14 @@ def report(args, results, rps, streams, s3_before, s3_after, answered, why_not, 
     gap = our_ttft - model_ttft
     print(f"a streamed miss's TTFT is {gap:.2f} ms after the model's own at p50 "
           f"(goal within {GOALS['ttft_ms']:.0f} ms: {'met' if gap <= GOALS['ttft_ms'] else 'NOT met'})")
+    steps: dict[str, list[float]] = {}
+    for ttft, _, _, timing in streams["this project"]:
+        timings = server_timing(timing)
+        for name, ms in timings.items():
+            steps.setdefault(name, []).append(ms)
+        before = sum(timings.get(s, 0.0) for s in (TimingStep.KEY_CHECK, TimingStep.DECISION, TimingStep.LOOKUP, TimingStep.ORIGIN))
+        steps.setdefault("after the origin's answer began, to the first token", []).append(ttft * 1000 - before)
+    print("  of it, p50 ms: " + ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in steps.items()))
     breakdown(ours, s3_before, s3_after, answered, args.rounds)
 
 

@@ -33,10 +33,11 @@ from lambdas.contract import (
 )
 from local_run.front import LAMBDA_CONCURRENCY, LocalFront
 from local_run.live_dashboard import EmfTap, LiveDashboard, LiveMetrics
-from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packaged_embedding_model
+from local_run.model_server import EMBEDDING_MODEL, packaged_embedding_model
 from local_run.model_store import fetch_model, local_s3_client, publish_model
 from local_run.s3 import LocalS3Process
 from local_run.servers import BackgroundServer
+from local_run.service_processes import model_process, origin_process
 from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction
 
 RESULTS_BUCKET = "local-results"
@@ -71,11 +72,11 @@ def start(
     workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
     scratch = [fetched, workdir]
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "torchinductor"))
-    model = ModelServer(chat_url=chat_url, embedder=Embedder(fetched, version), max_model_len=settings.model.max_model_len)
     write_serve_state(
         s3_endpoint_url=results.url, model_bucket=settings.model_bucket_name, model_prefix=base_prefix, model_version=version
     )
-    model_server = BackgroundServer(model.app, name="local-model-server").start()
+    # The model server in a process of its own, as the endpoint is a service of its own.
+    model = model_server = model_process(fetched, version, settings.model.max_model_len, chat_url).start()
     key_check = None
     if settings.require_api_keys:
         # bin/api-keys --local writes this file; the running key check re-reads it on change.
@@ -129,14 +130,11 @@ def start(
         }
     )
     os.environ.pop("AWS_PROFILE", None)
-    # Imported only now: both read their settings from the environment set above. The
-    # origin adapter's web app is served as Lambda Web Adapter serves it in Lambda, with
-    # as many worker threads as execution environments the front runs at once.
-    origin = importlib.import_module("lambdas.origin_adapter.app")
-    origin.the_adapter()  # built once, before requests arrive (as Lambda's init phase)
-    origin_server = BackgroundServer(
-        origin.create_app(origin.the_adapter, environments=LAMBDA_CONCURRENCY), name="local-origin-adapter"
-    ).start()
+    # Started only now: both read their settings from the environment set above. The
+    # origin adapter's web app runs in a process of its own (as Lambda runs apart from
+    # CloudFront), served as Lambda Web Adapter serves it in Lambda, with as many
+    # execution environments as the front runs requests at once.
+    origin_server = origin_process(LAMBDA_CONCURRENCY).start()
     front.attach(importlib.import_module("lambdas.edge.handler"), origin_server.url)
     front_server.start()
     return LocalRun(settings, front, front_server, model, model_server, origin_server, results, key_check, scratch)

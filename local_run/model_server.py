@@ -23,11 +23,10 @@ import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 from moto.core.eventstream import EventStreamEncoder
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -135,6 +134,7 @@ class ModelServer:
         self.generator = TestGenerator()
         self.invocations = 0
         self._count_lock = threading.Lock()
+        self._http: httpx2.Client | None = None  # the chat server's client, made at first use
         self._failed_once: set[str] = set()
         self.app = Starlette(
             routes=[
@@ -395,40 +395,49 @@ class ModelServer:
             },
         }
 
-    def _proxy(self, path: str, request: dict) -> dict:
-        proxied = urllib.request.Request(
-            self.chat_url + path,
-            data=json.dumps(request).encode(),
-            headers={"content-type": "application/json", "authorization": f"Bearer {os.environ.get('LOCAL_CHAT_API_KEY', 'local')}"},
-        )
+    def _chat_client(self) -> httpx2.Client:
+        """One client for the chat server, its connections kept alive (as a container keeps
+        its engine close): a call pays the server's time, not a new connection's."""
+        with self._count_lock:
+            if self._http is None:
+                self._http = httpx2.Client(timeout=httpx2.Timeout(55.0), limits=httpx2.Limits(max_keepalive_connections=32))
+            return self._http
+
+    def _proxied(self, path: str, request: dict) -> httpx2.Response:
+        client = self._chat_client()
+        headers = {"content-type": "application/json", "authorization": f"Bearer {os.environ.get('LOCAL_CHAT_API_KEY', 'local')}"}
         try:
-            with urllib.request.urlopen(proxied, timeout=55) as answer:
-                return json.loads(answer.read())
-        except urllib.error.HTTPError as exc:
-            raise _proxied_error(exc) from exc
-        except OSError as exc:
+            answer = client.send(client.build_request("POST", self.chat_url + path, content=json.dumps(request).encode(),
+                                                      headers=headers), stream=True)
+        except httpx2.HTTPError as exc:
             raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
+        if answer.status_code >= 400:
+            text = answer.read().decode("utf-8", "replace")
+            answer.close()
+            raise _proxied_error(answer.status_code, text)
+        return answer
+
+    def _proxy(self, path: str, request: dict) -> dict:
+        answer = self._proxied(path, request)
+        try:
+            return json.loads(answer.read())
+        except httpx2.HTTPError as exc:
+            raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
+        finally:
+            answer.close()
 
     def _proxy_stream(self, path: str, request: dict) -> Iterator[bytes]:
         """The OpenAI-compatible server's own stream (SSE), line by line as it arrives."""
-        proxied = urllib.request.Request(
-            self.chat_url + path,
-            data=json.dumps(request).encode(),
-            headers={"content-type": "application/json", "authorization": f"Bearer {os.environ.get('LOCAL_CHAT_API_KEY', 'local')}"},
-        )
-        try:
-            answer = urllib.request.urlopen(proxied, timeout=55)
-        except urllib.error.HTTPError as exc:
-            raise _proxied_error(exc) from exc
-        except OSError as exc:
-            raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
+        answer = self._proxied(path, request)
 
         def lines() -> Iterator[bytes]:
             try:
-                with answer:
-                    yield from answer  # http.client reads a line as soon as it is complete
-            except OSError as exc:
+                for line in answer.iter_lines():  # each line as soon as it is complete
+                    yield line.encode() + b"\n"
+            except httpx2.HTTPError as exc:
                 raise StreamFailure(f"the chat server's stream broke: {exc}") from exc
+            finally:
+                answer.close()
 
         return lines()
 
@@ -491,11 +500,11 @@ def _model_error(exc: ContainerError) -> Response:
     return JSONResponse(error, status_code=424, headers={"x-amzn-ErrorType": "ModelError"})
 
 
-def _proxied_error(exc: urllib.error.HTTPError) -> ContainerError:
+def _proxied_error(status: int, text: str) -> ContainerError:
     """An OpenAI-compatible server's refusal as LMI 18 would pass vLLM's on (a 400 becomes
     its 500 with the error's repr); other failures as they came."""
-    text = exc.read().decode("utf-8", "replace")[:2000]
-    if exc.code == 400:
+    text = text[:2000]
+    if status == 400:
         try:
             error = json.loads(text)
             error = error.get("error", error) if isinstance(error, dict) else {}
@@ -503,7 +512,7 @@ def _proxied_error(exc: urllib.error.HTTPError) -> ContainerError:
         except ValueError:
             message = None
         return lmi_container.vllm_bad_request(message if isinstance(message, str) else text)
-    return ContainerError(exc.code, text)
+    return ContainerError(status, text)
 
 
 def _json(answer: dict, headers: dict | None = None) -> Response:

@@ -38,13 +38,14 @@ def launched(*args: str, env: dict | None = None, on_line: Callable[[str], None]
         start_new_session=True,
     )
     try:
-        started = None
+        started, printed = None, []
         for line in process.stdout:  # the start-up line says where it listens
             if line.startswith("{") and '"listening"' in line:
                 started = json.loads(line)
                 break
+            printed.append(line)
         if started is None:
-            raise RuntimeError("the local run did not start:\n" + process.stdout.read())
+            raise RuntimeError("the local run did not start:\n" + "".join(printed)[-6000:] + process.stdout.read())
         # Keep reading what it prints (the edge function logs a line per request): a
         # full pipe would block it.
         threading.Thread(target=lambda: [on_line and on_line(line) for line in process.stdout], daemon=True).start()

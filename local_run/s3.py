@@ -40,6 +40,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 CONTROL_PREFIX = "/_local_s3/"
+_WORKERS = 128
 
 
 def _crc32(body: bytes) -> bytes:
@@ -121,7 +122,7 @@ class S3RequestChecks:
         method = environ["REQUEST_METHOD"]
         stream = environ["wsgi.input"]
         length = environ.get("CONTENT_LENGTH")
-        body = stream.read(int(length)) if length else stream.read() if environ.get("wsgi.input_terminated") else b""
+        body = stream.read(int(length)) if length else stream.read()  # the server decoded a chunked body
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         with self._lock:
@@ -217,7 +218,11 @@ def _error(start_response, status: str, code: str, message: str):
 
 
 class LocalS3:
-    """moto's S3 behind S3RequestChecks, served from a thread on 127.0.0.1."""
+    """moto's S3 behind S3RequestChecks, served from a thread on 127.0.0.1 by uvicorn (the
+    WSGI app on a pool of threads, a2wsgi): kept-alive connections and `Expect:
+    100-continue` answered as S3 answers them. werkzeug's development server closes every
+    connection after one request, so each S3 call here paid a TCP handshake and a new
+    thread, which S3 never charges."""
 
     def __init__(self, port: int = 0) -> None:
         self._port = port
@@ -226,30 +231,30 @@ class LocalS3:
         self.checks: S3RequestChecks | None = None
 
     def start(self) -> LocalS3:
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-        from werkzeug.serving import make_server
+        from a2wsgi import WSGIMiddleware
+        from moto.moto_server.werkzeug_app import create_backend_app
+
+        from local_run.servers import BackgroundServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-        self.checks = S3RequestChecks(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server(
-            "127.0.0.1", self._port, self.checks, threaded=True, request_handler=MotoRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-s3", daemon=True)
-        self._thread.start()
+        # S3's app itself, as `moto_server s3` serves it: moto's dispatcher would match every
+        # request's host against every service's URL patterns, under one lock.
+        self.checks = S3RequestChecks(create_backend_app("s3"))
+        # Threads enough for the requests a fault or a hold keeps waiting, and the rest.
+        self._server = BackgroundServer(WSGIMiddleware(self.checks, workers=_WORKERS), port=self._port, name="local-s3")
+        self._server.start()
         return self
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     def stop(self) -> None:
         if self._server is not None:
             if self.checks is not None:
                 self.checks.release()
                 self.checks.set_fault(None)
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     def __enter__(self) -> LocalS3:

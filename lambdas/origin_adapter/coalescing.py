@@ -163,6 +163,7 @@ class Coalescer:
         except BotoCoreError as exc:
             self._failed("removing the lease failed", lease.key, exc)
             return False
+        self.health.succeeded()
         return True
 
     # -- waiting -----------------------------------------------------------------------
@@ -253,10 +254,12 @@ class Coalescer:
                     Metadata={LEASE_EXPIRES_METADATA: f"{expires:.3f}"},
                     **condition,
                 )
+                self.health.succeeded()
                 return Lease(key, answer["ETag"], expires)
             except ClientError as exc:
                 code = _code(exc)
                 if code in _PRECONDITION_FAILED or code in _MISSING:
+                    self.health.succeeded()
                     return None  # held by another (412), or the lease we meant to replace is gone (404)
                 if code in _CONFLICT and attempt < _CONFLICT_RETRIES:
                     time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
@@ -273,12 +276,14 @@ class Coalescer:
             head = self.client.head_object(Bucket=self.bucket, Key=_lease_key(key))
         except ClientError as exc:
             if _code(exc) in _MISSING:
+                self.health.succeeded()
                 return None
             self.health.note(exc)
             raise _Unavailable from exc
         except BotoCoreError as exc:
             self.health.note(exc)
             raise _Unavailable from exc
+        self.health.succeeded()
         try:
             expires = float(head.get("Metadata", {}).get(LEASE_EXPIRES_METADATA, ""))
         except ValueError:  # not a lease we wrote: treat it as expired by its age
@@ -293,10 +298,13 @@ class Coalescer:
         except ClientError as exc:
             if _code(exc) not in _MISSING:
                 self._failed("reading the result failed", key, exc)
+            else:
+                self.health.succeeded()
             return None
         except BotoCoreError as exc:
             self._failed("reading the result failed", key, exc)
             return None
+        self.health.succeeded()
         metadata = answer.get("Metadata") or {}
         now = time.time()
         expires, created = _epoch(metadata.get(RESULT_EXPIRES_METADATA)), _epoch(metadata.get(STORED_AT_METADATA))

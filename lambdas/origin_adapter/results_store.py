@@ -38,14 +38,16 @@ def results_bucket_client(*, connect_timeout: float, read_timeout: float, max_co
 
 
 class BucketHealth:
-    """Whether the results bucket is worth a call now. One failure that says the bucket is
-    slow or down (a timeout, no connection, a 5xx) pauses every call of this process for
-    `pause_seconds`; the first call after the pause tries again. A lost race (412, 409) or
-    a missing object is no failure."""
+    """Whether the results bucket is worth a call on the answer's path now. `failures` calls
+    in a row that say the bucket is slow or down (a timeout, no connection, a 5xx) pause the
+    lease calls of this process for `pause_seconds`; the first call after the pause tries
+    again. One slow call among good ones (a busy moment) pauses nothing. A lost race (412,
+    409) or a missing object is no failure; any other answer ends a run of failures."""
 
-    def __init__(self, pause_seconds: float = 10.0) -> None:
-        self.pause_seconds = pause_seconds
+    def __init__(self, pause_seconds: float = 10.0, failures: int = 3) -> None:
+        self.pause_seconds, self.failures = pause_seconds, failures
         self._paused_until = 0.0
+        self._in_a_row = 0
         self._lock = threading.Lock()
         self.last_failure = ""
 
@@ -53,11 +55,20 @@ class BucketHealth:
         return time.monotonic() >= self._paused_until
 
     def note(self, exc: BaseException) -> None:
-        """Pause the bucket if `exc` says it is slow or down."""
-        if is_outage(exc):
-            with self._lock:
+        """Count `exc` if it says the bucket is slow or down; pause after enough in a row."""
+        if not is_outage(exc):
+            self.succeeded()
+            return
+        with self._lock:
+            self._in_a_row += 1
+            self.last_failure = f"{type(exc).__name__}: {exc}"[:300]
+            if self._in_a_row >= self.failures:
                 self._paused_until = time.monotonic() + self.pause_seconds
-                self.last_failure = f"{type(exc).__name__}: {exc}"[:300]
+                self._in_a_row = 0
+
+    def succeeded(self) -> None:
+        """The bucket answered (any answer but an outage's)."""
+        self._in_a_row = 0
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -98,3 +109,4 @@ class ResultsStore:
         except (BotoCoreError, ClientError) as exc:
             self.health.note(exc)
             raise
+        self.health.succeeded()

@@ -58,8 +58,8 @@ class AdapterSettings:
             raise ValueError(f"{ADAPTER_TIMEOUT_ENV} must be above the model read timeout, at most {ORIGIN_READ_TIMEOUT_SECONDS} s")
         cache_call = self.cache_connect_timeout_seconds + self.cache_read_timeout_seconds
         if not (0 < self.cache_connect_timeout_seconds and 0 < self.cache_read_timeout_seconds
-                and cache_call <= self.read_timeout_seconds / 2):
-            raise ValueError(f"a results bucket call's budget ({cache_call} s) must be positive and at most half "
+                and cache_call < self.read_timeout_seconds):
+            raise ValueError(f"a results bucket call's budget ({cache_call} s) must be positive and below "
                              f"the model read ({self.read_timeout_seconds} s)")
         if 2 * cache_call > _ADAPTER_OVERHEAD_SECONDS:  # the store and the release after a stream's last byte
             raise ValueError(f"the store and the lease release ({2 * cache_call} s) must fit in the "

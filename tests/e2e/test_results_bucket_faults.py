@@ -92,10 +92,16 @@ def test_whole_answers_are_not_held_by_the_bucket_and_are_not_stored(run, fault)
     assert first.parse().choices[0].message.content
     assert first.headers[STATUS_HEADER] == "MISS"
     assert 'lease;' in first.headers[SERVER_TIMING_HEADER] and "results bucket unavailable" in first.headers[SERVER_TIMING_HEADER]
-    # Within the pause, the next miss does not even try the lease: the model's time only.
-    started = time.monotonic()
-    other = client(run).chat.completions.with_raw_response.create(**{**ask, "messages": [{"role": "user", "content": f"next {time.time()}"}]})
-    assert other.http_response.status_code == 200 and time.monotonic() - started < 3
+    # After a few failed calls in a row the lease calls pause: a miss then does not even try
+    # the bucket, and pays the model's time only.
+    seconds = []
+    for i in range(3):
+        started = time.monotonic()
+        other = client(run).chat.completions.with_raw_response.create(
+            **{**ask, "messages": [{"role": "user", "content": f"next {i} {time.time()}"}]})
+        assert other.http_response.status_code == 200
+        seconds.append(time.monotonic() - started)
+    assert seconds[-1] < 1.5, seconds
     # Not stored: asked again, the model answers again (once the store has given up).
     key = first.headers["x-inference-cache-key"]
     line = wait_for(lambda: [entry for entry in answered_lines(run, key) if "stored" in entry])
@@ -103,7 +109,7 @@ def test_whole_answers_are_not_held_by_the_bucket_and_are_not_stored(run, fault)
     if "delay_seconds" in fault:  # the client had its answer while the store still waited on the bucket
         assert received < logged_at(line[0]) - 1.0, (received, line[0])
     again = client(run).chat.completions.with_raw_response.create(**ask)
-    assert again.headers[STATUS_HEADER] == "MISS" and model_calls(run) == calls + 3
+    assert again.headers[STATUS_HEADER] == "MISS" and model_calls(run) == calls + 5
 
 
 def test_a_stream_ends_at_its_last_event_whatever_the_bucket_does(run, fault):

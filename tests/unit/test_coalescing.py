@@ -311,19 +311,26 @@ def test_s3_failures_fail_open(key):
 
 
 def test_a_slow_bucket_pauses_the_leases_and_the_next_misses_skip_them_at_once(key):
-    """The local S3 made slow by its fault hook (every call waits 3 s): the first claim
-    pays one read budget (1 s), fails open and pauses the bucket; the claims that follow
-    within the pause make no call at all; after it, the bucket is tried again."""
+    """The local S3 made slow by its fault hook (every call waits 3 s): a claim pays one
+    read budget (1 s) and fails open; once three have in a row, the bucket is paused and
+    the claims that follow within the pause make no call at all; after it, the bucket is
+    tried again. A slow call among good ones pauses nothing."""
     with LocalS3() as server:
         client = boto3.client(
             "s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local",
             config=Config(s3={"addressing_style": "path"}, connect_timeout=0.5, read_timeout=1.0, retries={"total_max_attempts": 1}),
         )
         client.create_bucket(Bucket=BUCKET)
-        health = BucketHealth(pause_seconds=1.5)
+        health = BucketHealth(pause_seconds=1.5, failures=3)
         slow = Coalescer(BUCKET, client, lease_seconds=5, wait_seconds=3, takeover_window_seconds=3, health=health)
         server.checks.set_fault(BUCKET, delay_seconds=3)
         try:
+            assert slow.acquire(key + "a", max_age_seconds=60).unavailable and health.available()
+            server.checks.set_fault(None)
+            assert slow.acquire(key + "b", max_age_seconds=60).lease is not None  # a good call: the count starts again
+            server.checks.set_fault(BUCKET, delay_seconds=3)
+            assert slow.acquire(key + "c", max_age_seconds=60).unavailable and health.available()
+            assert slow.acquire(key + "d", max_age_seconds=60).unavailable and health.available()
             began = time.monotonic()
             assert slow.acquire(key, max_age_seconds=60).unavailable
             assert 0.9 <= time.monotonic() - began < 2.5 and not health.available() and "ReadTimeout" in health.last_failure

@@ -605,7 +605,7 @@ def test_the_results_buckets_budgets_are_far_below_the_answers(origin):
     assert config.retries["total_max_attempts"] == 1 and config.tcp_keepalive
     assert origin.ADAPTER.endpoint.client.meta.config.tcp_keepalive
     assert 2 * (config.connect_timeout + config.read_timeout) <= settings.read_timeout_seconds / 4
-    with pytest.raises(ValueError, match="half the model read"):
+    with pytest.raises(ValueError, match="below the model read"):
         AdapterSettings(**{**settings.__dict__, "cache_read_timeout_seconds": settings.read_timeout_seconds})
     with pytest.raises(ValueError, match="fit in the 6.0 s"):
         AdapterSettings(**{**settings.__dict__, "cache_connect_timeout_seconds": 1.0, "cache_read_timeout_seconds": 2.5})
