@@ -259,19 +259,19 @@ def main() -> int:
             s3_before = s3_stats(run)
             results = interleaved(gateways, args.rounds, run_id)
             s3_after = s3_stats(run)
+            streams = {"backend itself": [], "this project": [], **({"LiteLLM": []} if litellm else {})}
+            direct = Client(backend.url, None)
+            for i in range(args.streams):  # interleaved too, before the load of the throughput blocks
+                body = chat(f"{run_id} streamed {i}", stream=True)
+                streams["backend itself"].append(direct.first_token(body))
+                for name, client in gateways.items():
+                    streams[name].append(client.first_token(body))
             hit_body = chat(f"{run_id} the repeated question")
             rps = {name: [] for name in gateways}
             for _ in range(3):  # alternating blocks
                 rps["this project"].append(throughput(run["listening"], api_key, hit_body, 4, args.seconds))
                 if litellm is not None:
                     rps["LiteLLM"].append(throughput(litellm.url, LITELLM_KEY, hit_body, 4, args.seconds))
-            streams = {"backend itself": [], "this project": [], **({"LiteLLM": []} if litellm else {})}
-            direct = Client(backend.url, None)
-            for i in range(args.streams):
-                body = chat(f"{run_id} streamed {i}", stream=True)
-                streams["backend itself"].append(direct.first_token(body))
-                for name, client in gateways.items():
-                    streams[name].append(client.first_token(body))
             load_after = os.getloadavg()
         if litellm is not None:
             litellm.stop()
