@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -280,10 +281,16 @@ def test_every_part_carries_a_sha256_and_a_corrupted_part_is_refused(s3_server, 
     src = write_model(tmp_path / "model")
     manifest, plan = _plan(s3, bucket, src)
     sent_parts = []
+    first_part_sent = threading.Event()
 
     def corrupt_second_part(request, **kwargs):
         sent_parts.append(dict(request.headers))
+        if "partNumber=1" in request.url:
+            first_part_sent.set()
         if "partNumber=2" in request.url:
+            # Parts go out two at a time: the corrupted one waits for the first to be on its
+            # way, or a fast refusal could cancel the first before it is sent at all.
+            first_part_sent.wait(10)
             body = request.body.read() if hasattr(request.body, "read") else bytes(request.body)
             request.body = bytes([body[0] ^ 0xFF]) + body[1:]  # after botocore computed its checksum
 
