@@ -250,34 +250,42 @@ def main() -> int:
                 litellm.stop()
                 litellm = None
         env = {"LOCAL_CHAT_URL": backend.url, "POWERTOOLS_LOG_LEVEL": "INFO"}
-        with launched("--stage", "dev", "--key-store-file", str(workdir / "keys.json"), env=env, on_line=on_line) as run:
-            api_key = create_api_key(workdir / "keys.json", "bench")["key"]
-            gateways = {"this project": Client(run["listening"], api_key)}
+        try:
+            results, rps, streams, s3_before, s3_after, loads = measure(args, run_id, workdir, env, on_line, backend, litellm)
+        finally:
             if litellm is not None:
-                gateways["LiteLLM"] = Client(litellm.url, LITELLM_KEY)
-            load_before = os.getloadavg()
-            s3_before = s3_stats(run)
-            results = interleaved(gateways, args.rounds, run_id)
-            s3_after = s3_stats(run)
-            streams = {"backend itself": [], "this project": [], **({"LiteLLM": []} if litellm else {})}
-            direct = Client(backend.url, None)
-            for i in range(args.streams):  # interleaved too, before the load of the throughput blocks
-                body = chat(f"{run_id} streamed {i}", stream=True)
-                streams["backend itself"].append(direct.first_token(body))
-                for name, client in gateways.items():
-                    streams[name].append(client.first_token(body))
-            hit_body = chat(f"{run_id} the repeated question")
-            rps = {name: [] for name in gateways}
-            for _ in range(3):  # alternating blocks
-                rps["this project"].append(throughput(run["listening"], api_key, hit_body, 4, args.seconds))
-                if litellm is not None:
-                    rps["LiteLLM"].append(throughput(litellm.url, LITELLM_KEY, hit_body, 4, args.seconds))
-            load_after = os.getloadavg()
-        if litellm is not None:
-            litellm.stop()
-    backend.stop()
-    report(args, results, rps, streams, s3_before, s3_after, answered, why_not, (load_before, load_after))
+                litellm.stop()
+            backend.stop()
+    report(args, results, rps, streams, s3_before, s3_after, answered, why_not, loads)
     return 0
+
+
+def measure(args, run_id: str, workdir: Path, env: dict, on_line, backend, litellm):
+    """The interleaved rounds, the streams and the throughput blocks, on a local run of its own."""
+    with launched("--stage", "dev", "--key-store-file", str(workdir / "keys.json"), env=env, on_line=on_line) as run:
+        api_key = create_api_key(workdir / "keys.json", "bench")["key"]
+        gateways = {"this project": Client(run["listening"], api_key)}
+        if litellm is not None:
+            gateways["LiteLLM"] = Client(litellm.url, LITELLM_KEY)
+        load_before = os.getloadavg()
+        s3_before = s3_stats(run)
+        results = interleaved(gateways, args.rounds, run_id)
+        s3_after = s3_stats(run)
+        streams = {"backend itself": [], "this project": [], **({"LiteLLM": []} if litellm else {})}
+        direct = Client(backend.url, None)
+        for i in range(args.streams):  # interleaved too, before the load of the throughput blocks
+            body = chat(f"{run_id} streamed {i}", stream=True)
+            streams["backend itself"].append(direct.first_token(body))
+            for name, client in gateways.items():
+                streams[name].append(client.first_token(body))
+        hit_body = chat(f"{run_id} the repeated question")
+        rps = {name: [] for name in gateways}
+        for _ in range(3):  # alternating blocks
+            rps["this project"].append(throughput(run["listening"], api_key, hit_body, 4, args.seconds))
+            if litellm is not None:
+                rps["LiteLLM"].append(throughput(litellm.url, LITELLM_KEY, hit_body, 4, args.seconds))
+        load_after = os.getloadavg()
+    return results, rps, streams, s3_before, s3_after, (load_before, load_after)
 
 
 def report(args, results, rps, streams, s3_before, s3_after, answered, why_not, loads) -> None:
