@@ -508,6 +508,34 @@ class SlaSettings:
         return round(1 - self.availability_target, 10)
 
 
+# The rate windows AWS WAF evaluates over (rate-based rule statement, EvaluationWindowSec).
+WAF_EVALUATION_WINDOWS = (60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """AWS WAF rate limits, per platform API key: a key over `requests_per_key` requests in
+    `window_seconds` gets 429 in the OpenAI error shape, with Retry-After, until its rate
+    falls (WAF counts per custom aggregation key: the key header's value). Requests with no
+    key header at all (they only ever get 401s) are counted per client IP. The edge
+    function's own /_cache/ lookups are counted by neither (docs/security.md)."""
+
+    requests_per_key: int
+    window_seconds: int = 300
+    keyless_requests_per_ip: int = 600
+    retry_after_seconds: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_key", "keyless_requests_per_ip"):
+            _require(10 <= getattr(self, name) <= 2_000_000_000, f"WAF rate limit {name} must be 10..2e9 (WAF's bounds)")
+        _require(self.window_seconds in WAF_EVALUATION_WINDOWS, f"WAF evaluates over {WAF_EVALUATION_WINDOWS} s")
+        _require(1 <= self.retry_after_seconds <= self.window_seconds, "Retry-After must be 1 s .. the window")
+
+    @property
+    def per_key_per_second(self) -> float:
+        return self.requests_per_key / self.window_seconds
+
+
 @dataclass(frozen=True)
 class StageSettings:
     name: str
@@ -521,8 +549,8 @@ class StageSettings:
     endpoint: EndpointSettings
     workspace: ModelWorkspaceSettings
     sla: SlaSettings
-    # Requests per 5 minutes per client IP before WAF blocks; None = no web ACL.
-    waf_rate_limit_per_5_min: int | None = None
+    # WAF's rate limits per API key (RateLimits); None = no web ACL.
+    rate_limits: RateLimits | None = None
     # Origin Shield in front of the results bucket collapses lookups from all edges.
     origin_shield: bool = False
     log_retention_days: int = 30
@@ -546,10 +574,6 @@ class StageSettings:
             f"{self.name}: availability zones must be in {self.home_region}",
         )
         _require(bool(re.match(r"^\d+\.\d+\.\d+\.\d+/(1[6-9]|2[0-4])$", self.vpc_cidr)), f"{self.name}: VPC CIDR /16../24")
-        _require(
-            self.waf_rate_limit_per_5_min is None or 10 <= self.waf_rate_limit_per_5_min <= 2_000_000_000,
-            "WAF rate limit must be 10..2e9 (WAF's bounds)",
-        )
         _require(self.log_retention_days in LOG_RETENTION_DAYS, f"log retention is one of {sorted(LOG_RETENTION_DAYS)} days")
         bucket = self.model_bucket_name
         _require(len(bucket) <= 63, f"{self.name}: model bucket name {bucket!r} is longer than S3's 63 characters")

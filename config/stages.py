@@ -10,6 +10,7 @@ from config.settings import (
     ModelArchitecture,
     ModelSettings,
     ModelWorkspaceSettings,
+    RateLimits,
     SlaSettings,
     StageSettings,
 )
@@ -105,7 +106,8 @@ STAGES: dict[str, StageSettings] = {
             ),
             workspace=ModelWorkspaceSettings(capacity_gib=1200, throughput_per_tib=250),
             sla=SlaSettings(availability_target=0.995, alarm_email="inference-oncall@example.com"),
-            waf_rate_limit_per_5_min=20_000,
+            # 20 requests/s per API key over 5 minutes.
+            rate_limits=RateLimits(requests_per_key=6_000),
         ),
         StageSettings(
             name="prod",
@@ -137,7 +139,8 @@ STAGES: dict[str, StageSettings] = {
             ),
             workspace=ModelWorkspaceSettings(capacity_gib=2400, throughput_per_tib=500),
             sla=SlaSettings(availability_target=0.999, alarm_email="inference-oncall@example.com"),
-            waf_rate_limit_per_5_min=10_000,
+            # 100 requests/s per API key over 5 minutes: a server-side tenant's whole traffic.
+            rate_limits=RateLimits(requests_per_key=30_000),
             origin_shield=True,
             log_retention_days=90,
         ),

@@ -9,6 +9,7 @@ Rules and the choices behind them: docs/cache-key.md.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import json.encoder
 from collections import namedtuple
@@ -16,6 +17,7 @@ from itertools import chain, compress, count, repeat
 
 from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
+    CACHE_KEY_CONTEXT,
     CHAT_ROUTE,
     COMPLETIONS_ROUTE,
     EMBEDDINGS_ROUTE,
@@ -24,8 +26,9 @@ from lambdas.contract import (
 )
 from lambdas.errors import ApiError
 
-# Bump when the canonical form changes: every key changes with it (a fresh cache).
-KEY_FORMAT = "inference-cache-key/2"
+# Bump when the canonical form or the key's construction changes: every key changes with
+# it (a fresh cache). 3: keys are MACs under the stage secret.
+KEY_FORMAT = "inference-cache-key/3"
 # The headers decide reads. The API key is not among them: caches are scoped by the
 # tenant the viewer-request check verified (`tenant=`), never by the key itself.
 _READ_HEADERS = ("content-type", "content-encoding", "cache-control", TTL_HEADER)
@@ -744,7 +747,13 @@ def _not_cacheable(reason: str, error: ApiError | None = None) -> Decision:
     return _new_decision(Decision, (False, None, reason, error, False, False, 0))
 
 
-def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision, bytes | None]:
+def mac_key(stage_secret: str) -> bytes:
+    """The key deployed cache keys are MACs under, derived from the stage secret (the
+    secret itself is also the root of the /_cache/ read credential: one use, one key)."""
+    return hmac.digest(stage_secret.encode(), CACHE_KEY_CONTEXT.encode(), "sha256")
+
+
+def _decide(path, headers, body, settings, truncated, tenant, mac) -> tuple[Decision, bytes | None]:
     if path not in settings.routes or (path not in _ROUTE_SCHEMA and path != INVOCATIONS_ROUTE):
         return _not_cacheable("route not cached"), None
     if type(body) is not bytes:
@@ -777,7 +786,9 @@ def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision,
         reason += ", client no-cache"
     if ttl <= 0:
         reason += ", ttl 0"
-    key = hashlib.sha256(payload).hexdigest()
+    # Deployed: HMAC-SHA256 under the stage's MAC key, so nobody without the secret can name
+    # a request's answer. Without one (bin/cache-key's estimates): plain SHA-256.
+    key = hmac.digest(mac, payload, "sha256").hex() if mac else hashlib.sha256(payload).hexdigest()
     return _new_decision(Decision, (True, key, reason, None, not no_cache, ttl > 0, ttl)), payload
 
 
@@ -806,12 +817,21 @@ def _key_head(path, settings: EdgeCacheSettings, scope, stream: bool, encoder) -
 
 
 def decide(
-    path: str, headers, body: bytes, settings: EdgeCacheSettings, *, truncated: bool = False, tenant: str | None = None
+    path: str,
+    headers,
+    body: bytes,
+    settings: EdgeCacheSettings,
+    *,
+    truncated: bool = False,
+    tenant: str | None = None,
+    mac: bytes | None = None,
 ) -> Decision:
-    """The cache decision for one request. Never raises: an unexpected failure is
-    'not cacheable' (the request passes through uncached), never an error response."""
+    """The cache decision for one request; its key a MAC under `mac` (mac_key() of the stage
+    secret), or without one a plain SHA-256 that no deployed stage uses (an estimate).
+    Never raises: an unexpected failure is 'not cacheable' (the request passes through
+    uncached), never an error response."""
     try:
-        return _decide(path, headers, body, settings, truncated, tenant)[0]
+        return _decide(path, headers, body, settings, truncated, tenant, mac)[0]
     except Exception as e:  # noqa: BLE001 - the edge must never fail a request on a bug here
         return _not_cacheable(f"internal error: {type(e).__name__}")
 
@@ -819,8 +839,8 @@ def decide(
 def canonical_payload(
     path: str, headers, body: bytes, settings: EdgeCacheSettings, *, tenant: str | None = None
 ) -> bytes | None:
-    """The exact bytes the key hashes (to debug a miss), or None when there is no key."""
+    """The exact bytes the key hashes or MACs (to debug a miss), or None when there is no key."""
     try:
-        return _decide(path, headers, body, settings, False, tenant)[1]
+        return _decide(path, headers, body, settings, False, tenant, None)[1]
     except Exception:  # noqa: BLE001
         return None

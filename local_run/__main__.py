@@ -14,7 +14,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-from cli.api_keys import DEFAULT_LOCAL_KEY_STORE, LOCAL_KEY_STORE_ENV, ROOT, local_key_store_path
+from cli.api_keys import (
+    DEFAULT_LOCAL_KEY_STORE,
+    LOCAL_KEY_STORE_ENV,
+    ROOT,
+    LocalKeyStore,
+    ensure_stage_secret,
+    local_key_store_path,
+)
 from cli.model_stage import stage_target
 from cli.serve_state import write_serve_state
 from config.stages import DEFAULT_STAGE, stage
@@ -36,7 +43,7 @@ from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packa
 from local_run.model_store import fetch_model, local_s3_client, publish_model
 from local_run.s3 import LocalS3
 from local_run.servers import BackgroundServer
-from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction
+from local_run.viewer_request_host import API_KEY_CHECK, CACHE_READ_CHECK, ViewerRequestFunction
 
 RESULTS_BUCKET = "local-results"
 
@@ -75,18 +82,21 @@ def start(
         s3_endpoint_url=results.url, model_bucket=settings.model_bucket_name, model_prefix=base_prefix, model_version=version
     )
     model_server = BackgroundServer(model.app, name="local-model-server").start()
-    key_check = None
-    if settings.require_api_keys:
-        # bin/api-keys --local writes this file; the running key check re-reads it on change.
-        key_store_file = local_key_store_path(key_store_file)
-        key_store_file.parent.mkdir(parents=True, exist_ok=True)
-        key_check = ViewerRequestFunction(API_KEY_CHECK, key_store_file)
+    # bin/api-keys --local writes this file; the running functions re-read it on change. It
+    # holds the stage secret too, made here on the first start (as `bin/api-keys
+    # rotate-secret` makes it before a stage's first deploy).
+    key_store_file = local_key_store_path(key_store_file)
+    key_store_file.parent.mkdir(parents=True, exist_ok=True)
+    ensure_stage_secret(LocalKeyStore(key_store_file))
+    key_check = ViewerRequestFunction(API_KEY_CHECK, key_store_file) if settings.require_api_keys else None
+    cache_read_check = ViewerRequestFunction(CACHE_READ_CHECK, key_store_file)
     front = LocalFront(
         settings=settings,
         results_url=results.url,
         bucket=RESULTS_BUCKET,
         models_url=model_server.url,
         key_check=key_check,
+        cache_read_check=cache_read_check,
         origin_read_seconds=settings.endpoint.timeouts.origin_read_seconds,
         quiet=quiet,
     )
@@ -134,14 +144,16 @@ def start(
     ).start()
     front.attach(importlib.import_module("lambdas.edge.handler"), origin_server.url)
     front_server.start()
-    return LocalRun(settings, front, front_server, model, model_server, origin_server, results, key_check, scratch)
+    functions = [f for f in (key_check, cache_read_check) if f is not None]
+    return LocalRun(settings, front, front_server, model, model_server, origin_server, results, key_check, functions, scratch)
 
 
 class LocalRun:
-    def __init__(self, settings, front, front_server, model, model_server, origin_server, results, key_check, scratch):
+    def __init__(self, settings, front, front_server, model, model_server, origin_server, results, key_check, functions, scratch):
         self.settings, self.front, self.model = settings, front, model
         self._servers = [front_server, origin_server, model_server]
         self.model_server_url, self.results, self.key_check = model_server.url, results, key_check
+        self._functions = functions
         self._scratch = scratch
         atexit.register(self._remove_scratch)  # also when the process ends without stop()
 
@@ -149,8 +161,8 @@ class LocalRun:
         for server in self._servers:
             server.stop()
         self.results.stop()
-        if self.key_check is not None:
-            self.key_check.close()
+        for function in self._functions:
+            function.close()
         self._remove_scratch()
 
     def _remove_scratch(self) -> None:

@@ -120,6 +120,7 @@ class LocalFront:
         bucket: str,
         models_url: str,
         key_check: ViewerRequestFunction | None,
+        cache_read_check: ViewerRequestFunction,
         origin_read_seconds: float,
         quiet: bool = False,
     ):
@@ -135,6 +136,7 @@ class LocalFront:
         self.bucket = bucket
         self.models_url = models_url.rstrip("/")
         self.key_check = key_check
+        self.cache_read_check = cache_read_check
         self.quiet = quiet
         self.url = ""  # set once the server is bound
         self.origin_url = ""  # the origin adapter's web app, once it is served
@@ -164,7 +166,8 @@ class LocalFront:
         unread_body = _may_have_body(request)
         if uri.startswith(RESULTS_PATH):
             if method in ("GET", "HEAD"):
-                status, out, data = await self._in_worker(self.results_object, uri)
+                # The /_cache/* viewer-request function first: only the edge function reads.
+                status, out, data = await self._in_worker(self.stored_answer, method, uri, query, headers)
             else:
                 status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
         elif uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE or method in ("GET", "HEAD", "OPTIONS"):
@@ -218,6 +221,16 @@ class LocalFront:
         return ToOrigin(method, uri, query, headers, body, inference=False)
 
     # -- /_cache/*: CloudFront's cache in front of the results bucket ----------------
+    def stored_answer(self, method: str, uri: str, query: str, headers: dict) -> tuple[int, dict, bytes]:
+        """The behavior's viewer-request function (the edge's credential, checked before
+        the cache or the bucket is consulted), then CloudFront's cache of the bucket."""
+        result = self.cache_read_check.handle(viewer_request_event(method, uri, headers, query))
+        if is_response(result):
+            out = {k: v["value"] for k, v in result.get("headers", {}).items()}
+            data = result.get("body", {}).get("data", "")
+            return int(result["statusCode"]), out, data.encode() if isinstance(data, str) else data
+        return self.results_object(uri)
+
     def results_object(self, path: str) -> tuple[int, dict, bytes]:
         now = time.time()
         cached = self.edge_cache.get(path)

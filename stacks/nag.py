@@ -114,7 +114,7 @@ def acknowledge_findings(
         _ack(
             distribution,
             "CFR2",
-            f"Stage {s.name} declares no web ACL (waf_rate_limit_per_5_min is None): it serves "
+            f"Stage {s.name} declares no web ACL (rate_limits is None): it serves "
             "internal test traffic; staging and prod attach one.",
         )
 

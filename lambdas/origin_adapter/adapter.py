@@ -19,6 +19,7 @@ from lambdas.contract import (
     MODELS_ROUTE,
     SERVABLE_BODY_LIMIT_BYTES,
     SERVER_TIMING_HEADER,
+    STAGE_SECRET_HEADER,
     STATUS_HEADER,
     TENANT_HEADER,
 )
@@ -36,7 +37,7 @@ from lambdas.origin_adapter.streaming import (
 
 # The viewer's credentials never enter the decision here: behind OAC the Authorization
 # header is CloudFront's signature. The tenant comes from the edge, in TENANT_HEADER.
-_NOT_FOR_DECISION = ("authorization", "x-api-key", TENANT_HEADER, KEY_HEADER)
+_NOT_FOR_DECISION = ("authorization", "x-api-key", TENANT_HEADER, KEY_HEADER, STAGE_SECRET_HEADER)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class InferenceAdapter:
         # it); a whole answer's lease is the coalescer's own, shorter one.
         self.stream_lease_seconds = stream_lease_seconds
         self.routes = frozenset(cache_settings.routes)
+        self._macs: dict[str, bytes] = {}
 
     def answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
         response, outcome = self._answer(request)
@@ -141,13 +143,19 @@ class InferenceAdapter:
             return _error(405, "method_not_allowed", f"{request.path} takes POST."), outcome
 
         decision_headers = {k: v for k, v in request.headers.items() if k not in _NOT_FOR_DECISION}
+        # The stage secret as the edge got it (from the viewer-request function, which
+        # removes any viewer copy; only CloudFront reaches this function, through OAC).
+        mac = self._mac_key(request.headers.get(STAGE_SECRET_HEADER))
         decision = cache_decision.decide(
             request.path,
             decision_headers,
             request.body,
             self.cache,
             tenant=request.headers.get(TENANT_HEADER) or None,
+            mac=mac,
         )
+        if decision.cacheable and mac is None:  # fail closed: no deployed key without the secret
+            decision = decision._replace(cacheable=False, key=None, lookup=False, store=False, reason="no stage secret")
         outcome.reason, outcome.key = decision.reason, decision.key
         if decision.error is not None:
             return OriginResponse(decision.error.status, decision.error.body(), _json_headers("BYPASS")), outcome
@@ -273,6 +281,17 @@ class InferenceAdapter:
             raise
         finally:
             end()
+
+    def _mac_key(self, secret: str | None) -> bytes | None:
+        """The cache-key MAC key of a stage secret (a comma-joined repeat is no secret)."""
+        if not secret or "," in secret:
+            return None
+        mac = self._macs.get(secret)
+        if mac is None:
+            if len(self._macs) >= 4:  # a secret changes only at a rotation
+                self._macs.clear()
+            mac = self._macs[secret] = cache_decision.mac_key(secret)
+        return mac
 
     def _answer_headers(self, content_type: str, decision, outcome: Outcome) -> dict:
         headers = {"content-type": content_type, STATUS_HEADER: outcome.cache}

@@ -108,16 +108,23 @@ def test_timeout_budget_is_ordered_model_read_adapter_origin_read(synthesized, s
 # -- 3. WAF rate rule and edge lookup metrics -------------------------------------------
 
 
-@pytest.mark.parametrize("stage", [s for s in STAGE_NAMES if STAGES[s].waf_rate_limit_per_5_min is not None])
-def test_waf_rate_rule_does_not_count_the_edge_functions_own_lookups(synthesized, stage):
+@pytest.mark.parametrize("stage", [s for s in STAGE_NAMES if STAGES[s].rate_limits is not None])
+def test_no_waf_rule_counts_or_blocks_the_edge_functions_own_lookups(synthesized, stage):
+    """Every rate rule and every managed rule group is scoped down to everything but
+    /_cache/: the edge's lookups come from Lambda@Edge's few egress addresses and carry no
+    API key; /_cache/ is guarded by its viewer-request function instead."""
     (acl,) = _resources(synthesized, stage, "Edge", "AWS::WAFv2::WebACL").values()
-    (rule,) = [r for r in acl["Rules"] if "RateBasedStatement" in r["Statement"]]
-    scope = rule["Statement"]["RateBasedStatement"]["ScopeDownStatement"]
-    match = scope["NotStatement"]["Statement"]["ByteMatchStatement"]
-    assert match["FieldToMatch"] == {"UriPath": {}}
-    assert match["PositionalConstraint"] == "STARTS_WITH"
-    assert match["SearchString"] == "/_cache/"
-    assert match["TextTransformations"] == [{"Priority": 0, "Type": "NONE"}]
+    for rule in acl["Rules"]:
+        statement = rule["Statement"]
+        inner = statement.get("RateBasedStatement") or statement.get("ManagedRuleGroupStatement")
+        scope = inner["ScopeDownStatement"]
+        scopes = scope["AndStatement"]["Statements"] if "AndStatement" in scope else [scope]
+        (not_results,) = [s for s in scopes if "ByteMatchStatement" in s.get("NotStatement", {}).get("Statement", {})]
+        match = not_results["NotStatement"]["Statement"]["ByteMatchStatement"]
+        assert match["FieldToMatch"] == {"UriPath": {}}, rule["Name"]
+        assert match["PositionalConstraint"] == "STARTS_WITH"
+        assert match["SearchString"] == "/_cache/"
+        assert match["TextTransformations"] == [{"Priority": 0, "Type": "NONE"}]
 
 
 def _replica_log_group(synthesized, stage) -> tuple[str, dict]:

@@ -12,6 +12,7 @@ from config.settings import (
     CustomDomain,
     EndpointSettings,
     ModelWorkspaceSettings,
+    RateLimits,
     SettingsError,
     SlaSettings,
 )
@@ -69,7 +70,9 @@ def test_stage_level_rules():
     with pytest.raises(SettingsError, match="availability zones"):
         dataclasses.replace(dev, availability_zones=("us-east-1a", "us-east-1b"))
     with pytest.raises(SettingsError, match="WAF"):
-        dataclasses.replace(dev, waf_rate_limit_per_5_min=5)
+        dataclasses.replace(dev, rate_limits=RateLimits(requests_per_key=5))
+    with pytest.raises(SettingsError, match="WAF evaluates over"):
+        RateLimits(requests_per_key=100, window_seconds=180)
 
 
 def test_edge_cache_config_carries_what_the_edge_function_needs():
