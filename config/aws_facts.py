@@ -43,6 +43,19 @@ QUANTIZED_WEIGHT_BYTES = {"fp8": 1.0, "awq": 0.5, "gptq": 0.5, "bitsandbytes": 0
 NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en")
 # FSx for Lustre PERSISTENT_2 throughput per TiB of storage (MB/s/TiB).
 FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
+# List prices, USD per GB-month of PERSISTENT_2 SSD storage by throughput tier, the same in
+# us-east-1, us-east-2 and us-west-2 (the stages' home regions). Source: the Amazon FSx for
+# Lustre pricing page, aws.amazon.com/fsx/lustre/pricing/, as of 2026-12-06; the 125 tier
+# also matches c3x.dev's estimate (1.2 TB at 125 MB/s/TiB ~ $174/month, 2026). Check the
+# page before budgeting: prices change.
+FSX_PERSISTENT_2_USD_PER_GB_MONTH = {125: 0.145, 250: 0.210, 500: 0.340, 1000: 0.600}
+# Interface VPC endpoints (AWS PrivateLink pricing, aws.amazon.com/privatelink/pricing/, as of
+# 2026-12-06): USD 0.01 per endpoint per AZ-hour in these regions, plus 0.01 per GB processed.
+INTERFACE_ENDPOINT_USD_PER_AZ_HOUR = 0.01
+HOURS_PER_MONTH = 730
+# What Session Manager needs in subnets without a route out (Systems Manager User Guide,
+# "Use VPC endpoints ... for Systems Manager"): ssm, ssmmessages, and ec2messages.
+SESSION_MANAGER_ENDPOINTS = ("ssm", "ssmmessages", "ec2messages")
 # CloudWatch Logs retention periods this project allows, by the name of
 # aws_logs.RetentionDays' member.
 LOG_RETENTION_DAYS = {
@@ -67,6 +80,13 @@ SAGEMAKER_INVOKE_TIMEOUT_SECONDS = 60
 # the API reference's CreateFunction now says 1,800 s: the stricter figure is the quotas
 # page's). It bounds a streamed response through a function URL (RESPONSE_STREAM).
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
+# Blue/green rollouts (SageMaker API reference, TrafficRoutingConfig and
+# BlueGreenUpdatePolicy): a baking period (WaitIntervalInSeconds) is 0..3600 s; a
+# rollout's MaximumExecutionTimeoutInSeconds is 600..28800 s; AutoRollbackConfig takes
+# 1..10 alarms.
+SAGEMAKER_BAKING_MAX_SECONDS = 3600
+SAGEMAKER_ROLLOUT_TIMEOUT_MAX_SECONDS = 28_800
+SAGEMAKER_ROLLBACK_ALARMS_MAX = 10
 # Lambda keeps at least this much of a region's account concurrency unreserved;
 # 1000 is the default account quota per region (Lambda Developer Guide, quotas).
 LAMBDA_MIN_UNRESERVED_CONCURRENCY = 100
@@ -96,3 +116,8 @@ LAMBDA_EDGE_REGIONS = (
 # one layer per architecture. The version is the latest stable release's.
 LAMBDA_WEB_ADAPTER_LAYER_ARN = "arn:{partition}:lambda:{region}:753240598075:layer:LambdaAdapterLayerArm64:{version}"
 LAMBDA_WEB_ADAPTER_LAYER_VERSION = 25  # aws-lambda-web-adapter v0.9.1
+# Powertools for AWS Lambda (Python): AWS publishes each release's public layer ARN as an
+# SSM parameter per region, architecture and runtime (Powertools docs, "Lambda Layer":
+# /aws/service/powertools/python/{architecture}/{runtime}/{version}). The Inference stack
+# resolves it at deploy time; bin/preflight checks it exists first.
+POWERTOOLS_LAYER_PARAMETER = "/aws/service/powertools/python/{architecture}/{runtime}/{version}"

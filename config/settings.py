@@ -16,9 +16,12 @@ from config.aws_facts import (
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS,
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS,
     DTYPE_BYTES,
+    FSX_PERSISTENT_2_USD_PER_GB_MONTH,
     FSX_THROUGHPUT_PER_TIB,
     GPU_MEMORY_MIB,
     GPUS_PER_INSTANCE,
+    HOURS_PER_MONTH,
+    INTERFACE_ENDPOINT_USD_PER_AZ_HOUR,
     LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY,
     LAMBDA_MAX_TIMEOUT_SECONDS,
     LAMBDA_MIN_UNRESERVED_CONCURRENCY,
@@ -26,7 +29,9 @@ from config.aws_facts import (
     MAX_ALARM_MINUTES,
     NVME_FAMILIES,
     QUANTIZED_WEIGHT_BYTES,
+    SAGEMAKER_BAKING_MAX_SECONDS,
     SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
+    SESSION_MANAGER_ENDPOINTS,
 )
 from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
@@ -290,6 +295,15 @@ def gpu_fit(model: ModelSettings, instance_type: str) -> GpuFit:
 # connect (2 s, the runtime's connect timeout), throttle back-off between its retries
 # (< 1 s), and storing the answer in the results bucket (a PutObject, ~1-3 s).
 ADAPTER_OVERHEAD_SECONDS = 6
+# The rollback alarms judge a rollout's new fleet over 1-minute periods and go to ALARM
+# when ROLLBACK_ALARM_DATAPOINTS of the last ROLLBACK_ALARM_PERIODS breach (stacks/rollouts.py).
+ROLLBACK_ALARM_PERIODS, ROLLBACK_ALARM_DATAPOINTS = 5, 3
+# A baking period holds the alarm's whole window twice: once for the new fleet's traffic,
+# once for SageMaker's metrics to reach CloudWatch and the alarm to evaluate them.
+MIN_BAKING_MINUTES = 2 * ROLLBACK_ALARM_PERIODS
+# Added to a rollout's longest waits (download, start-up, baking) for its overall limit:
+# instance provisioning and traffic shifting, which no setting bounds.
+ROLLOUT_TIMEOUT_MARGIN_SECONDS = 600
 # What CloudFront waits for besides the adapter's own timeout: a cold start (init is
 # not counted in the Lambda timeout) and the function URL's own overhead.
 ORIGIN_OVERHEAD_SECONDS = 5
@@ -384,6 +398,10 @@ class EndpointSettings:
     # taking concurrency that Lambda@Edge replicas in the home region share.
     concurrent_requests_per_instance: int = 16
     adapter_concurrency_headroom: float = 1.5
+    # Blue/green rollouts (docs/decisions.md, "Rollouts that undo themselves"): how long the
+    # new fleet serves all traffic, watched by its rollback alarms, before the old fleet
+    # is terminated; a rollback alarm in ALARM meanwhile moves the traffic back.
+    rollout_baking_minutes: int = 15
     # False only for the first of the two deploys that change the instance type:
     # SageMaker refuses an instance-type update on a variant registered for autoscaling
     # (README, "Changing the instance type").
@@ -403,6 +421,11 @@ class EndpointSettings:
         _require(1.0 <= self.adapter_concurrency_headroom <= 3.0, "adapter concurrency headroom must be 1.0..3.0")
         for name in ("startup_health_check_timeout_seconds", "model_data_download_timeout_seconds"):
             _require(60 <= getattr(self, name) <= 3600, f"{name} must be 60..3600")
+        _require(
+            MIN_BAKING_MINUTES <= self.rollout_baking_minutes <= SAGEMAKER_BAKING_MAX_SECONDS // 60,
+            f"rollout baking period must be {MIN_BAKING_MINUTES}..{SAGEMAKER_BAKING_MAX_SECONDS // 60} minutes "
+            f"(the rollback alarms need {ROLLBACK_ALARM_PERIODS} one-minute periods, and time to see them)",
+        )
         if self.has_instance_storage:
             _require(self.volume_size_gb is None, f"{self.instance_type} has NVMe storage; SageMaker rejects VolumeSizeInGB")
         else:
@@ -414,13 +437,31 @@ class EndpointSettings:
         return math.ceil(self.max_instances * self.concurrent_requests_per_instance * self.adapter_concurrency_headroom)
 
     @property
+    def rollout_timeout_seconds(self) -> int:
+        """The longest a blue/green rollout may run before SageMaker gives up on it: the new
+        fleet's model download and start-up, the baking period, and a margin."""
+        return (
+            self.model_data_download_timeout_seconds
+            + self.startup_health_check_timeout_seconds
+            + self.rollout_baking_minutes * 60
+            + ROLLOUT_TIMEOUT_MARGIN_SECONDS
+        )
+
+    @property
+    def blue_green_instances(self) -> int:
+        """Instances of this type a rollout at the maximum holds at once: the new fleet is
+        provisioned beside the old one at the retained (scaled) count."""
+        return 2 * self.max_instances
+
+    @property
     def has_instance_storage(self) -> bool:
         return self.instance_type.split(".")[1] in NVME_FAMILIES
 
 
 @dataclass(frozen=True)
 class ModelWorkspaceSettings:
-    """FSx for Lustre beside the model bucket."""
+    """FSx for Lustre beside the model bucket, and the way in: a host started on demand in
+    the stage's VPC (bin/workspace-host) that mounts it and stops itself when idle."""
 
     capacity_gib: int = 1200
     throughput_per_tib: int = 250
@@ -428,14 +469,40 @@ class ModelWorkspaceSettings:
     # prepared; what is finished is exported to the versioned model bucket (the source
     # of truth) by the data repository association, so by default nothing is backed up.
     backup_retention_days: int = 0
+    # Off: no file system, no way in, nothing paid; models are published straight to the
+    # bucket (bin/model-publish). A stage that turns it off says why.
+    enabled: bool = True
+    off_reason: str | None = None
+    # The workspace host: its default instance type (bin/workspace-host --instance-type
+    # picks another) and the minutes without a session or a process on the workspace
+    # after which it shuts itself down (and is terminated: its work lives on Lustre).
+    host_instance_type: str = "m7i.xlarge"
+    host_idle_minutes: int = 30
 
     def __post_init__(self) -> None:
+        _require(
+            self.enabled or bool((self.off_reason or "").strip()),
+            "a stage without the model workspace must say why (off_reason)",
+        )
+        _require(bool(re.match(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", self.host_instance_type)), f"instance type {self.host_instance_type!r}")
+        _require(10 <= self.host_idle_minutes <= 24 * 60, "workspace host idle minutes must be 10..1440")
         _require(
             self.capacity_gib in (1200, 2400) or (self.capacity_gib > 0 and self.capacity_gib % 2400 == 0),
             "PERSISTENT_2 capacity is 1200, 2400 or a multiple of 2400 GiB",
         )
         _require(self.throughput_per_tib in FSX_THROUGHPUT_PER_TIB, f"throughput per TiB is one of {FSX_THROUGHPUT_PER_TIB}")
         _require(0 <= self.backup_retention_days <= 90, "FSx backup retention is 0..90 days")
+
+    @property
+    def monthly_cost_usd(self) -> float:
+        """What the file system costs a month at list price (capacity x the PERSISTENT_2 SSD
+        price of its throughput tier), plus the Session Manager endpoints of the way in;
+        0 when off. Prices: config/aws_facts.py, dated, with sources."""
+        if not self.enabled:
+            return 0.0
+        storage = self.capacity_gib * FSX_PERSISTENT_2_USD_PER_GB_MONTH[self.throughput_per_tib]
+        endpoints = len(SESSION_MANAGER_ENDPOINTS) * INTERFACE_ENDPOINT_USD_PER_AZ_HOUR * HOURS_PER_MONTH
+        return round(storage + endpoints, 2)
 
 
 @dataclass(frozen=True)
@@ -619,6 +686,23 @@ class StageSettings:
             f"{self.name}: origin adapter reserved concurrency {reserved} must leave "
             f"{LAMBDA_MIN_UNRESERVED_CONCURRENCY} of the {self.lambda_concurrency_quota} account quota unreserved",
         )
+
+    @property
+    def endpoint_name(self) -> str:
+        """The stage's SageMaker endpoint (named: alarms and the adapter's grant name it)."""
+        return f"inference-cache-{self.name}"
+
+    @property
+    def endpoints(self) -> dict[str, EndpointSettings]:
+        """Every SageMaker endpoint of the stage, by name: what bin/preflight sizes instance
+        quotas for. An endpoint the stage adds is one line here."""
+        return {self.endpoint_name: self.endpoint}
+
+    @property
+    def pinned_models(self) -> tuple[ModelSettings, ...]:
+        """Every model version the stage's endpoints load: each must be published (its
+        manifest in the model bucket) before a deploy creates or updates the endpoint."""
+        return (self.model,)
 
     @property
     def model_bucket_name(self) -> str:

@@ -71,8 +71,19 @@ STAGES: dict[str, StageSettings] = {
                 concurrent_requests_per_instance=8,
                 scale_out_cooldown_seconds=60,
                 scale_in_cooldown_seconds=300,
+                # The shortest that lets the rollback alarms judge a new model version.
+                rollout_baking_minutes=10,
             ),
-            workspace=ModelWorkspaceSettings(capacity_gib=1200, throughput_per_tib=125),
+            workspace=ModelWorkspaceSettings(
+                capacity_gib=1200,
+                throughput_per_tib=125,
+                enabled=False,
+                off_reason=(
+                    "Dev serves versions published from a laptop or CI straight to the model bucket "
+                    "(bin/model-publish); preparing models happens in staging's workspace. Kept, the "
+                    "smallest file system would cost ~$196/month that nothing uses."
+                ),
+            ),
             # Dev traffic is a developer's test traffic: a burst of failures from one person is
             # not evidence of an outage, so ratio alarms want twice the default volume.
             sla=SlaSettings(availability_target=0.99, alarm_email=None, min_requests_per_5_min=20),
@@ -103,6 +114,7 @@ STAGES: dict[str, StageSettings] = {
                 min_instances=1,
                 max_instances=4,
                 target_concurrency=8,
+                rollout_baking_minutes=20,
             ),
             workspace=ModelWorkspaceSettings(capacity_gib=1200, throughput_per_tib=250),
             sla=SlaSettings(availability_target=0.995, alarm_email="inference-oncall@example.com"),
@@ -136,6 +148,8 @@ STAGES: dict[str, StageSettings] = {
                 target_concurrency=8,
                 scale_out_cooldown_seconds=60,
                 scale_in_cooldown_seconds=900,
+                # Two fleets are paid for while a rollout bakes; prod buys half an hour of evidence.
+                rollout_baking_minutes=30,
             ),
             workspace=ModelWorkspaceSettings(capacity_gib=2400, throughput_per_tib=500),
             sla=SlaSettings(availability_target=0.999, alarm_email="inference-oncall@example.com"),

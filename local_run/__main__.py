@@ -39,6 +39,7 @@ from lambdas.contract import (
     STREAM_BUDGET_ENV,
 )
 from local_run.front import LAMBDA_CONCURRENCY, LocalFront
+from local_run.live_dashboard import EmfTap, LiveDashboard, LiveMetrics
 from local_run.model_server import EMBEDDING_MODEL, Embedder, ModelServer, packaged_embedding_model
 from local_run.model_store import fetch_model, local_s3_client, publish_model
 from local_run.s3 import LocalS3
@@ -100,7 +101,10 @@ def start(
         origin_read_seconds=settings.endpoint.timeouts.origin_read_seconds,
         quiet=quiet,
     )
-    front_server = BackgroundServer(front.app, port=port, name="local-front")
+    # GET /_local/dashboard: charts of this run's own metrics (local_run/live_dashboard.py).
+    live = LiveMetrics(emf_enabled=os.environ.get("POWERTOOLS_METRICS_DISABLED", "false").lower() not in ("1", "true"))
+    sys.stdout = EmfTap(sys.stdout, live.observe_emf)  # the origin adapter's EMF records, as CloudWatch takes them
+    front_server = BackgroundServer(LiveDashboard(live).around(front.app), port=port, name="local-front")
     front.url = front_server.url
 
     (workdir / SETTINGS_FILE).write_text(settings.edge_cache_settings().to_json())
@@ -130,7 +134,8 @@ def start(
             "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
-            "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
+            # On: the EMF records feed the live dashboard (EmfTap keeps them off the console).
+            "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "false"),
         }
     )
     os.environ.pop("AWS_PROFILE", None)

@@ -17,7 +17,11 @@ from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from config.aws_facts import LAMBDA_WEB_ADAPTER_LAYER_ARN, LAMBDA_WEB_ADAPTER_LAYER_VERSION
+from config.aws_facts import (
+    LAMBDA_WEB_ADAPTER_LAYER_ARN,
+    LAMBDA_WEB_ADAPTER_LAYER_VERSION,
+    POWERTOOLS_LAYER_PARAMETER,
+)
 from config.settings import StageSettings
 from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
@@ -35,12 +39,9 @@ from lambdas.contract import (
 )
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER, lambda_bundle
 from stacks.common import retention
+from stacks.rollouts import RolloutGuard
 
 VARIANT_NAME = "AllTraffic"
-# Kept from the running endpoint on every update: the instance count autoscaling reached
-# and the variant weight. DataCaptureConfig is excluded so that a capture setting in a
-# new endpoint config takes effect instead of being silently kept from the old one.
-RETAIN_EXCEPT = ("DataCaptureConfig",)
 
 
 class InferenceStack(cdk.Stack):
@@ -58,7 +59,7 @@ class InferenceStack(cdk.Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.settings = settings
-        self.endpoint_name = f"inference-cache-{settings.name}"
+        self.endpoint_name = settings.endpoint_name
         # Named, so that alarms elsewhere refer to it by name, not by a stack export.
         self.origin_adapter_name = f"inference-cache-{settings.name}-origin-adapter"
 
@@ -220,6 +221,17 @@ class InferenceStack(cdk.Stack):
             ),
         )
         endpoint_config = sagemaker.CfnEndpointConfig(self, "EndpointConfig", production_variants=[variant])
+        # Blue/green with automatic rollback on the new fleet's own alarms (stacks/rollouts.py).
+        self.rollout_guard = RolloutGuard(
+            self,
+            "Rollout",
+            endpoint_name=self.endpoint_name,
+            variant_name=VARIANT_NAME,
+            endpoint_config_name=endpoint_config.attr_endpoint_config_name,
+            endpoint=endpoint,
+            sla=self.settings.sla,
+        )
+        self.rollout_guard.grant_describe(role)
         # SageMaker creates this group on first start with no retention; owning it here
         # sets the stage's retention (the endpoint waits for it).
         self.endpoint_log_group = logs.LogGroup(
@@ -235,12 +247,14 @@ class InferenceStack(cdk.Stack):
             endpoint_name=self.endpoint_name,
             endpoint_config_name=endpoint_config.attr_endpoint_config_name,
             # Without this every rollout (UpdateEndpoint) resets the variant to the new
-            # config's InitialInstanceCount, dropping what autoscaling reached (8 -> 2).
+            # config's InitialInstanceCount, dropping what autoscaling reached (8 -> 2); the
+            # new (green) fleet starts at the retained count. Nothing is excluded: the one
+            # other retained property, DataCaptureConfig, is "not currently supported" as an
+            # exclusion (SageMaker API reference, VariantProperty) and no capture is set.
             retain_all_variant_properties=True,
-            exclude_retained_variant_properties=[
-                sagemaker.CfnEndpoint.VariantPropertyProperty(variant_property_type=p) for p in RETAIN_EXCEPT
-            ],
-            # No DeploymentConfig is declared; the template, not the last API call, decides.
+            # How each update rolls out, declared here; RetainDeploymentConfig false, so the
+            # template's DeploymentConfig, not one left by an earlier API call, applies.
+            deployment_config=self.rollout_guard.deployment_config,
             retain_deployment_config=False,
         )
         cfn_endpoint.node.add_dependency(self.endpoint_log_group)
@@ -320,7 +334,10 @@ class InferenceStack(cdk.Stack):
             self,
             "Powertools",
             ssm.StringParameter.value_for_string_parameter(
-                self, f"/aws/service/powertools/python/arm64/python3.14/{version('aws-lambda-powertools')}"
+                self,
+                POWERTOOLS_LAYER_PARAMETER.format(
+                    architecture="arm64", runtime="python3.14", version=version("aws-lambda-powertools")
+                ),
             ),
         )
         # Lambda Web Adapter runs the adapter's web app (run.sh) and streams its answers

@@ -104,6 +104,23 @@ def acknowledge_findings(
         "X-Ray tracing: xray:PutTraceSegments and PutTelemetryRecords do not support resource-level permissions.",
         "Resource::*",
     )
+    host = model_storage.workspace_host
+    if host is not None:
+        _ack(
+            host.role.node.default_child,
+            "IAM4",
+            "AmazonSSMManagedInstanceCore is the instance profile policy Session Manager documents for "
+            "managed nodes (Systems Manager User Guide, instance permissions); the workspace host needs "
+            "exactly Session Manager's calls, which it lists.",
+            "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore",
+        )
+        _ack(
+            _policy(host.role),
+            "IAM5",
+            "bin/model-publish on the workspace host reads, writes and copies model files under models/ "
+            "(their names are the model's files, unknown in advance); no delete.",
+            f"Resource::<{_logical_id(model_storage.model_bucket)}.Arn>/models/*",
+        )
     distribution = cdn.distribution.node.default_child
     _ack(
         distribution,

@@ -436,7 +436,8 @@ class HomeSlaAlarms(_SlaAlarmsBase):
         self._model_error_alarm()
         self._capacity_alarm()
         self._gpu_alarms()
-        self._workspace_alarm()
+        if settings.workspace.enabled:
+            self._workspace_alarm()
         self._page(
             f"stage {settings.name}, {settings.home_region}: the GPU endpoint or the origin adapter is failing or "
             "slower than its objective."
