@@ -18,11 +18,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from cli.smoke import API_KEY_ENV, STEPS
-from lambdas.contract import CACHE_READ_CONTEXT, CACHE_READ_HEADER, RESULTS_PATH
+from lambdas.contract import CACHE_READ_CONTEXT, CACHE_READ_HEADER, EMBEDDINGS_ROUTE, RESULTS_PATH
 from local_run.process import create_api_key, free_port, launched
 from local_run.servers import BackgroundServer
 from tests.conftest import ROOT
@@ -108,13 +108,19 @@ def test_a_model_server_that_does_not_answer_fails_chat_and_stream_while_embeddi
     assert out.splitlines()[-1].endswith("failed: chat MISS then HIT, stream")
 
 
-def _stand_in(upstream: str, *, cache_credential: str | None = None, buffered: bool = False) -> Starlette:
-    """A front relaying everything to the local run, with one piece broken: `cache_credential`
-    set, it lets anyone read /_cache/ (as a /_cache/* behavior without its viewer-request
-    function would); `buffered`, it sends each answer only once it is whole (as a function
-    URL in BUFFERED mode would)."""
+def _stand_in(upstream: str, *, cache_credential: str | None = None, buffered: bool = False,
+              no_embeddings: bool = False) -> Starlette:
+    """A front relaying everything to the local run, with one piece broken or changed:
+    `cache_credential` set, it lets anyone read /_cache/ (as a /_cache/* behavior without
+    its viewer-request function would); `buffered`, it sends each answer only once it is
+    whole (as a function URL in BUFFERED mode would); `no_embeddings`, it answers
+    /v1/embeddings as the edge of a stage without an embeddings model does (issue 22)."""
 
     async def relay(request: Request) -> Response:
+        if no_embeddings and request.url.path == EMBEDDINGS_ROUTE:
+            error = {"message": "This stage serves no embeddings model.", "type": "invalid_request_error",
+                     "param": "model", "code": "model_not_found"}
+            return JSONResponse({"error": error}, status_code=404, headers={"x-inference-cache": "BYPASS"})
         headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
         if cache_credential and request.url.path.startswith(RESULTS_PATH):
             headers[CACHE_READ_HEADER] = cache_credential
@@ -160,3 +166,16 @@ def test_a_front_that_buffers_streams_fails_the_stream_step(local_run):
     assert (rc, err) == (1, ""), out + err
     assert statuses(out) == {name: "FAIL" if name == "stream" else "ok" for name in STEP_NAMES}
     assert "the tokens came in one burst, so the answer was buffered, not streamed" in line_of(out, "stream")
+
+
+def test_a_stage_without_embeddings_is_not_a_failure(local_run):
+    """404 model_not_found on /v1/embeddings: "not served by this stage", n/a, exit 0."""
+    front = BackgroundServer(_stand_in(local_run["listening"], no_embeddings=True), name="no-embeddings").start()
+    try:
+        rc, out, err = smoke(front.url, local_run["api_key"])
+    finally:
+        front.stop()
+    assert (rc, err) == (0, ""), out + err
+    assert statuses(out) == {name: "n/a" if name == "embeddings" else "ok" for name in STEP_NAMES}
+    assert "not served by this stage (POST /v1/embeddings: 404 model_not_found)" in line_of(out, "embeddings")
+    assert out.splitlines()[-1].startswith("5 ok, 1 n/a in ")
