@@ -10,11 +10,13 @@ from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCING_ENV,
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     ORIGIN_READ_TIMEOUT_SECONDS,
     RESULTS_BUCKET_ENV,
 )
+from lambdas.origin_adapter.embeddings_model import EmbeddingsModel
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class AdapterSettings:
     adapter_timeout_seconds: float | None = None
     # Identical cacheable misses share one model call (coalescing.py).
     coalescing: bool = False
+    # The embeddings model's endpoint (embeddings.py); None on a stage without one.
+    embeddings: EmbeddingsModel | None = None
 
     def __post_init__(self) -> None:
         if not self.endpoint_name:
@@ -45,6 +49,11 @@ class AdapterSettings:
             object.__setattr__(self, "adapter_timeout_seconds", self.read_timeout_seconds + _ADAPTER_OVERHEAD_SECONDS)
         if not self.read_timeout_seconds < self.adapter_timeout_seconds <= ORIGIN_READ_TIMEOUT_SECONDS:
             raise ValueError(f"{ADAPTER_TIMEOUT_ENV} must be above the model read timeout, at most {ORIGIN_READ_TIMEOUT_SECONDS} s")
+        # The cache settings key /v1/embeddings by the embeddings model; the endpoint must be that model's.
+        if (self.embeddings is None) != (self.cache.embeddings_model_id is None):
+            raise ValueError(f"{EMBEDDINGS_MODEL_ENV} must be set exactly when the stage's cache settings name an embeddings model")
+        if self.embeddings is not None and not self.embeddings.batch_read_seconds < self.read_timeout_seconds:
+            raise ValueError("the embeddings batch read timeout must be below the model read timeout")
 
     # -- coalescing timings (docs/decisions.md, "Coalescing identical misses") --
     @property
@@ -81,6 +90,7 @@ class AdapterSettings:
             read_timeout_seconds=float(os.environ.get(ENDPOINT_READ_TIMEOUT_ENV) or 0),
             adapter_timeout_seconds=float(os.environ[ADAPTER_TIMEOUT_ENV]) if os.environ.get(ADAPTER_TIMEOUT_ENV) else None,
             coalescing=_flag(os.environ.get(COALESCING_ENV, "false"), COALESCING_ENV),
+            embeddings=EmbeddingsModel.from_json(os.environ[EMBEDDINGS_MODEL_ENV]) if os.environ.get(EMBEDDINGS_MODEL_ENV) else None,
         )
 
 
