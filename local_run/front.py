@@ -23,7 +23,6 @@ import re
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 
@@ -42,7 +41,6 @@ from config.settings import StageSettings
 from lambdas.contract import (
     EDGE_BODY_LIMIT_BYTES,
     INVOCATIONS_ROUTE,
-    MODELS_ROUTE,
     RESULTS_PATH,
     STATUS_HEADER,
 )
@@ -77,7 +75,6 @@ class LocalFront:
         settings: StageSettings,
         results_url: str,
         bucket: str,
-        models_url: str,
         key_check: ViewerRequestFunction | None,
         origin_read_seconds: float,
         quiet: bool = False,
@@ -92,7 +89,6 @@ class LocalFront:
             config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5, max_pool_connections=64),
         )
         self.bucket = bucket
-        self.models_url = models_url.rstrip("/")
         self.key_check = key_check
         self.quiet = quiet
         self.url = ""  # set once the server is bound
@@ -151,8 +147,6 @@ class LocalFront:
                 data = result.get("body", {}).get("data", "")
                 return int(result["statusCode"]), out, data.encode() if isinstance(data, str) else data
             headers = {k: v["value"] for k, v in result["headers"].items()}
-        if method == "GET" and uri == MODELS_ROUTE:
-            return self.served_models()
         if uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE:
             return self.inference(method, uri, query, headers, body)
         return ToOrigin(method, uri, query, headers, body, inference=False)
@@ -246,12 +240,6 @@ class LocalFront:
             limits = httpx2.Limits(max_connections=LAMBDA_CONCURRENCY * 2, max_keepalive_connections=LAMBDA_CONCURRENCY)
             self._origin_client = httpx2.AsyncClient(timeout=timeout, limits=limits)
         return self._origin_client
-
-    def served_models(self) -> tuple[int, dict, bytes]:
-        """GET /v1/models: what the local model server really serves (the origin adapter
-        answers the stage's model id, which the local stand-in does not run)."""
-        with urllib.request.urlopen(f"{self.models_url}{MODELS_ROUTE}", timeout=5) as answer:
-            return answer.status, {"content-type": "application/json"}, answer.read()
 
 
 class _Relayed(StreamingResponse):
