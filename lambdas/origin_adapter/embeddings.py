@@ -95,6 +95,11 @@ def _inputs(value, vocab_size: int) -> list:
         if isinstance(item, str):
             if not item:
                 raise _invalid("'input' must not contain an empty string.", "input")
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate (a "\ud800" escape): no text to embed
+                    raise _invalid("'input' holds a lone surrogate, which is not Unicode text.", "input") from None
         elif not item or not all(_is_token(t) for t in item):
             raise _invalid("Each list of token ids in 'input' must be a non-empty list of integers.", "input")
         elif max(item) >= vocab_size:

@@ -8,8 +8,9 @@ Why here: TEI counts tokens, but behind SageMaker its count never reaches the ca
 header), and OpenAI's `usage` needs it. `tokenizers` itself is compiled Rust, which the
 origin adapter's bundle does not carry (pure Python only, any machine synthesizes it), so
 the BERT family's tokenizer (BertNormalizer, BertPreTokenizer, WordPiece, a template of
-special tokens) is followed step by step; tests/unit/test_wordpiece.py holds it to
-`tokenizers` on generated text. Any other tokenizer is refused when loaded.
+special tokens) is followed step by step, with `tokenizers`' own character classes
+(wordpiece_tables.py); tests/unit/test_wordpiece.py holds it to `tokenizers` on generated
+text. Any other tokenizer is refused when loaded.
 """
 
 from __future__ import annotations
@@ -17,15 +18,35 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from bisect import bisect_right
+
+from lambdas.origin_adapter import wordpiece_tables
 
 # Rust's char::is_whitespace (the Unicode White_Space property).
 _WHITE_SPACE = frozenset(
     "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u2028\u2029\u202f\u205f\u3000"
 )
-# BertNormalizer's clean_text removes control, format, private-use and surrogate characters
-# (unassigned code points stay, and become [UNK]).
-_REMOVED_CATEGORIES = frozenset(("Cc", "Cf", "Co", "Cs"))
+
+
+class _Ranges:
+    """Membership in sorted, disjoint inclusive ranges of code points."""
+
+    def __init__(self, ranges: tuple) -> None:
+        self._starts = [start for start, _ in ranges]
+        self._ends = [end for _, end in ranges]
+
+    def __contains__(self, code: int) -> bool:
+        i = bisect_right(self._starts, code) - 1
+        return i >= 0 and code <= self._ends[i]
+
+
+# The character classes as `tokenizers` itself applies them (its tables are older than
+# Python's unicodedata, and the Lambda runtime's Python is newer than the synthesizing
+# machine's): generated from `tokenizers` into wordpiece_tables.py.
+_REMOVED = _Ranges(wordpiece_tables.REMOVED)
+_NONSPACING = _Ranges(wordpiece_tables.NONSPACING)
+_PUNCTUATION = _Ranges(wordpiece_tables.PUNCTUATION)
 # BertNormalizer's handle_chinese_chars: CJK ideographs get a space on each side.
 _CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
         (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
@@ -106,26 +127,24 @@ class WordPieceCounter:
     def _normalize(self, text: str) -> str:
         """BertNormalizer: clean_text, handle_chinese_chars, strip_accents, lowercase."""
         out = []
-        category = unicodedata.category
         for c in text:
+            code = ord(c)
             if self._clean:
-                if c == "\x00" or c == "\ufffd":
-                    continue
                 if c in "\t\n\r":
                     out.append(" ")
                     continue
-                if category(c) in _REMOVED_CATEGORIES:
+                if code in _REMOVED or 0xD800 <= code <= 0xDFFF:  # (no Rust string holds a surrogate)
                     continue
                 if c in _WHITE_SPACE:
                     out.append(" ")
                     continue
-            if self._chinese and _is_cjk(ord(c)):
+            if self._chinese and _is_cjk(code):
                 out.extend((" ", c, " "))
             else:
                 out.append(c)
         text = "".join(out)
         if self._strip_accents:
-            text = "".join(c for c in unicodedata.normalize("NFD", text) if category(c) != "Mn")
+            text = "".join(c for c in unicodedata.normalize("NFD", text) if ord(c) not in _NONSPACING)
         if self._lowercase:
             text = "".join(c.lower() for c in text)  # per character, as Rust's char::to_lowercase
         return text
@@ -135,13 +154,12 @@ class WordPieceCounter:
         """BertPreTokenizer: split on whitespace (removed), then every punctuation
         character (ASCII punctuation or a Unicode P* category) is a word of its own."""
         words, current = [], []
-        category = unicodedata.category
         for c in text:
             if c in _WHITE_SPACE:
                 if current:
                     words.append("".join(current))
                     current = []
-            elif (c.isascii() and not c.isalnum() and c.isprintable()) or category(c)[0] == "P":
+            elif ord(c) in _PUNCTUATION:
                 if current:
                     words.append("".join(current))
                     current = []

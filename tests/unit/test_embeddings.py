@@ -165,6 +165,7 @@ def test_base64_is_the_vectors_float32_little_endian():
         ({"model": "m", "input": [1, -2]}, "input"),  # a negative id
         ({"model": "m", "input": [MODEL.vocab_size]}, "input"),  # outside the vocabulary (TEI drops it silently)
         ({"model": "m", "input": [1.5]}, "input"),
+        ({"model": "m", "input": ["ok", "half a pair \ud800"]}, "input"),  # no UTF-8 for it
         ({"model": "m", "input": {"text": "x"}}, "input"),
         ({"model": "m"}, "input"),
         ({"model": "m", "input": "x", "encoding_format": "hex"}, "encoding_format"),

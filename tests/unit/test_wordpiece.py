@@ -76,6 +76,22 @@ def test_hand_picked_texts(reference, counter, text):
     assert counter.count(text) == tokens(reference, text)
 
 
+def test_the_character_tables_are_what_tokenizers_does_for_every_code_point():
+    """wordpiece_tables.py is generated from `tokenizers` (python -m tests.unit.wordpiece_tables):
+    read again here, one code point at a time, it must be the same."""
+    from tests.unit import wordpiece_tables
+
+    assert wordpiece_tables.render(wordpiece_tables.tables()) == wordpiece_tables.MODULE.read_text()
+
+
+@pytest.mark.parametrize("code", [0x2E52, 0x13430, 0x1ABF, 0x0ECE, 0x11F00, 0x1E4EC])
+def test_characters_newer_than_tokenizers_tables_count_as_tokenizers_counts(reference, counter, code):
+    """Characters Python's unicodedata knows and `tokenizers`' tables do not (a new
+    punctuation mark, format control, non-spacing mark), next to a letter."""
+    for text in (f"0{chr(code)}", f"a{chr(code)}b", f"{chr(code)} x"):
+        assert counter.count(text) == tokens(reference, text)
+
+
 def test_a_tokenizer_it_does_not_follow_is_refused():
     config = json.loads(TOKENIZER_FILE.read_text())
     with pytest.raises(UnsupportedTokenizer, match="WordPiece"):
