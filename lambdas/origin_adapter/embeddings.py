@@ -35,6 +35,7 @@ _ENCODINGS = ("float", "base64")
 # TEI's 424 (error_type Backend) is its own inference failure, not the request's fault.
 _TEI_BACKEND_ERROR = 424
 
+
 class EmbeddingsRequest(namedtuple("EmbeddingsRequest", "inputs encoding dimensions")):
     """A checked OpenAI request: inputs (each a string or a list of token ids), the
     encoding of the answer ("float" | "base64"), the dimensions asked for (None: the
