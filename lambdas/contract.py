@@ -54,6 +54,20 @@ CONTENT_SHA256_HEADER = "x-amz-content-sha256"
 # answers, origin on the origin adapter's.
 SERVER_TIMING_HEADER = "server-timing"
 
+# -- the stage secret (docs/security.md) ----------------------------------------------------
+# Cache keys are MACs under it, and the edge's /_cache/ lookups carry a credential derived
+# from it. It lives in the stage's API key store under this key (bin/api-keys rotate-secret).
+STAGE_SECRET_STORE_KEY = "stage-secret"
+# Set by the viewer-request API key check from the store (any viewer copy removed first),
+# read by the edge function, and forwarded by CloudFront to the origin adapter.
+STAGE_SECRET_HEADER = "x-inference-stage-secret"
+# The credential the edge function presents on its /_cache/ lookups, checked by the
+# /_cache/* viewer-request function: HMAC-SHA256(stage secret, CACHE_READ_CONTEXT), hex.
+CACHE_READ_HEADER = "x-inference-cache-read"
+CACHE_READ_CONTEXT = "inference-cache/cache-read/1"
+# What a cache key's MAC key is derived under: HMAC-SHA256(stage secret, this).
+CACHE_KEY_CONTEXT = "inference-cache/cache-key/3"
+
 # -- API keys -------------------------------------------------------------------------------
 # The CloudFront KeyValueStore of a stage's API keys (key: SHA-256 hex of the API key),
 # named so: the stack creates it, bin/api-keys finds it by this name.
@@ -92,8 +106,11 @@ ENDPOINT_READ_TIMEOUT_ENV = "ENDPOINT_READ_TIMEOUT_SECONDS"
 # The embeddings endpoint and what the adapter needs to know of its model (a JSON object,
 # lambdas.origin_adapter.embeddings.EmbeddingsModel); unset on a stage without one.
 EMBEDDINGS_MODEL_ENV = "EMBEDDINGS_MODEL"
-# The adapter's own Lambda timeout (the stage's TimeoutBudget.adapter_seconds).
+# The adapter's budget for a whole answer (the stage's TimeoutBudget.adapter_seconds).
 ADAPTER_TIMEOUT_ENV = "ADAPTER_TIMEOUT_SECONDS"
+# A streamed answer's budget, request to last byte (TimeoutBudget.stream_seconds); the
+# function's Lambda timeout is this and the time to store and close after it.
+STREAM_BUDGET_ENV = "STREAM_BUDGET_SECONDS"
 # "true": identical cacheable misses share one model call (the stack sets it; unset: off).
 COALESCING_ENV = "COALESCE_IDENTICAL_MISSES"
 # The port the origin adapter's web app listens on inside Lambda, where Lambda Web Adapter

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from cli.api_keys import DEFAULT_LOCAL_KEY_STORE, LOCAL_KEY_STORE_ENV, ROOT, local_key_store_path
+from cli.api_keys import (
+    DEFAULT_LOCAL_KEY_STORE,
+    LOCAL_KEY_STORE_ENV,
+    ROOT,
+    LocalKeyStore,
+    ensure_stage_secret,
+    local_key_store_path,
+)
 from cli.model_stage import stage_target
 from cli.serve_state import write_serve_state
 from config.settings import tei_image
@@ -29,15 +38,17 @@ from lambdas.contract import (
     RESULTS_BUCKET_ENV,
     SETTINGS_ENV,
     SETTINGS_FILE,
+    STREAM_BUDGET_ENV,
 )
 from local_run.embeddings_server import EMBEDDING_MODEL, TeiLimits, TeiStandIn, packaged_embedding_model
 from local_run.front import LAMBDA_CONCURRENCY, LocalFront
+from local_run.live_dashboard import EmfTap, LiveDashboard, LiveMetrics
 from local_run.model_server import ModelServer
 from local_run.model_store import fetch_model, local_s3_client, publish_model
 from local_run.s3 import LocalS3
 from local_run.sagemaker_runtime import SageMakerRuntime
 from local_run.servers import BackgroundServer
-from local_run.viewer_request_host import API_KEY_CHECK, ViewerRequestFunction
+from local_run.viewer_request_host import API_KEY_CHECK, CACHE_READ_CHECK, ViewerRequestFunction
 
 RESULTS_BUCKET = "local-results"
 
@@ -60,11 +71,17 @@ def start(
     local_s3_client(results.url, settings.home_region).create_bucket(
         Bucket=RESULTS_BUCKET, CreateBucketConfiguration={"LocationConstraint": settings.home_region}
     )
-    model = ModelServer(chat_url=chat_url)
+    # Removed when the run stops: the model copy (~90 MB), the settings, torch's compile cache.
+    timeouts = settings.endpoint.timeouts
+    workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
+    scratch = [workdir]
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(workdir / "torchinductor"))
+    model = ModelServer(chat_url=chat_url, max_model_len=settings.model.max_model_len)
     endpoints = {settings.endpoint_name: model.app}
     tei, stand_in_for, embeddings_server = None, None, None
     if settings.embeddings is not None:
-        settings, tei, stand_in_for = _embeddings_model(settings, results.url, model_dir)
+        settings, tei, stand_in_for, fetched = _embeddings_model(settings, results.url, model_dir)
+        scratch.append(fetched)
         endpoints[settings.embeddings_endpoint_name] = tei.app
         embeddings_server = BackgroundServer(tei.app, name="local-embeddings-server").start()
         _, base_prefix = stage_target(settings.name, embeddings=True)
@@ -76,24 +93,29 @@ def start(
         )
     # One SageMaker runtime URL for both endpoints, routed by endpoint name as SageMaker does.
     model_server = BackgroundServer(SageMakerRuntime(model.app, endpoints), name="local-model-server").start()
-    key_check = None
-    if settings.require_api_keys:
-        # bin/api-keys --local writes this file; the running key check re-reads it on change.
-        key_store_file = local_key_store_path(key_store_file)
-        key_store_file.parent.mkdir(parents=True, exist_ok=True)
-        key_check = ViewerRequestFunction(API_KEY_CHECK, key_store_file)
+    # bin/api-keys --local writes this file; the running functions re-read it on change. It
+    # holds the stage secret too, made here on the first start (as `bin/api-keys
+    # rotate-secret` makes it before a stage's first deploy).
+    key_store_file = local_key_store_path(key_store_file)
+    key_store_file.parent.mkdir(parents=True, exist_ok=True)
+    ensure_stage_secret(LocalKeyStore(key_store_file))
+    key_check = ViewerRequestFunction(API_KEY_CHECK, key_store_file) if settings.require_api_keys else None
+    cache_read_check = ViewerRequestFunction(CACHE_READ_CHECK, key_store_file)
     front = LocalFront(
         settings=settings,
         results_url=results.url,
         bucket=RESULTS_BUCKET,
         key_check=key_check,
+        cache_read_check=cache_read_check,
         origin_read_seconds=settings.endpoint.timeouts.origin_read_seconds,
         quiet=quiet,
     )
-    front_server = BackgroundServer(front.app, port=port, name="local-front")
+    # GET /_local/dashboard: charts of this run's own metrics (local_run/live_dashboard.py).
+    live = LiveMetrics(emf_enabled=os.environ.get("POWERTOOLS_METRICS_DISABLED", "false").lower() not in ("1", "true"))
+    sys.stdout = EmfTap(sys.stdout, live.observe_emf)  # the origin adapter's EMF records, as CloudWatch takes them
+    front_server = BackgroundServer(LiveDashboard(live).around(front.app), port=port, name="local-front")
     front.url = front_server.url
 
-    workdir = Path(tempfile.mkdtemp(prefix="inference-cache-local-"))
     (workdir / SETTINGS_FILE).write_text(settings.edge_cache_settings().to_json())
     # The adapter's boto3 clients reach the local servers through the standard
     # per-service endpoint variables; its code does not know it runs locally.
@@ -106,8 +128,11 @@ def start(
             LOOKUP_BASE_ENV: front.url,
             ENDPOINT_NAME_ENV: settings.endpoint_name,
             **({EMBEDDINGS_MODEL_ENV: embeddings_model.to_json()} if embeddings_model else {}),
-            ENDPOINT_READ_TIMEOUT_ENV: str(settings.endpoint.timeouts.model_read_seconds),
-            ADAPTER_TIMEOUT_ENV: str(settings.endpoint.timeouts.adapter_seconds),
+            # The stage's time budget; set in the environment, shorter ones (tests try a stream
+            # longer than a whole answer's budget without waiting minutes).
+            ENDPOINT_READ_TIMEOUT_ENV: os.environ.get(ENDPOINT_READ_TIMEOUT_ENV) or str(timeouts.model_read_seconds),
+            ADAPTER_TIMEOUT_ENV: os.environ.get(ADAPTER_TIMEOUT_ENV) or str(timeouts.adapter_seconds),
+            STREAM_BUDGET_ENV: os.environ.get(STREAM_BUDGET_ENV) or str(timeouts.stream_seconds),
             # On, as every deployed stage runs it; COALESCE_IDENTICAL_MISSES=false turns it off.
             COALESCING_ENV: os.environ.get(COALESCING_ENV, "true"),
             RESULTS_BUCKET_ENV: RESULTS_BUCKET,
@@ -121,7 +146,8 @@ def start(
             "POWERTOOLS_SERVICE_NAME": ORIGIN_ADAPTER_SERVICE,
             "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
             "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
-            "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
+            # On: the EMF records feed the live dashboard (EmfTap keeps them off the console).
+            "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "false"),
         }
     )
     os.environ.pop("AWS_PROFILE", None)
@@ -136,7 +162,9 @@ def start(
     front.attach(importlib.import_module("lambdas.edge.handler"), origin_server.url)
     front_server.start()
     servers = [front_server, origin_server, model_server, *([embeddings_server] if embeddings_server else [])]
-    run = LocalRun(settings, front, servers, model, model_server.url, tei, stand_in_for, results, key_check)
+    functions = [f for f in (key_check, cache_read_check) if f is not None]
+    run = LocalRun(settings, front, servers, model, model_server.url, tei, stand_in_for, results, key_check, functions,
+                   scratch)
     run.embeddings_server_url = embeddings_server.url if embeddings_server else None
     return run
 
@@ -148,7 +176,8 @@ def _embeddings_model(settings, s3_url: str, model_dir: Path | None):
     all-MiniLM-L6-v2 serves unless `model_dir` names another; where the stage deploys a
     model the local run cannot hold (staging, prod), MiniLM stands in for it and the
     settings say so (its id, its vector size, no Matryoshka).
-    Returns (settings with the served version, the stand-in, the stage's model it stands in for or None)."""
+    Returns (settings with the served version, the stand-in, the stage's model it stands in
+    for or None, the fetched copy's directory)."""
     stage_model = settings.embeddings
     print(f"publishing and loading the embeddings model ({model_dir or EMBEDDING_MODEL}, CPU) ...", flush=True)
     _, base_prefix = stage_target(settings.name, embeddings=True)
@@ -178,16 +207,20 @@ def _embeddings_model(settings, s3_url: str, model_dir: Path | None):
         vocab_size=tei.vocab_size,
         matryoshka=matryoshka,
     )
-    return dataclasses.replace(settings, embeddings=served), tei, stand_in_for
+    return dataclasses.replace(settings, embeddings=served), tei, stand_in_for, fetched
 
 
 class LocalRun:
-    def __init__(self, settings, front, servers, model, model_server_url, tei, stand_in_for, results, key_check):
+    def __init__(self, settings, front, servers, model, model_server_url, tei, stand_in_for, results, key_check,
+                 functions, scratch):
         self.settings, self.front, self.model, self.tei = settings, front, model, tei
         self._servers = servers
         self.model_server_url, self.results, self.key_check = model_server_url, results, key_check
         self.embeddings_stand_in_for = stand_in_for
         self.embeddings_server_url: str | None = None
+        self._functions = functions
+        self._scratch = scratch
+        atexit.register(self._remove_scratch)  # also when the process ends without stop()
 
     def describe(self) -> dict:
         """Which local stand-in serves which task."""
@@ -200,8 +233,13 @@ class LocalRun:
         for server in self._servers:
             server.stop()
         self.results.stop()
-        if self.key_check is not None:
-            self.key_check.close()
+        for function in self._functions:
+            function.close()
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        while self._scratch:
+            shutil.rmtree(self._scratch.pop(), ignore_errors=True)
 
 
 def main() -> int:

@@ -19,6 +19,9 @@ execution environment runs one request at a time.
 from __future__ import annotations
 
 import base64
+import collections
+import copy
+import html
 import re
 import sys
 import threading
@@ -45,15 +48,53 @@ from lambdas.contract import (
     STATUS_HEADER,
 )
 from lambdas.errors import ApiError
+from local_run import cloudfront_rules
 from local_run.events import function_url_event, origin_request_event, origin_response_event, web_adapter_request
 from local_run.viewer_request_host import ViewerRequestFunction, is_response, viewer_request_event
 
 _MAX_AGE = re.compile(r"max-age=(\d+)")
 # Hop-by-hop and CloudFront-managed headers that never reach a Lambda event.
 _DROPPED = {"host", "connection", "keep-alive", "transfer-encoding", "upgrade", "content-length"}
+# What this edge keeps of /_cache/ objects (their bodies), at most: a stored answer is
+# at most ~1 MB, so some sixty of the largest, thousands of ordinary ones.
+EDGE_CACHE_BYTES = 64 * 1024 * 1024
 # Worker threads for the Lambda code: each is one concurrently running "execution
 # environment"; more than the load test's 32 clients, each with a miss in flight.
 LAMBDA_CONCURRENCY = 128
+
+
+class EdgeCopies:
+    """CloudFront's copies of /_cache/ objects at this edge: least recently used first out
+    once their bodies pass `max_bytes` (a cache evicts; it never grows without bound)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._entries: collections.OrderedDict[str, tuple[tuple, int]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> tuple | None:
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is None:
+                return None
+            self._entries.move_to_end(path)
+            return entry[0]
+
+    def put(self, path: str, value: tuple, size: int) -> None:
+        with self._lock:
+            old = self._entries.pop(path, None)
+            if old is not None:
+                self.bytes -= old[1]
+            if size > self.max_bytes:
+                return
+            self._entries[path] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.bytes -= evicted
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass(frozen=True)
@@ -76,6 +117,7 @@ class LocalFront:
         results_url: str,
         bucket: str,
         key_check: ViewerRequestFunction | None,
+        cache_read_check: ViewerRequestFunction,
         origin_read_seconds: float,
         quiet: bool = False,
     ):
@@ -90,14 +132,14 @@ class LocalFront:
         )
         self.bucket = bucket
         self.key_check = key_check
+        self.cache_read_check = cache_read_check
         self.quiet = quiet
         self.url = ""  # set once the server is bound
         self.origin_url = ""  # the origin adapter's web app, once it is served
         self.origin_read_seconds = origin_read_seconds
         self.edge = None
         self._origin_client: httpx2.AsyncClient | None = None  # made on the server's event loop
-        self.edge_cache: dict[str, tuple[float, float, int, dict, bytes]] = {}
-        self.cache_lock = threading.Lock()
+        self.edge_cache = EdgeCopies(EDGE_CACHE_BYTES)
         self._limiter: anyio.CapacityLimiter | None = None  # made on the server's event loop
         self.app = _refuse_oversized_bodies(Starlette(routes=[Route("/{path:path}", self._any, methods=_METHODS)]))
 
@@ -111,24 +153,38 @@ class LocalFront:
 
     # -- the distribution's behaviors -----------------------------------------------------
     async def _any(self, request: Request) -> Response:
+        """As CloudFront serves a request: the viewer-request function on the headers alone,
+        before any of the body is read (a request it refuses is answered, its body never
+        read, the connection closed); then the body, bounded; then the behavior."""
         started = time.perf_counter()
         method, uri, query = request.method, request.url.path, request.url.query
-        body = await request.body()
-        headers = {k.lower(): v for k, v in request.headers.items() if k.lower() not in _DROPPED}
+        headers = viewer_headers(request.headers.raw)
+        unread_body = _may_have_body(request)
         if uri.startswith(RESULTS_PATH):
             if method in ("GET", "HEAD"):
-                status, out, data = await self._in_worker(self.results_object, uri)
+                # The /_cache/* viewer-request function first: only the edge function reads.
+                status, out, data = await self._in_worker(self.stored_answer, method, uri, query, headers)
             else:
                 status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
         elif uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE or method in ("GET", "HEAD", "OPTIONS"):
-            answer = await self._in_worker(self.with_key_check, method, uri, query, headers, body)
-            if isinstance(answer, ToOrigin):
-                return await self._from_origin(answer, started)
-            status, out, data = answer
+            verdict = await self._in_worker(self.viewer_request, method, uri, query, headers)
+            if isinstance(verdict, dict):
+                body = await _bounded_body(request, MAX_REQUEST_BYTES)
+                if body is None:
+                    return _body_too_large()
+                unread_body = False
+                answer = await self._in_worker(self.behavior, method, uri, query, verdict, body)
+                if isinstance(answer, ToOrigin):
+                    return await self._from_origin(answer, started)
+                status, out, data = answer
+            else:
+                status, out, data = verdict
         else:
             status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
         self._log(method, uri, status, out, started)
         out = {k: v for k, v in out.items() if k.lower() not in _DROPPED}
+        if unread_body:  # its body was never read: the connection cannot carry another request
+            out["connection"] = "close"
         return Response(data if method != "HEAD" else b"", status_code=status, headers=out)
 
     def _log(self, method: str, uri: str, status: int, out: dict, started: float) -> None:
@@ -137,25 +193,41 @@ class LocalFront:
             # One write per line: lines of concurrent requests never interleave.
             sys.stdout.write(f"{method} {uri} -> {status} {cache} ({(time.perf_counter() - started) * 1000:.1f} ms)\n")
 
-    def with_key_check(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes] | ToOrigin:
-        """The viewer-request function first (as CloudFront runs it), then the behavior:
+    def viewer_request(self, method: str, uri: str, query: str, headers: dict) -> dict | tuple[int, dict, bytes]:
+        """The viewer-request function (the API key check), which sees the headers, every
+        value of a repeated one included, and never the body: the request's headers as the
+        function lets them through, or its answer."""
+        if self.key_check is None:
+            return {name: ", ".join(value) if isinstance(value, list) else value for name, value in headers.items()}
+        result = self.key_check.handle(viewer_request_event(method, uri, headers, query))
+        if is_response(result):
+            out = {k: v["value"] for k, v in result.get("headers", {}).items()}
+            data = result.get("body", {}).get("data", "")
+            return int(result["statusCode"]), out, data.encode() if isinstance(data, str) else data
+        return {k: ", ".join(m["value"] for m in v["multiValue"]) if v.get("multiValue") else v["value"]
+                for k, v in result["headers"].items()}
+
+    def behavior(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes] | ToOrigin:
+        """What the behavior does with a request the viewer-request function let through:
         an answer, or the request to send on to the origin."""
-        if self.key_check is not None:
-            result = self.key_check.handle(viewer_request_event(method, uri, headers, query))
-            if is_response(result):
-                out = {k: v["value"] for k, v in result.get("headers", {}).items()}
-                data = result.get("body", {}).get("data", "")
-                return int(result["statusCode"]), out, data.encode() if isinstance(data, str) else data
-            headers = {k: v["value"] for k, v in result["headers"].items()}
         if uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE:
             return self.inference(method, uri, query, headers, body)
         return ToOrigin(method, uri, query, headers, body, inference=False)
 
     # -- /_cache/*: CloudFront's cache in front of the results bucket ----------------
+    def stored_answer(self, method: str, uri: str, query: str, headers: dict) -> tuple[int, dict, bytes]:
+        """The behavior's viewer-request function (the edge's credential, checked before
+        the cache or the bucket is consulted), then CloudFront's cache of the bucket."""
+        result = self.cache_read_check.handle(viewer_request_event(method, uri, headers, query))
+        if is_response(result):
+            out = {k: v["value"] for k, v in result.get("headers", {}).items()}
+            data = result.get("body", {}).get("data", "")
+            return int(result["statusCode"]), out, data.encode() if isinstance(data, str) else data
+        return self.results_object(uri)
+
     def results_object(self, path: str) -> tuple[int, dict, bytes]:
         now = time.time()
-        with self.cache_lock:
-            cached = self.edge_cache.get(path)
+        cached = self.edge_cache.get(path)
         if cached and cached[1] > now:
             stored_at, _, status, headers, body = cached
             return status, {**headers, "age": str(int(now - stored_at))}, body
@@ -172,8 +244,7 @@ class LocalFront:
         cache = self.settings.cache
         match = _MAX_AGE.search(headers.get("cache-control", ""))
         ttl = min(int(match.group(1)) if match else cache.default_ttl_seconds, cache.max_ttl_seconds)
-        with self.cache_lock:
-            self.edge_cache[path] = (now, now + ttl, status, headers, body)
+        self.edge_cache.put(path, (now, now + ttl, status, headers, body), len(body))
         return status, headers, body
 
     # -- /v1/*, /invocations: the edge function, then the origin ---------------------
@@ -188,7 +259,7 @@ class LocalFront:
             distribution_domain=self.url.removeprefix("http://"),
             request_id=uuid.uuid4().hex,
         )
-        result = self.edge.handler(event, None)
+        result = self.run_edge_function(event)
         if "status" in result:  # answered at the edge: a hit or a refused request
             out_headers = {k: v[0]["value"] for k, v in result.get("headers", {}).items()}
             raw = result.get("body", "")
@@ -196,6 +267,19 @@ class LocalFront:
             return int(result["status"]), out_headers, data
         forwarded = {k: ", ".join(v["value"] for v in values) for k, values in result["headers"].items()}
         return ToOrigin(result["method"], result["uri"], query, forwarded, body, inference=True)
+
+    def run_edge_function(self, event: dict) -> dict:
+        """The edge function's result as CloudFront lets it through: a result that breaks
+        CloudFront's rules for edge functions (cloudfront_rules) becomes the 502 CloudFront
+        answers, logged loudly, so it is seen here before it is seen on AWS."""
+        before = copy.deepcopy(event)
+        result = self.edge.handler(event, None)
+        problems = cloudfront_rules.violations(before, result)
+        if not problems:
+            return result
+        event_type = before["Records"][0]["cf"]["config"]["eventType"]
+        sys.stderr.write(f"LAMBDA VALIDATION ERROR ({event_type}): CloudFront would answer 502: {'; '.join(problems)}\n")
+        return _validation_error_response(problems)
 
     async def _from_origin(self, request: ToOrigin, started: float) -> Response:
         """The function URL request, made of the origin adapter's web app as Lambda Web
@@ -221,10 +305,12 @@ class LocalFront:
         if status >= 400 and request.inference:  # the edge function on origin-response, as the behavior associates it
             data = await upstream.aread()
             await upstream.aclose()
-            answer = await self._in_worker(self.edge.handler, origin_response_event(status=status, headers=out, uri=request.uri), None)
+            answer = await self._in_worker(self.run_edge_function, origin_response_event(status=status, headers=out, uri=request.uri))
+            status = int(answer["status"])
+            out = {k: v[0]["value"] for k, v in answer["headers"].items() if k not in _DROPPED}
             if "body" in answer:
-                out = {k: v[0]["value"] for k, v in answer["headers"].items()}
-                data = answer["body"].encode()
+                raw = answer["body"]
+                data = base64.b64decode(raw) if answer.get("bodyEncoding") == "base64" else raw.encode()
             self._log(request.method, request.uri, status, out, started)
             return Response(data, status_code=status, headers=out)
         self._log(request.method, request.uri, status, out, started)
@@ -264,6 +350,64 @@ _METHODS = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
 
 
+def _validation_error_response(problems: list[str]) -> dict:
+    """What CloudFront answers when a Lambda@Edge result fails validation: a 502 error
+    page, with the result type in X-Cache."""
+    page = (
+        "<HTML><HEAD><TITLE>ERROR: The request could not be satisfied</TITLE></HEAD><BODY>"
+        "<H1>502 ERROR</H1><H2>The request could not be satisfied.</H2>"
+        "The Lambda function result failed validation: " + html.escape("; ".join(problems)) + "</BODY></HTML>"
+    )
+    return {
+        "status": str(cloudfront_rules.VALIDATION_ERROR_STATUS),
+        "statusDescription": "Bad Gateway",
+        "headers": {
+            "content-type": [{"key": "Content-Type", "value": "text/html"}],
+            "x-cache": [{"key": "X-Cache", "value": cloudfront_rules.VALIDATION_ERROR_CACHE_HEADER}],
+        },
+        "body": page,
+        "bodyEncoding": "text",
+    }
+
+
+def viewer_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str | list[str]]:
+    """The viewer's headers as CloudFront hands them to a function: names lowercase, a
+    repeated header with every value (a list), hop-by-hop headers left out."""
+    headers: dict[str, str | list[str]] = {}
+    for raw_name, raw_value in raw:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        if name in _DROPPED:
+            continue
+        if name in headers:
+            earlier = headers[name]
+            headers[name] = [*earlier, value] if isinstance(earlier, list) else [earlier, value]
+        else:
+            headers[name] = value
+    return headers
+
+
+def _may_have_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length != "0")
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The body, read as it arrives; None as soon as it passes `limit` (nothing more is
+    read or kept: a chunked body declares no length the middleware could refuse first)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body_too_large() -> Response:
+    error = ApiError(413, f"request body exceeds {MAX_REQUEST_BYTES} bytes", None, "body_too_large")
+    return Response(error.body(), status_code=413, media_type="application/json", headers={"connection": "close"})
+
+
 def _refuse_oversized_bodies(app):
     """ASGI middleware: 413 in the OpenAI error shape for a Content-Length beyond the
     limit, at once (no waiting for gigabytes that will never be read)."""
@@ -272,11 +416,7 @@ def _refuse_oversized_bodies(app):
         if scope["type"] == "http":
             length = dict(scope["headers"]).get(b"content-length", b"0")
             if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-                error = ApiError(413, f"request body exceeds {MAX_REQUEST_BYTES} bytes", None, "body_too_large")
-                response = Response(
-                    error.body(), status_code=413, media_type="application/json", headers={"connection": "close"}
-                )
-                return await response(scope, receive, send)
+                return await _body_too_large()(scope, receive, send)
         return await app(scope, receive, send)
 
     return guarded

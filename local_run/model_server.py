@@ -35,9 +35,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from config.stages import DEFAULT_STAGE, stage
+from local_run import lmi_container
+from local_run.lmi_container import ContainerError
+
 GENERATOR_MODEL = "local-test-generator"
-# The context the test generator claims, for parameter checks as a real server makes them.
-MAX_MODEL_TOKENS = 8192
 # A prompt containing this marker makes the container fail, to exercise error paths.
 MODEL_ERROR_MARKER = "[[model-error]]"
 # For the coalescing tests: the first call with a given body containing this marker fails
@@ -51,13 +53,6 @@ _SLOW = re.compile(r"\[\[slow-ms:(\d{1,5})\]\]")
 _TOKENS = re.compile(r"\[\[tokens:(\d{1,6})\]\]")
 _TOKEN_MS = re.compile(r"\[\[token-ms:(\d{1,4}(?:\.\d{1,3})?)\]\]")
 _STREAM_ERROR_AFTER = re.compile(r"\[\[stream-error-after:(\d{1,6})\]\]")
-
-
-class ContainerError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class StreamFailure(Exception):
@@ -102,8 +97,10 @@ class _Pace:
 class ModelServer:
     """The model: the container contract and the SageMaker runtime facade, as one ASGI app."""
 
-    def __init__(self, *, chat_url: str | None = None):
+    def __init__(self, *, chat_url: str | None = None, max_model_len: int | None = None):
         self.chat_url = chat_url.rstrip("/") if chat_url else None
+        # The context the deployed container serves (the stage's OPTION_MAX_MODEL_LEN).
+        self.max_model_len = max_model_len or stage(DEFAULT_STAGE).model.max_model_len
         self.generator = TestGenerator()
         self.invocations = 0
         self._count_lock = threading.Lock()
@@ -133,8 +130,8 @@ class ModelServer:
                 lines = await run_in_threadpool(self.invoke_stream, body)
                 return StreamingResponse(iterate_in_threadpool(_with_error_line(lines)), media_type="application/jsonlines")
             answer = await run_in_threadpool(self.invoke, body)
-        except ContainerError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except ContainerError as exc:  # the container's own error body, as LMI sends it
+            return Response(exc.message, status_code=exc.status, media_type="application/json")
         return _json(answer)
 
     async def _runtime(self, request: Request) -> Response:
@@ -176,28 +173,53 @@ class ModelServer:
         return self._answer(*self._accept(body))
 
     def _answer(self, request: dict, pace: _Pace) -> dict:
-        if "messages" in request:
-            return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(_checked(request), pace)
-        if "prompt" in request:
-            return self._proxy("/v1/completions", request) if self.chat_url else self._completion(_checked(request), pace)
-        if "inputs" in request:
-            params = request.get("parameters") or {}
-            tokens = self.generator.tokens(json.dumps(request["inputs"]), params, pace.length)
-            time.sleep(pace.token_seconds * len(tokens))
-            return {"generated_text": "".join(tokens)}
-        raise ContainerError(400, "expected one of: input, messages, prompt, inputs")
+        schema = self._served_as(request)
+        if schema == "chat":
+            return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(request, pace)
+        if schema == "completions":
+            return self._proxy("/v1/completions", request) if self.chat_url else self._completion(request, pace)
+        params = self._checked_tgi(request)
+        tokens = self.generator.tokens(json.dumps(request["inputs"]), params, pace.length)
+        time.sleep(pace.token_seconds * len(tokens))
+        return {"generated_text": "".join(tokens)}
+
+    def _served_as(self, request: dict) -> str:
+        """LMI's schema for the body (prompt, then inputs, then messages), checked as vLLM
+        checks it (an embeddings body has none of them: the LLM's container refuses it)."""
+        schema = lmi_container.served_schema(request)
+        if schema != "tgi":
+            parsed = lmi_container.parsed(request, schema)
+            if not self.chat_url:  # a proxied server checks its own context
+                lmi_container.check_request(schema, parsed, _prompt(request, schema == "chat"), self.max_model_len)
+        return schema
+
+    def _checked_tgi(self, request: dict) -> dict:
+        """LMI maps a TGI body onto a completion (max_new_tokens, 30 by default, as max_tokens);
+        what vLLM refuses of it LMI 18 answers 424, the reason lost (its TGI formatter
+        cannot read vLLM's error)."""
+        params = request.get("parameters") or {}
+        as_completion = {"prompt": request["inputs"], "max_tokens": params.get("max_new_tokens", 30)}
+        try:
+            completion = lmi_container.parsed(as_completion, "completions")
+            lmi_container.check_request("completions", completion, json.dumps(request["inputs"], ensure_ascii=False),
+                                        self.max_model_len)
+        except ContainerError:
+            raise ContainerError(424, json.dumps({"code": 424, "message": "Async Inference Failure service.invoke_handler_async() failure"})) from None
+        return params
 
     def invoke_stream(self, body: bytes) -> Iterator[bytes]:
         """The answer as the container streams it, line by line. What fails before the
         stream (a bad request, the model-error markers) raises ContainerError here; a
         failure later raises StreamFailure from the iteration."""
         request, pace = self._accept(body)
-        if "messages" in request or "prompt" in request:
-            chat = "messages" in request
+        schema = self._served_as(request)
+        if schema in ("chat", "completions"):
+            chat = schema == "chat"
             if self.chat_url:
                 return self._proxy_stream("/v1/chat/completions" if chat else "/v1/completions", request)
-            return self._generation_stream(_checked(request), pace, chat=chat)
-        if "inputs" in request:
+            return self._generation_stream(request, pace, chat=chat)
+        if schema == "tgi":
+            self._checked_tgi(request)
             return self._tgi_stream(request, pace)
         return iter([json.dumps(self._answer(request, pace), ensure_ascii=False).encode() + b"\n"])
 
@@ -208,9 +230,9 @@ class ModelServer:
         try:
             request = json.loads(body)
         except ValueError as exc:
-            raise ContainerError(400, f"body is not JSON: {exc}") from exc
+            raise lmi_container.input_parsing_failed(f"the body is not JSON ({exc})") from exc
         if not isinstance(request, dict):
-            raise ContainerError(400, "body is not a JSON object")
+            raise lmi_container.input_parsing_failed("the body is not a JSON object")
         text = json.dumps(request)
         if MODEL_ERROR_MARKER in text:
             raise ContainerError(500, "simulated model failure (the prompt asked for one)")
@@ -328,7 +350,7 @@ class ModelServer:
             with urllib.request.urlopen(proxied, timeout=55) as answer:
                 return json.loads(answer.read())
         except urllib.error.HTTPError as exc:
-            raise ContainerError(exc.code, exc.read().decode("utf-8", "replace")[:500]) from exc
+            raise _proxied_error(exc) from exc
         except OSError as exc:
             raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
 
@@ -342,7 +364,7 @@ class ModelServer:
         try:
             answer = urllib.request.urlopen(proxied, timeout=55)
         except urllib.error.HTTPError as exc:
-            raise ContainerError(exc.code, exc.read().decode("utf-8", "replace")[:500]) from exc
+            raise _proxied_error(exc) from exc
         except OSError as exc:
             raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
 
@@ -414,15 +436,19 @@ def _model_error(exc: ContainerError) -> Response:
     return JSONResponse(error, status_code=424, headers={"x-amzn-ErrorType": "ModelError"})
 
 
-def _checked(request: dict) -> dict:
-    """The parameter checks a real server makes before generating: a bad value is the
-    request's fault, a 400 in vLLM's error shape (the origin adapter passes it on)."""
-    max_tokens = request.get("max_tokens", 16)
-    if type(max_tokens) is not int or not 1 <= max_tokens <= MAX_MODEL_TOKENS:
-        message = f"max_tokens must be an integer from 1 to {MAX_MODEL_TOKENS}, got {max_tokens!r}."
-        error = {"object": "error", "message": message, "type": "BadRequestError", "param": "max_tokens", "code": 400}
-        raise ContainerError(400, json.dumps(error))
-    return request
+def _proxied_error(exc: urllib.error.HTTPError) -> ContainerError:
+    """An OpenAI-compatible server's refusal as LMI 18 would pass vLLM's on (a 400 becomes
+    its 500 with the error's repr); other failures as they came."""
+    text = exc.read().decode("utf-8", "replace")[:2000]
+    if exc.code == 400:
+        try:
+            error = json.loads(text)
+            error = error.get("error", error) if isinstance(error, dict) else {}
+            message = error.get("message") if isinstance(error, dict) else None
+        except ValueError:
+            message = None
+        return lmi_container.vllm_bad_request(message if isinstance(message, str) else text)
+    return ContainerError(exc.code, text)
 
 
 def _json(answer: dict, headers: dict | None = None) -> Response:

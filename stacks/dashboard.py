@@ -385,27 +385,38 @@ class SlaDashboard(Construct):
         """GPU seconds saved by edge hits, then the model workspace's throughput and free space."""
         sla, workspace, home = self.settings.sla, self.settings.workspace, self.home
         throughput_mb_s = workspace.capacity_gib / 1024 * workspace.throughput_per_tib
+        gpu_seconds = cw.GraphWidget(
+            title="GPU seconds: saved by edge hits vs spent on misses",
+            width=8,
+            height=6,
+            left=[
+                cw.MathExpression(
+                    # hits x (GPU seconds per miss): a hit costs the GPU what a miss would have.
+                    expression="edgeHits * gpuSecondsOnMiss / cacheMisses",
+                    using_metrics={
+                        "edgeHits": self._edge_hits(),
+                        "gpuSecondsOnMiss": home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD),
+                        "cacheMisses": self._cache_misses(),
+                    },
+                    period=PERIOD,
+                    label="GPU seconds saved by hits (estimate)",
+                ),
+                home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD, "GPU seconds spent on misses"),
+            ],
+            left_y_axis=cw.YAxisProps(min=0, label="GPU s / 5 min", show_units=False),
+        )
+        if not workspace.enabled:
+            self.dashboard.add_widgets(
+                gpu_seconds,
+                cw.TextWidget(
+                    markdown=f"**Model workspace (FSx for Lustre): off in this stage.** {workspace.off_reason}",
+                    width=16,
+                    height=6,
+                ),
+            )
+            return
         self.dashboard.add_widgets(
-            cw.GraphWidget(
-                title="GPU seconds: saved by edge hits vs spent on misses",
-                width=8,
-                height=6,
-                left=[
-                    cw.MathExpression(
-                        # hits x (GPU seconds per miss): a hit costs the GPU what a miss would have.
-                        expression="edgeHits * gpuSecondsOnMiss / cacheMisses",
-                        using_metrics={
-                            "edgeHits": self._edge_hits(),
-                            "gpuSecondsOnMiss": home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD),
-                            "cacheMisses": self._cache_misses(),
-                        },
-                        period=PERIOD,
-                        label="GPU seconds saved by hits (estimate)",
-                    ),
-                    home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD, "GPU seconds spent on misses"),
-                ],
-                left_y_axis=cw.YAxisProps(min=0, label="GPU s / 5 min", show_units=False),
-            ),
+            gpu_seconds,
             cw.GraphWidget(
                 title="Model workspace (FSx for Lustre) throughput (MB/s)",
                 width=8,

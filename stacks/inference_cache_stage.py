@@ -79,7 +79,7 @@ class InferenceCacheStage(cdk.Stage):
             endpoint_name=self.inference.endpoint_name,
             variant_name=VARIANT_NAME,
             origin_adapter_name=self.inference.origin_adapter_name,
-            file_system_id=self.model_storage.workspace.ref,
+            file_system_id=self.model_storage.workspace.ref if self.model_storage.workspace else None,
             page_topic=self.alerting.page_topic,
             ticket_topic=self.alerting.ticket_topic,
             edge_region=EDGE_REGION,

@@ -16,7 +16,11 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from config.aws_facts import LAMBDA_WEB_ADAPTER_LAYER_ARN, LAMBDA_WEB_ADAPTER_LAYER_VERSION
+from config.aws_facts import (
+    LAMBDA_WEB_ADAPTER_LAYER_ARN,
+    LAMBDA_WEB_ADAPTER_LAYER_VERSION,
+    POWERTOOLS_LAYER_PARAMETER,
+)
 from config.settings import StageSettings
 from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
@@ -30,6 +34,7 @@ from lambdas.contract import (
     ORIGIN_ADAPTER_SERVICE,
     RESULTS_BUCKET_ENV,
     RESULTS_PREFIX,
+    STREAM_BUDGET_ENV,
     WEB_ADAPTER_PORT,
 )
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER, lambda_bundle
@@ -98,7 +103,10 @@ class InferenceStack(cdk.Stack):
             "HF_MODEL_ID": "/opt/ml/model",
             "OPTION_ROLLING_BATCH": "vllm",
             "TENSOR_PARALLEL_DEGREE": str(model.tensor_parallel_degree),
-            "OPTION_MAX_ROLLING_BATCH_SIZE": str(model.max_rolling_batch_size),
+            # The GPU-fit check's three figures (config.settings.gpu_fit), as the container reads them.
+            "OPTION_MAX_MODEL_LEN": str(model.max_model_len),
+            "OPTION_MAX_ROLLING_BATCH_SIZE": str(model.max_num_seqs),
+            "OPTION_GPU_MEMORY_UTILIZATION": str(model.gpu_memory_utilization),
             "OPTION_TRUST_REMOTE_CODE": "false",
             # Load safetensors only, never a .bin/.pt copy a snapshot may also hold.
             "OPTION_LOAD_FORMAT": "safetensors",
@@ -123,6 +131,7 @@ class InferenceStack(cdk.Stack):
             subnets=subnets,
             log_retention_days=self.settings.log_retention_days,
             what="model",
+            sla=self.settings.sla,
         )
 
     def _embeddings_endpoint(
@@ -156,6 +165,7 @@ class InferenceStack(cdk.Stack):
             subnets=subnets,
             log_retention_days=self.settings.log_retention_days,
             what="embeddings model",
+            sla=self.settings.sla,
         )
 
     # -- origin adapter ---------------------------------------------------------------
@@ -214,7 +224,10 @@ class InferenceStack(cdk.Stack):
             self,
             "Powertools",
             ssm.StringParameter.value_for_string_parameter(
-                self, f"/aws/service/powertools/python/arm64/python3.14/{version('aws-lambda-powertools')}"
+                self,
+                POWERTOOLS_LAYER_PARAMETER.format(
+                    architecture="arm64", runtime="python3.14", version=version("aws-lambda-powertools")
+                ),
             ),
         )
         # Lambda Web Adapter runs the adapter's web app (run.sh) and streams its answers
@@ -236,8 +249,9 @@ class InferenceStack(cdk.Stack):
             handler=ORIGIN_ADAPTER_HANDLER,
             code=lambda_.Code.from_asset(lambda_bundle("origin_adapter", self.settings)),
             memory_size=512,
-            # Model read < this < CloudFront's origin read timeout (TimeoutBudget).
-            timeout=cdk.Duration.seconds(self.settings.endpoint.timeouts.adapter_seconds),
+            # A stream's budget and the store after it (TimeoutBudget.lambda_seconds); a whole
+            # answer keeps its own budget, model read < adapter < CloudFront's origin read timeout.
+            timeout=cdk.Duration.seconds(self.settings.endpoint.timeouts.lambda_seconds),
             # The fleet at its maximum, with headroom: a burst of misses cannot take the
             # home region's pool that Lambda@Edge replicas there share.
             reserved_concurrent_executions=self.settings.adapter_reserved_concurrency,
@@ -251,6 +265,7 @@ class InferenceStack(cdk.Stack):
                 ENDPOINT_READ_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.model_read_seconds),
                 # Coalescing's lease and wait budgets are derived from these two.
                 ADAPTER_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.adapter_seconds),
+                STREAM_BUDGET_ENV: str(self.settings.endpoint.timeouts.stream_seconds),
                 COALESCING_ENV: "true",
                 **(
                     {EMBEDDINGS_MODEL_ENV: self.settings.adapter_embeddings_model(model_bucket.bucket_name).to_json()}

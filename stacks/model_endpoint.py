@@ -3,7 +3,8 @@ model (one container, loading an uncompressed S3 prefix, network-isolated in the
 the endpoint configuration, the log group, the endpoint, and target-tracking autoscaling.
 
 The stage has two (the LLM's and the embeddings model's), built by the same code, so
-what one endpoint gets (rollout settings, alarms, scaling) the other gets too. A plain
+what one endpoint gets (blue/green rollouts with rollback on its own alarms, alarms,
+scaling) the other gets too. A plain
 builder rather than a Construct: the LLM's resources keep the logical ids they had
 before the embeddings endpoint existed (its prefix is empty), so adding the second
 endpoint replaces nothing that is deployed.
@@ -21,14 +22,11 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
 
-from config.settings import EndpointSettings
+from config.settings import EndpointSettings, SlaSettings
 from stacks.common import retention
+from stacks.rollouts import RolloutGuard
 
 VARIANT_NAME = "AllTraffic"
-# Kept from the running endpoint on every update: the instance count autoscaling reached
-# and the variant weight. DataCaptureConfig is excluded so that a capture setting in a
-# new endpoint config takes effect instead of being silently kept from the old one.
-RETAIN_EXCEPT = ("DataCaptureConfig",)
 
 
 class ModelEndpoint:
@@ -50,6 +48,7 @@ class ModelEndpoint:
         subnets: ec2.SubnetSelection,
         log_retention_days: int,
         what: str,
+        sla: SlaSettings,
     ) -> None:
         self.stack, self.prefix, self.endpoint_name, self.settings = stack, prefix, endpoint_name, endpoint
         self.s3_prefix = s3_prefix
@@ -84,7 +83,7 @@ class ModelEndpoint:
         )
         # The model is validated against its role's permissions at creation.
         self.model.node.add_dependency(self.role.node.find_child("DefaultPolicy"))
-        self.endpoint = self._endpoint(log_retention_days)
+        self.endpoint = self._endpoint(log_retention_days, sla)
         self.scaling_target = self._autoscaling()
 
     def _role(self, image_uri: str, s3_prefix: str, model_bucket: s3.IBucket, what: str) -> iam.Role:
@@ -160,7 +159,7 @@ class ModelEndpoint:
         stack = self.stack
         return f"arn:{stack.partition}:sagemaker:{stack.region}:{stack.account}:endpoint/{self.endpoint_name}"
 
-    def _endpoint(self, log_retention_days: int) -> sagemaker.CfnEndpoint:
+    def _endpoint(self, log_retention_days: int, sla: SlaSettings) -> sagemaker.CfnEndpoint:
         settings, prefix = self.settings, self.prefix
         variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
             variant_name=VARIANT_NAME,
@@ -174,6 +173,17 @@ class ModelEndpoint:
             routing_config=sagemaker.CfnEndpointConfig.RoutingConfigProperty(routing_strategy="LEAST_OUTSTANDING_REQUESTS"),
         )
         endpoint_config = sagemaker.CfnEndpointConfig(self.stack, f"{prefix}EndpointConfig", production_variants=[variant])
+        # Blue/green with automatic rollback on the new fleet's own alarms (stacks/rollouts.py).
+        self.rollout_guard = RolloutGuard(
+            self.stack,
+            f"{prefix}Rollout",
+            endpoint_name=self.endpoint_name,
+            variant_name=VARIANT_NAME,
+            endpoint_config_name=endpoint_config.attr_endpoint_config_name,
+            endpoint=settings,
+            sla=sla,
+        )
+        self.rollout_guard.grant_describe(self.role)
         # SageMaker creates this group on first start with no retention; owning it here
         # sets the stage's retention (the endpoint waits for it).
         self.log_group = logs.LogGroup(
@@ -189,12 +199,14 @@ class ModelEndpoint:
             endpoint_name=self.endpoint_name,
             endpoint_config_name=endpoint_config.attr_endpoint_config_name,
             # Without this every rollout (UpdateEndpoint) resets the variant to the new
-            # config's InitialInstanceCount, dropping what autoscaling reached (8 -> 2).
+            # config's InitialInstanceCount, dropping what autoscaling reached (8 -> 2); the
+            # new (green) fleet starts at the retained count. Nothing is excluded: the one
+            # other retained property, DataCaptureConfig, is "not currently supported" as an
+            # exclusion (SageMaker API reference, VariantProperty) and no capture is set.
             retain_all_variant_properties=True,
-            exclude_retained_variant_properties=[
-                sagemaker.CfnEndpoint.VariantPropertyProperty(variant_property_type=p) for p in RETAIN_EXCEPT
-            ],
-            # No DeploymentConfig is declared; the template, not the last API call, decides.
+            # How each update rolls out, declared here; RetainDeploymentConfig false, so the
+            # template's DeploymentConfig, not one left by an earlier API call, applies.
+            deployment_config=self.rollout_guard.deployment_config,
             retain_deployment_config=False,
         )
         cfn_endpoint.node.add_dependency(self.log_group)

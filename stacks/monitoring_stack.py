@@ -63,7 +63,7 @@ class MonitoringStack(cdk.Stack):
         endpoint_name: str,
         variant_name: str,
         origin_adapter_name: str,
-        file_system_id: str,
+        file_system_id: str | None,
         page_topic: sns.ITopic,
         ticket_topic: sns.ITopic,
         edge_region: str,

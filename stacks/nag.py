@@ -106,6 +106,23 @@ def acknowledge_findings(
         "X-Ray tracing: xray:PutTraceSegments and PutTelemetryRecords do not support resource-level permissions.",
         "Resource::*",
     )
+    host = model_storage.workspace_host
+    if host is not None:
+        _ack(
+            host.role.node.default_child,
+            "IAM4",
+            "AmazonSSMManagedInstanceCore is the instance profile policy Session Manager documents for "
+            "managed nodes (Systems Manager User Guide, instance permissions); the workspace host needs "
+            "exactly Session Manager's calls, which it lists.",
+            "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore",
+        )
+        _ack(
+            _policy(host.role),
+            "IAM5",
+            "bin/model-publish on the workspace host reads, writes and copies model files under models/ "
+            "(their names are the model's files, unknown in advance); no delete.",
+            f"Resource::<{_logical_id(model_storage.model_bucket)}.Arn>/models/*",
+        )
     distribution = cdn.distribution.node.default_child
     _ack(
         distribution,
@@ -116,7 +133,7 @@ def acknowledge_findings(
         _ack(
             distribution,
             "CFR2",
-            f"Stage {s.name} declares no web ACL (waf_rate_limit_per_5_min is None): it serves "
+            f"Stage {s.name} declares no web ACL (rate_limits is None): it serves "
             "internal test traffic; staging and prod attach one.",
         )
 

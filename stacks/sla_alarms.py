@@ -439,7 +439,8 @@ class HomeSlaAlarms(_SlaAlarmsBase):
         self._model_error_alarm()
         self._capacity_alarm()
         self._gpu_alarms()
-        self._workspace_alarm()
+        if settings.workspace.enabled:
+            self._workspace_alarm()
         if embeddings is not None:
             self._embeddings_alarms()
         self._page(
@@ -688,7 +689,7 @@ class HomeSlaAlarms(_SlaAlarmsBase):
                 ),
                 first=(
                     "the container logs for CUDA out-of-memory or KV-cache preemption, the rolling batch size "
-                    "(max_rolling_batch_size) and the quantization setting."
+                    "(max_num_seqs) and the quantization setting."
                 ),
                 why_missing="no instance reporting; endpoint-down is the 5XX alarm's job",
             ),

@@ -19,6 +19,7 @@ from lambdas.contract import (
     MODELS_ROUTE,
     SERVABLE_BODY_LIMIT_BYTES,
     SERVER_TIMING_HEADER,
+    STAGE_SECRET_HEADER,
     STATUS_HEADER,
     TENANT_HEADER,
 )
@@ -37,7 +38,7 @@ from lambdas.origin_adapter.streaming import (
 
 # The viewer's credentials never enter the decision here: behind OAC the Authorization
 # header is CloudFront's signature. The tenant comes from the edge, in TENANT_HEADER.
-_NOT_FOR_DECISION = ("authorization", "x-api-key", TENANT_HEADER, KEY_HEADER)
+_NOT_FOR_DECISION = ("authorization", "x-api-key", TENANT_HEADER, KEY_HEADER, STAGE_SECRET_HEADER)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class InferenceAdapter:
         logger,
         coalescer: Coalescer | None = None,
         stream_seconds: float = 52.0,
+        stream_lease_seconds: float | None = None,
         embeddings: EmbeddingsService | None = None,
     ):
         self.cache = cache_settings
@@ -121,7 +123,11 @@ class InferenceAdapter:
         # How long a stream may run from the request's start: the adapter ends it (an
         # error event, nothing stored) before Lambda's timeout would cut it mid-event.
         self.stream_seconds = stream_seconds
+        # How long a streamed miss's lease holds its key (its stream, and the store after
+        # it); a whole answer's lease is the coalescer's own, shorter one.
+        self.stream_lease_seconds = stream_lease_seconds
         self.routes = frozenset(cache_settings.routes)
+        self._macs: dict[str, bytes] = {}
 
     def answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
         response, outcome = self._answer(request)
@@ -141,13 +147,19 @@ class InferenceAdapter:
             return _error(405, "method_not_allowed", f"{request.path} takes POST."), outcome
 
         decision_headers = {k: v for k, v in request.headers.items() if k not in _NOT_FOR_DECISION}
+        # The stage secret as the edge got it (from the viewer-request function, which
+        # removes any viewer copy; only CloudFront reaches this function, through OAC).
+        mac = self._mac_key(request.headers.get(STAGE_SECRET_HEADER))
         decision = cache_decision.decide(
             request.path,
             decision_headers,
             request.body,
             self.cache,
             tenant=request.headers.get(TENANT_HEADER) or None,
+            mac=mac,
         )
+        if decision.cacheable and mac is None:  # fail closed: no deployed key without the secret
+            decision = decision._replace(cacheable=False, key=None, lookup=False, store=False, reason="no stage secret")
         outcome.reason, outcome.key = decision.reason, decision.key
         if decision.error is not None:
             return OriginResponse(decision.error.status, decision.error.body(), _json_headers("BYPASS")), outcome
@@ -157,9 +169,16 @@ class InferenceAdapter:
             outcome.key_mismatch = True
             self.logger.warning("cache key header differs from the body's key", extra={"claimed": claimed, "computed": decision.key})
 
+        body = _json_object(request.body)  # as the decision read it; None: the model answers it
+        streams = request.path != EMBEDDINGS_ROUTE and body is not None and body.get("stream") is True
         lease = None
         if self.coalescer is not None and _coalesces(decision):
-            turn = self.coalescer.acquire(decision.key, max_age_seconds=decision.ttl_seconds, started=started)
+            turn = self.coalescer.acquire(
+                decision.key,
+                max_age_seconds=decision.ttl_seconds,
+                started=started,
+                lease_seconds=self.stream_lease_seconds if streams else None,
+            )
             outcome.lease_won = turn.lease is not None and not turn.takeover
             outcome.lease_takeover, outcome.lease_expired = turn.takeover, turn.expired_takeover
             if turn.result is not None:
@@ -175,15 +194,15 @@ class InferenceAdapter:
                 response.headers["retry-after"] = "1"
                 return response, outcome
             lease = turn.lease
-        return self._generate(request, decision, outcome, lease), outcome
+        return self._generate(request, body if streams else None, decision, outcome, lease), outcome
 
-    def _generate(self, request: OriginRequest, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
-        """Call the model; store the answer if it may be served again. A streamed answer
-        releases the lease when its stream ends; any other, here."""
+    def _generate(self, request: OriginRequest, streamed: dict | None, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
+        """Call the model (streamed: the body of a `stream: true` request); store the answer
+        if it may be served again. A streamed answer releases the lease when its stream
+        ends; any other, here."""
         try:
-            body = _json_object(request.body)
-            if request.path != EMBEDDINGS_ROUTE and body is not None and body.get("stream") is True:
-                return self._stream(request, body, decision, outcome, lease)
+            if streamed is not None:
+                return self._stream(request, streamed, decision, outcome, lease)
             return self._whole(request, decision, outcome)
         finally:
             if lease is not None and not outcome.streamed:
@@ -272,6 +291,17 @@ class InferenceAdapter:
             raise
         finally:
             end()
+
+    def _mac_key(self, secret: str | None) -> bytes | None:
+        """The cache-key MAC key of a stage secret (a comma-joined repeat is no secret)."""
+        if not secret or "," in secret:
+            return None
+        mac = self._macs.get(secret)
+        if mac is None:
+            if len(self._macs) >= 4:  # a secret changes only at a rotation
+                self._macs.clear()
+            mac = self._macs[secret] = cache_decision.mac_key(secret)
+        return mac
 
     def _answer_headers(self, content_type: str, decision, outcome: Outcome) -> dict:
         headers = {"content-type": content_type, STATUS_HEADER: outcome.cache}

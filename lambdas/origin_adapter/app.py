@@ -52,7 +52,8 @@ def build_adapter(settings: AdapterSettings) -> InferenceAdapter:
         ResultsStore(settings.results_bucket),
         logger,
         coalescer=_coalescer(settings) if settings.coalescing else None,
-        stream_seconds=settings.answer_seconds,
+        stream_seconds=settings.stream_seconds,
+        stream_lease_seconds=settings.stream_lease_seconds,
         embeddings=_embeddings(settings) if settings.embeddings else None,
     )
 
@@ -179,8 +180,12 @@ class _Streamed(StreamingResponse):
     async def _end(self) -> None:
         if self._ended is not None:
             ended, self._ended = self._ended, None
-            await self._in_thread(self._body.close)
-            ended()
+            # Shielded: a client that goes as soon as it has the last event (the openai
+            # client after [DONE]) cancels the response here, and the outcome must still
+            # be closed and recorded once.
+            with anyio.CancelScope(shield=True):
+                await self._in_thread(self._body.close)
+                ended()
 
     async def __call__(self, scope, receive, send) -> None:
         try:

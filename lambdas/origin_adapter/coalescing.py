@@ -111,20 +111,25 @@ class Coalescer:
         self.max_poll_seconds = max_poll_seconds
 
     # -- the one entry point -----------------------------------------------------------
-    def acquire(self, key: str, *, max_age_seconds: float, started: float | None = None) -> Turn:
+    def acquire(
+        self, key: str, *, max_age_seconds: float, started: float | None = None, lease_seconds: float | None = None
+    ) -> Turn:
         """Claim `key`, or wait for the identical request that holds it. `started` is the
-        request's start (time.monotonic()); the budgets count from it."""
+        request's start (time.monotonic()); the budgets count from it. `lease_seconds`: how
+        long a lease this request takes may hold the key (a stream runs longer than a whole
+        answer); the coalescer's own by default."""
         started = time.monotonic() if started is None else started
+        lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
         turn = Turn()
         try:
-            lease = self._claim(key)
+            lease = self._claim(key, lease_seconds)
         except _Unavailable:
             turn.unavailable = True
             return turn
         if lease is not None:
             turn.lease = lease
             return self._unless_stored(turn, max_age_seconds)
-        return self._wait(key, max_age_seconds, started, turn)
+        return self._wait(key, max_age_seconds, started, turn, lease_seconds)
 
     def _unless_stored(self, turn: Turn, max_age_seconds: float) -> Turn:
         """Just claimed: an identical request may have stored its result and left after our
@@ -146,7 +151,7 @@ class Coalescer:
             self._warn("removing the lease failed", lease.key, exc)
 
     # -- waiting -----------------------------------------------------------------------
-    def _wait(self, key: str, max_age_seconds: float, started: float, turn: Turn) -> Turn:
+    def _wait(self, key: str, max_age_seconds: float, started: float, turn: Turn, lease_seconds: float) -> Turn:
         turn.waited = True
         wait_until = started + self.wait_seconds
         takeover_until = started + self.takeover_window_seconds
@@ -183,7 +188,7 @@ class Coalescer:
                     return turn  # run the model ourselves, uncoordinated
                 reclaimed = True
                 try:
-                    lease = self._claim(key)
+                    lease = self._claim(key, lease_seconds)
                 except _Unavailable:
                     return turn
                 if lease is not None:
@@ -194,7 +199,7 @@ class Coalescer:
                     turn.gave_up = True
                     return turn
                 try:
-                    lease = self._take_over(key, held.etag)
+                    lease = self._take_over(key, held.etag, lease_seconds)
                 except _Unavailable:
                     return turn
                 if lease is not None:
@@ -202,19 +207,19 @@ class Coalescer:
                     return self._unless_stored(turn, max_age_seconds)
 
     # -- S3 ----------------------------------------------------------------------------
-    def _claim(self, key: str) -> Lease | None:
+    def _claim(self, key: str, lease_seconds: float | None = None) -> Lease | None:
         """Our lease if the key was free; None if another request holds it."""
-        return self._put_lease(key, IfNoneMatch="*")
+        return self._put_lease(key, self.lease_seconds if lease_seconds is None else lease_seconds, IfNoneMatch="*")
 
-    def _take_over(self, key: str, expired_etag: str) -> Lease | None:
+    def _take_over(self, key: str, expired_etag: str, lease_seconds: float) -> Lease | None:
         """Replace the expired lease we saw, unless another waiter replaced (or removed) it first."""
-        return self._put_lease(key, IfMatch=expired_etag)
+        return self._put_lease(key, lease_seconds, IfMatch=expired_etag)
 
-    def _put_lease(self, key: str, **condition) -> Lease | None:
+    def _put_lease(self, key: str, lease_seconds: float, **condition) -> Lease | None:
         for attempt in range(_CONFLICT_RETRIES + 1):
             claimed = time.time()
             # Rounded as written (ms): the lease we hold is the one a waiter reads back.
-            expires = round(claimed + self.lease_seconds, 3)
+            expires = round(claimed + lease_seconds, 3)
             body = json.dumps({"owner": uuid.uuid4().hex, "claimed": round(claimed, 3), "expires": expires})
             try:
                 answer = self.client.put_object(

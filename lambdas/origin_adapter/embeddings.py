@@ -24,7 +24,7 @@ from collections import namedtuple
 from collections.abc import Callable
 
 from lambdas.contract import EMBEDDINGS_MAX_INPUTS
-from lambdas.origin_adapter.embeddings_model import EmbeddingsModel
+from lambdas.embeddings_model import EmbeddingsModel
 from lambdas.origin_adapter.endpoint import EndpointAnswer, EndpointFailure, SageMakerEndpoint
 from lambdas.origin_adapter.wordpiece import WordPieceCounter
 

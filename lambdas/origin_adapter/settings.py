@@ -15,8 +15,9 @@ from lambdas.contract import (
     ENDPOINT_READ_TIMEOUT_ENV,
     ORIGIN_READ_TIMEOUT_SECONDS,
     RESULTS_BUCKET_ENV,
+    STREAM_BUDGET_ENV,
 )
-from lambdas.origin_adapter.embeddings_model import EmbeddingsModel
+from lambdas.embeddings_model import EmbeddingsModel
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,12 @@ class AdapterSettings:
     read_timeout_seconds: float
     connect_timeout_seconds: float = 2.0
     throttle_retries: int = 2
-    # The adapter's own Lambda timeout (the stack sets it; unset: the model read + 6 s,
-    # config.settings.ADAPTER_OVERHEAD_SECONDS).
+    # The adapter's budget for a whole answer (the stack sets it; unset: the model read +
+    # 6 s, config.settings.ADAPTER_OVERHEAD_SECONDS).
     adapter_timeout_seconds: float | None = None
+    # A streamed answer's budget, request to last byte (the stack sets it; unset: a whole
+    # answer's). The function's Lambda timeout is this + 6 s.
+    stream_seconds: float | None = None
     # Identical cacheable misses share one model call (coalescing.py).
     coalescing: bool = False
     # The embeddings model's endpoint (embeddings.py); None on a stage without one.
@@ -49,6 +53,10 @@ class AdapterSettings:
             object.__setattr__(self, "adapter_timeout_seconds", self.read_timeout_seconds + _ADAPTER_OVERHEAD_SECONDS)
         if not self.read_timeout_seconds < self.adapter_timeout_seconds <= ORIGIN_READ_TIMEOUT_SECONDS:
             raise ValueError(f"{ADAPTER_TIMEOUT_ENV} must be above the model read timeout, at most {ORIGIN_READ_TIMEOUT_SECONDS} s")
+        if self.stream_seconds is None:
+            object.__setattr__(self, "stream_seconds", self.answer_seconds)
+        if not self.answer_seconds <= self.stream_seconds <= _LAMBDA_MAX_SECONDS - _ADAPTER_OVERHEAD_SECONDS:
+            raise ValueError(f"{STREAM_BUDGET_ENV} must be at least a whole answer's budget, and leave room in Lambda's 15 min")
         # The cache settings key /v1/embeddings by the embeddings model; the endpoint must be that model's.
         if (self.embeddings is None) != (self.cache.embeddings_model_id is None):
             raise ValueError(f"{EMBEDDINGS_MODEL_ENV} must be set exactly when the stage's cache settings name an embeddings model")
@@ -71,6 +79,12 @@ class AdapterSettings:
         return self.adapter_timeout_seconds - _ANSWER_MARGIN_SECONDS
 
     @property
+    def stream_lease_seconds(self) -> float:
+        """A streamed miss's lease lasts as long as its holder can live: its stream budget
+        and the store after it (the function's Lambda timeout)."""
+        return self.stream_seconds + _ADAPTER_OVERHEAD_SECONDS
+
+    @property
     def wait_seconds(self) -> float:
         """How long a waiter polls for the result: as long as it may take to answer."""
         return self.answer_seconds
@@ -89,6 +103,7 @@ class AdapterSettings:
             cache=cache_settings.load(),
             read_timeout_seconds=float(os.environ.get(ENDPOINT_READ_TIMEOUT_ENV) or 0),
             adapter_timeout_seconds=float(os.environ[ADAPTER_TIMEOUT_ENV]) if os.environ.get(ADAPTER_TIMEOUT_ENV) else None,
+            stream_seconds=float(os.environ[STREAM_BUDGET_ENV]) if os.environ.get(STREAM_BUDGET_ENV) else None,
             coalescing=_flag(os.environ.get(COALESCING_ENV, "false"), COALESCING_ENV),
             embeddings=EmbeddingsModel.from_json(os.environ[EMBEDDINGS_MODEL_ENV]) if os.environ.get(EMBEDDINGS_MODEL_ENV) else None,
         )
@@ -96,6 +111,8 @@ class AdapterSettings:
 
 # What the adapter spends besides the model read (config.settings.ADAPTER_OVERHEAD_SECONDS).
 _ADAPTER_OVERHEAD_SECONDS = 6.0
+# Lambda's longest function timeout (config.aws_facts.LAMBDA_MAX_TIMEOUT_SECONDS).
+_LAMBDA_MAX_SECONDS = 900.0
 # A waiter's answer from the result it read: building the response, returning it.
 _ANSWER_MARGIN_SECONDS = 2.0
 # A takeover's own overhead besides the model read: connect and store.

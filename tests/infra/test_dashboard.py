@@ -201,6 +201,12 @@ def test_capacity_gpu_time_saved_and_workspace(synthesized, stage):
     assert ids["cfRequests"][:2] == ["AWS/CloudFront", "Requests"]
     assert ids["adapterInvocations"][:2] == ["AWS/Lambda", "Invocations"]
 
+    if not settings.workspace.enabled:
+        # No file system to graph: the row says the workspace is off, and why.
+        assert "AWS/FSx" not in json.dumps(body)
+        (note,) = [w for w in body["widgets"] if "Model workspace" in w["properties"].get("markdown", "")]
+        assert settings.workspace.off_reason in note["properties"]["markdown"]
+        return
     throughput = widget(body, "Model workspace (FSx for Lustre) throughput (MB/s)")
     assert {n[1] for n, _ in metric_rows(throughput) if n} == {"DataReadBytes", "DataWriteBytes"}
     provisioned = settings.workspace.capacity_gib / 1024 * settings.workspace.throughput_per_tib

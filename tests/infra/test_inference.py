@@ -169,7 +169,10 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
     (function,) = function
     assert function["FunctionName"] == f"inference-cache-{stage}-origin-adapter"
     timeouts = STAGES[stage].endpoint.timeouts
-    assert function["Timeout"] == timeouts.adapter_seconds < timeouts.origin_read_seconds
+    # A stream's budget and the store after it; a whole answer's budget is the adapter's own (env).
+    assert function["Timeout"] == timeouts.lambda_seconds == timeouts.stream_seconds + 6
+    assert function["Environment"]["Variables"]["ADAPTER_TIMEOUT_SECONDS"] == str(timeouts.adapter_seconds)
+    assert timeouts.adapter_seconds < timeouts.origin_read_seconds
     assert function["Runtime"] == "python3.14"
     assert function["TracingConfig"] == {"Mode": "Active"}
     assert function["Environment"]["Variables"]["ENDPOINT_NAME"] == f"inference-cache-{stage}"

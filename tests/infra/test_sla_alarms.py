@@ -17,7 +17,7 @@ import pytest
 
 from config.settings import SlaSettings
 from config.stages import STAGES
-from tests.conftest import ROOT, STAGE_NAMES
+from tests.conftest import ROOT, STAGE_NAMES, WORKSPACE_STAGES
 
 EDGE_REGION = "us-east-1"
 # The instance types the stages use, and their GPUs (from the EC2/SageMaker specs).
@@ -196,6 +196,9 @@ def test_every_sla_setting_is_an_objective_with_alarms_or_declared_otherwise():
 def test_each_slo_has_its_alarms(synthesized, stage):
     present = set(edge_alarms(synthesized, stage)) | set(home_alarms(synthesized, stage))
     for objective, slugs in SLO_ALARMS.items():
+        if objective == "fsx_free_capacity_floor" and not STAGES[stage].workspace.enabled:
+            assert name(stage, "workspace-free-capacity-low") not in present  # no file system to watch
+            continue
         for slug in slugs:
             assert name(stage, slug) in present, f"{objective}: {slug} missing"
 
@@ -206,7 +209,8 @@ def test_no_unexpected_alarms(synthesized, stage):
     for speed, (_, windows) in BURN_WINDOWS.items():
         expected_edge.add(name(stage, f"availability-{speed}-burn"))
         expected_edge |= {name(stage, f"availability-{speed}-burn-{_tag(w)}") for w in windows}
-    expected_home = {name(stage, s) for s in TICKETS_HOME | PAGE_CHILDREN_HOME | {f"page-{STAGES[stage].home_region}"}}
+    tickets_home = TICKETS_HOME if STAGES[stage].workspace.enabled else TICKETS_HOME - {"workspace-free-capacity-low"}
+    expected_home = {name(stage, s) for s in tickets_home | PAGE_CHILDREN_HOME | {f"page-{STAGES[stage].home_region}"}}
     if STAGES[stage].embeddings.endpoint.gpus:
         expected_home.add(name(stage, EMBEDDINGS_GPU_TICKET))
     assert set(edge_alarms(synthesized, stage)) == expected_edge
@@ -525,7 +529,7 @@ def test_gpu_alarms_are_normalized_per_gpu(synthesized, stage, slug, metric_name
     )
 
 
-@pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.parametrize("stage", WORKSPACE_STAGES)
 def test_workspace_free_capacity_floor_in_bytes(synthesized, stage):
     settings = STAGES[stage]
     alarm = home_alarms(synthesized, stage)[name(stage, "workspace-free-capacity-low")]
@@ -569,7 +573,12 @@ def test_alarms_live_in_the_region_of_their_metrics(synthesized, stage):
             assert "AWS/CloudFront" not in {m["namespace"] for m in stats(alarm).values()}, alarm["AlarmName"]
             assert not set(stats(alarm)) & edge_log_metrics, alarm["AlarmName"]
     for stack in synthesized[stage].templates:
-        if stack not in ("EdgeMonitoring", "Monitoring"):
+        if stack == "Inference":
+            # The endpoint's rollback alarms (tests/infra/test_rollouts.py): home-region SageMaker metrics.
+            for alarm in alarms_of(synthesized[stage].templates[stack]).values():
+                assert "-rollback-" in alarm["AlarmName"], alarm["AlarmName"]
+                assert {m["namespace"] for m in stats(alarm).values()} == {"AWS/SageMaker"}
+        elif stack not in ("EdgeMonitoring", "Monitoring"):
             assert alarms_of(synthesized[stage].templates[stack]) == {}, stack
 
 

@@ -358,6 +358,36 @@ def test_invalid_ttl_header_is_400(value):
                  "x-inference-cache-ttl")
 
 
+def test_header_whitespace_is_space_and_tab_only():
+    """RFC 9110 OWS: a TTL padded with spaces and tabs is read; one padded with what
+    Python's str.strip() also removes (NBSP, U+2003, U+3000) is not a whole number."""
+    s = settings(default_ttl_seconds=3600, max_ttl_seconds=86_400)
+    assert run(chat(), headers={**JSON, "x-inference-cache-ttl": " \t60\t "}, s=s).ttl_seconds == 60
+    for padded in ("\xa060", "60\u2003", "\u300060"):
+        assert "60" == padded.strip()  # what the edge used to read
+        assert_error(run(chat(), headers={**JSON, "x-inference-cache-ttl": padded}, s=s), 400, "invalid_ttl",
+                     "x-inference-cache-ttl")
+    # Content-Type padded the same way is not application/json.
+    assert run(chat(), headers={"content-type": "\tapplication/json ; charset=utf-8 "}).error is None
+    assert_error(run(chat(), headers={"content-type": "application/json\u2003"}), 415, "unsupported_media_type",
+                 "content-type")
+    # Cache-Control directives: only SP/HTAB around them.
+    assert not run(chat(), headers={**JSON, "cache-control": " \tno-store"}).cacheable
+    assert run(chat(), headers={**JSON, "cache-control": "\xa0no-store"}).cacheable
+
+
+@pytest.mark.parametrize("name", ["content-type", "cache-control", "x-inference-cache-ttl", "content-encoding"])
+@pytest.mark.parametrize("ctl", ["\x0b", "\x0c", "\x00", "\x1c", "\x7f", "\r"])
+def test_a_control_character_in_a_header_the_decision_reads_is_400(name, ctl):
+    """Not a valid field value (RFC 9110, 5.5: VCHAR, SP, HTAB, obs-text): refused, never
+    read leniently (a `no-store\\v` read as something else would store what the client
+    asked not to)."""
+    value = {"content-type": "application/json", "cache-control": "no-store", "x-inference-cache-ttl": "60",
+             "content-encoding": "identity"}[name]
+    assert_error(run(chat(), headers={**JSON, name: value + ctl}), 400, "invalid_header_value", name)
+    assert_error(run(chat(), headers={**JSON, name: ctl + value}), 400, "invalid_header_value", name)
+
+
 # --------------------------------------------------------------------------- tenants
 
 
@@ -842,3 +872,30 @@ def test_more_inputs_than_openai_accepts_is_a_400(value, status):
     assert (d.error.status if d.error else None) == status
     if status:
         assert d.error.param == "input" and "2048" in d.error.message
+
+
+@pytest.mark.parametrize("route, extra, served", [
+    (CHAT, {"prompt": "hi"}, "completions"),
+    (CHAT, {"inputs": "hi"}, "tgi"),
+    (CHAT, {"prompt": "hi", "inputs": "hi"}, "completions"),
+    ("/v1/completions", {"messages": [{"role": "user", "content": "hi"}], "inputs": "hi"}, None),
+    ("/v1/completions", {"inputs": "hi"}, None),
+])
+def test_a_v1_body_the_container_would_serve_under_another_schema_is_not_cached(route, extra, served):
+    """The adapter sends every route's body to LMI's /invocations, which picks the schema by
+    key (prompt, then inputs, then messages): a chat body with `prompt` is a completion to
+    it. Such a body passes through uncached (no 400: the container serves it), whatever the
+    policy; the route's own body alone stays cacheable."""
+    own = {"messages": [{"role": "user", "content": "hi"}]} if route == CHAT else {"prompt": "hi"}
+    alone = {"model": "m", **own, "temperature": 0}
+    assert run(alone, path=route).cacheable
+    for policy in ("deterministic", "all"):
+        d = run({**alone, **extra}, path=route, s=settings(policy=policy))
+        assert (d.cacheable, d.key, d.error) == (False, None, None), d
+        if served:
+            assert f"the container serves it as {served}" in d.reason
+        else:
+            assert d.reason.startswith(f"{route} body mixes prompt and ")
+    # Without the route's own key, but with another the container serves: passed through, not a 400.
+    other = run({"model": "m", **extra, "temperature": 0}, path=route)
+    assert (other.cacheable, other.error) == (False, None), other

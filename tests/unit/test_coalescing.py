@@ -38,6 +38,7 @@ from lambdas.origin_adapter.endpoint import EndpointAnswer, EndpointFailure
 from lambdas.origin_adapter.results_store import ResultsStore
 from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.s3 import LocalS3
+from tests.stage_secret import MAC, WITH_SECRET
 
 BUCKET = "coalescing-results"
 
@@ -336,7 +337,8 @@ def adapter(s3, model, **timings) -> InferenceAdapter:
 
 def chat(content: str, *, headers=None, **params) -> OriginRequest:
     body = {"model": "m", "messages": [{"role": "user", "content": content}], "temperature": 0, **params}
-    return OriginRequest("POST", "/v1/chat/completions", {"content-type": "application/json", **(headers or {})}, json.dumps(body).encode())
+    headers = {"content-type": "application/json", **WITH_SECRET, **(headers or {})}
+    return OriginRequest("POST", "/v1/chat/completions", headers, json.dumps(body).encode())
 
 
 def burst(a: InferenceAdapter, requests: list[OriginRequest]) -> list:
@@ -376,7 +378,7 @@ def test_a_failed_leader_hands_over_and_the_waiters_still_get_answers(s3):
 
 def test_a_miss_that_finds_a_dead_holders_lease_takes_it_over_and_says_so(s3):
     request = chat(f"dead holder {time.time()}")
-    key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings()).key
+    key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings(), mac=MAC).key
     assert coalescer(s3, lease=0.2)._claim(key) is not None  # a holder that never comes back
     time.sleep(0.3)
     model = CountingModel(seconds=0.05)

@@ -36,6 +36,7 @@ from lambdas.origin_adapter import app as origin_app
 from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.events import function_url_event, web_adapter_request
 from local_run.servers import BackgroundServer
+from tests.stage_secret import MAC, WITH_SECRET
 
 ENDPOINT = "inference-cache-dev"
 BUCKET = "results-bucket"
@@ -126,10 +127,12 @@ def stubs(origin):
         s3.assert_no_pending_responses()
 
 
-def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None) -> dict:
-    """The recorded function URL event (tests/events) with this request in it."""
+def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None, secret=True) -> dict:
+    """The recorded function URL event (tests/events) with this request in it, and the
+    stage secret CloudFront forwards from the viewer-request function (unless `secret` is False)."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    return function_url_event(body=raw, headers={"content-type": "application/json", **(headers or {})}, path=path, method=method)
+    headers = {"content-type": "application/json", **(WITH_SECRET if secret else {}), **(headers or {})}
+    return function_url_event(body=raw, headers=headers, path=path, method=method)
 
 
 def endpoint_answer(sagemaker, answer=CHAT_ANSWER, expected_body=None):
@@ -160,7 +163,7 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
     sagemaker, s3 = stubs
     request_body = json.dumps(GREEDY).encode()
     payload = endpoint_answer(sagemaker, expected_body=request_body)
-    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache).key
+    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache, mac=MAC).key
     s3.add_response(
         "put_object",
         {},
@@ -206,6 +209,21 @@ def test_forged_key_header_is_ignored_and_counted(origin, stubs, lambda_context,
     response = origin.call(url_event(headers={"x-inference-cache-key": "0" * 64}), lambda_context)
     assert response.headers["x-inference-cache-key"] != "0" * 64
     assert emitted_metrics(capsys)["CacheKeyMismatch"] == 1.0
+
+
+def test_without_the_stage_secret_the_answer_is_neither_keyed_nor_stored(origin, stubs, lambda_context):
+    """Fail closed: a key without the secret would be one nobody else computes; no
+    put_object reaches S3 (the Stubber has none queued, and none is asked for)."""
+    sagemaker, s3 = stubs
+    payload = endpoint_answer(sagemaker)
+    response = origin.call(url_event(secret=False), lambda_context)
+    assert response.status == 200 and response.body == payload
+    assert response.headers["x-inference-cache"] == "BYPASS" and "x-inference-cache-key" not in response.headers
+    # A viewer's forged secret cannot get here: only CloudFront reaches the function URL,
+    # after the viewer-request function replaced any viewer copy. Two copies are no secret.
+    endpoint_answer(sagemaker)
+    doubled = url_event(headers={"x-inference-stage-secret": "a, b"}, secret=False)
+    assert origin.call(doubled, lambda_context).headers["x-inference-cache"] == "BYPASS"
 
 
 def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, capsys):
@@ -299,7 +317,7 @@ def test_a_streamed_miss_relays_each_event_as_it_comes_and_stores_the_stream(ori
     lines = [lmi_chunk(content="The"), lmi_chunk(content=" answer"), lmi_chunk(content=" is 4"), lmi_chunk(finish="stop"), b"\n"]
     wire = b"".join(lines)
     add_stream(sagemaker, wire[:7], wire[7:150], wire[150:151], wire[151:], expected_body=request_body)  # the body as sent: stream: true
-    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache).key
+    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache, mac=MAC).key
     stored = {}
     s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": f"_cache/{key}", "Body": ANY, "ContentType": "text/event-stream",
                                        "CacheControl": ANY, "Metadata": ANY})

@@ -12,6 +12,7 @@ from config.settings import (
     CustomDomain,
     EndpointSettings,
     ModelWorkspaceSettings,
+    RateLimits,
     SettingsError,
     SlaSettings,
 )
@@ -69,7 +70,9 @@ def test_stage_level_rules():
     with pytest.raises(SettingsError, match="availability zones"):
         dataclasses.replace(dev, availability_zones=("us-east-1a", "us-east-1b"))
     with pytest.raises(SettingsError, match="WAF"):
-        dataclasses.replace(dev, waf_rate_limit_per_5_min=5)
+        dataclasses.replace(dev, rate_limits=RateLimits(requests_per_key=5))
+    with pytest.raises(SettingsError, match="WAF evaluates over"):
+        RateLimits(requests_per_key=100, window_seconds=180)
 
 
 def test_edge_cache_config_carries_what_the_edge_function_needs():
@@ -165,7 +168,7 @@ def test_adapter_concurrency_settings_are_validated():
         dataclasses.replace(endpoint, adapter_concurrency_headroom=5)
     prod = STAGES["prod"]
     # Beyond what the container batches at once.
-    with pytest.raises(SettingsError, match="rolling batch"):
+    with pytest.raises(SettingsError, match=r"generates at once \(max_num_seqs 64\)"):
         dataclasses.replace(prod, endpoint=dataclasses.replace(endpoint, concurrent_requests_per_instance=128))
     # One adapter serves both endpoints: its reservation covers both fleets at their maximum.
     assert prod.adapter_reserved_concurrency == 8 * 16 * 1.5 + 4 * 16 * 1.5
@@ -258,3 +261,15 @@ def test_the_edge_settings_name_the_embeddings_model_or_none(name):
     assert record.endpoint_name == f"inference-cache-{name}-embeddings"
     assert record.tokenizer_uri == f"s3://models-bucket/{settings.embeddings.s3_prefix}tokenizer.json"
     assert record.batch_inputs == settings.embeddings.max_client_batch_size
+
+
+def test_a_stream_has_a_budget_of_its_own_within_lambdas_15_minutes():
+    from config.settings import TimeoutBudget
+
+    timeouts = TimeoutBudget()
+    assert (timeouts.stream_seconds, timeouts.lambda_seconds) == (300, 306)
+    assert TimeoutBudget(stream_seconds=894).lambda_seconds == 900
+    with pytest.raises(SettingsError, match=r"stream budget 895 s \+ 6 s .* above Lambda's 900 s"):
+        TimeoutBudget(stream_seconds=895)
+    with pytest.raises(SettingsError, match=r"a stream's budget \(50 s\) must be at least a whole answer's \(54 s\)"):
+        TimeoutBudget(stream_seconds=50)

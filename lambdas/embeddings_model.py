@@ -1,7 +1,8 @@
 """What the origin adapter knows of the stage's embeddings model, as one small typed
 record: the Inference stack writes it as JSON into the adapter's EMBEDDINGS_MODEL
-environment variable; the adapter reads it back (settings.py). Stdlib only: the stack
-imports it too."""
+environment variable; the adapter reads it back (origin_adapter/settings.py). Stdlib
+only, beside cache_settings.py: the stage settings (config) build it, as they build the
+edge settings record."""
 
 from __future__ import annotations
 
