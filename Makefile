@@ -106,6 +106,7 @@ serve: $(VENV)/.installed node_modules/.installed
 bench: $(TOOLS)
 	$(PY) -m bench.bench_cache_decision
 	$(PY) -m bench.bench_local_run
+	$(PY) -m bench.bench_embeddings
 	$(PY) -m bench.bench_api_key_check
 	$(PY) -m bench.bench_model_publish
 	$(PY) -m bench.bench_edge_hit_path

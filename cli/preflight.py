@@ -195,7 +195,7 @@ def check_lambda_concurrency(aws: AwsClients, settings: StageSettings) -> list[F
         )
     except lambda_.exceptions.ResourceNotFoundException:
         current = 0  # not deployed yet
-    reserve = settings.endpoint.adapter_reserved_concurrency
+    reserve = settings.adapter_reserved_concurrency  # every endpoint's fleet, as the Inference stack reserves
     others = total - unreserved - current
     left = unreserved + current - reserve
     found = (

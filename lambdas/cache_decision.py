@@ -20,6 +20,7 @@ from lambdas.contract import (
     CACHE_KEY_CONTEXT,
     CHAT_ROUTE,
     COMPLETIONS_ROUTE,
+    EMBEDDINGS_MAX_INPUTS,
     EMBEDDINGS_ROUTE,
     INVOCATIONS_ROUTE,
     TTL_HEADER,
@@ -668,6 +669,11 @@ def _canonical(route: str, obj: dict, settings: EdgeCacheSettings, texts: list) 
             raise _Reject(400, "invalid_type", f"'{field}' must be a string or a list", field)
         if schema == "embeddings" and (not value or (type(value) is list and "" in value)):
             raise _Reject(400, "invalid_value", "'input' must not be empty", "input")
+        # More inputs than OpenAI accepts (a list of token ids is one input, of any length).
+        if schema == "embeddings" and type(value) is list and len(value) > EMBEDDINGS_MAX_INPUTS and type(value[0]) is not int:
+            raise _Reject(
+                400, "invalid_value", f"'input' holds {len(value)} inputs; at most {EMBEDDINGS_MAX_INPUTS} are accepted", "input"
+            )
         obj[field] = _text_tokens(value, texts)
     stream = obj.pop("stream", False)
     if type(stream) is not bool:  # an odd value stays in the body, where it keys apart
@@ -759,6 +765,9 @@ def _decide(path, headers, body, settings, truncated, tenant, mac) -> tuple[Deci
     if type(body) is not bytes:
         body = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     try:
+        if path == EMBEDDINGS_ROUTE and settings.embeddings_model_id is None:
+            # The stage serves no embeddings model: no model call, nothing to store.
+            raise _Reject(404, "model_not_found", "This stage serves no embeddings model.", "model")
         max_bytes = settings.max_body_bytes
         if truncated or len(body) > max_bytes:
             raise _Reject(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
@@ -793,8 +802,8 @@ def _decide(path, headers, body, settings, truncated, tenant, mac) -> tuple[Deci
 
 
 # What the key hashes: the canonical JSON of [KEY_FORMAT, route, model_id, model_version,
-# tenant|null, stream, body] (ASCII, so it holds no NUL byte), a NUL, then the long texts
-# in document order, each as kind (b"l"/b"u"), 8-byte length and bytes. Unambiguous: the
+# tenant|null, stream, body] (on /v1/embeddings the embeddings model's id and version) (ASCII,
+# so it holds no NUL byte), a NUL, then the long texts in document order, each as kind (b"l"/b"u"), 8-byte length and bytes. Unambiguous: the
 # first NUL ends the JSON; lengths delimit the texts. The JSON is written as its head (the
 # list up to the body, the same for every request of a route and stream, so it is written
 # once: _key_head), the body's JSON, and "]": the bytes the encoder writes for the whole list.
@@ -802,7 +811,11 @@ _KEY_HEADS: dict = {}
 
 
 def _key_head(path, settings: EdgeCacheSettings, scope, stream: bool, encoder) -> bytes:
-    model_id, model_version = settings.model_id, settings.model_version
+    # /v1/embeddings is answered by the embeddings model: its id and version key it.
+    if path == EMBEDDINGS_ROUTE:
+        model_id, model_version = settings.embeddings_model_id, settings.embeddings_model_version
+    else:
+        model_id, model_version = settings.model_id, settings.model_version
     if type(path) is not str or type(model_id) is not str or type(model_version) is not str or (
         scope is not None and type(scope) is not str
     ):  # only plain strings share a head (1 == 1.0 == True would share one, and are written apart)

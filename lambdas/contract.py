@@ -81,6 +81,8 @@ GENERATED_RESPONSE_LIMIT_BYTES = 1_048_576
 # The largest stored answer the edge can serve: the generated-response limit less room
 # for its headers. Larger answers are never stored (they could never be served).
 SERVABLE_BODY_LIMIT_BYTES = GENERATED_RESPONSE_LIMIT_BYTES - 8_192
+# OpenAI's embeddings API takes at most this many inputs in one request; more is a 400.
+EMBEDDINGS_MAX_INPUTS = 2048
 # Response timeout CloudFront allows without a quota increase; SageMaker allows the
 # container 60 s, so the whole path is bounded by the same minute.
 ORIGIN_READ_TIMEOUT_SECONDS = 60
@@ -101,6 +103,9 @@ LOOKUP_CA_ENV = "INFERENCE_CACHE_LOOKUP_CA"
 ENDPOINT_NAME_ENV = "ENDPOINT_NAME"
 RESULTS_BUCKET_ENV = "RESULTS_BUCKET"
 ENDPOINT_READ_TIMEOUT_ENV = "ENDPOINT_READ_TIMEOUT_SECONDS"
+# The embeddings endpoint and what the adapter needs to know of its model (a JSON object,
+# lambdas.origin_adapter.embeddings.EmbeddingsModel); unset on a stage without one.
+EMBEDDINGS_MODEL_ENV = "EMBEDDINGS_MODEL"
 # The adapter's budget for a whole answer (the stage's TimeoutBudget.adapter_seconds).
 ADAPTER_TIMEOUT_ENV = "ADAPTER_TIMEOUT_SECONDS"
 # A streamed answer's budget, request to last byte (TimeoutBudget.stream_seconds); the

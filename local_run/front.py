@@ -26,7 +26,6 @@ import re
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 
@@ -45,7 +44,6 @@ from config.settings import StageSettings
 from lambdas.contract import (
     EDGE_BODY_LIMIT_BYTES,
     INVOCATIONS_ROUTE,
-    MODELS_ROUTE,
     RESULTS_PATH,
     STATUS_HEADER,
 )
@@ -118,7 +116,6 @@ class LocalFront:
         settings: StageSettings,
         results_url: str,
         bucket: str,
-        models_url: str,
         key_check: ViewerRequestFunction | None,
         cache_read_check: ViewerRequestFunction,
         origin_read_seconds: float,
@@ -134,7 +131,6 @@ class LocalFront:
             config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5, max_pool_connections=64),
         )
         self.bucket = bucket
-        self.models_url = models_url.rstrip("/")
         self.key_check = key_check
         self.cache_read_check = cache_read_check
         self.quiet = quiet
@@ -214,8 +210,6 @@ class LocalFront:
     def behavior(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes] | ToOrigin:
         """What the behavior does with a request the viewer-request function let through:
         an answer, or the request to send on to the origin."""
-        if method == "GET" and uri == MODELS_ROUTE:
-            return self.served_models()
         if uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE:
             return self.inference(method, uri, query, headers, body)
         return ToOrigin(method, uri, query, headers, body, inference=False)
@@ -332,12 +326,6 @@ class LocalFront:
             limits = httpx2.Limits(max_connections=LAMBDA_CONCURRENCY * 2, max_keepalive_connections=LAMBDA_CONCURRENCY)
             self._origin_client = httpx2.AsyncClient(timeout=timeout, limits=limits)
         return self._origin_client
-
-    def served_models(self) -> tuple[int, dict, bytes]:
-        """GET /v1/models: what the local model server really serves (the origin adapter
-        answers the stage's model id, which the local stand-in does not run)."""
-        with urllib.request.urlopen(f"{self.models_url}{MODELS_ROUTE}", timeout=5) as answer:
-            return answer.status, {"content-type": "application/json"}, answer.read()
 
 
 class _Relayed(StreamingResponse):

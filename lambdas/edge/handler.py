@@ -285,4 +285,4 @@ def _error_response(error: ApiError) -> dict:
     }
 
 
-_REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
+_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 415: "Unsupported Media Type"}

@@ -25,6 +25,7 @@ from lambdas.contract import (
 )
 from lambdas.errors import ApiError
 from lambdas.origin_adapter.coalescing import Coalescer, Lease
+from lambdas.origin_adapter.embeddings import EmbeddingsService
 from lambdas.origin_adapter.endpoint import EndpointFailure, EndpointStream, SageMakerEndpoint
 from lambdas.origin_adapter.results_store import ResultsStore
 from lambdas.origin_adapter.streaming import (
@@ -110,9 +111,12 @@ class InferenceAdapter:
         coalescer: Coalescer | None = None,
         stream_seconds: float = 52.0,
         stream_lease_seconds: float | None = None,
+        embeddings: EmbeddingsService | None = None,
     ):
         self.cache = cache_settings
         self.endpoint = endpoint
+        # /v1/embeddings: the stage's embeddings model on its own endpoint (None: none).
+        self.embeddings = embeddings
         self.store = store
         self.logger = logger
         self.coalescer = coalescer  # None: every miss calls the model
@@ -205,15 +209,21 @@ class InferenceAdapter:
                 self.coalescer.release(lease)
 
     def _whole(self, request: OriginRequest, decision, outcome: Outcome) -> OriginResponse:
-        """InvokeEndpoint: the whole answer at once."""
+        """InvokeEndpoint: the whole answer at once (embeddings: in the container's
+        batches, translated to OpenAI's shape, embeddings.py)."""
         try:
-            answer = self.endpoint.invoke(request.body, "application/json")
+            if request.path == EMBEDDINGS_ROUTE:
+                if self.embeddings is None:  # the decision answered 404 already; never a model call
+                    raise EndpointFailure(404, "model_not_found", "This stage serves no embeddings model.", param="model")
+                answer = self.embeddings.answer(request.body, outcome.started)
+            else:
+                answer = self.endpoint.invoke(request.body, "application/json")
         except EndpointFailure as failure:
             return _failed(failure, outcome)
         outcome.inference_seconds = answer.seconds
         outcome.cache = "MISS" if decision.store else "BYPASS"
         if _storable(decision) and _is_json(answer):
-            self._store_if_servable(decision, answer.body, answer.content_type, outcome)
+            self._store_if_servable(decision, answer.body, answer.content_type, outcome, request.path)
         return OriginResponse(200, answer.body, self._answer_headers(answer.content_type, decision, outcome))
 
     def _stream(self, request: OriginRequest, body: dict, decision, outcome: Outcome, lease: Lease | None) -> OriginResponse:
@@ -299,21 +309,22 @@ class InferenceAdapter:
             headers[KEY_HEADER] = decision.key
         return headers
 
-    def _store_if_servable(self, decision, body: bytes, content_type: str, outcome: Outcome) -> None:
+    def _store_if_servable(self, decision, body: bytes, content_type: str, outcome: Outcome, path: str) -> None:
         if len(body) > SERVABLE_BODY_LIMIT_BYTES:  # the edge could never serve it back
             outcome.too_large_to_store = True
         else:
-            outcome.stored_bytes, outcome.store_failed = self._store(decision, body, content_type)
+            outcome.stored_bytes, outcome.store_failed = self._store(decision, body, content_type, path)
 
-    def _store(self, decision, body: bytes, content_type: str) -> tuple[int, bool]:
+    def _store(self, decision, body: bytes, content_type: str, path: str = "") -> tuple[int, bool]:
+        embeddings = path == EMBEDDINGS_ROUTE
         try:
             self.store.put(
                 decision.key,
                 body,
                 content_type=content_type,
                 ttl_seconds=decision.ttl_seconds,
-                model=self.cache.model_id,
-                model_version=self.cache.model_version,
+                model=self.cache.embeddings_model_id if embeddings else self.cache.model_id,
+                model_version=self.cache.embeddings_model_version if embeddings else self.cache.model_version,
             )
             return len(body), False
         except Exception:  # a storage failure never fails the client's request
@@ -321,8 +332,15 @@ class InferenceAdapter:
             return 0, True
 
     def _models(self) -> OriginResponse:
-        model = {"id": self.cache.model_id, "object": "model", "created": 0, "owned_by": "inference-cache"}
-        body = json.dumps({"object": "list", "data": [model]}).encode()
+        """Exactly the stage's models, each with the version that keys its cache."""
+        served = [(self.cache.model_id, self.cache.model_version)]
+        if self.cache.embeddings_model_id is not None:
+            served.append((self.cache.embeddings_model_id, self.cache.embeddings_model_version))
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": "inference-cache", "version": version}
+            for model, version in served
+        ]
+        body = json.dumps({"object": "list", "data": data}).encode()
         return OriginResponse(200, body, {"content-type": "application/json"})
 
 
@@ -364,12 +382,12 @@ def _json_headers(cache_status: str) -> dict:
 
 def _failed(failure: EndpointFailure, outcome: Outcome) -> OriginResponse:
     outcome.model_error = failure.model_error
-    response = _error(failure.status, failure.code, failure.message)
+    response = _error(failure.status, failure.code, failure.message, failure.param)
     if failure.retry_after:
         response.headers["retry-after"] = str(failure.retry_after)
     return response
 
 
-def _error(status: int, code: str, message: str) -> OriginResponse:
-    body = ApiError(status, message, None, code).body()
+def _error(status: int, code: str, message: str, param: str | None = None) -> OriginResponse:
+    body = ApiError(status, message, param, code).body()
     return OriginResponse(status, body, _json_headers("BYPASS"))

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from lambdas.contract import HEALTH_ROUTE, METRICS_NAMESPACE, ORIGIN_ADAPTER_SERVICE, Metric
 from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest, Outcome, StreamedBody
 from lambdas.origin_adapter.coalescing import Coalescer
+from lambdas.origin_adapter.embeddings import EmbeddingsService
 from lambdas.origin_adapter.endpoint import SageMakerEndpoint
 from lambdas.origin_adapter.results_store import ResultsStore
 from lambdas.origin_adapter.settings import AdapterSettings
@@ -53,6 +54,29 @@ def build_adapter(settings: AdapterSettings) -> InferenceAdapter:
         coalescer=_coalescer(settings) if settings.coalescing else None,
         stream_seconds=settings.stream_seconds,
         stream_lease_seconds=settings.stream_lease_seconds,
+        embeddings=_embeddings(settings) if settings.embeddings else None,
+    )
+
+
+def _embeddings(settings: AdapterSettings) -> EmbeddingsService:
+    model = settings.embeddings
+    bucket, _, key = model.tokenizer_uri.removeprefix("s3://").partition("/")
+
+    def tokenizer() -> bytes:  # the model version's own tokenizer.json, from the model bucket
+        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    return EmbeddingsService(
+        model,
+        settings.cache.embeddings_model_id,
+        # One call is one batch: its read timeout is the batch's, not the whole answer's.
+        SageMakerEndpoint(
+            model.endpoint_name,
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=model.batch_read_seconds,
+            throttle_retries=settings.throttle_retries,
+        ),
+        tokenizer,
+        read_seconds=settings.read_timeout_seconds,
     )
 
 

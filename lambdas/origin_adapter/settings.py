@@ -10,12 +10,14 @@ from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCING_ENV,
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     ORIGIN_READ_TIMEOUT_SECONDS,
     RESULTS_BUCKET_ENV,
     STREAM_BUDGET_ENV,
 )
+from lambdas.embeddings_model import EmbeddingsModel
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class AdapterSettings:
     stream_seconds: float | None = None
     # Identical cacheable misses share one model call (coalescing.py).
     coalescing: bool = False
+    # The embeddings model's endpoint (embeddings.py); None on a stage without one.
+    embeddings: EmbeddingsModel | None = None
 
     def __post_init__(self) -> None:
         if not self.endpoint_name:
@@ -53,6 +57,11 @@ class AdapterSettings:
             object.__setattr__(self, "stream_seconds", self.answer_seconds)
         if not self.answer_seconds <= self.stream_seconds <= _LAMBDA_MAX_SECONDS - _ADAPTER_OVERHEAD_SECONDS:
             raise ValueError(f"{STREAM_BUDGET_ENV} must be at least a whole answer's budget, and leave room in Lambda's 15 min")
+        # The cache settings key /v1/embeddings by the embeddings model; the endpoint must be that model's.
+        if (self.embeddings is None) != (self.cache.embeddings_model_id is None):
+            raise ValueError(f"{EMBEDDINGS_MODEL_ENV} must be set exactly when the stage's cache settings name an embeddings model")
+        if self.embeddings is not None and not self.embeddings.batch_read_seconds < self.read_timeout_seconds:
+            raise ValueError("the embeddings batch read timeout must be below the model read timeout")
 
     # -- coalescing timings (docs/decisions.md, "Coalescing identical misses") --
     @property
@@ -96,6 +105,7 @@ class AdapterSettings:
             adapter_timeout_seconds=float(os.environ[ADAPTER_TIMEOUT_ENV]) if os.environ.get(ADAPTER_TIMEOUT_ENV) else None,
             stream_seconds=float(os.environ[STREAM_BUDGET_ENV]) if os.environ.get(STREAM_BUDGET_ENV) else None,
             coalescing=_flag(os.environ.get(COALESCING_ENV, "false"), COALESCING_ENV),
+            embeddings=EmbeddingsModel.from_json(os.environ[EMBEDDINGS_MODEL_ENV]) if os.environ.get(EMBEDDINGS_MODEL_ENV) else None,
         )
 
 

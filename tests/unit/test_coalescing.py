@@ -21,6 +21,7 @@ from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCED_HEADER,
     COALESCING_ENV,
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     LEASE_PREFIX,
@@ -416,6 +417,7 @@ def test_timings_come_from_the_stages_timeout_budget(monkeypatch, tmp_path):
         ENDPOINT_READ_TIMEOUT_ENV: str(budget.model_read_seconds),
         ADAPTER_TIMEOUT_ENV: str(budget.adapter_seconds),
         COALESCING_ENV: "true",
+        EMBEDDINGS_MODEL_ENV: STAGES["dev"].adapter_embeddings_model("models").to_json(),
     }.items():
         monkeypatch.setenv(name, value)
     settings = AdapterSettings.from_environment()

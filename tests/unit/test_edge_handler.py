@@ -328,6 +328,27 @@ def test_bad_input_gets_an_openai_shaped_error_and_no_lookup(edge, store, body, 
     assert store.requests == []
 
 
+def test_a_stage_without_embeddings_answers_404_model_not_found_at_the_edge(edge, store):
+    """Never a lookup, never forwarded (no model call), never cached: the function's own answer."""
+    handler = edge(embeddings_model_id=None, embeddings_model_version=None)
+    result = handler.handler(event({"model": "text-embedding-3-small", "input": "hello"}, uri="/v1/embeddings"), None)
+    assert (result["status"], result["statusDescription"]) == ("404", "Not Found")
+    assert header(result, "cache-control") == "no-store" and header(result, "x-inference-cache") == "BYPASS"
+    error = json.loads(result["body"])["error"]
+    assert (error["code"], error["type"], error["param"]) == ("model_not_found", "invalid_request_error", "model")
+    assert store.requests == []
+    # The same request on a stage that embeds is looked up and forwarded with its key.
+    forwarded = edge().handler(event({"model": "text-embedding-3-small", "input": "hello"}, uri="/v1/embeddings"), None)
+    assert "status" not in forwarded and header(forwarded, "x-inference-cache-key")
+    assert len(store.requests) == 1
+
+
+def test_more_embeddings_inputs_than_openai_accepts_is_a_400_at_the_edge(edge, store):
+    result = edge().handler(event({"model": "m", "input": ["x"] * 2049}, uri="/v1/embeddings"), None)
+    assert result["status"] == "400" and json.loads(result["body"])["error"]["param"] == "input"
+    assert store.requests == []
+
+
 # A POST to another route is forwarded too, with its body hash added (issue 10: OAC signs
 # a body only with it): test_every_forwarded_request_with_a_body_carries_its_hash.
 @pytest.mark.parametrize(("method", "uri"), [("GET", "/v1/models"), ("GET", CHAT)])

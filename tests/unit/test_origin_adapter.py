@@ -22,6 +22,7 @@ from moto.core.eventstream import EventStreamEncoder
 from config.stages import STAGES
 from lambdas import cache_decision
 from lambdas.contract import (
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     HEALTH_ROUTE,
@@ -39,6 +40,7 @@ from tests.stage_secret import MAC, WITH_SECRET
 
 ENDPOINT = "inference-cache-dev"
 BUCKET = "results-bucket"
+MODEL_BUCKET = "models-bucket"
 GREEDY = {"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "2+2?"}], "temperature": 0}
 CHAT_ANSWER = {
     "id": "chatcmpl-1",
@@ -82,6 +84,7 @@ def origin(tmp_path, monkeypatch):
         ENDPOINT_NAME_ENV: ENDPOINT,
         RESULTS_BUCKET_ENV: BUCKET,
         ENDPOINT_READ_TIMEOUT_ENV: str(STAGES["dev"].endpoint.timeouts.model_read_seconds),
+        EMBEDDINGS_MODEL_ENV: STAGES["dev"].adapter_embeddings_model(MODEL_BUCKET).to_json(),
         "AWS_DEFAULT_REGION": "us-west-2",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -444,14 +447,12 @@ def test_invocations_streams_are_relayed_in_the_containers_own_framing(origin, s
     assert b"".join(c for _, c in chunks) == b"".join(tgi)
 
 
-def test_embeddings_never_stream_the_body_goes_as_sent(origin, stubs, lambda_context):
-    sagemaker, s3 = stubs
-    body = {"model": "e5", "input": "hello", "stream": True}
-    answer = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}], "model": "e5"}
-    payload = endpoint_answer(sagemaker, answer=answer, expected_body=json.dumps(body).encode())
-    s3.add_response("put_object", {}, None)
-    response = origin.call(url_event(body, path="/v1/embeddings"), lambda_context)
-    assert response.status == 200 and response.body == payload and response.headers["content-type"] == "application/json"
+def test_embeddings_never_stream_a_stream_field_is_refused_without_a_model_call(origin, stubs, lambda_context):
+    """OpenAI's embeddings have no `stream`: the adapter refuses it (400) rather than ignore it.
+    The Stubber holds no response: a model call would fail the test."""
+    response = origin.call(url_event({"model": "e5", "input": "hello", "stream": True}, path="/v1/embeddings"), lambda_context)
+    error = json.loads(response.body)["error"]
+    assert response.status == 400 and error["param"] == "stream" and error["code"] == "unknown_parameter"
 
 
 def test_the_readiness_route_answers_without_the_adapter(origin):
