@@ -332,13 +332,15 @@ class InferenceAdapter:
             return 0, True
 
     def _models(self) -> OriginResponse:
-        """Exactly the stage's models, each with the version that keys its cache."""
-        served = [(self.cache.model_id, self.cache.model_version)]
+        """Exactly the stage's models, each with the version that keys its cache and the
+        route that serves it (OpenAI's model object has no such field; clients such as
+        bin/smoke pick the embeddings model by it)."""
+        served = [(self.cache.model_id, self.cache.model_version, "chat/completions")]
         if self.cache.embeddings_model_id is not None:
-            served.append((self.cache.embeddings_model_id, self.cache.embeddings_model_version))
+            served.append((self.cache.embeddings_model_id, self.cache.embeddings_model_version, "embeddings"))
         data = [
-            {"id": model, "object": "model", "created": 0, "owned_by": "inference-cache", "version": version}
-            for model, version in served
+            {"id": model, "object": "model", "created": 0, "owned_by": "inference-cache", "version": version, "task": task}
+            for model, version, task in served
         ]
         body = json.dumps({"object": "list", "data": data}).encode()
         return OriginResponse(200, body, {"content-type": "application/json"})

@@ -102,14 +102,14 @@ def test_sampling_request_is_never_served_from_the_store(client):
 
 def test_models_listed_are_exactly_the_stages_models(client, local_run):
     """GET /v1/models is the origin adapter's answer, as on a deployed stage: the stage's
-    LLM and embeddings model, each with the version that keys its cache."""
+    LLM and embeddings model, each with the version that keys its cache and its route."""
     from config.stages import STAGES
 
     dev = STAGES["dev"]
-    listed = [(m.id, m.model_extra["version"]) for m in client.models.list().data]
+    listed = [(m.id, m.model_extra["version"], m.model_extra["task"]) for m in client.models.list().data]
     assert listed == [
-        (dev.model.model_id, dev.model.model_version),
-        (dev.embeddings.model_id, local_run["embeddings_model_version"]),
+        (dev.model.model_id, dev.model.model_version, "chat/completions"),
+        (dev.embeddings.model_id, local_run["embeddings_model_version"], "embeddings"),
     ]
 
 

@@ -56,8 +56,12 @@ def line_of(output: str, step: str) -> str:
 
 
 def model_calls(run: dict) -> int:
-    with urllib.request.urlopen(run["model_server"] + "/stats", timeout=5) as answer:
-        return json.loads(answer.read())["invocations"]
+    """Calls the LLM stand-in and the embeddings stand-in (TEI's, one per batch) answered."""
+    calls = 0
+    for server in ("model_server", "embeddings_server"):
+        with urllib.request.urlopen(run[server] + "/stats", timeout=5) as answer:
+            calls += json.loads(answer.read())["invocations"]
+    return calls
 
 
 def test_smoke_passes_against_the_local_run(local_run):
