@@ -18,7 +18,7 @@ STAGE ?=
 STAGE_ARG := $(if $(STAGE),-c stage=$(STAGE))
 STACKS := $(if $(STAGE),'$(STAGE)/*',--all)
 
-.PHONY: help synth test lint preflight diff deploy serve bench dashboard clean chromium
+.PHONY: help synth test lint preflight diff deploy smoke serve bench dashboard clean chromium
 
 help:
 	@echo "make synth [STAGE=dev]   synthesize every stage (or one) into cdk.out/"
@@ -27,6 +27,7 @@ help:
 	@echo "make preflight STAGE=name  read-only checks of the stage's account before deploying (needs credentials)"
 	@echo "make diff STAGE=name     cdk diff against the stage's account (needs credentials)"
 	@echo "make deploy STAGE=name   cdk deploy every stack of the stage (needs credentials)"
+	@echo "make smoke STAGE=name    after a deploy: does the stage serve? (key in INFERENCE_CACHE_API_KEY; URL=... for any front)"
 	@echo "make serve [PORT=8080]   the whole request path locally, for the openai client and curl"
 	@echo "make bench               benchmarks; prints figures"
 	@echo "make dashboard [STAGE=]  each stage's dashboard drawn as charts in build/dashboards/<stage>.html"
@@ -93,6 +94,12 @@ deploy: $(TOOLS)
 	@test -n "$(STAGE)" || (echo "usage: make deploy STAGE=dev|staging|prod" && exit 2)
 	$(CDK) deploy $(STAGE_ARG) $(STACKS) --require-approval broadening
 
+# After a deploy: a dozen requests to the stage's domain (or URL=http://127.0.0.1:8080),
+# the API key in INFERENCE_CACHE_API_KEY. Exit status 1 when a step fails.
+smoke: $(VENV)/.installed
+	@test -n "$(STAGE)$(URL)" || (echo "usage: INFERENCE_CACHE_API_KEY=<key> make smoke STAGE=dev|staging|prod (or URL=http://...)" && exit 2)
+	bin/smoke $(if $(URL),--url $(URL),--stage $(STAGE))
+
 serve: $(VENV)/.installed node_modules/.installed
 	$(PY) -m local_run --port $${PORT:-8080} $(if $(STAGE),--stage $(STAGE))
 
@@ -100,6 +107,7 @@ bench: $(TOOLS)
 	$(PY) -m bench.bench_cache_decision
 	$(PY) -m bench.bench_local_run
 	$(PY) -m bench.bench_vs_litellm
+	$(PY) -m bench.bench_embeddings
 	$(PY) -m bench.bench_api_key_check
 	$(PY) -m bench.bench_model_publish
 	$(PY) -m bench.bench_edge_hit_path

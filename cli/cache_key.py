@@ -4,8 +4,13 @@
   bin/cache-key --jsonl < requests.jsonl            # {"path","headers","body"|"body_b64"} per line
   bin/cache-key --jsonl --summary < requests.jsonl  # hit ratio these keys reach vs byte-exact keys
   bin/cache-key --stage prod ...                    # that stage's cache settings (default: the default stage)
+  bin/cache-key --stage prod --deployed-keys ...    # the keys prod computes (reads its stage secret)
 
-Each decision is printed as {"cacheable", "key", "reason", "error": null|{"status", "message"}}.
+Each decision is printed as {"cacheable", "key", "reason", "error": null|{"status", "message"}},
+and, with a key, "key_kind": "estimate" (a SHA-256 no deployed stage uses: good for hit
+ratios and for comparing two requests) or "deployed" (the MAC the stage computes, with
+--deployed-keys, which reads the stage secret with the stage account's credentials, or
+--local-keys for the local run's).
 Exit status 0 unless the command itself is misused (2). Rules: docs/cache-key.md.
 """
 
@@ -178,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--stage", choices=sorted(STAGES), default=DEFAULT_STAGE, help=f"default {DEFAULT_STAGE}")
     group.add_argument("--settings", metavar="FILE", help="a cache_settings.json instead of a stage")
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--deployed-keys", action="store_true",
+                      help="the keys the stage computes: MACs under its stage secret (needs its account's credentials)")
+    keys.add_argument("--local-keys", nargs="?", const="", metavar="KEY_STORE_FILE",
+                      help="the keys the local run computes (its key store's stage secret)")
     args = parser.parse_args(argv)
     if args.jsonl and (args.path or args.header or args.canonical):
         parser.error("--jsonl takes requests from stdin; --path/--header/--canonical are for one request")
@@ -191,6 +201,24 @@ def main(argv: list[str] | None = None) -> int:
         stage_name = settings.stage
     else:
         settings, stage_name = STAGES[args.stage].edge_cache_settings(), args.stage
+    mac = None
+    if args.deployed_keys or args.local_keys is not None:
+        from cli.api_keys import CliError, stage_secret_of
+
+        try:
+            secret = stage_secret_of(stage_name if args.deployed_keys else None, args.local_keys or None)
+        except CliError as e:
+            parser.exit(2, f"cache-key: error: {e}\n")
+        except Exception as e:  # noqa: BLE001 - no credentials, no boto3, no network: one line, no traceback
+            parser.exit(2, f"cache-key: error: cannot read the stage secret: {type(e).__name__}: {e}\n")
+        mac = cache_decision.mac_key(secret)
+    kind = "deployed" if mac else "estimate"
+
+    def decided(decision) -> dict:
+        result = decision.as_dict()
+        if result["key"]:
+            result["key_kind"] = kind
+        return result
 
     out = sys.stdout
     if not args.jsonl:
@@ -203,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             out.flush()
             sys.stdout.buffer.write((payload or b"") + b"\n")  # JSON, NUL, then long texts as raw bytes
             return 0
-        decision = cache_decision.decide(args.path, headers, body, settings, tenant=args.tenant)
-        out.write(json.dumps(decision.as_dict()) + "\n")
+        decision = cache_decision.decide(args.path, headers, body, settings, tenant=args.tenant, mac=mac)
+        out.write(json.dumps(decided(decision)) + "\n")
         return 0
 
     summary = HitSummary() if args.summary else None
@@ -221,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary.add(result)
         else:
             path, headers, body, tenant = request
-            decision = cache_decision.decide(path, headers, body, settings, tenant=tenant or args.tenant)
-            result = decision.as_dict()
+            decision = cache_decision.decide(path, headers, body, settings, tenant=tenant or args.tenant, mac=mac)
+            result = decided(decision)
             if summary:
                 scope = (tenant or args.tenant or "") if scoped else ""
                 summary.add(result, decision.lookup, decision.store, byte_exact_key(path, scope, body))

@@ -125,11 +125,12 @@ def named_resources(settings: StageSettings) -> list[NamedResource]:
         NamedResource("Edge", EDGE_REGION, "ssm-parameter", f"/cdk/EdgeFunctionArn/{home}/{stage}/Cdn/CacheKeyFunction"),
         *(
             [NamedResource("Edge", EDGE_REGION, "log-group", f"aws-waf-logs-inference-cache-{stage}")]
-            if settings.waf_rate_limit_per_5_min is not None
+            if settings.rate_limits is not None
             else []
         ),
         NamedResource("Cdn", EDGE_REGION, "key-value-store", API_KEY_STORE_NAME.format(stage=stage)),
         NamedResource("Cdn", EDGE_REGION, "cloudfront-function", f"inference-cache-{stage}-api-key-check"),
+        NamedResource("Cdn", EDGE_REGION, "cloudfront-function", f"inference-cache-{stage}-cache-read-check"),
     ]
     return found
 
@@ -194,7 +195,7 @@ def check_lambda_concurrency(aws: AwsClients, settings: StageSettings) -> list[F
         )
     except lambda_.exceptions.ResourceNotFoundException:
         current = 0  # not deployed yet
-    reserve = settings.endpoint.adapter_reserved_concurrency
+    reserve = settings.adapter_reserved_concurrency  # every endpoint's fleet, as the Inference stack reserves
     others = total - unreserved - current
     left = unreserved + current - reserve
     found = (

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # runtime's shared names and the burn-rate policy), and the pure-Python packages it runs
 # on (boto3 and what it needs; tqdm for progress bars on a terminal).
 TOOLS_SOURCES = ("cli", "config", "lambdas/__init__.py", "lambdas/contract.py", "lambdas/cache_settings.py",
+                 "lambdas/embeddings_model.py",
                  "stacks/__init__.py", "stacks/burn_rates.py", "stacks/workspace_host_scripts.py")
 TOOLS_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3", "tqdm")
 LIVE_STATES = ("pending", "running")

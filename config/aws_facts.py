@@ -21,6 +21,14 @@ GPUS_PER_INSTANCE: dict[tuple[str, str], int] = {
     ("p5e", "48xlarge"): 8,
     ("p5en", "48xlarge"): 8,
 }
+# CPU hosting instance types an embeddings endpoint may use: x86-64 families (the Text
+# Embeddings Inference CPU image is built for x86-64 only, so no Graviton), EBS-backed
+# (no "d" variants: VolumeSizeInGB applies). SageMaker hosting sizes per family.
+CPU_INSTANCE_TYPES: frozenset[tuple[str, str]] = frozenset(
+    (family, size)
+    for family in ("m5", "m6i", "m7i", "c5", "c6i", "c7i")
+    for size in ("large", "xlarge", "2xlarge", "4xlarge")
+)
 # Memory of one GPU by instance family, MiB: the smaller of what AWS states for the
 # instance type (EC2 DescribeInstanceTypes, GpuInfo.Gpus[].MemoryInfo.SizeInMiB, as
 # published in aws/karpenter-provider-aws's generated instance-type reference) and what the
@@ -116,6 +124,18 @@ LAMBDA_EDGE_REGIONS = (
 # one layer per architecture. The version is the latest stable release's.
 LAMBDA_WEB_ADAPTER_LAYER_ARN = "arn:{partition}:lambda:{region}:753240598075:layer:LambdaAdapterLayerArm64:{version}"
 LAMBDA_WEB_ADAPTER_LAYER_VERSION = 25  # aws-lambda-web-adapter v0.9.1
+
+# Hugging Face Text Embeddings Inference (TEI) on SageMaker: the Deep Learning Containers
+# AWS publishes per region (sagemaker-python-sdk src/sagemaker/image_uri_config/
+# huggingface-tei.json and huggingface-tei-cpu.json): repository "tei" (GPU) or "tei-cpu",
+# tag "<prefix>-tei<version>-<gpu|cpu>-py310-<cuda and os>". The registry account differs
+# per region.
+TEI_REGISTRY_ACCOUNTS = {"us-east-1": "683313688378", "us-east-2": "257758044811", "us-west-2": "246618743249"}
+TEI_REPOSITORIES = {"tei": "gpu", "tei-cpu": "cpu"}
+# The `dimensions` field of TEI's embed request (Matryoshka truncation, then normalization)
+# exists from TEI 1.8.0 (huggingface/text-embeddings-inference #676); older routers ignore
+# the unknown field and answer full-size vectors.
+TEI_DIMENSIONS_SINCE = (1, 8, 0)
 # Powertools for AWS Lambda (Python): AWS publishes each release's public layer ARN as an
 # SSM parameter per region, architecture and runtime (Powertools docs, "Lambda Layer":
 # /aws/service/powertools/python/{architecture}/{runtime}/{version}). The Inference stack

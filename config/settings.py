@@ -15,6 +15,7 @@ from typing import Literal
 from config.aws_facts import (
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS,
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS,
+    CPU_INSTANCE_TYPES,
     DTYPE_BYTES,
     FSX_PERSISTENT_2_USD_PER_GB_MONTH,
     FSX_THROUGHPUT_PER_TIB,
@@ -32,15 +33,19 @@ from config.aws_facts import (
     SAGEMAKER_BAKING_MAX_SECONDS,
     SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
     SESSION_MANAGER_ENDPOINTS,
+    TEI_DIMENSIONS_SINCE,
+    TEI_REPOSITORIES,
 )
 from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
     EDGE_BODY_LIMIT_BYTES,
+    EMBEDDINGS_MAX_INPUTS,
     INFERENCE_ROUTES,
     MODEL_BUCKET_NAME,
     ORIGIN_READ_TIMEOUT_SECONDS,
     RESULTS_PATH,
 )
+from lambdas.embeddings_model import EmbeddingsModel
 from stacks.burn_rates import FAST_BURN_RATE
 
 CachePolicy = Literal["deterministic", "all"]
@@ -61,6 +66,12 @@ def gpu_count(instance_type: str) -> int:
     if len(parts) != 3 or parts[0] != "ml" or (parts[1], parts[2]) not in GPUS_PER_INSTANCE:
         raise SettingsError(f"{instance_type} is not a known GPU hosting instance type (GPUS_PER_INSTANCE)")
     return GPUS_PER_INSTANCE[(parts[1], parts[2])]
+
+
+def is_cpu_instance(instance_type: str) -> bool:
+    """A known CPU hosting instance type (CPU_INSTANCE_TYPES), e.g. "ml.m5.xlarge"."""
+    parts = instance_type.split(".")
+    return len(parts) == 3 and parts[0] == "ml" and (parts[1], parts[2]) in CPU_INSTANCE_TYPES
 
 
 def _require(condition: bool, message: str) -> None:
@@ -202,19 +213,7 @@ class ModelSettings:
     extra_environment: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(bool(self.model_id.strip()), "model id is empty")
-        _require(bool(re.match(r"^[\w.-]{1,64}$", self.model_version)), f"model version {self.model_version!r}")
-        _require(bool(_ECR_IMAGE.match(self.image_uri)), f"image {self.image_uri!r} is not an ECR image URI")
-        _require(
-            self.s3_prefix.startswith("models/") and self.s3_prefix.endswith("/"),
-            "model prefix must be under models/ and end with / (the endpoint loads a whole prefix)",
-        )
-        # bin/model-publish writes a version's files under {base}{version}/: the prefix the
-        # endpoint loads and the version in every cache key must name the same weights.
-        _require(
-            self.s3_prefix.endswith(f"/{self.model_version}/"),
-            f"model prefix {self.s3_prefix!r} must end with the model version ({self.model_version}/)",
-        )
+        _check_published_model(self.model_id, self.model_version, self.image_uri, self.s3_prefix)
         _require(self.quantization is None or self.quantization in QUANTIZED_WEIGHT_BYTES, f"quantization {self.quantization!r}")
         _require(
             0 < self.max_model_len <= self.architecture.max_position_embeddings,
@@ -288,6 +287,24 @@ def gpu_fit(model: ModelSettings, instance_type: str) -> GpuFit:
         budget_gib=budget,
         max_model_len=model.max_model_len,
         longest_context_that_fits=max(0, int(room // kv_per_token)),
+    )
+
+
+def _check_published_model(model_id: str, model_version: str, image_uri: str, s3_prefix: str) -> None:
+    """The rules every served model follows: a version as bin/model-publish names it, an
+    ECR image, and the version's own prefix in the model bucket."""
+    _require(bool(model_id.strip()), "model id is empty")
+    _require(bool(re.match(r"^[\w.-]{1,64}$", model_version)), f"model version {model_version!r}")
+    _require(bool(_ECR_IMAGE.match(image_uri)), f"image {image_uri!r} is not an ECR image URI")
+    _require(
+        s3_prefix.startswith("models/") and s3_prefix.endswith("/"),
+        "model prefix must be under models/ and end with / (the endpoint loads a whole prefix)",
+    )
+    # bin/model-publish writes a version's files under {base}{version}/: the prefix the
+    # endpoint loads and the version in every cache key must name the same weights.
+    _require(
+        s3_prefix.endswith(f"/{model_version}/"),
+        f"model prefix {s3_prefix!r} must end with the model version ({model_version}/)",
     )
 
 
@@ -408,7 +425,8 @@ class EndpointSettings:
     autoscaling: bool = True
 
     def __post_init__(self) -> None:
-        gpu_count(self.instance_type)  # a known GPU instance type, or SettingsError
+        if not is_cpu_instance(self.instance_type):
+            gpu_count(self.instance_type)  # a known GPU (or CPU) hosting instance type, or SettingsError
         # Scaling a plain production variant to zero is not possible (inference components are).
         _require(1 <= self.min_instances <= self.max_instances, "need 1 <= min instances <= max instances")
         _require(self.max_instances <= 100, "max instances above 100")
@@ -456,6 +474,11 @@ class EndpointSettings:
     @property
     def has_instance_storage(self) -> bool:
         return self.instance_type.split(".")[1] in NVME_FAMILIES
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per instance; 0 on a CPU instance type."""
+        return 0 if is_cpu_instance(self.instance_type) else gpu_count(self.instance_type)
 
 
 @dataclass(frozen=True)
@@ -505,6 +528,100 @@ class ModelWorkspaceSettings:
         return round(storage + endpoints, 2)
 
 
+def tei_image(image_uri: str) -> tuple[str, tuple[int, ...]]:
+    """(processor "gpu" | "cpu", TEI version) of a Text Embeddings Inference image URI, as
+    the SageMaker Hugging Face TEI containers are tagged (config.aws_facts)."""
+    repository, _, tag = image_uri.rpartition("/")[2].partition(":")
+    match = re.search(r"-tei(\d+)\.(\d+)\.(\d+)-(gpu|cpu)-", tag)
+    if repository not in TEI_REPOSITORIES or match is None:
+        raise SettingsError(
+            f"image {image_uri!r} is not a SageMaker Text Embeddings Inference image "
+            f"(repository {' or '.join(TEI_REPOSITORIES)}, tag <prefix>-tei<version>-<gpu|cpu>-...)"
+        )
+    processor = match.group(4)
+    _require(
+        processor == TEI_REPOSITORIES[repository],
+        f"image {image_uri!r}: repository {repository} holds {TEI_REPOSITORIES[repository]} images, the tag says {processor}",
+    )
+    return processor, tuple(int(match.group(i)) for i in (1, 2, 3))
+
+
+@dataclass(frozen=True)
+class EmbeddingsSettings:
+    """An embeddings model on its own SageMaker endpoint, served by Hugging Face Text
+    Embeddings Inference (TEI). The origin adapter answers /v1/embeddings from it, in the
+    OpenAI shape (lambdas/origin_adapter/embeddings.py); its version keys the embeddings
+    cache as the LLM's version keys the other routes."""
+
+    model_id: str
+    model_version: str
+    image_uri: str
+    # The version's prefix in the model bucket (bin/model-publish --embeddings).
+    s3_prefix: str
+    endpoint: EndpointSettings
+    # Facts of the model, from its own files: the vector size (config.json hidden_size, or
+    # the last Dense layer's), the longest input in tokens (sentence_bert_config.json
+    # max_seq_length: TEI refuses longer inputs), the vocabulary (config.json vocab_size:
+    # token-id inputs must be below it).
+    dimensions: int
+    max_input_tokens: int
+    vocab_size: int
+    # Trained for shortened vectors (Matryoshka Representation Learning): only then may a
+    # request ask for fewer `dimensions` (TEI cuts the vector and normalizes it again).
+    matryoshka: bool = False
+    # TEI's router limits, set on the container (its MAX_CLIENT_BATCH_SIZE,
+    # MAX_BATCH_TOKENS, MAX_CONCURRENT_REQUESTS): inputs per call (the origin adapter sends
+    # at most this many per call, one call after the other); tokens per forward pass
+    # (TEI's queue fills a batch from every waiting request's inputs up to it); inputs
+    # admitted at once (beyond it TEI answers 429).
+    max_client_batch_size: int = 32
+    max_batch_tokens: int = 16_384
+    max_concurrent_inputs: int = 512
+    # The longest one call (one batch) may take: the adapter's read timeout for the
+    # embeddings endpoint. A request's last batch starts at the latest this long before
+    # the stage's model read timeout runs out, so the whole answer fits in it.
+    batch_read_seconds: int = 12
+
+    def __post_init__(self) -> None:
+        _check_published_model(self.model_id, self.model_version, self.image_uri, self.s3_prefix)
+        processor, version = tei_image(self.image_uri)
+        _require(
+            (processor == "gpu") == (self.endpoint.gpus > 0),
+            f"TEI image for {processor} on {self.endpoint.instance_type} "
+            f"({self.endpoint.gpus} GPUs): use the {'tei' if self.endpoint.gpus else 'tei-cpu'} image",
+        )
+        _require(
+            not self.matryoshka or version >= TEI_DIMENSIONS_SINCE,
+            f"TEI {'.'.join(map(str, version))} has no `dimensions` (from "
+            f"{'.'.join(map(str, TEI_DIMENSIONS_SINCE))}): a Matryoshka model needs a newer image",
+        )
+        _require(1 <= self.dimensions <= 16_384, f"embedding dimensions {self.dimensions} must be 1..16384")
+        _require(1 <= self.max_input_tokens <= 131_072, f"max input tokens {self.max_input_tokens} must be 1..131072")
+        _require(self.vocab_size >= 1, "vocabulary size must be positive")
+        _require(
+            1 <= self.max_client_batch_size <= EMBEDDINGS_MAX_INPUTS,
+            f"max client batch size {self.max_client_batch_size} must be 1..{EMBEDDINGS_MAX_INPUTS}",
+        )
+        _require(
+            1 <= self.batch_read_seconds < self.endpoint.timeouts.model_read_seconds,
+            f"batch read timeout {self.batch_read_seconds} s must be below the model read timeout "
+            f"({self.endpoint.timeouts.model_read_seconds} s): the batches of one request share it",
+        )
+        # TEI's queue never batches an input longer than max_batch_tokens: it would wait forever.
+        _require(
+            self.max_batch_tokens >= self.max_input_tokens,
+            f"max batch tokens {self.max_batch_tokens} below the model's {self.max_input_tokens} input tokens: "
+            "TEI could never schedule the longest input",
+        )
+        # TEI takes a permit per input; the fleet's planned load must be admitted, not refused.
+        planned = self.max_client_batch_size * self.endpoint.concurrent_requests_per_instance
+        _require(
+            self.max_concurrent_inputs >= planned,
+            f"max concurrent inputs {self.max_concurrent_inputs} below what one instance is planned to hold "
+            f"({self.endpoint.concurrent_requests_per_instance} requests x {self.max_client_batch_size} inputs = {planned})",
+        )
+
+
 @dataclass(frozen=True)
 class SlaSettings:
     """Service-level objectives and the alarm thresholds derived from them.
@@ -516,6 +633,8 @@ class SlaSettings:
     availability_target: float = 0.999
     edge_origin_latency_p99_ms: int = 10_000
     model_latency_p99_ms: int = 8_000
+    # The embeddings endpoint's ModelLatency p99 (one call: at most max_client_batch_size inputs).
+    embeddings_model_latency_p99_ms: int = 2_000
     origin_adapter_duration_p99_ms: int = 9_000
     endpoint_error_rate_max: float = 0.01
     cache_hit_ratio_floor: float = 0.2
@@ -554,6 +673,10 @@ class SlaSettings:
             "latency objectives must nest: model < origin adapter <= edge origin latency",
         )
         _require(self.model_latency_p99_ms > 0, "model latency objective must be positive")
+        _require(
+            0 < self.embeddings_model_latency_p99_ms < self.origin_adapter_duration_p99_ms,
+            "embeddings model latency objective must be positive and below the origin adapter's",
+        )
         _require(self.edge_origin_latency_p99_ms <= ORIGIN_READ_TIMEOUT_SECONDS * 1000, "latency objective beyond the origin timeout")
         _require(self.alarm_email is None or "@" in self.alarm_email, "alarm email is not an address")
         _require(0 < self.edge_function_error_rate_max < 1, "edge function error-rate objective must be in (0, 1)")
@@ -575,6 +698,34 @@ class SlaSettings:
         return round(1 - self.availability_target, 10)
 
 
+# The rate windows AWS WAF evaluates over (rate-based rule statement, EvaluationWindowSec).
+WAF_EVALUATION_WINDOWS = (60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """AWS WAF rate limits, per platform API key: a key over `requests_per_key` requests in
+    `window_seconds` gets 429 in the OpenAI error shape, with Retry-After, until its rate
+    falls (WAF counts per custom aggregation key: the key header's value). Requests with no
+    key header at all (they only ever get 401s) are counted per client IP. The edge
+    function's own /_cache/ lookups are counted by neither (docs/security.md)."""
+
+    requests_per_key: int
+    window_seconds: int = 300
+    keyless_requests_per_ip: int = 600
+    retry_after_seconds: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_key", "keyless_requests_per_ip"):
+            _require(10 <= getattr(self, name) <= 2_000_000_000, f"WAF rate limit {name} must be 10..2e9 (WAF's bounds)")
+        _require(self.window_seconds in WAF_EVALUATION_WINDOWS, f"WAF evaluates over {WAF_EVALUATION_WINDOWS} s")
+        _require(1 <= self.retry_after_seconds <= self.window_seconds, "Retry-After must be 1 s .. the window")
+
+    @property
+    def per_key_per_second(self) -> float:
+        return self.requests_per_key / self.window_seconds
+
+
 @dataclass(frozen=True)
 class StageSettings:
     name: str
@@ -588,8 +739,11 @@ class StageSettings:
     endpoint: EndpointSettings
     workspace: ModelWorkspaceSettings
     sla: SlaSettings
-    # Requests per 5 minutes per client IP before WAF blocks; None = no web ACL.
-    waf_rate_limit_per_5_min: int | None = None
+    # The embeddings model behind /v1/embeddings; None: the stage serves none, and the edge
+    # answers /v1/embeddings 404 model_not_found.
+    embeddings: EmbeddingsSettings | None = None
+    # WAF's rate limits per API key (RateLimits); None = no web ACL.
+    rate_limits: RateLimits | None = None
     # Origin Shield in front of the results bucket collapses lookups from all edges.
     origin_shield: bool = False
     log_retention_days: int = 30
@@ -613,10 +767,6 @@ class StageSettings:
             f"{self.name}: availability zones must be in {self.home_region}",
         )
         _require(bool(re.match(r"^\d+\.\d+\.\d+\.\d+/(1[6-9]|2[0-4])$", self.vpc_cidr)), f"{self.name}: VPC CIDR /16../24")
-        _require(
-            self.waf_rate_limit_per_5_min is None or 10 <= self.waf_rate_limit_per_5_min <= 2_000_000_000,
-            "WAF rate limit must be 10..2e9 (WAF's bounds)",
-        )
         _require(self.log_retention_days in LOG_RETENTION_DAYS, f"log retention is one of {sorted(LOG_RETENTION_DAYS)} days")
         bucket = self.model_bucket_name
         _require(len(bucket) <= 63, f"{self.name}: model bucket name {bucket!r} is longer than S3's 63 characters")
@@ -641,6 +791,8 @@ class StageSettings:
             f"{self.name}: concurrent requests per instance ({self.endpoint.concurrent_requests_per_instance}) above "
             f"the sequences the container generates at once (max_num_seqs {self.model.max_num_seqs})",
         )
+        # The LLM runs on GPUs (LMI/vLLM); the embeddings model may run on either.
+        _require(self.endpoint.gpus > 0, f"{self.name}: the LLM endpoint needs a GPU instance, not {self.endpoint.instance_type}")
         tp = self.model.tensor_parallel_degree
         gpus = gpu_count(self.endpoint.instance_type)
         _require(
@@ -656,7 +808,14 @@ class StageSettings:
             f"{self.model.gpu_memory_utilization:.0%} of {fit.gpu_memory_gib:.2f} GiB ({fit.budget_gib:.2f} GiB); vLLM would "
             f"refuse to start. Set max_model_len to at most {fit.longest_context_that_fits} tokens, quantize, or pick a larger GPU.",
         )
-        reserved = self.endpoint.adapter_reserved_concurrency
+        if self.embeddings is not None:
+            # One origin adapter serves both endpoints within one time budget.
+            _require(
+                self.embeddings.endpoint.timeouts == self.endpoint.timeouts,
+                f"{self.name}: the embeddings endpoint's timeouts must be the stage's (endpoint.timeouts): "
+                "one origin adapter, one time budget",
+            )
+        reserved = self.adapter_reserved_concurrency
         _require(
             reserved <= self.lambda_concurrency_quota - LAMBDA_MIN_UNRESERVED_CONCURRENCY,
             f"{self.name}: origin adapter reserved concurrency {reserved} must leave "
@@ -664,21 +823,37 @@ class StageSettings:
         )
 
     @property
+    def adapter_reserved_concurrency(self) -> int:
+        """The origin adapter's reserved concurrency: each endpoint's fleet at its maximum,
+        with headroom (EndpointSettings.adapter_reserved_concurrency), added up: the one
+        function serves both."""
+        fleets = [self.endpoint] + ([self.embeddings.endpoint] if self.embeddings else [])
+        return sum(e.adapter_reserved_concurrency for e in fleets)
+
+    @property
     def endpoint_name(self) -> str:
-        """The stage's SageMaker endpoint (named: alarms and the adapter's grant name it)."""
+        """The LLM's SageMaker endpoint."""
         return f"inference-cache-{self.name}"
+
+    @property
+    def embeddings_endpoint_name(self) -> str:
+        """The embeddings model's SageMaker endpoint (when the stage has one)."""
+        return f"inference-cache-{self.name}-embeddings"
 
     @property
     def endpoints(self) -> dict[str, EndpointSettings]:
         """Every SageMaker endpoint of the stage, by name: what bin/preflight sizes instance
-        quotas for. An endpoint the stage adds is one line here."""
-        return {self.endpoint_name: self.endpoint}
+        quotas for."""
+        found = {self.endpoint_name: self.endpoint}
+        if self.embeddings is not None:
+            found[self.embeddings_endpoint_name] = self.embeddings.endpoint
+        return found
 
     @property
-    def pinned_models(self) -> tuple[ModelSettings, ...]:
+    def pinned_models(self) -> tuple[ModelSettings | EmbeddingsSettings, ...]:
         """Every model version the stage's endpoints load: each must be published (its
         manifest in the model bucket) before a deploy creates or updates the endpoint."""
-        return (self.model,)
+        return (self.model,) if self.embeddings is None else (self.model, self.embeddings)
 
     @property
     def model_bucket_name(self) -> str:
@@ -697,5 +872,24 @@ class StageSettings:
                 "results_path": RESULTS_PATH,
                 "model_id": self.model.model_id,
                 "model_version": self.model.model_version,
+                "embeddings_model_id": self.embeddings.model_id if self.embeddings else None,
+                "embeddings_model_version": self.embeddings.model_version if self.embeddings else None,
             }
+        )
+
+    def adapter_embeddings_model(self, model_bucket: str) -> EmbeddingsModel | None:
+        """What the origin adapter needs to answer /v1/embeddings (None: the stage has no
+        embeddings model), written into its environment; `model_bucket` holds the
+        version's tokenizer.json."""
+        e = self.embeddings
+        if e is None:
+            return None
+        return EmbeddingsModel(
+            endpoint_name=self.embeddings_endpoint_name,
+            dimensions=e.dimensions,
+            matryoshka=e.matryoshka,
+            vocab_size=e.vocab_size,
+            batch_inputs=e.max_client_batch_size,
+            batch_read_seconds=e.batch_read_seconds,
+            tokenizer_uri=f"s3://{model_bucket}/{e.s3_prefix}tokenizer.json",
         )

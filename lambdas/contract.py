@@ -57,6 +57,20 @@ SERVER_TIMING_HEADER = "server-timing"
 # any viewer copy is removed first); the origin adapter folds them into its answer's.
 EDGE_TIMING_HEADER = "x-inference-edge-timing"
 
+# -- the stage secret (docs/security.md) ----------------------------------------------------
+# Cache keys are MACs under it, and the edge's /_cache/ lookups carry a credential derived
+# from it. It lives in the stage's API key store under this key (bin/api-keys rotate-secret).
+STAGE_SECRET_STORE_KEY = "stage-secret"
+# Set by the viewer-request API key check from the store (any viewer copy removed first),
+# read by the edge function, and forwarded by CloudFront to the origin adapter.
+STAGE_SECRET_HEADER = "x-inference-stage-secret"
+# The credential the edge function presents on its /_cache/ lookups, checked by the
+# /_cache/* viewer-request function: HMAC-SHA256(stage secret, CACHE_READ_CONTEXT), hex.
+CACHE_READ_HEADER = "x-inference-cache-read"
+CACHE_READ_CONTEXT = "inference-cache/cache-read/1"
+# What a cache key's MAC key is derived under: HMAC-SHA256(stage secret, this).
+CACHE_KEY_CONTEXT = "inference-cache/cache-key/3"
+
 # -- API keys -------------------------------------------------------------------------------
 # The CloudFront KeyValueStore of a stage's API keys (key: SHA-256 hex of the API key),
 # named so: the stack creates it, bin/api-keys finds it by this name.
@@ -70,6 +84,8 @@ GENERATED_RESPONSE_LIMIT_BYTES = 1_048_576
 # The largest stored answer the edge can serve: the generated-response limit less room
 # for its headers. Larger answers are never stored (they could never be served).
 SERVABLE_BODY_LIMIT_BYTES = GENERATED_RESPONSE_LIMIT_BYTES - 8_192
+# OpenAI's embeddings API takes at most this many inputs in one request; more is a 400.
+EMBEDDINGS_MAX_INPUTS = 2048
 # Response timeout CloudFront allows without a quota increase; SageMaker allows the
 # container 60 s, so the whole path is bounded by the same minute.
 ORIGIN_READ_TIMEOUT_SECONDS = 60
@@ -90,6 +106,9 @@ LOOKUP_CA_ENV = "INFERENCE_CACHE_LOOKUP_CA"
 ENDPOINT_NAME_ENV = "ENDPOINT_NAME"
 RESULTS_BUCKET_ENV = "RESULTS_BUCKET"
 ENDPOINT_READ_TIMEOUT_ENV = "ENDPOINT_READ_TIMEOUT_SECONDS"
+# The embeddings endpoint and what the adapter needs to know of its model (a JSON object,
+# lambdas.origin_adapter.embeddings.EmbeddingsModel); unset on a stage without one.
+EMBEDDINGS_MODEL_ENV = "EMBEDDINGS_MODEL"
 # The adapter's budget for a whole answer (the stage's TimeoutBudget.adapter_seconds).
 ADAPTER_TIMEOUT_ENV = "ADAPTER_TIMEOUT_SECONDS"
 # A streamed answer's budget, request to last byte (TimeoutBudget.stream_seconds); the

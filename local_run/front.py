@@ -7,16 +7,17 @@ adapter code.
   CloudFront does), then, unless it answered, the origin adapter: its web app, reached
   over HTTP the way Lambda Web Adapter forwards a function URL request, its answer
   relayed as it streams (the edge handler on origin-response first, for an error).
-- /_cache/*: GET/HEAD from the results bucket, cached in memory for the object's max-age
-  (bounded by the stage's max TTL); errors are not cached.
+- /_cache/*: the behavior's own viewer-request function (the edge's read credential,
+  the real JavaScript), then GET/HEAD from the results bucket, cached in memory for the
+  object's max-age (bounded by the stage's max TTL); errors are not cached.
 - anything else: the API key check, then GET/HEAD/OPTIONS to the origin adapter.
 
 An ASGI app on uvicorn: many requests in flight at once, as CloudFront and Lambda serve
 them. The edge code is synchronous; each call runs on a worker thread, as each Lambda
 execution environment runs one request at a time.
 
-The API key check's verdicts are remembered per request headers and key store version:
-the function is deterministic (no clock, no randomness, no state between runs), so the
+The viewer-request functions' verdicts are remembered per request headers and key store
+version: each function is deterministic (no clock, no randomness, no state between runs), so the
 same event against the same KeyValueStore always gets the same answer, and the real
 JavaScript still decides every event it has not seen. Inference answers name the check's
 time in their Server-Timing (`key-check`, a local stand-in's: CloudFront reports none).
@@ -34,7 +35,6 @@ import re
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 
@@ -53,7 +53,6 @@ from config.settings import StageSettings
 from lambdas.contract import (
     EDGE_BODY_LIMIT_BYTES,
     INVOCATIONS_ROUTE,
-    MODELS_ROUTE,
     RESULTS_PATH,
     SERVER_TIMING_HEADER,
     STATUS_HEADER,
@@ -128,8 +127,8 @@ class LocalFront:
         settings: StageSettings,
         results_url: str,
         bucket: str,
-        models_url: str,
         key_check: ViewerRequestFunction | None,
+        cache_read_check: ViewerRequestFunction,
         origin_read_seconds: float,
         quiet: bool = False,
     ):
@@ -143,8 +142,8 @@ class LocalFront:
             config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5, max_pool_connections=64),
         )
         self.bucket = bucket
-        self.models_url = models_url.rstrip("/")
         self.key_check = key_check
+        self.cache_read_check = cache_read_check
         self.quiet = quiet
         self.url = ""  # set once the server is bound
         self.origin_url = ""  # the origin adapter's web app, once it is served
@@ -153,6 +152,7 @@ class LocalFront:
         self._origin_client: httpx2.AsyncClient | None = None  # made on the server's event loop
         self.edge_cache = EdgeCopies(EDGE_CACHE_BYTES)
         self.verdicts = KeyCheckVerdicts(key_check.key_store_file if key_check else None)
+        self.cache_read_verdicts = KeyCheckVerdicts(cache_read_check.key_store_file if cache_read_check else None)
         self._limiter: anyio.CapacityLimiter | None = None  # made on the server's event loop
         self.app = _refuse_oversized_bodies(Starlette(routes=[Route("/{path:path}", self._any, methods=_METHODS)]))
 
@@ -175,9 +175,19 @@ class LocalFront:
         unread_body = _may_have_body(request)
         if uri.startswith(RESULTS_PATH):
             if method in ("GET", "HEAD"):
-                # A copy this edge holds is served at once; the bucket is read on a worker.
-                answer = self.edge_copy(uri)
-                status, out, data = answer or await self._in_worker(self.results_object, uri)
+                # The /_cache/* viewer-request function first (only the edge function reads);
+                # its verdicts remembered as the key check's. Then a copy this edge holds is
+                # served at once; the bucket is read on a worker.
+                event = viewer_request_event(method, uri, headers, query)
+                refusal, version = self.cache_read_verdicts.get(event)
+                if refusal is None:
+                    refusal = await self._in_worker(self.cache_read_refusal, event)
+                    self.cache_read_verdicts.put(event, refusal, version)
+                if refusal is not _READ_ALLOWED:
+                    status, out, data = refusal
+                else:
+                    answer = self.edge_copy(uri)
+                    status, out, data = answer or await self._in_worker(self.results_object, uri)
             else:
                 status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
         elif uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE or method in ("GET", "HEAD", "OPTIONS"):
@@ -238,13 +248,21 @@ class LocalFront:
     def behavior(self, method: str, uri: str, query: str, headers: dict, body: bytes) -> tuple[int, dict, bytes] | ToOrigin:
         """What the behavior does with a request the viewer-request function let through:
         an answer, or the request to send on to the origin."""
-        if method == "GET" and uri == MODELS_ROUTE:
-            return self.served_models()
         if uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE:
             return self.inference(method, uri, query, headers, body)
         return ToOrigin(method, uri, query, headers, body, inference=False)
 
     # -- /_cache/*: CloudFront's cache in front of the results bucket ----------------
+    def cache_read_refusal(self, event: dict):
+        """The behavior's viewer-request function (the edge's credential, checked before
+        the cache or the bucket is consulted): its answer, or _READ_ALLOWED."""
+        result = self.cache_read_check.handle(event)
+        if is_response(result):
+            out = {k: v["value"] for k, v in result.get("headers", {}).items()}
+            data = result.get("body", {}).get("data", "")
+            return int(result["statusCode"]), out, data.encode() if isinstance(data, str) else data
+        return _READ_ALLOWED
+
     def edge_copy(self, path: str) -> tuple[int, dict, bytes] | None:
         """This edge's unexpired copy of a /_cache/ object, if it holds one."""
         now = time.time()
@@ -362,12 +380,6 @@ class LocalFront:
             self._origin_client = httpx2.AsyncClient(timeout=timeout, limits=limits)
         return self._origin_client
 
-    def served_models(self) -> tuple[int, dict, bytes]:
-        """GET /v1/models: what the local model server really serves (the origin adapter
-        answers the stage's model id, which the local stand-in does not run)."""
-        with urllib.request.urlopen(f"{self.models_url}{MODELS_ROUTE}", timeout=5) as answer:
-            return answer.status, {"content-type": "application/json"}, answer.read()
-
 
 class _Relayed(StreamingResponse):
     """The origin's answer relayed as it arrives; the origin's connection is closed however
@@ -383,6 +395,9 @@ class _Relayed(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._upstream.aclose()
+
+
+_READ_ALLOWED = True  # the /_cache/* function let the request through
 
 
 class KeyCheckVerdicts:

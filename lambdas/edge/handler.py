@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import hmac
 import json
 import os
 import time
 
 from lambdas import cache_decision, cache_settings
 from lambdas.contract import (
+    CACHE_READ_CONTEXT,
     CONTENT_SHA256_HEADER,
     EDGE_TIMING_HEADER,
     EXPIRES_METADATA,
     KEY_HEADER,
     LOOKUP_BASE_ENV,
     SERVER_TIMING_HEADER,
+    STAGE_SECRET_HEADER,
     STATUS_HEADER,
     STORED_AT_METADATA,
     TENANT_HEADER,
@@ -92,9 +95,15 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
     # The tenant the viewer-request API key check verified (it strips any viewer copy);
     # never the key itself.
     tenant = _verified_tenant(headers) if SETTINGS.tenant_scoped else None
+    # The stage secret the viewer-request function set (it removes any viewer copy): keys
+    # are MACs under it, and the lookup's credential comes from it.
+    secret = _stage_secret(headers)
     decision = cache_decision.decide(
-        request["uri"], headers, body, SETTINGS, truncated=bool(body_info.get("inputTruncated")), tenant=tenant
+        request["uri"], headers, body, SETTINGS, truncated=bool(body_info.get("inputTruncated")), tenant=tenant,
+        mac=secret[0] if secret else None,
     )
+    if decision.cacheable and secret is None:  # fail closed: no deployed key without the secret
+        decision = decision._replace(cacheable=False, key=None, lookup=False, store=False, reason="no stage secret")
     decided = time.perf_counter()
     log = {"cacheable": decision.cacheable, "reason": decision.reason, "key": decision.key}
     log["decision_ms"] = round((decided - started) * 1000, 2)
@@ -102,7 +111,7 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
         log["outcome"] = f"error-{decision.error.status}"
         return _with_server_timing(_error_response(decision.error), log), log
     if decision.lookup:
-        hit, log[EdgeLog.LOOKUP] = _lookup(config, decision.key, decision.ttl_seconds)
+        hit, log[EdgeLog.LOOKUP] = _lookup(config, decision.key, decision.ttl_seconds, secret[1])
         log["lookup_ms"] = round((time.perf_counter() - decided) * 1000, 2)
         log["connection"] = lookup.last_connection
         if hit is not None:
@@ -134,6 +143,25 @@ def _origin_response(response: dict, request: dict) -> dict:
         headers["retry-after"] = [{"key": "Retry-After", "value": "1"}]
     print(json.dumps({"outcome": f"origin-error-{status}", "uri": request.get("uri")}, separators=(",", ":")))
     return response
+
+
+# stage secret -> (its cache-key MAC key, its /_cache/ read credential); a secret changes
+# only at a rotation, so this stays tiny.
+_DERIVED: dict[str, tuple[bytes, str]] = {}
+
+
+def _stage_secret(headers: dict) -> tuple[bytes, str] | None:
+    values = headers.get(STAGE_SECRET_HEADER)
+    if not values or len(values) != 1 or not values[0].get("value"):
+        return None
+    secret = values[0]["value"]
+    derived = _DERIVED.get(secret)
+    if derived is None:
+        if len(_DERIVED) >= 4:
+            _DERIVED.clear()
+        credential = hmac.digest(secret.encode(), CACHE_READ_CONTEXT.encode(), "sha256").hex()
+        derived = _DERIVED[secret] = (cache_decision.mac_key(secret), credential)
+    return derived
 
 
 def _verified_tenant(headers: dict) -> str | None:
@@ -184,10 +212,10 @@ def _forward(request: dict, key: str | None, tenant: str | None, body: bytes, ti
     headers[CONTENT_SHA256_HEADER] = [{"key": "x-amz-content-sha256", "value": hashlib.sha256(body).hexdigest()}]
 
 
-def _lookup(config: dict, key: str, max_age: int) -> tuple[dict | None, str]:
+def _lookup(config: dict, key: str, max_age: int, credential: str) -> tuple[dict | None, str]:
     base = os.environ.get(LOOKUP_BASE_ENV) or f"https://{config['distributionDomainName']}"
     try:
-        status, headers, content = lookup.get(base, f"{SETTINGS.results_path}{key}", LOOKUP_TIMEOUT_SECONDS)
+        status, headers, content = lookup.get(base, f"{SETTINGS.results_path}{key}", LOOKUP_TIMEOUT_SECONDS, credential)
     except (OSError, ValueError) as exc:  # timeouts, refusals, malformed answers
         return None, f"{EdgeLog.LOOKUP_ERROR}{type(exc).__name__}"
     if status != 200:
@@ -264,4 +292,4 @@ def _error_response(error: ApiError) -> dict:
     }
 
 
-_REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
+_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 415: "Unsupported Media Type"}

@@ -28,12 +28,14 @@ from lambdas.contract import (
     MODELS_ROUTE,
     SERVABLE_BODY_LIMIT_BYTES,
     SERVER_TIMING_HEADER,
+    STAGE_SECRET_HEADER,
     STATUS_HEADER,
     TENANT_HEADER,
     TimingStep,
 )
 from lambdas.errors import ApiError
 from lambdas.origin_adapter.coalescing import Coalescer, Lease
+from lambdas.origin_adapter.embeddings import EmbeddingsService
 from lambdas.origin_adapter.endpoint import EndpointFailure, EndpointStream, SageMakerEndpoint
 from lambdas.origin_adapter.results_store import ResultsStore
 from lambdas.origin_adapter.streaming import (
@@ -46,7 +48,7 @@ from lambdas.origin_adapter.streaming import (
 
 # The viewer's credentials never enter the decision here: behind OAC the Authorization
 # header is CloudFront's signature. The tenant comes from the edge, in TENANT_HEADER.
-_NOT_FOR_DECISION = ("authorization", "x-api-key", TENANT_HEADER, KEY_HEADER, EDGE_TIMING_HEADER)
+_NOT_FOR_DECISION = ("authorization", "x-api-key", TENANT_HEADER, KEY_HEADER, STAGE_SECRET_HEADER, EDGE_TIMING_HEADER)
 # One Server-Timing entry the edge forwards: a token name and a duration, nothing else
 # (it is echoed to the client: never a way to write other headers or text).
 _EDGE_ENTRY = re.compile(r"([a-z][a-z0-9-]{0,31});dur=(\d{1,6}(?:\.\d{1,3})?)")
@@ -139,9 +141,12 @@ class InferenceAdapter:
         coalescer: Coalescer | None = None,
         stream_seconds: float = 52.0,
         stream_lease_seconds: float | None = None,
+        embeddings: EmbeddingsService | None = None,
     ):
         self.cache = cache_settings
         self.endpoint = endpoint
+        # /v1/embeddings: the stage's embeddings model on its own endpoint (None: none).
+        self.embeddings = embeddings
         self.store = store
         self.logger = logger
         self.coalescer = coalescer  # None: every miss calls the model
@@ -152,6 +157,7 @@ class InferenceAdapter:
         # it); a whole answer's lease is the coalescer's own, shorter one.
         self.stream_lease_seconds = stream_lease_seconds
         self.routes = frozenset(cache_settings.routes)
+        self._macs: dict[str, bytes] = {}
 
     def answer(self, request: OriginRequest) -> tuple[OriginResponse, Outcome]:
         """The answer to send, and its Outcome. The caller sends the response, then runs
@@ -173,6 +179,9 @@ class InferenceAdapter:
             return _error(405, "method_not_allowed", f"{request.path} takes POST."), outcome
 
         decision_headers = {k: v for k, v in request.headers.items() if k not in _NOT_FOR_DECISION}
+        # The stage secret as the edge got it (from the viewer-request function, which
+        # removes any viewer copy; only CloudFront reaches this function, through OAC).
+        mac = self._mac_key(request.headers.get(STAGE_SECRET_HEADER))
         decided = time.perf_counter()
         decision = cache_decision.decide(
             request.path,
@@ -180,8 +189,11 @@ class InferenceAdapter:
             request.body,
             self.cache,
             tenant=request.headers.get(TENANT_HEADER) or None,
+            mac=mac,
         )
         outcome.timings[TimingStep.ORIGIN_DECISION] = _ms(decided)
+        if decision.cacheable and mac is None:  # fail closed: no deployed key without the secret
+            decision = decision._replace(cacheable=False, key=None, lookup=False, store=False, reason="no stage secret")
         outcome.reason, outcome.key = decision.reason, decision.key
         if decision.error is not None:
             return OriginResponse(decision.error.status, decision.error.body(), _json_headers("BYPASS")), outcome
@@ -226,7 +238,7 @@ class InferenceAdapter:
         served again is stored, and the lease released, by the response's `after`, once the
         client has the whole answer."""
         kept: list[tuple[bytes, str]] = []  # (body, content type) to store, once the client has all of it
-        after = self._after(decision, outcome, lease, kept)
+        after = self._after(decision, outcome, lease, kept, request.path)
         try:
             if streamed is not None:
                 response = self._stream(request, streamed, decision, outcome, kept)
@@ -238,7 +250,9 @@ class InferenceAdapter:
         response.after = after
         return response
 
-    def _after(self, decision, outcome: Outcome, lease: Lease | None, kept: list[tuple[bytes, str]]) -> Callable[[], None]:
+    def _after(
+        self, decision, outcome: Outcome, lease: Lease | None, kept: list[tuple[bytes, str]], path: str
+    ) -> Callable[[], None]:
         """The work after the answer, in this order: the store, then the lease release, so
         that an identical request that comes meanwhile waits for the stored answer instead
         of calling the model again. Each has its own budget (the bucket client's
@@ -252,7 +266,7 @@ class InferenceAdapter:
             try:
                 if kept and _storable(decision):
                     stored_at = time.perf_counter()
-                    outcome.stored_bytes, outcome.store_failed = self._store(decision, *kept[0], outcome)
+                    outcome.stored_bytes, outcome.store_failed = self._store(decision, *kept[0], outcome, path)
                     outcome.timings[TimingStep.STORE] = _ms(stored_at)
             finally:
                 if lease is not None:
@@ -263,9 +277,15 @@ class InferenceAdapter:
         return after
 
     def _whole(self, request: OriginRequest, decision, outcome: Outcome, kept: list[tuple[bytes, str]]) -> OriginResponse:
-        """InvokeEndpoint: the whole answer at once."""
+        """InvokeEndpoint: the whole answer at once (embeddings: in the container's
+        batches, translated to OpenAI's shape, embeddings.py)."""
         try:
-            answer = self.endpoint.invoke(request.body, "application/json")
+            if request.path == EMBEDDINGS_ROUTE:
+                if self.embeddings is None:  # the decision answered 404 already; never a model call
+                    raise EndpointFailure(404, "model_not_found", "This stage serves no embeddings model.", param="model")
+                answer = self.embeddings.answer(request.body, outcome.started)
+            else:
+                answer = self.endpoint.invoke(request.body, "application/json")
         except EndpointFailure as failure:
             return _failed(failure, outcome)
         outcome.inference_seconds = answer.seconds
@@ -345,21 +365,33 @@ class InferenceAdapter:
         finally:
             end()
 
+    def _mac_key(self, secret: str | None) -> bytes | None:
+        """The cache-key MAC key of a stage secret (a comma-joined repeat is no secret)."""
+        if not secret or "," in secret:
+            return None
+        mac = self._macs.get(secret)
+        if mac is None:
+            if len(self._macs) >= 4:  # a secret changes only at a rotation
+                self._macs.clear()
+            mac = self._macs[secret] = cache_decision.mac_key(secret)
+        return mac
+
     def _answer_headers(self, content_type: str, decision, outcome: Outcome) -> dict:
         headers = {"content-type": content_type, STATUS_HEADER: outcome.cache}
         if decision.key:
             headers[KEY_HEADER] = decision.key
         return headers
 
-    def _store(self, decision, body: bytes, content_type: str, outcome: Outcome) -> tuple[int, bool]:
+    def _store(self, decision, body: bytes, content_type: str, outcome: Outcome, path: str) -> tuple[int, bool]:
+        embeddings = path == EMBEDDINGS_ROUTE
         try:
             self.store.put(
                 decision.key,
                 body,
                 content_type=content_type,
                 ttl_seconds=decision.ttl_seconds,
-                model=self.cache.model_id,
-                model_version=self.cache.model_version,
+                model=self.cache.embeddings_model_id if embeddings else self.cache.model_id,
+                model_version=self.cache.embeddings_model_version if embeddings else self.cache.model_version,
             )
             return len(body), False
         except Exception as exc:  # a storage failure never fails the client's request
@@ -369,8 +401,17 @@ class InferenceAdapter:
             return 0, True
 
     def _models(self) -> OriginResponse:
-        model = {"id": self.cache.model_id, "object": "model", "created": 0, "owned_by": "inference-cache"}
-        body = json.dumps({"object": "list", "data": [model]}).encode()
+        """Exactly the stage's models, each with the version that keys its cache and the
+        route that serves it (OpenAI's model object has no such field; clients such as
+        bin/smoke pick the embeddings model by it)."""
+        served = [(self.cache.model_id, self.cache.model_version, "chat/completions")]
+        if self.cache.embeddings_model_id is not None:
+            served.append((self.cache.embeddings_model_id, self.cache.embeddings_model_version, "embeddings"))
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": "inference-cache", "version": version, "task": task}
+            for model, version, task in served
+        ]
+        body = json.dumps({"object": "list", "data": data}).encode()
         return OriginResponse(200, body, {"content-type": "application/json"})
 
 
@@ -441,12 +482,12 @@ def _json_headers(cache_status: str) -> dict:
 
 def _failed(failure: EndpointFailure, outcome: Outcome) -> OriginResponse:
     outcome.model_error = failure.model_error
-    response = _error(failure.status, failure.code, failure.message)
+    response = _error(failure.status, failure.code, failure.message, failure.param)
     if failure.retry_after:
         response.headers["retry-after"] = str(failure.retry_after)
     return response
 
 
-def _error(status: int, code: str, message: str) -> OriginResponse:
-    body = ApiError(status, message, None, code).body()
+def _error(status: int, code: str, message: str, param: str | None = None) -> OriginResponse:
+    body = ApiError(status, message, param, code).body()
     return OriginResponse(status, body, _json_headers("BYPASS"))

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import anyio.to_thread
+import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from starlette.applications import Starlette
@@ -32,6 +33,7 @@ from lambdas.contract import HEALTH_ROUTE, METRICS_NAMESPACE, ORIGIN_ADAPTER_SER
 from lambdas.errors import ApiError
 from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest, OriginResponse, Outcome, StreamedBody
 from lambdas.origin_adapter.coalescing import Coalescer
+from lambdas.origin_adapter.embeddings import EmbeddingsService
 from lambdas.origin_adapter.endpoint import SageMakerEndpoint
 from lambdas.origin_adapter.invocations import Invocations, hold_invocations
 from lambdas.origin_adapter.results_store import BucketHealth, ResultsStore, results_bucket_client
@@ -68,6 +70,29 @@ def build_adapter(settings: AdapterSettings, *, max_connections: int = 10) -> In
         coalescer=_coalescer(settings, bucket, health) if settings.coalescing else None,
         stream_seconds=settings.stream_seconds,
         stream_lease_seconds=settings.stream_lease_seconds,
+        embeddings=_embeddings(settings) if settings.embeddings else None,
+    )
+
+
+def _embeddings(settings: AdapterSettings) -> EmbeddingsService:
+    model = settings.embeddings
+    bucket, _, key = model.tokenizer_uri.removeprefix("s3://").partition("/")
+
+    def tokenizer() -> bytes:  # the model version's own tokenizer.json, from the model bucket
+        return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    return EmbeddingsService(
+        model,
+        settings.cache.embeddings_model_id,
+        # One call is one batch: its read timeout is the batch's, not the whole answer's.
+        SageMakerEndpoint(
+            model.endpoint_name,
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=model.batch_read_seconds,
+            throttle_retries=settings.throttle_retries,
+        ),
+        tokenizer,
+        read_seconds=settings.read_timeout_seconds,
     )
 
 

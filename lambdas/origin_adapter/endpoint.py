@@ -75,6 +75,7 @@ class EndpointFailure(Exception):
     message: str
     retry_after: int | None = None
     model_error: bool = False
+    param: str | None = None  # the request field at fault, for a 4xx of the adapter's own
 
 
 class SageMakerEndpoint:

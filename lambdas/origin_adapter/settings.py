@@ -10,6 +10,7 @@ from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCING_ENV,
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     ORIGIN_READ_TIMEOUT_SECONDS,
@@ -17,6 +18,7 @@ from lambdas.contract import (
     RESULTS_BUCKET_PAUSE_ENV,
     STREAM_BUDGET_ENV,
 )
+from lambdas.embeddings_model import EmbeddingsModel
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class AdapterSettings:
     cache_connect_timeout_seconds: float = 0.5
     cache_read_timeout_seconds: float = 2.0
     cache_pause_seconds: float = 10.0
+    # The embeddings model's endpoint (embeddings.py); None on a stage without one.
+    embeddings: EmbeddingsModel | None = None
 
     def __post_init__(self) -> None:
         if not self.endpoint_name:
@@ -70,6 +74,11 @@ class AdapterSettings:
             object.__setattr__(self, "stream_seconds", self.answer_seconds)
         if not self.answer_seconds <= self.stream_seconds <= _LAMBDA_MAX_SECONDS - _ADAPTER_OVERHEAD_SECONDS:
             raise ValueError(f"{STREAM_BUDGET_ENV} must be at least a whole answer's budget, and leave room in Lambda's 15 min")
+        # The cache settings key /v1/embeddings by the embeddings model; the endpoint must be that model's.
+        if (self.embeddings is None) != (self.cache.embeddings_model_id is None):
+            raise ValueError(f"{EMBEDDINGS_MODEL_ENV} must be set exactly when the stage's cache settings name an embeddings model")
+        if self.embeddings is not None and not self.embeddings.batch_read_seconds < self.read_timeout_seconds:
+            raise ValueError("the embeddings batch read timeout must be below the model read timeout")
 
     # -- coalescing timings (docs/decisions.md, "Coalescing identical misses") --
     @property
@@ -115,6 +124,7 @@ class AdapterSettings:
             coalescing=_flag(os.environ.get(COALESCING_ENV, "false"), COALESCING_ENV),
             **({"cache_pause_seconds": float(os.environ[RESULTS_BUCKET_PAUSE_ENV])}
                if os.environ.get(RESULTS_BUCKET_PAUSE_ENV) else {}),
+            embeddings=EmbeddingsModel.from_json(os.environ[EMBEDDINGS_MODEL_ENV]) if os.environ.get(EMBEDDINGS_MODEL_ENV) else None,
         )
 
 

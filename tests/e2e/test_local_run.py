@@ -100,9 +100,17 @@ def test_sampling_request_is_never_served_from_the_store(client):
     assert len({a.parse().choices[0].message.content for a in answers}) == 3
 
 
-def test_models_listed_are_what_the_local_run_serves(client, local_run):
-    assert [m.id for m in client.models.list().data] == list(local_run["models"].values())
-    assert "sentence-transformers/all-MiniLM-L6-v2" in local_run["models"].values()
+def test_models_listed_are_exactly_the_stages_models(client, local_run):
+    """GET /v1/models is the origin adapter's answer, as on a deployed stage: the stage's
+    LLM and embeddings model, each with the version that keys its cache and its route."""
+    from config.stages import STAGES
+
+    dev = STAGES["dev"]
+    listed = [(m.id, m.model_extra["version"], m.model_extra["task"]) for m in client.models.list().data]
+    assert listed == [
+        (dev.model.model_id, dev.model.model_version, "chat/completions"),
+        (dev.embeddings.model_id, local_run["embeddings_model_version"], "embeddings"),
+    ]
 
 
 def test_a_container_4xx_reaches_the_client_as_that_4xx_and_is_not_retried(local_run):
@@ -119,10 +127,12 @@ def test_the_embedding_model_is_published_by_content_and_served_at_its_version(c
     """make serve publishes the model into its S3 with bin/model-publish's code and loads it
     back from the version's prefix: the version is the manifest's digest of the weights."""
     from cli.model_manifest import build_manifest
-    from local_run.model_server import packaged_embedding_model
+    from config.stages import STAGES
+    from local_run.embeddings_server import packaged_embedding_model
 
     version = build_manifest(packaged_embedding_model()).version
-    assert local_run["model_version"] == version
+    # The version dev pins is the one make serve publishes: the same weights, the same keys.
+    assert local_run["embeddings_model_version"] == version == STAGES["dev"].embeddings.model_version
     listed = {m.id: m for m in client.models.list().data}
     assert listed["sentence-transformers/all-MiniLM-L6-v2"].model_extra["version"] == version
     # Publishing the same directory again into the running local S3 moves nothing.

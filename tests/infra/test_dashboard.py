@@ -214,6 +214,32 @@ def test_capacity_gpu_time_saved_and_workspace(synthesized, stage):
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_the_embeddings_endpoint_has_its_own_row(synthesized, stage):
+    settings = STAGES[stage]
+    embeddings = settings.embeddings
+    body = dashboard(synthesized, stage)
+    endpoint = [f"inference-cache-{stage}-embeddings", "VariantName", "AllTraffic"]
+
+    def reads_the_embeddings_endpoint(w: dict) -> None:
+        rows = [n for n, _ in metric_rows(w) if n and n[0] in ("AWS/SageMaker", "/aws/sagemaker/Endpoints")]
+        assert rows and all(n[2:6] == ["EndpointName", *endpoint] for n in rows), rows
+
+    calls = widget(body, f"Embeddings: calls (batches of <= {embeddings.max_client_batch_size} inputs) and failures")
+    reads_the_embeddings_endpoint(calls)
+    assert {n[1] for n, _ in metric_rows(calls)} == {"Invocations", "Invocation5XXErrors", "InvocationModelErrors"}
+    latency = widget(body, f"Embeddings: model latency (ms), {embeddings.model_id}")
+    reads_the_embeddings_endpoint(latency)
+    assert settings.sla.embeddings_model_latency_p99_ms in annotations(latency)
+    instances = widget(body, "Embeddings: instances in service vs maximum")
+    reads_the_embeddings_endpoint(instances)
+    assert embeddings.endpoint.max_instances in annotations(instances)
+    (busy,) = [w for w in body["widgets"] if w["properties"].get("title", "").startswith("Embeddings: " + (
+        "GPU" if embeddings.endpoint.gpus else "CPU"))]
+    reads_the_embeddings_endpoint(busy)
+    assert {n[1] for n, _ in metric_rows(busy) if n} == {"GPUUtilization" if embeddings.endpoint.gpus else "CPUUtilization"}
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_alarm_status_shows_every_alarm_of_both_regions(synthesized, stage):
     body = dashboard(synthesized, stage)
     shown = {}

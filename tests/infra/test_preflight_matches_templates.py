@@ -12,6 +12,7 @@ from cli.preflight import (
     CDK_BOOTSTRAP_MIN_VERSION,
     CDK_BOOTSTRAP_VERSION_PARAMETER,
     NamedResource,
+    check_lambda_concurrency,
     deploy_time_parameters,
     named_resources,
     origin_adapter_name,
@@ -20,6 +21,7 @@ from cli.preflight import (
 )
 from config.stages import STAGES
 from tests.conftest import STAGE_NAMES
+from tests.unit.preflight_accounts import StubbedAws, answer_lambda_concurrency
 
 # Resource types created under a literal name, and the property that names them.
 NAMED_TYPES = {
@@ -87,4 +89,8 @@ def test_preflight_checks_the_web_adapter_layer_and_the_adapter_the_stack_deploy
         if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("FunctionName") == origin_adapter_name(settings)
     ]
     assert web_adapter_layer_arn(settings) in adapter["Layers"]
-    assert adapter["ReservedConcurrentExecutions"] == settings.endpoint.adapter_reserved_concurrency
+    # What the concurrency check counts is what the stack reserves (every endpoint's fleet).
+    account = StubbedAws()
+    answer_lambda_concurrency(account, settings, limit=10_000, unreserved=10_000)
+    (finding,) = check_lambda_concurrency(account.aws, settings)
+    assert f"the origin adapter reserves {adapter['ReservedConcurrentExecutions']}," in finding.detail

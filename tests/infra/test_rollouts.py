@@ -19,7 +19,7 @@ from config.settings import (
     SettingsError,
 )
 from config.stages import STAGES
-from stacks.inference_stack import VARIANT_NAME
+from stacks.model_endpoint import VARIANT_NAME
 from stacks.rollouts import ROLLBACK_SIGNALS, rollback_alarm_name
 from stacks.sla_metrics import min_requests
 from tests.conftest import STAGE_NAMES
@@ -29,13 +29,17 @@ def _template(synthesized, stage) -> Template:
     return Template.from_json(synthesized[stage].templates["Inference"])
 
 
-def _endpoint(template: Template) -> tuple[str, dict]:
-    ((logical_id, endpoint),) = template.find_resources("AWS::SageMaker::Endpoint").items()
-    return logical_id, endpoint["Properties"]
+def _endpoints(template: Template) -> dict[str, tuple[str, dict]]:
+    """endpoint name -> (logical id, properties), every endpoint of the stage."""
+    return {
+        e["Properties"]["EndpointName"]: (logical_id, e["Properties"])
+        for logical_id, e in template.find_resources("AWS::SageMaker::Endpoint").items()
+    }
 
 
-def _endpoint_config_id(template: Template) -> str:
-    (logical_id,) = template.find_resources("AWS::SageMaker::EndpointConfig")
+def _endpoint_config_id(endpoint: dict) -> str:
+    logical_id, attribute = endpoint["EndpointConfigName"]["Fn::GetAtt"]
+    assert attribute == "EndpointConfigName"
     return logical_id
 
 
@@ -54,9 +58,13 @@ def test_every_endpoint_of_the_stage_rolls_out_blue_green_all_at_once_with_the_s
 ):
     settings = STAGES[stage]
     template = _template(synthesized, stage)
-    _, endpoint = _endpoint(template)
-    assert set(settings.endpoints) == {endpoint["EndpointName"]}
-    endpoint_settings = settings.endpoints[endpoint["EndpointName"]]
+    endpoints = _endpoints(template)
+    assert set(endpoints) == set(settings.endpoints) and len(endpoints) == 1 + (settings.embeddings is not None)
+    for name, (_, endpoint) in endpoints.items():
+        _assert_blue_green(endpoint, settings.endpoints[name])
+
+
+def _assert_blue_green(endpoint: dict, endpoint_settings: EndpointSettings) -> None:
     policy = endpoint["DeploymentConfig"]["BlueGreenUpdatePolicy"]
     assert policy["TrafficRoutingConfiguration"] == {
         "Type": "ALL_AT_ONCE",
@@ -80,9 +88,15 @@ def test_every_endpoint_of_the_stage_rolls_out_blue_green_all_at_once_with_the_s
 def test_rollback_alarms_are_the_stages_5xx_and_model_error_objectives_on_the_new_fleet(synthesized, stage):
     settings = STAGES[stage]
     template = _template(synthesized, stage)
-    _, endpoint = _endpoint(template)
-    config_id = _endpoint_config_id(template)
     floor = min_requests(settings.sla.min_requests_per_5_min, 60)
+    for _, endpoint in _endpoints(template).values():
+        _assert_rollback_alarms(template, endpoint, settings, floor)
+    assert ROLLBACK_SIGNALS["5xx-rate"][0] == "Invocation5XXErrors"
+    assert ROLLBACK_SIGNALS["model-error-rate"][0] == "InvocationModelErrors"
+
+
+def _assert_rollback_alarms(template: Template, endpoint: dict, settings, floor: int) -> None:
+    config_id = _endpoint_config_id(endpoint)
     alarms = _rollback_alarms(template, endpoint["EndpointName"])
     assert set(alarms) == {"5xx-rate", "model-error-rate"}
     for slug, (_, alarm) in alarms.items():
@@ -107,42 +121,44 @@ def test_rollback_alarms_are_the_stages_5xx_and_model_error_objectives_on_the_ne
                 "VariantName": VARIANT_NAME,
                 "EndpointConfigName": {"Fn::GetAtt": [config_id, "EndpointConfigName"]},
             }
-    assert ROLLBACK_SIGNALS["5xx-rate"][0] == "Invocation5XXErrors"
-    assert ROLLBACK_SIGNALS["model-error-rate"][0] == "InvocationModelErrors"
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_the_endpoint_rolls_back_on_exactly_its_rollback_alarms_which_exist_before_it(synthesized, stage):
     template = _template(synthesized, stage)
-    _, endpoint = _endpoint(template)
-    alarms = _rollback_alarms(template, endpoint["EndpointName"])
-    named = endpoint["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]
-    # A Ref: CloudFormation creates (and repoints) the alarms before the endpoint.
-    assert named == [{"AlarmName": {"Ref": logical_id}} for logical_id, _ in alarms.values()]
+    for _, endpoint in _endpoints(template).values():
+        alarms = _rollback_alarms(template, endpoint["EndpointName"])
+        named = endpoint["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]
+        # A Ref: CloudFormation creates (and repoints) the alarms before the endpoint.
+        assert named == [{"AlarmName": {"Ref": logical_id}} for logical_id, _ in alarms.values()]
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
-def test_the_model_role_may_read_the_rollback_alarms_and_nothing_else_of_cloudwatch_alarms(synthesized, stage):
+def test_each_model_role_may_read_its_own_endpoints_rollback_alarms_and_nothing_else_of_cloudwatch_alarms(
+    synthesized, stage
+):
     settings = STAGES[stage]
     template = _template(synthesized, stage)
-    _, endpoint = _endpoint(template)
     policies = template.find_resources("AWS::IAM::Policy")
-    (policy,) = [p for name, p in policies.items() if name.startswith("ModelExecutionRole")]
-    statements = [
-        s for s in policy["Properties"]["PolicyDocument"]["Statement"] if "cloudwatch:DescribeAlarms" in str(s["Action"])
-    ]
-    assert len(statements) == 1 and statements[0]["Action"] == "cloudwatch:DescribeAlarms"
-    expected = [
-        f"arn:aws:cloudwatch:{settings.home_region}:{settings.account}:alarm:"
-        f"{rollback_alarm_name(endpoint['EndpointName'], slug)}"
-        for slug in ROLLBACK_SIGNALS
-    ]
-    assert statements[0]["Resource"] == expected
+    prefixes = {settings.endpoint_name: "ModelExecutionRole", settings.embeddings_endpoint_name: "EmbeddingsModelExecutionRole"}
+    for name in _endpoints(template):
+        (policy,) = [p for logical_id, p in policies.items() if logical_id.startswith(prefixes[name])]
+        statements = [
+            s for s in policy["Properties"]["PolicyDocument"]["Statement"] if "cloudwatch:DescribeAlarms" in str(s["Action"])
+        ]
+        assert len(statements) == 1 and statements[0]["Action"] == "cloudwatch:DescribeAlarms"
+        expected = [
+            f"arn:aws:cloudwatch:{settings.home_region}:{settings.account}:alarm:{rollback_alarm_name(name, slug)}"
+            for slug in ROLLBACK_SIGNALS
+        ]
+        assert statements[0]["Resource"] == expected
 
 
-def test_stages_bake_longer_the_closer_they_are_to_users():
+def test_stages_bake_longer_the_closer_they_are_to_users_and_every_endpoint_of_a_stage_alike():
     baking = [STAGES[s].endpoint.rollout_baking_minutes for s in ("dev", "staging", "prod")]
     assert baking == sorted(baking) and baking[0] >= MIN_BAKING_MINUTES
+    for stage in STAGES.values():
+        assert {e.rollout_baking_minutes for e in stage.endpoints.values()} == {stage.endpoint.rollout_baking_minutes}
 
 
 def test_baking_period_and_rollout_limit_are_bounded_by_the_alarms_and_by_sagemaker():

@@ -29,6 +29,8 @@ PAGE_CHILDREN_HOME = {
     "endpoint-5xx-rate",
     "origin-adapter-error-rate",
     "origin-adapter-throttle-rate",
+    "embeddings-model-latency-p99",
+    "embeddings-endpoint-5xx-rate",
 }
 TICKETS_EDGE = {"edge-function-errors", "cache-hit-ratio-low", "edge-lookup-failures"}
 TICKETS_HOME = {
@@ -38,7 +40,11 @@ TICKETS_HOME = {
     "gpu-utilization-high",
     "gpu-memory-high",
     "workspace-free-capacity-low",
+    "embeddings-endpoint-model-error-rate",
+    "embeddings-capacity-pinned-at-max",
 }
+# Only where the embeddings model runs on GPUs (staging, prod; dev's runs on CPUs).
+EMBEDDINGS_GPU_TICKET = "embeddings-gpu-utilization-high"
 BURN_WINDOWS = {"fast": (14.4, (3600, 300)), "slow": (6.0, (21_600, 1_800))}
 # The objective each alarm enforces; a new SLA setting without an alarm fails below.
 SLO_ALARMS = {
@@ -52,10 +58,13 @@ SLO_ALARMS = {
     ],
     "edge_origin_latency_p99_ms": ["edge-origin-latency-p99"],
     "model_latency_p99_ms": ["model-latency-p99"],
+    "embeddings_model_latency_p99_ms": ["embeddings-model-latency-p99"],
     "origin_adapter_duration_p99_ms": ["origin-adapter-duration-p99"],
     "endpoint_error_rate_max": [
         "endpoint-5xx-rate",
         "endpoint-model-error-rate",
+        "embeddings-endpoint-5xx-rate",
+        "embeddings-endpoint-model-error-rate",
         "origin-adapter-error-rate",
         "origin-adapter-throttle-rate",
     ],
@@ -64,7 +73,7 @@ SLO_ALARMS = {
     "gpu_utilization_high_pct": ["gpu-utilization-high"],
     "gpu_memory_high_pct": ["gpu-memory-high"],
     "gpu_high_minutes": ["gpu-utilization-high", "gpu-memory-high"],
-    "capacity_pinned_minutes": ["capacity-pinned-at-max"],
+    "capacity_pinned_minutes": ["capacity-pinned-at-max", "embeddings-capacity-pinned-at-max"],
     "fsx_free_capacity_floor": ["workspace-free-capacity-low"],
     "edge_lookup_failure_rate_max": ["edge-lookup-failures"],
 }
@@ -171,8 +180,8 @@ def assert_cloudfront_dims(dimensions: dict) -> None:
     )
 
 
-def assert_endpoint_dims(stage: str, dimensions: dict) -> None:
-    assert dimensions == {"EndpointName": f"inference-cache-{stage}", "VariantName": "AllTraffic"}
+def assert_endpoint_dims(stage: str, dimensions: dict, endpoint: str = "") -> None:
+    assert dimensions == {"EndpointName": f"inference-cache-{stage}{endpoint}", "VariantName": "AllTraffic"}
 
 
 # -- coverage ----------------------------------------------------------------------------
@@ -202,6 +211,8 @@ def test_no_unexpected_alarms(synthesized, stage):
         expected_edge |= {name(stage, f"availability-{speed}-burn-{_tag(w)}") for w in windows}
     tickets_home = TICKETS_HOME if STAGES[stage].workspace.enabled else TICKETS_HOME - {"workspace-free-capacity-low"}
     expected_home = {name(stage, s) for s in tickets_home | PAGE_CHILDREN_HOME | {f"page-{STAGES[stage].home_region}"}}
+    if STAGES[stage].embeddings.endpoint.gpus:
+        expected_home.add(name(stage, EMBEDDINGS_GPU_TICKET))
     assert set(edge_alarms(synthesized, stage)) == expected_edge
     assert set(home_alarms(synthesized, stage)) == expected_home
 
@@ -321,6 +332,47 @@ def test_origin_adapter_duration_p99_in_milliseconds(synthesized, stage):
         datapoints=3,
         missing="notBreaching",
     )
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_embeddings_model_latency_p99_against_its_own_objective(synthesized, stage):
+    alarm = home_alarms(synthesized, stage)[name(stage, "embeddings-model-latency-p99")]
+    ((metric_name, metric),) = stats(alarm).items()
+    assert (metric_name, metric["namespace"], metric["stat"]) == ("ModelLatency", "AWS/SageMaker", "p99")
+    assert_endpoint_dims(stage, metric["dimensions"], "-embeddings")
+    check_common(
+        alarm,
+        threshold=STAGES[stage].sla.embeddings_model_latency_p99_ms * 1000,  # microseconds
+        comparison="GreaterThanThreshold",
+        evaluation=3,
+        datapoints=3,
+        missing="notBreaching",
+    )
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_embeddings_endpoint_error_rates_capacity_and_gpu(synthesized, stage):
+    settings, alarms = STAGES[stage], home_alarms(synthesized, stage)
+    for slug, errors in (("embeddings-endpoint-5xx-rate", "Invocation5XXErrors"),
+                         ("embeddings-endpoint-model-error-rate", "InvocationModelErrors")):
+        metrics = stats(alarms[name(stage, slug)])
+        assert set(metrics) == {errors, "Invocations"}
+        for metric in metrics.values():
+            assert_endpoint_dims(stage, metric["dimensions"], "-embeddings")
+        check_common(alarms[name(stage, slug)], threshold=settings.sla.endpoint_error_rate_max,
+                     comparison="GreaterThanThreshold", evaluation=3, datapoints=2, missing="notBreaching")
+    pinned = alarms[name(stage, "embeddings-capacity-pinned-at-max")]
+    assert pinned["Threshold"] == settings.embeddings.endpoint.max_instances - 0.5
+    for metric in stats(pinned).values():
+        assert_endpoint_dims(stage, metric["dimensions"], "-embeddings")
+    gpu = alarms.get(name(stage, EMBEDDINGS_GPU_TICKET))
+    assert (gpu is not None) is (settings.embeddings.endpoint.gpus > 0)
+    if gpu is not None:
+        ((metric_name, metric),) = stats(gpu).items()
+        assert metric_name == "GPUUtilization" and metric["namespace"] == "/aws/sagemaker/Endpoints"
+        assert_endpoint_dims(stage, metric["dimensions"], "-embeddings")
+        assert expression(gpu) == f"{metric['id']} / {settings.embeddings.endpoint.gpus}"
+        assert gpu["Threshold"] == settings.sla.gpu_utilization_high_pct
 
 
 # -- error rates ------------------------------------------------------------------------------
@@ -549,7 +601,7 @@ def test_one_composite_per_region_pages_through_that_regions_topic(synthesized, 
         rule = rule_text(template, page["AlarmRule"])
         assert set(re.findall(r'ALARM\("([^"]+)"\)', rule)) == {name(stage, c) for c in children}
         assert " AND " not in rule
-        tickets = TICKETS_EDGE if stack == "EdgeMonitoring" else TICKETS_HOME
+        tickets = TICKETS_EDGE if stack == "EdgeMonitoring" else TICKETS_HOME | {EMBEDDINGS_GPU_TICKET}
         for alarm in alarms.values():
             slug = alarm["AlarmName"].removeprefix(f"inference-cache-{stage}-")
             if slug in tickets:

@@ -104,21 +104,33 @@ def _quota(name: str, value: float) -> dict:
     return {"ServiceCode": "sagemaker", "QuotaName": name, "QuotaCode": "L-0000TEST", "Value": value, "Adjustable": True}
 
 
-def answer_instance_quotas(a: StubbedAws, s: StageSettings, *, applied: float | None, default: float = 0) -> None:
-    """`applied` None: the account never changed the quota, ListServiceQuotas leaves it out
-    and its default comes from ListAWSDefaultServiceQuotas (two pages there)."""
-    (instance_type,) = {e.instance_type for e in s.endpoints.values()}
-    name = f"{instance_type} for endpoint usage"
-    other = _quota(f"{instance_type} for training job usage", 8)
+def needed_instances(s: StageSettings) -> dict[str, int]:
+    """What a blue/green rollout of every endpoint needs, per instance type."""
+    needed: dict[str, int] = {}
+    for endpoint in s.endpoints.values():
+        needed[endpoint.instance_type] = needed.get(endpoint.instance_type, 0) + endpoint.blue_green_instances
+    return needed
+
+
+def answer_instance_quotas(a: StubbedAws, s: StageSettings, *, applied: float | None | dict[str, float],
+                           default: float = 0) -> None:
+    """`applied` None: the account never changed the quotas, ListServiceQuotas leaves them
+    out and their defaults come from ListAWSDefaultServiceQuotas (two pages there). A
+    number applies to every instance type the stage's endpoints use; a dict names each."""
+    types = list(needed_instances(s))
+    other = _quota(f"{types[0]} for training job usage", 8)
     if applied is not None:
-        a.answer("service-quotas", s.home_region, "list_service_quotas", {"Quotas": [other, _quota(name, applied)]},
+        values = applied if isinstance(applied, dict) else dict.fromkeys(types, applied)
+        a.answer("service-quotas", s.home_region, "list_service_quotas",
+                 {"Quotas": [other, *(_quota(f"{t} for endpoint usage", values[t]) for t in types)]},
                  {"ServiceCode": "sagemaker"})
         return
     a.answer("service-quotas", s.home_region, "list_service_quotas", {"Quotas": [other]}, {"ServiceCode": "sagemaker"})
     a.answer("service-quotas", s.home_region, "list_aws_default_service_quotas",
              {"Quotas": [other], "NextToken": "page-2"}, {"ServiceCode": "sagemaker"})
     a.answer("service-quotas", s.home_region, "list_aws_default_service_quotas",
-             {"Quotas": [_quota(name, default)]}, {"ServiceCode": "sagemaker", "NextToken": "page-2"})
+             {"Quotas": [_quota(f"{t} for endpoint usage", default) for t in types]},
+             {"ServiceCode": "sagemaker", "NextToken": "page-2"})
 
 
 def _bootstrap_stack(status: str = "UPDATE_COMPLETE", policies: str = "arn:aws:iam::aws:policy/AdministratorAccess") -> dict:
@@ -305,7 +317,7 @@ def ready_account(s: StageSettings = STAGES["dev"]) -> StubbedAws:
     a = StubbedAws()
     answer_credentials(a, s)
     answer_lambda_concurrency(a, s, limit=1000, unreserved=1000)
-    answer_instance_quotas(a, s, applied=2 * s.endpoint.max_instances)
+    answer_instance_quotas(a, s, applied=needed_instances(s))
     answer_bootstrap(a, s, present=True)
     answer_certificate(a, s)
     answer_deploy_time_parameters(a, s)

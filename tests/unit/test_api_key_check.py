@@ -13,6 +13,13 @@ import threading
 import pytest
 
 from cli.api_keys import LocalKeyStore, create_key, key_hash, key_record, revoke_key
+from lambdas.contract import (
+    CACHE_READ_CONTEXT,
+    CACHE_READ_HEADER,
+    STAGE_SECRET_HEADER,
+    STAGE_SECRET_STORE_KEY,
+    TENANT_HEADER,
+)
 from local_run.viewer_request_host import (
     API_KEY_CHECK,
     FunctionExecutionError,
@@ -21,6 +28,7 @@ from local_run.viewer_request_host import (
     is_response,
     viewer_request_event,
 )
+from tests.stage_secret import STAGE_SECRET
 
 ACME_KEY = "sk-ic-" + "A" * 43
 BETA_KEY = "sk-ic-beta_key-0123456789"
@@ -331,3 +339,44 @@ def test_the_function_is_deterministic_so_its_verdicts_may_be_remembered():
         assert word not in source
     # Module-level bindings are constants: nothing carries over from one request to the next.
     assert not [line for line in source.splitlines() if line.startswith(("let ", "var "))]
+
+
+# --------------------------------------------------------------------------- the stage secret
+
+
+@pytest.fixture(scope="module")
+def check_with_secret(node, tmp_path_factory):
+    store = tmp_path_factory.mktemp("kvs-secret") / "api-keys.json"
+    _write_store(store, {key_hash(ACME_KEY): key_record("k_acme", "acme"), "stage-secret": STAGE_SECRET})
+    function = ViewerRequestFunction(API_KEY_CHECK, store, node=node)
+    yield function
+    function.close()
+
+
+def test_a_request_let_through_carries_the_stage_secret_for_the_edge(check_with_secret):
+    result = _call(check_with_secret, {"authorization": f"Bearer {ACME_KEY}"})
+    assert result["headers"][STAGE_SECRET_HEADER] == {"value": STAGE_SECRET}
+
+
+@pytest.mark.parametrize("forged", ["my-own-secret", ["a", "b"]])
+def test_a_viewers_own_stage_secret_header_never_reaches_the_edge(check, check_with_secret, forged):
+    """Replaced by the store's secret, or removed when the store holds none; a refused
+    request is answered before anything else, the forged value never echoed."""
+    headers = {"authorization": f"Bearer {ACME_KEY}", STAGE_SECRET_HEADER: forged}
+    assert _call(check_with_secret, headers)["headers"][STAGE_SECRET_HEADER] == {"value": STAGE_SECRET}
+    assert STAGE_SECRET_HEADER not in _call(check, headers)["headers"]
+    refused = _call(check_with_secret, {STAGE_SECRET_HEADER: forged})
+    assert is_response(refused) and "my-own-secret" not in json.dumps(refused)
+
+
+def test_the_functions_names_are_the_contracts():
+    """The JavaScript cannot import the contract: its literals are held equal to it here."""
+    from local_run.viewer_request_host import CACHE_READ_CHECK
+
+    check_code, read_code = API_KEY_CHECK.read_text(), CACHE_READ_CHECK.read_text()
+    assert f"const SECRET_HEADER = '{STAGE_SECRET_HEADER}';" in check_code
+    assert f"const TENANT_HEADER = '{TENANT_HEADER}';" in check_code
+    for code in (check_code, read_code):
+        assert f"const SECRET_KEY = '{STAGE_SECRET_STORE_KEY}';" in code
+    assert f"const CREDENTIAL_HEADER = '{CACHE_READ_HEADER}';" in read_code
+    assert f"const CONTEXT = '{CACHE_READ_CONTEXT}';" in read_code

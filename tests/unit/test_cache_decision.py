@@ -834,6 +834,46 @@ def test_valid_counts_and_inputs_are_not_refused():
     assert run({"model": "m", "input": ["a", "b"]}, path=EMBEDDINGS).cacheable
 
 
+# -- embeddings: the embeddings model keys /v1/embeddings; a stage without one answers 404 ----
+
+
+def test_the_embeddings_models_id_and_version_key_embeddings_not_the_llms():
+    body = json.dumps({"model": "m", "input": "hello"}).encode()
+    base = cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings())
+    assert base.cacheable and base.reason == "embeddings"
+    assert cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings(embeddings_model_version="next")).key != base.key
+    assert cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings(embeddings_model_id="other/model")).key != base.key
+    # A new LLM version starts a fresh cache for the LLM's routes only.
+    assert cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings(model_version="next")).key == base.key
+    chat = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}).encode()
+    assert cd.decide(CHAT_ROUTE, JSON, chat, settings(embeddings_model_version="next")).key == cd.decide(
+        CHAT_ROUTE, JSON, chat, settings()
+    ).key
+
+
+def test_a_stage_without_embeddings_decides_404_model_not_found_before_reading_the_body():
+    for body in (json.dumps({"model": "m", "input": "hello"}).encode(), b"{not json", b"x" * 2_000_000):
+        d = cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings(embeddings_model_id=None, embeddings_model_version=None))
+        assert not d.cacheable and d.key is None and not d.lookup and not d.store
+        assert (d.error.status, d.error.code, d.error.param) == (404, "model_not_found", "model")
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        (["x"] * 2048, None),  # OpenAI's maximum
+        (["x"] * 2049, 400),
+        ([[1, 2]] * 2049, 400),  # lists of token ids are inputs too
+        (list(range(5000)), None),  # one input of 5000 token ids: the model's length limit, not this one
+    ],
+)
+def test_more_inputs_than_openai_accepts_is_a_400(value, status):
+    d = cd.decide(EMBEDDINGS_ROUTE, JSON, json.dumps({"model": "m", "input": value}).encode(), settings())
+    assert (d.error.status if d.error else None) == status
+    if status:
+        assert d.error.param == "input" and "2048" in d.error.message
+
+
 @pytest.mark.parametrize("route, extra, served", [
     (CHAT, {"prompt": "hi"}, "completions"),
     (CHAT, {"inputs": "hi"}, "tgi"),

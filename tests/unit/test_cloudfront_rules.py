@@ -119,8 +119,8 @@ def test_a_generated_response_is_at_most_1_mb_at_origin_request_and_40_kb_at_vie
 
 
 def _front_with(edge_handler) -> LocalFront:
-    front = LocalFront(settings=STAGES["dev"], results_url="http://127.0.0.1:9", bucket="b", models_url="http://127.0.0.1:9",
-                       key_check=None, origin_read_seconds=60, quiet=True)
+    front = LocalFront(settings=STAGES["dev"], results_url="http://127.0.0.1:9", bucket="b",
+                       key_check=None, cache_read_check=None, origin_read_seconds=60, quiet=True)
     front.attach(types.SimpleNamespace(handler=edge_handler), "http://127.0.0.1:9")
     front.url = "http://127.0.0.1:9"
     return front

@@ -21,6 +21,7 @@ from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCED_HEADER,
     COALESCING_ENV,
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     LEASE_PREFIX,
@@ -37,6 +38,7 @@ from lambdas.origin_adapter.endpoint import EndpointAnswer, EndpointFailure
 from lambdas.origin_adapter.results_store import BucketHealth, ResultsStore
 from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.s3 import LocalS3
+from tests.stage_secret import MAC, WITH_SECRET
 
 BUCKET = "coalescing-results"
 
@@ -381,7 +383,8 @@ def adapter(s3, model, **timings) -> InferenceAdapter:
 
 def chat(content: str, *, headers=None, **params) -> OriginRequest:
     body = {"model": "m", "messages": [{"role": "user", "content": content}], "temperature": 0, **params}
-    return OriginRequest("POST", "/v1/chat/completions", {"content-type": "application/json", **(headers or {})}, json.dumps(body).encode())
+    headers = {"content-type": "application/json", **WITH_SECRET, **(headers or {})}
+    return OriginRequest("POST", "/v1/chat/completions", headers, json.dumps(body).encode())
 
 
 def burst(a: InferenceAdapter, requests: list[OriginRequest]) -> list:
@@ -422,7 +425,7 @@ def test_a_failed_leader_hands_over_and_the_waiters_still_get_answers(s3):
 
 def test_a_miss_that_finds_a_dead_holders_lease_takes_it_over_and_says_so(s3):
     request = chat(f"dead holder {time.time()}")
-    key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings()).key
+    key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings(), mac=MAC).key
     assert coalescer(s3, lease=0.2)._claim(key) is not None  # a holder that never comes back
     time.sleep(0.3)
     model = CountingModel(seconds=0.05)
@@ -462,6 +465,7 @@ def test_timings_come_from_the_stages_timeout_budget(monkeypatch, tmp_path):
         ENDPOINT_READ_TIMEOUT_ENV: str(budget.model_read_seconds),
         ADAPTER_TIMEOUT_ENV: str(budget.adapter_seconds),
         COALESCING_ENV: "true",
+        EMBEDDINGS_MODEL_ENV: STAGES["dev"].adapter_embeddings_model("models").to_json(),
     }.items():
         monkeypatch.setenv(name, value)
     settings = AdapterSettings.from_environment()

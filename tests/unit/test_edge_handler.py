@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from local_run.events import origin_request_event, origin_response_event
+from tests.stage_secret import CACHE_READ_CREDENTIAL, CACHE_READ_HEADER, WITH_SECRET
 from tests.unit.stored_answers import answer_stored, serving
 
 CHAT = "/v1/chat/completions"
@@ -44,6 +46,11 @@ class _StoreHandler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
         store: ResultsStore = self.server
         store.requests.append((self.command, self.path, dict(self.headers)))
+        if self.headers.get(CACHE_READ_HEADER) != CACHE_READ_CREDENTIAL:  # the /_cache/* function's check
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if store.delay_seconds:
             time.sleep(store.delay_seconds)
         if self.path in store.raw:
@@ -70,10 +77,13 @@ def edge(load_edge_handler, store):
     return load
 
 
-def event(body: bytes | dict = GREEDY, uri: str = CHAT, method: str = "POST", headers: dict | None = None, truncated=False):
-    """The recorded origin-request event (tests/events) with this request in it."""
+def event(body: bytes | dict = GREEDY, uri: str = CHAT, method: str = "POST", headers: dict | None = None, truncated=False,
+          secret: bool = True):
+    """The recorded origin-request event (tests/events) with this request in it, and the
+    stage secret the viewer-request API key check sets (unless `secret` is False)."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    viewer_headers = {"content-type": "application/json", **(headers or {}), "Via": "2.0 abc.cloudfront.net (CloudFront)"}
+    viewer_headers = {"content-type": "application/json", **(WITH_SECRET if secret else {}), **(headers or {}),
+                      "Via": "2.0 abc.cloudfront.net (CloudFront)"}
     return origin_request_event(body=raw, headers=viewer_headers, uri=uri, method=method, truncated=truncated)
 
 
@@ -85,6 +95,34 @@ def header(message: dict, name: str) -> str | None:
 def forwarded_key(edge_module, body=GREEDY, headers=None) -> str:
     """The key the handler forwards on a miss."""
     return header(edge_module.handler(event(body, headers=headers), None), "x-inference-cache-key")
+
+
+def test_the_key_is_a_mac_under_the_stage_secret_and_the_lookup_presents_the_edges_credential(edge, store):
+    """Nobody can name a stored answer from a request alone: the key is HMAC-SHA256 under
+    the stage secret (as the origin adapter computes it), not the plain SHA-256 bin/cache-key
+    estimates with; the lookup carries the credential the /_cache/* function checks."""
+    from lambdas import cache_decision
+    from tests.stage_secret import MAC
+
+    handler = edge()
+    key = forwarded_key(handler)
+    payload = cache_decision.canonical_payload(CHAT, {}, json.dumps(GREEDY).encode(), handler.SETTINGS)
+    assert key == hmac.new(MAC, payload, "sha256").hexdigest() != hashlib.sha256(payload).hexdigest()
+    ((_, _, lookup_headers),) = store.requests
+    assert lookup_headers[CACHE_READ_HEADER] == CACHE_READ_CREDENTIAL
+    # The secret travels on to the origin adapter (which computes the same key), unchanged.
+    assert header(handler.handler(event(), None), "x-inference-stage-secret") == WITH_SECRET["x-inference-stage-secret"]
+
+
+def test_without_the_stage_secret_nothing_is_looked_up_or_keyed(edge, store):
+    handler = edge()
+    result = handler.handler(event(secret=False), None)
+    assert "status" not in result and header(result, "x-inference-cache-key") is None
+    assert store.requests == []
+    assert header(result, "x-amz-content-sha256")  # still signed for OAC
+    # A malformed request is still refused at the edge, secret or not.
+    refused = handler.handler(event(b"{not json", secret=False), None)
+    assert refused["status"] == "400"
 
 
 def store_answer(store: ResultsStore, key: str, body: bytes = ANSWER, age_seconds: int = 5, **headers):
@@ -287,6 +325,27 @@ def test_bad_input_gets_an_openai_shaped_error_and_no_lookup(edge, store, body, 
     error = json.loads(result["body"])["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
     assert set(error) == {"message", "type", "param", "code"}
+    assert store.requests == []
+
+
+def test_a_stage_without_embeddings_answers_404_model_not_found_at_the_edge(edge, store):
+    """Never a lookup, never forwarded (no model call), never cached: the function's own answer."""
+    handler = edge(embeddings_model_id=None, embeddings_model_version=None)
+    result = handler.handler(event({"model": "text-embedding-3-small", "input": "hello"}, uri="/v1/embeddings"), None)
+    assert (result["status"], result["statusDescription"]) == ("404", "Not Found")
+    assert header(result, "cache-control") == "no-store" and header(result, "x-inference-cache") == "BYPASS"
+    error = json.loads(result["body"])["error"]
+    assert (error["code"], error["type"], error["param"]) == ("model_not_found", "invalid_request_error", "model")
+    assert store.requests == []
+    # The same request on a stage that embeds is looked up and forwarded with its key.
+    forwarded = edge().handler(event({"model": "text-embedding-3-small", "input": "hello"}, uri="/v1/embeddings"), None)
+    assert "status" not in forwarded and header(forwarded, "x-inference-cache-key")
+    assert len(store.requests) == 1
+
+
+def test_more_embeddings_inputs_than_openai_accepts_is_a_400_at_the_edge(edge, store):
+    result = edge().handler(event({"model": "m", "input": ["x"] * 2049}, uri="/v1/embeddings"), None)
+    assert result["status"] == "400" and json.loads(result["body"])["error"]["param"] == "input"
     assert store.requests == []
 
 

@@ -149,7 +149,8 @@ def test_publishing_records_the_architecture_from_the_models_own_files(tmp_path)
 def test_the_container_is_told_the_figures_the_check_used(synthesized):
     for name, stage in synthesized.items():
         model = STAGES[name].model
-        (definition,) = [r for r in stage.templates["Inference"]["Resources"].values() if r["Type"] == "AWS::SageMaker::Model"]
+        (definition,) = [r for r in stage.templates["Inference"]["Resources"].values()
+                         if r["Type"] == "AWS::SageMaker::Model" and "OPTION_ROLLING_BATCH" in str(r)]  # the LLM's
         env = definition["Properties"]["PrimaryContainer"]["Environment"]
         assert env["OPTION_MAX_MODEL_LEN"] == str(model.max_model_len), name
         assert env["OPTION_MAX_ROLLING_BATCH_SIZE"] == str(model.max_num_seqs), name

@@ -33,6 +33,7 @@ from lambdas.origin_adapter.invocations import EXTENSION_NAME, Invocations, hold
 from lambdas.origin_adapter.results_store import ResultsStore, results_bucket_client
 from local_run.s3 import LocalS3
 from local_run.servers import BackgroundServer
+from tests.stage_secret import WITH_SECRET
 
 BUCKET = "results-under-test"
 ANSWER = {"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "4"},
@@ -138,7 +139,7 @@ def test_the_invocation_lasts_until_the_store_after_the_answer_is_done(lambda_wo
     runtime.invoke("request-1")
     started = time.time()
     answer = httpx2.post(web.url + "/v1/chat/completions", json=GREEDY, timeout=30,
-                         headers={"x-amzn-lambda-context": json.dumps({"request_id": "request-1"})})
+                         headers={"x-amzn-lambda-context": json.dumps({"request_id": "request-1"}), **WITH_SECRET})
     answered = time.time()
     assert answer.status_code == 200 and answer.json() == ANSWER and answer.headers["x-inference-cache"] == "MISS"
     assert answered - started < 0.9  # the client did not wait for the slow bucket

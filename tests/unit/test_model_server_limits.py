@@ -27,7 +27,7 @@ class _NoEmbeddings:
 
 @pytest.fixture(scope="module")
 def model_server():
-    server = BackgroundServer(ModelServer(embedder=_NoEmbeddings(), max_model_len=MAX_MODEL_LEN).app, name="limits").start()
+    server = BackgroundServer(ModelServer(max_model_len=MAX_MODEL_LEN).app, name="limits").start()
     yield server.url
     server.stop()
 
@@ -70,7 +70,7 @@ def test_prompt_plus_max_tokens_past_the_served_context_gets_vllms_refusal_as_lm
 
 
 def test_a_completion_prompt_longer_than_the_context_less_max_tokens_is_refused():
-    server = BackgroundServer(ModelServer(embedder=_NoEmbeddings(), max_model_len=MAX_MODEL_LEN).app).start()
+    server = BackgroundServer(ModelServer(max_model_len=MAX_MODEL_LEN).app).start()
     try:
         prompt = "x" * (MAX_MODEL_LEN - 16 - 2)  # json.dumps adds the quotes
         assert _container(server.url, {"model": "m", "prompt": prompt, "temperature": 0})[0] == 200

@@ -22,6 +22,7 @@ from moto.core.eventstream import EventStreamEncoder
 from config.stages import STAGES
 from lambdas import cache_decision
 from lambdas.contract import (
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     HEALTH_ROUTE,
@@ -35,9 +36,11 @@ from lambdas.origin_adapter import app as origin_app
 from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.events import function_url_event, web_adapter_request
 from local_run.servers import BackgroundServer
+from tests.stage_secret import MAC, WITH_SECRET
 
 ENDPOINT = "inference-cache-dev"
 BUCKET = "results-bucket"
+MODEL_BUCKET = "models-bucket"
 GREEDY = {"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "2+2?"}], "temperature": 0}
 CHAT_ANSWER = {
     "id": "chatcmpl-1",
@@ -81,6 +84,7 @@ def origin(tmp_path, monkeypatch):
         ENDPOINT_NAME_ENV: ENDPOINT,
         RESULTS_BUCKET_ENV: BUCKET,
         ENDPOINT_READ_TIMEOUT_ENV: str(STAGES["dev"].endpoint.timeouts.model_read_seconds),
+        EMBEDDINGS_MODEL_ENV: STAGES["dev"].adapter_embeddings_model(MODEL_BUCKET).to_json(),
         "AWS_DEFAULT_REGION": "us-west-2",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -132,10 +136,12 @@ def stubs(origin):
         s3.assert_no_pending_responses()
 
 
-def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None) -> dict:
-    """The recorded function URL event (tests/events) with this request in it."""
+def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None, secret=True) -> dict:
+    """The recorded function URL event (tests/events) with this request in it, and the
+    stage secret CloudFront forwards from the viewer-request function (unless `secret` is False)."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    return function_url_event(body=raw, headers={"content-type": "application/json", **(headers or {})}, path=path, method=method)
+    headers = {"content-type": "application/json", **(WITH_SECRET if secret else {}), **(headers or {})}
+    return function_url_event(body=raw, headers=headers, path=path, method=method)
 
 
 def endpoint_answer(sagemaker, answer=CHAT_ANSWER, expected_body=None):
@@ -166,7 +172,7 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
     sagemaker, s3 = stubs
     request_body = json.dumps(GREEDY).encode()
     payload = endpoint_answer(sagemaker, expected_body=request_body)
-    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache).key
+    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache, mac=MAC).key
     s3.add_response(
         "put_object",
         {},
@@ -212,6 +218,21 @@ def test_forged_key_header_is_ignored_and_counted(origin, stubs, lambda_context,
     response = origin.call(url_event(headers={"x-inference-cache-key": "0" * 64}), lambda_context)
     assert response.headers["x-inference-cache-key"] != "0" * 64
     assert emitted_metrics(capsys)["CacheKeyMismatch"] == 1.0
+
+
+def test_without_the_stage_secret_the_answer_is_neither_keyed_nor_stored(origin, stubs, lambda_context):
+    """Fail closed: a key without the secret would be one nobody else computes; no
+    put_object reaches S3 (the Stubber has none queued, and none is asked for)."""
+    sagemaker, s3 = stubs
+    payload = endpoint_answer(sagemaker)
+    response = origin.call(url_event(secret=False), lambda_context)
+    assert response.status == 200 and response.body == payload
+    assert response.headers["x-inference-cache"] == "BYPASS" and "x-inference-cache-key" not in response.headers
+    # A viewer's forged secret cannot get here: only CloudFront reaches the function URL,
+    # after the viewer-request function replaced any viewer copy. Two copies are no secret.
+    endpoint_answer(sagemaker)
+    doubled = url_event(headers={"x-inference-stage-secret": "a, b"}, secret=False)
+    assert origin.call(doubled, lambda_context).headers["x-inference-cache"] == "BYPASS"
 
 
 def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, capsys):
@@ -305,7 +326,7 @@ def test_a_streamed_miss_relays_each_event_as_it_comes_and_stores_the_stream(ori
     lines = [lmi_chunk(content="The"), lmi_chunk(content=" answer"), lmi_chunk(content=" is 4"), lmi_chunk(finish="stop"), b"\n"]
     wire = b"".join(lines)
     add_stream(sagemaker, wire[:7], wire[7:150], wire[150:151], wire[151:], expected_body=request_body)  # the body as sent: stream: true
-    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache).key
+    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache, mac=MAC).key
     stored = {}
     s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": f"_cache/{key}", "Body": ANY, "ContentType": "text/event-stream",
                                        "CacheControl": ANY, "Metadata": ANY})
@@ -435,14 +456,12 @@ def test_invocations_streams_are_relayed_in_the_containers_own_framing(origin, s
     assert b"".join(c for _, c in chunks) == b"".join(tgi)
 
 
-def test_embeddings_never_stream_the_body_goes_as_sent(origin, stubs, lambda_context):
-    sagemaker, s3 = stubs
-    body = {"model": "e5", "input": "hello", "stream": True}
-    answer = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}], "model": "e5"}
-    payload = endpoint_answer(sagemaker, answer=answer, expected_body=json.dumps(body).encode())
-    s3.add_response("put_object", {}, None)
-    response = origin.call(url_event(body, path="/v1/embeddings"), lambda_context)
-    assert response.status == 200 and response.body == payload and response.headers["content-type"] == "application/json"
+def test_embeddings_never_stream_a_stream_field_is_refused_without_a_model_call(origin, stubs, lambda_context):
+    """OpenAI's embeddings have no `stream`: the adapter refuses it (400) rather than ignore it.
+    The Stubber holds no response: a model call would fail the test."""
+    response = origin.call(url_event({"model": "e5", "input": "hello", "stream": True}, path="/v1/embeddings"), lambda_context)
+    error = json.loads(response.body)["error"]
+    assert response.status == 400 and error["param"] == "stream" and error["code"] == "unknown_parameter"
 
 
 def test_the_readiness_route_answers_without_the_adapter(origin):

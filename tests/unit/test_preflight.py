@@ -60,15 +60,15 @@ def test_credentials_of_another_account_fail_and_stop_the_run():
 
 
 def test_lambda_concurrency_passes_when_the_reservation_leaves_the_minimum_unreserved():
-    # 24 reserved out of 124 unreserved leaves exactly Lambda's 100.
-    (finding,) = _check(preflight.check_lambda_concurrency, accounts.answer_lambda_concurrency, limit=124, unreserved=124)
+    # dev reserves 48 (the LLM's and the embeddings model's fleets): 148 unreserved leaves exactly Lambda's 100.
+    (finding,) = _check(preflight.check_lambda_concurrency, accounts.answer_lambda_concurrency, limit=148, unreserved=148)
     assert finding.status == OK and "leaving 100" in finding.detail
 
 
 def test_lambda_concurrency_counts_the_adapters_own_current_reservation_back():
-    # A redeploy: the adapter already holds 24 of the 1000, so 76 unreserved + 24 is what it may take.
+    # A redeploy: the adapter already holds 48, so the 152 unreserved + 48 is what it may take.
     (finding,) = _check(
-        preflight.check_lambda_concurrency, accounts.answer_lambda_concurrency, limit=200, unreserved=176, reserved_now=24
+        preflight.check_lambda_concurrency, accounts.answer_lambda_concurrency, limit=200, unreserved=152, reserved_now=48
     )
     assert finding.status == OK and "other functions reserve 0" in finding.detail
 
@@ -76,30 +76,41 @@ def test_lambda_concurrency_counts_the_adapters_own_current_reservation_back():
 def test_lambda_concurrency_fails_on_a_new_accounts_reduced_quota_and_says_what_to_request():
     (finding,) = _check(preflight.check_lambda_concurrency, accounts.answer_lambda_concurrency, limit=10, unreserved=10)
     assert finding.status == FAIL
-    assert "account limit 10" in finding.detail and "reserves 24" in finding.detail
-    assert "--quota-code L-B99A9384 --desired-value 124 --region us-west-2" in finding.fix
+    assert "account limit 10" in finding.detail and "reserves 48" in finding.detail
+    assert "--quota-code L-B99A9384 --desired-value 148 --region us-west-2" in finding.fix
 
 
 def test_lambda_concurrency_fails_when_other_functions_took_the_room():
-    # The account has 1000, but other functions reserve 890: 110 - 24 leaves 86 < 100.
+    # The account has 1000, but other functions reserve 890: 110 - 48 leaves 62 < 100.
     (finding,) = _check(preflight.check_lambda_concurrency, accounts.answer_lambda_concurrency, limit=1000, unreserved=110)
     assert finding.status == FAIL and "other functions reserve 890" in finding.detail
-    assert "--desired-value 1014" in finding.fix
+    assert "--desired-value 1038" in finding.fix
 
 
 # --------------------------------------------------------------------------- instance quotas
 
 
-def test_instance_quota_of_twice_max_instances_passes():
-    (finding,) = _check(preflight.check_instance_quotas, accounts.answer_instance_quotas, applied=4)
-    assert finding.status == OK and "ml.g5.2xlarge for endpoint usage is 4; rollouts need 4" in finding.detail
+def test_instance_quota_of_twice_max_instances_passes_for_each_instance_type():
+    # dev: the LLM on ml.g5.2xlarge and the embeddings model on ml.m5.xlarge, each at most 2 instances.
+    llm, embeddings = _check(preflight.check_instance_quotas, accounts.answer_instance_quotas,
+                             applied={"ml.g5.2xlarge": 4, "ml.m5.xlarge": 4})
+    assert llm.status == OK and "ml.g5.2xlarge for endpoint usage is 4; rollouts need 4" in llm.detail
+    assert embeddings.status == OK and "ml.m5.xlarge for endpoint usage is 4; rollouts need 4" in embeddings.detail
 
 
 def test_instance_quota_below_twice_max_instances_fails_from_the_default_listing():
     # Never changed: not in ListServiceQuotas; its default (0) is on the second page of defaults.
-    (finding,) = _check(preflight.check_instance_quotas, accounts.answer_instance_quotas, applied=None, default=0)
-    assert finding.status == FAIL and "is 0; rollouts need 4" in finding.detail
-    assert '"ml.g5.2xlarge for endpoint usage" of at least 4' in finding.fix
+    llm, embeddings = _check(preflight.check_instance_quotas, accounts.answer_instance_quotas, applied=None, default=0)
+    assert llm.status == FAIL and "is 0; rollouts need 4" in llm.detail
+    assert '"ml.g5.2xlarge for endpoint usage" of at least 4' in llm.fix
+    assert embeddings.status == FAIL and '"ml.m5.xlarge for endpoint usage" of at least 4' in embeddings.fix
+
+
+def test_one_instance_type_short_fails_only_that_type():
+    llm, embeddings = _check(preflight.check_instance_quotas, accounts.answer_instance_quotas,
+                             applied={"ml.g5.2xlarge": 4, "ml.m5.xlarge": 3})
+    assert llm.status == OK
+    assert embeddings.status == FAIL and "ml.m5.xlarge for endpoint usage is 3; rollouts need 4" in embeddings.detail
 
 
 def test_instance_quota_sums_every_endpoint_of_the_stage_by_type():
@@ -264,15 +275,17 @@ def test_deployed_stacks_own_their_names_and_are_not_looked_into():
 # --------------------------------------------------------------------------- model versions
 
 
-def test_a_published_pinned_version_passes():
-    (finding,) = _check(preflight.check_model_versions, accounts.answer_model_versions, bucket=True)
-    assert finding.status == OK and DEV.model.model_version in finding.detail
+def test_a_published_pinned_version_passes_for_each_model_the_stage_pins():
+    llm, embeddings = _check(preflight.check_model_versions, accounts.answer_model_versions, bucket=True)
+    assert llm.status == OK and DEV.model.model_version in llm.detail
+    assert embeddings.status == OK and DEV.embeddings.model_version in embeddings.detail
 
 
 def test_a_pinned_version_without_its_manifest_fails():
-    (finding,) = _check(preflight.check_model_versions, accounts.answer_model_versions, bucket=True, published=False)
-    assert finding.status == FAIL
-    assert f"s3://{DEV.model_bucket_name}/models/llama-3.1-8b-instruct/_manifests/2026-11-01.json" in finding.detail
+    llm, embeddings = _check(preflight.check_model_versions, accounts.answer_model_versions, bucket=True,
+                             published=False)
+    assert llm.status == FAIL and embeddings.status == FAIL
+    assert f"s3://{DEV.model_bucket_name}/models/llama-3.1-8b-instruct/_manifests/2026-11-01.json" in llm.detail
 
 
 def test_no_model_bucket_yet_is_a_later_step_not_a_failure():
@@ -302,9 +315,9 @@ def test_a_new_account_fails_with_every_reason_and_a_ready_one_passes():
     status, out = accounts.run(accounts.new_account())
     assert status == 1
     fails = [line.split()[1] for line in out.splitlines() if line.startswith("FAIL")]
-    assert fails == ["lambda", "endpoint", "cdk", "cdk", "certificate", "service-linked"]
+    assert fails == ["lambda", "endpoint", "endpoint", "cdk", "cdk", "certificate", "service-linked"]
     assert any(line.startswith("later model versions") for line in out.splitlines())
-    assert out.splitlines()[-1].startswith("6 FAIL, 1 later,")
+    assert out.splitlines()[-1].startswith("7 FAIL, 1 later,")
 
     status, out = accounts.run(accounts.ready_account())
     assert status == 0
@@ -320,7 +333,7 @@ def test_a_check_aws_refuses_is_a_fail_of_its_own_and_the_others_still_run():
     checks = [c for c in preflight.CHECKS if c[0] in ("credentials", "lambda concurrency", "model versions")]
     findings = run_checks(account.aws, DEV, checks)
     account.assert_all_answered()
-    assert _statuses(findings) == [OK, FAIL, OK]
+    assert _statuses(findings) == [OK, FAIL, OK, OK]  # one model-versions line per pinned model
     assert findings[1].detail.startswith("GetAccountSettings: AccessDeniedException") and "ReadOnlyAccess" in findings[1].fix
 
 
