@@ -18,17 +18,20 @@ STAGE ?=
 STAGE_ARG := $(if $(STAGE),-c stage=$(STAGE))
 STACKS := $(if $(STAGE),'$(STAGE)/*',--all)
 
-.PHONY: help synth test lint diff deploy serve bench dashboard mutation clean
+.PHONY: help synth test lint preflight diff deploy smoke serve bench dashboard mutation clean chromium
 
 help:
 	@echo "make synth [STAGE=dev]   synthesize every stage (or one) into cdk.out/"
 	@echo "make test                run the whole test suite"
 	@echo "make lint                ruff, and cfn-lint on synthesized templates"
+	@echo "make preflight STAGE=name  read-only checks of the stage's account before deploying (needs credentials)"
 	@echo "make diff STAGE=name     cdk diff against the stage's account (needs credentials)"
 	@echo "make deploy STAGE=name   cdk deploy every stack of the stage (needs credentials)"
+	@echo "make smoke STAGE=name    after a deploy: does the stage serve? (key in INFERENCE_CACHE_API_KEY; URL=... for any front)"
 	@echo "make serve [PORT=8080]   the whole request path locally, for the openai client and curl"
 	@echo "make bench               benchmarks; prints figures"
-	@echo "make dashboard [STAGE=]  static HTML preview of each stage's dashboard in build/dashboards/"
+	@echo "make dashboard [STAGE=]  each stage's dashboard drawn as charts in build/dashboards/<stage>.html"
+	@echo "bin/cache-report LOG     what the cache would save on a request log: report.html"
 	@echo "make mutation            mutation testing of the trust paths (mutmut, ~30 min; docs/testing.md)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -49,17 +52,40 @@ node_modules/.installed: package.json package-lock.json
 
 TOOLS := $(VENV)/.installed node_modules/.installed .tools/.installed
 
+# Headless Chromium for the tests that draw pages (marked chromium; tests/chromium.py):
+# Debian's package, installed when missing, as root or with passwordless sudo. Where it
+# cannot be, the note says so and those tests fail with what to run (they never skip);
+# `make test PYTEST_ARGS='-m "not chromium"'` runs the rest. Never a browser that
+# Playwright downloads itself.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the tests that draw pages"; \
+	    { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "NOTE: installing chromium failed: the tests marked chromium will fail."; \
+	  else \
+	    echo "NOTE: no Chromium, and apt-get cannot run here: the tests marked chromium will fail." \
+	         "Install Debian's chromium, or set CHROMIUM=/path/to/chromium."; \
+	  fi; }
+
 synth: $(TOOLS)
 	rm -rf cdk.out
 	time $(CDK) synth $(STAGE_ARG) --quiet
 	@echo "templates: $$(ls cdk.out/assembly-*/*.template.json | wc -l)"; ls cdk.out/assembly-*/*.template.json
 
-test: $(TOOLS)
-	$(PY) -m pytest
+test: $(TOOLS) chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(TOOLS) synth
 	$(PY) -m ruff check .
 	$(VENV)/bin/cfn-lint cdk.out/assembly-*/*.template.json || [ $$? -eq 4 ]  # 4: warnings only
+
+# Read-only: what would make the stage's deploy fail late (quotas, bootstrap, certificate,
+# published model, ...). Exit status 1 when a check fails.
+preflight: $(VENV)/.installed
+	@test -n "$(STAGE)" || (echo "usage: make preflight STAGE=dev|staging|prod" && exit 2)
+	bin/preflight --stage $(STAGE)
 
 diff: $(TOOLS)
 	@test -n "$(STAGE)" || (echo "usage: make diff STAGE=dev|staging|prod" && exit 2)
@@ -69,17 +95,26 @@ deploy: $(TOOLS)
 	@test -n "$(STAGE)" || (echo "usage: make deploy STAGE=dev|staging|prod" && exit 2)
 	$(CDK) deploy $(STAGE_ARG) $(STACKS) --require-approval broadening
 
-serve: $(VENV)/.installed
+# After a deploy: a dozen requests to the stage's domain (or URL=http://127.0.0.1:8080),
+# the API key in INFERENCE_CACHE_API_KEY. Exit status 1 when a step fails.
+smoke: $(VENV)/.installed
+	@test -n "$(STAGE)$(URL)" || (echo "usage: INFERENCE_CACHE_API_KEY=<key> make smoke STAGE=dev|staging|prod (or URL=http://...)" && exit 2)
+	bin/smoke $(if $(URL),--url $(URL),--stage $(STAGE))
+
+serve: $(VENV)/.installed node_modules/.installed
 	$(PY) -m local_run --port $${PORT:-8080} $(if $(STAGE),--stage $(STAGE))
 
 bench: $(TOOLS)
 	$(PY) -m bench.bench_cache_decision
 	$(PY) -m bench.bench_local_run
+	$(PY) -m bench.bench_vs_litellm
+	$(PY) -m bench.bench_embeddings
 	$(PY) -m bench.bench_api_key_check
 	$(PY) -m bench.bench_model_publish
 	$(PY) -m bench.bench_edge_hit_path
 	$(PY) -m bench.bench_coalescing
 	$(PY) -m bench.bench_streaming
+	$(PY) -m bench.bench_cache_report
 
 # Synthesizes (the preview reads the dashboard body from the templates), then writes
 # build/dashboards/<stage>.html: no AWS account needed.

@@ -40,7 +40,7 @@ import lambdas
 from bench.bench_cache_decision import import_times
 from bench.edge_bundles import best_importtimes, edge_bundle_at, package_dir, package_source
 from config.stages import DEFAULT_STAGE, stage
-from lambdas.contract import LOOKUP_BASE_ENV, LOOKUP_CA_ENV, SETTINGS_ENV, SETTINGS_FILE
+from lambdas.contract import LOOKUP_BASE_ENV, LOOKUP_CA_ENV, SETTINGS_ENV, SETTINGS_FILE, STAGE_SECRET_HEADER
 from local_run.events import origin_request_event
 from stacks.bundles import EDGE_HANDLER, lambda_bundle
 
@@ -250,6 +250,9 @@ def old_lookup(ca: Path):
     exec(compile(source, "lookup.py@" + BASELINE_COMMIT, "exec"), module.__dict__)
     module._TLS = ssl.create_default_context(cafile=str(ca))
     module.last_connection, module.label = "new", f"lookup.py at {BASELINE_COMMIT}"
+    old_get = module.get
+    # It predates the /_cache/ read credential (issue 21): it sends none; the store here checks none.
+    module.get = lambda base, path, timeout, credential=None: old_get(base, path, timeout)
     return module
 
 
@@ -305,7 +308,9 @@ def hit_path(delay: str) -> list[tuple]:
         raw = json.dumps(BODY).encode()
 
         def event_for():
-            return origin_request_event(body=raw, headers={"content-type": "application/json"}, uri="/v1/chat/completions")
+            # With the stage secret, as the viewer-request function hands it to the edge.
+            headers = {"content-type": "application/json", STAGE_SECRET_HEADER: "bench-stage-secret"}
+            return origin_request_event(body=raw, headers=headers, uri="/v1/chat/completions")
 
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
             forwarded = handler.handler(event_for(), None)

@@ -1,6 +1,6 @@
 """The local request path under load: HIT and MISS latency (p50/p99) and requests per
 second at 1, 8 and 32 concurrent keep-alive clients, next to a direct call to the local
-model server as the baseline; and the embeddings path.
+model server as the baseline (the embeddings path: bench/bench_embeddings.py).
 
 Prints figures; asserts nothing (shared, noisy machines). Run: make bench.
   python -m bench.bench_local_run                       # launches its own local run

@@ -6,7 +6,9 @@ The mix (fixed seed): an FAQ bot (greedy, repeated questions, some from a client
 pretty-prints and spells out defaults), an agent re-asking a tool question (seeded),
 an evaluation suite run twice (greedy, stop sequences in another order the second
 time), chat users sampling at temperature 0.7, and a document re-indexing job
-(embeddings, half the chunks unchanged).
+(embeddings, half the chunks unchanged). Each line names its client and when it came
+(one day, in order of arrival; a second generator of its own draws the times, so the
+requests are the same with or without them):
 
     .venv/bin/python bench/request_log.py > requests.jsonl
     bin/cache-key --jsonl --summary < requests.jsonl
@@ -18,6 +20,7 @@ import json
 import random
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
@@ -75,6 +78,12 @@ def main() -> None:
     faq = ["How do I return an item?", "Where is my order?", "Can I change my delivery address?", "Do you ship abroad?",
            "How long do refunds take?", "What is the warranty?", "How do I reset my password?", "Is there a student discount?"]
     log: list[dict] = []
+    clock = random.Random(20261124)
+    day = datetime(2026, 11, 23, tzinfo=UTC)
+
+    def at(entry: dict, client: str, seconds: float) -> dict:
+        stamp = (day + timedelta(seconds=seconds)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {**entry, "client": client, "timestamp": stamp}
 
     def capture(call, **kwargs) -> dict:
         before = len(server.requests)
@@ -86,30 +95,37 @@ def main() -> None:
         question = faq[min(int(rng.expovariate(0.6)), len(faq) - 1)]
         entry = capture(client.chat.completions.create, model=model, temperature=0,
                         messages=[system, {"role": "user", "content": question}], user=f"visitor-{rng.randrange(1000)}")
-        log.append(other_client(entry, rng) if rng.random() < 0.2 else entry)
+        entry = other_client(entry, rng) if rng.random() < 0.2 else entry
+        log.append(at(entry, "faq-bot", clock.uniform(8 * 3600, 20 * 3600)))  # opening hours
     # Agent: the same tool question, seeded, asked again on every step of a few runs.
     tools = [{"type": "function", "function": {"name": "order_status", "description": "Status of an order",
               "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}]
     for _run in range(6):
+        started = clock.uniform(0, 86_000)
         for step in range(4):
-            log.append(capture(client.chat.completions.create, model=model, seed=7, temperature=0.2, tools=tools,
-                               messages=[{"role": "user", "content": f"Where is order {1000 + step}?"}]))
+            entry = capture(client.chat.completions.create, model=model, seed=7, temperature=0.2, tools=tools,
+                            messages=[{"role": "user", "content": f"Where is order {1000 + step}?"}])
+            log.append(at(entry, "support-agent", started + step * clock.uniform(2, 10)))
     # Evaluation suite, run twice; the second run lists its stop sequences in another order.
     cases = [f"Q{i}: summarize policy section {i} in one sentence." for i in range(25)]
-    for stops in (["\n\n", "###"], ["###", "\n\n"]):
-        for case in cases:
-            log.append(capture(client.completions.create, model=model, prompt=case, temperature=0, max_tokens=64, stop=stops))
+    for started, stops in ((2 * 3600, ["\n\n", "###"]), (2.5 * 3600, ["###", "\n\n"])):
+        for i, case in enumerate(cases):
+            entry = capture(client.completions.create, model=model, prompt=case, temperature=0, max_tokens=64, stop=stops)
+            log.append(at(entry, "eval-suite", started + 2 * i))
     # Chat users, sampling: never cacheable under the deterministic policy.
     for _ in range(30):
-        log.append(capture(client.chat.completions.create, model=model, temperature=0.7,
-                           messages=[{"role": "user", "content": rng.choice(faq)}]))
+        entry = capture(client.chat.completions.create, model=model, temperature=0.7,
+                        messages=[{"role": "user", "content": rng.choice(faq)}])
+        log.append(at(entry, "chat-users", clock.uniform(8 * 3600, 22 * 3600)))
     # Re-indexing documents: half the chunks did not change since the last run.
     chunks = [f"Policy section {i}: items may be returned within {14 + i} days of delivery." for i in range(20)]
     for run in range(2):
         for i, chunk in enumerate(chunks):
             text = chunk if (run == 0 or i % 2 == 0) else chunk + " (updated)"
-            log.append(capture(client.embeddings.create, model="all-MiniLM-L6-v2", input=text))
+            entry = capture(client.embeddings.create, model="all-MiniLM-L6-v2", input=text)
+            log.append(at(entry, "indexer", (1 + 12 * run) * 3600 + 3 * i))  # at 01:00 and 13:00
     server.shutdown()
+    log.sort(key=lambda entry: entry["timestamp"])  # in order of arrival
     for entry in log:
         sys.stdout.write(json.dumps(entry, ensure_ascii=False) + "\n")
 

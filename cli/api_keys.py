@@ -4,6 +4,7 @@
   bin/api-keys --stage dev list                      # key ids, tenants, statuses
   bin/api-keys --stage dev revoke k_0123456789abcdef
   bin/api-keys --stage dev rotate k_0123456789abcdef # new key, same tenant; old one revoked
+  bin/api-keys --stage dev rotate-secret             # a new stage secret: every cache key changes (a flush)
   bin/api-keys --local [--key-store-file PATH] ...   # the local run's key-store file
   --json: machine-readable output (create/rotate: one object {"key_id", "key", "tenant"})
 
@@ -12,6 +13,8 @@ written through boto3's `cloudfront-keyvaluestore` client (SigV4A: needs awscrt)
 holds only SHA-256 hashes of keys: store key = sha256(api key) as 64 lowercase hex; value =
 the key record, compact JSON {"key_id", "tenant", "status": "active"|"revoked", "created",
 ...} (see key_record). The raw key is printed once, to stdout, and never written anywhere.
+The same store holds the stage secret under `stage-secret` (cache keys are MACs under it;
+the edge's /_cache/ lookups carry a credential derived from it: docs/security.md).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lambdas.contract import API_KEY_STORE_NAME
+from lambdas.contract import API_KEY_STORE_NAME, STAGE_SECRET_STORE_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_PREFIX = "sk-ic-"  # recognisable in leaked-secret scans, like OpenAI's sk-
@@ -277,8 +280,13 @@ def _parsed(records: dict[str, str]) -> Iterator[tuple[str, dict | None]]:
             yield digest, None
 
 
+def _api_key_records(records: dict[str, str]) -> dict[str, str]:
+    """The store's API key records, without its stage secret."""
+    return {k: v for k, v in records.items() if k != STAGE_SECRET_STORE_KEY}
+
+
 def _find(records: dict[str, str], key_id: str) -> tuple[str, dict]:
-    for digest, record in _parsed(records):
+    for digest, record in _parsed(_api_key_records(records)):
         if record and record["key_id"] == key_id:
             return digest, record
     raise CliError(f"no API key with id {key_id}")
@@ -298,7 +306,7 @@ def create_key(store, tenant: str) -> dict:
 def list_keys(store) -> list[dict]:
     """Every key's record, without the key: key_id, tenant, status, created, key_hash_prefix."""
     rows = []
-    for digest, record in _parsed(store.records()):
+    for digest, record in _parsed(_api_key_records(store.records())):
         record = record or {"key_id": "?", "tenant": "?", "status": "unreadable record"}
         rows.append({"key_id": record["key_id"], "tenant": record["tenant"], "status": record["status"],
                      "created": record.get("created", ""), "key_hash_prefix": digest[:HASH_SHOWN]})
@@ -339,6 +347,56 @@ def rotate_key(store, key_id: str) -> dict:
     return store.transact(plan)
 
 
+def generate_stage_secret() -> str:
+    """256 random bits, URL-safe (43 characters: a header value and a KeyValueStore value)."""
+    return secrets.token_urlsafe(32)
+
+
+def read_stage_secret(store) -> str | None:
+    """The stage secret, or None when there is none yet."""
+    secret = store.records().get(STAGE_SECRET_STORE_KEY)
+    return secret or None
+
+
+def rotate_stage_secret(store) -> dict:
+    """A new stage secret, in one write: every cache key changes with it (the stored answers
+    become unreachable: a flush); {"rotated": true, "had_secret": bool}. Never printed."""
+
+    def plan(records):
+        return {STAGE_SECRET_STORE_KEY: generate_stage_secret()}, {"rotated": True,
+                                                                  "had_secret": STAGE_SECRET_STORE_KEY in records}
+
+    return store.transact(plan)
+
+
+def stage_secret_of(stage: str | None = None, local_file: str | None = None, session=None) -> str:
+    """The stage secret of a deployed stage (read with the credentials of its account) or
+    of the local run's key store (`stage` None); CliError when there is none."""
+    if stage is None:
+        store = LocalKeyStore(local_key_store_path(local_file))
+    else:
+        if stage not in stages():
+            raise CliError(f"unknown stage {stage!r}")
+        store = deployed_key_store(stage, *_clients(session))
+    secret = read_stage_secret(store)
+    if secret is None:
+        raise CliError(f"{store.describe()} holds no stage secret yet: `bin/api-keys ... rotate-secret` makes one")
+    return secret
+
+
+def ensure_stage_secret(store) -> str:
+    """The stage secret, made first if the store has none (the local run's first start)."""
+
+    def plan(records):
+        secret = records.get(STAGE_SECRET_STORE_KEY)
+        if secret:
+            return {}, secret
+        secret = generate_stage_secret()
+        return {STAGE_SECRET_STORE_KEY: secret}, secret
+
+    return store.transact(plan)
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -367,6 +425,8 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     rotate = commands.add_parser("rotate", parents=[common], help="new key for the same tenant, old one revoked")
     rotate.add_argument("key_id")
+    commands.add_parser("rotate-secret", parents=[common],
+                        help="a new stage secret (first deploy: creates it); every cache key changes: a cache flush")
     return parser
 
 
@@ -399,6 +459,13 @@ def run(args: argparse.Namespace, store, out=None, err=None) -> int:
         _print_new_key(create_key(store, args.tenant), args.json, out, err)
     elif args.command == "rotate":
         _print_new_key(rotate_key(store, args.key_id), args.json, out, err)
+    elif args.command == "rotate-secret":
+        outcome = rotate_stage_secret(store)
+        if args.json:
+            out.write(json.dumps(outcome) + "\n")
+        else:
+            out.write(("stage secret rotated: every cache key changes, stored answers are no longer served (a flush)"
+                       if outcome["had_secret"] else "stage secret created: the edge caches from now on") + "\n")
     elif args.command == "revoke":
         outcome = revoke_key(store, args.key_id)
         if args.json:

@@ -4,8 +4,13 @@
   bin/cache-key --jsonl < requests.jsonl            # {"path","headers","body"|"body_b64"} per line
   bin/cache-key --jsonl --summary < requests.jsonl  # hit ratio these keys reach vs byte-exact keys
   bin/cache-key --stage prod ...                    # that stage's cache settings (default: the default stage)
+  bin/cache-key --stage prod --deployed-keys ...    # the keys prod computes (reads its stage secret)
 
-Each decision is printed as {"cacheable", "key", "reason", "error": null|{"status", "message"}}.
+Each decision is printed as {"cacheable", "key", "reason", "error": null|{"status", "message"}},
+and, with a key, "key_kind": "estimate" (a SHA-256 no deployed stage uses: good for hit
+ratios and for comparing two requests) or "deployed" (the MAC the stage computes, with
+--deployed-keys, which reads the stage secret with the stage account's credentials, or
+--local-keys for the local run's).
 Exit status 0 unless the command itself is misused (2). Rules: docs/cache-key.md.
 """
 
@@ -32,12 +37,18 @@ def _bad_line(number: int, message: str) -> dict:
     }
 
 
-def _request_from_line(number: int, line: bytes):
+def request_from_line(number: int, line: bytes):
     """(path, headers, body, tenant) or an error object."""
     try:
         record = json.loads(line)
     except ValueError as e:  # also UnicodeDecodeError
         return _bad_line(number, f"not JSON ({str(e)[:80]})")
+    return request_from_record(number, record)
+
+
+def request_from_record(number: int, record) -> tuple[str, dict, bytes, str | None] | dict:
+    """A parsed log line {"path", "headers", "body"|"body_b64", "tenant"?} as
+    (path, headers, body, tenant), or an error object."""
     if type(record) is not dict:
         return _bad_line(number, "not a JSON object")
     path, headers, tenant = record.get("path"), record.get("headers") or {}, record.get("tenant")
@@ -59,33 +70,65 @@ def _request_from_line(number: int, line: bytes):
     return path, headers, body, tenant
 
 
-class _Summary:
+def byte_exact_key(path: str, scope: str, body: bytes) -> str:
+    """What most gateways key on: SHA-256 of the path and the raw body (and the tenant
+    on a tenant-scoped stage, as this project's keys have it)."""
+    return hashlib.sha256(f"{path}\x00{scope}\x00".encode("utf-8", "surrogatepass") + body).hexdigest()
+
+
+class Replay:
+    """An unbounded cache replayed over a log: a lookup hits when an earlier request of
+    the same key stored its answer. Keys are held as the first 64 bits of their
+    SHA-256 (8 bytes each, not 64 hex characters: a million keys collide with odds of
+    about 3e-8)."""
+
+    __slots__ = ("stored",)
+
+    def __init__(self) -> None:
+        self.stored: dict[int, bool] = {}  # key -> an answer is stored
+
+    @staticmethod
+    def compact(key: str) -> int:
+        return int(key[:16], 16)
+
+    def add(self, key: str, lookup: bool, store: bool) -> bool:
+        """One cacheable request; True when it is a hit."""
+        k = int(key[:16], 16)
+        stored = self.stored.get(k)
+        if lookup and stored:
+            return True
+        if store or stored is None:
+            self.stored[k] = bool(store or stored)
+        return False
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+
+class HitSummary:
     """An unbounded cache replayed over the log, once with these keys and once with a
     byte-exact key (SHA-256 of path + raw body) on the same requests and controls."""
 
     def __init__(self) -> None:
         self.requests = self.invalid = self.cacheable = self.hits = self.exact_hits = 0
-        self.stored: set[str] = set()
-        self.exact_stored: set[str] = set()
-        self.keys: set[str] = set()
-        self.exact_keys: set[str] = set()
+        self.keys = Replay()
+        self.exact_keys = Replay()
         self.reasons: dict[str, int] = {}
 
-    def add(self, decision: dict, lookup: bool = False, store: bool = False, exact_key: str | None = None) -> None:
+    def add(self, decision: dict, lookup: bool = False, store: bool = False, exact_key: str | None = None) -> tuple[bool, bool]:
+        """One request's decision; (hit with these keys, hit with byte-exact keys)."""
         self.requests += 1
         self.invalid += decision["error"] is not None
         reason = decision["reason"]
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         if not decision["cacheable"]:
-            return
+            return False, False
         self.cacheable += 1
-        self.keys.add(decision["key"])
-        self.exact_keys.add(exact_key)
-        for key, stored, counter in ((decision["key"], self.stored, "hits"), (exact_key, self.exact_stored, "exact_hits")):
-            if lookup and key in stored:
-                setattr(self, counter, getattr(self, counter) + 1)
-            elif store:
-                stored.add(key)
+        hit = self.keys.add(decision["key"], lookup, store)
+        exact_hit = self.exact_keys.add(exact_key, lookup, store)
+        self.hits += hit
+        self.exact_hits += exact_hit
+        return hit, exact_hit
 
     def as_dict(self, stage: str) -> dict:
 
@@ -140,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--stage", choices=sorted(STAGES), default=DEFAULT_STAGE, help=f"default {DEFAULT_STAGE}")
     group.add_argument("--settings", metavar="FILE", help="a cache_settings.json instead of a stage")
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument("--deployed-keys", action="store_true",
+                      help="the keys the stage computes: MACs under its stage secret (needs its account's credentials)")
+    keys.add_argument("--local-keys", nargs="?", const="", metavar="KEY_STORE_FILE",
+                      help="the keys the local run computes (its key store's stage secret)")
     args = parser.parse_args(argv)
     if args.jsonl and (args.path or args.header or args.canonical):
         parser.error("--jsonl takes requests from stdin; --path/--header/--canonical are for one request")
@@ -153,6 +201,24 @@ def main(argv: list[str] | None = None) -> int:
         stage_name = settings.stage
     else:
         settings, stage_name = STAGES[args.stage].edge_cache_settings(), args.stage
+    mac = None
+    if args.deployed_keys or args.local_keys is not None:
+        from cli.api_keys import CliError, stage_secret_of
+
+        try:
+            secret = stage_secret_of(stage_name if args.deployed_keys else None, args.local_keys or None)
+        except CliError as e:
+            parser.exit(2, f"cache-key: error: {e}\n")
+        except Exception as e:  # noqa: BLE001 - no credentials, no boto3, no network: one line, no traceback
+            parser.exit(2, f"cache-key: error: cannot read the stage secret: {type(e).__name__}: {e}\n")
+        mac = cache_decision.mac_key(secret)
+    kind = "deployed" if mac else "estimate"
+
+    def decided(decision) -> dict:
+        result = decision.as_dict()
+        if result["key"]:
+            result["key_kind"] = kind
+        return result
 
     out = sys.stdout
     if not args.jsonl:
@@ -165,31 +231,29 @@ def main(argv: list[str] | None = None) -> int:
             out.flush()
             sys.stdout.buffer.write((payload or b"") + b"\n")  # JSON, NUL, then long texts as raw bytes
             return 0
-        decision = cache_decision.decide(args.path, headers, body, settings, tenant=args.tenant)
-        out.write(json.dumps(decision.as_dict()) + "\n")
+        decision = cache_decision.decide(args.path, headers, body, settings, tenant=args.tenant, mac=mac)
+        out.write(json.dumps(decided(decision)) + "\n")
         return 0
 
-    summary = _Summary() if args.summary else None
+    summary = HitSummary() if args.summary else None
     scoped = settings.tenant_scoped
     data = sys.stdin.buffer.read()
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     for number, line in enumerate(lines, 1):
-        request = _request_from_line(number, line.rstrip(b"\r"))
+        request = request_from_line(number, line.rstrip(b"\r"))
         if isinstance(request, dict):
             result = request
             if summary:
                 summary.add(result)
         else:
             path, headers, body, tenant = request
-            decision = cache_decision.decide(path, headers, body, settings, tenant=tenant or args.tenant)
-            result = decision.as_dict()
+            decision = cache_decision.decide(path, headers, body, settings, tenant=tenant or args.tenant, mac=mac)
+            result = decided(decision)
             if summary:
                 scope = (tenant or args.tenant or "") if scoped else ""
-                raw = f"{path}\x00{scope}\x00".encode("utf-8", "surrogatepass") + body
-                exact = hashlib.sha256(raw).hexdigest()
-                summary.add(result, decision.lookup, decision.store, exact)
+                summary.add(result, decision.lookup, decision.store, byte_exact_key(path, scope, body))
         if not summary:
             out.write(json.dumps(result) + "\n")
     if summary:

@@ -11,7 +11,11 @@ widgets out the way CloudWatch does: a 24-column grid, each widget at its x/y wi
 width and height. A reviewer sees what each widget graphs, from which region, with
 which statistic, period, expressions and threshold lines, without an AWS account.
 
-Standard library only.
+Each metric widget is drawn as the chart it will be (Apache ECharts, embedded: the file
+opens offline): the same metrics, statistics, periods, expressions, axes and threshold
+lines, with series from a synthetic traffic model (cli/dashboard_series.py), labelled
+as such; the metric definitions stay beside each chart. Text widgets are their
+markdown; alarm-status widgets list their alarms.
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli import charts
+from cli.dashboard_series import RANGE_SECONDS, MathError, TrafficModel, evaluate, times
+
 GRID_COLUMNS = 24
-ROW_PX = 30  # CloudWatch draws one grid row at roughly this height
+ROW_PX = 64  # one grid row: room for the chart and the metric definitions under it
+SYNTHETIC = "synthetic traffic model"
 _HASH_SUFFIX = re.compile(r"(?:[0-9A-F]{8})+$")
 _PSEUDO = ("AWS::Region", "AWS::AccountId", "AWS::Partition", "AWS::URLSuffix", "AWS::StackName")
 
@@ -211,6 +219,118 @@ def widget_regions(widget: dict) -> set[str]:
     return {s.region for s in metric_series(widget) if s.region}
 
 
+_ISO_DURATION = re.compile(r"^-?P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+
+
+def _range_seconds(start: str | None) -> int:
+    """A widget's or dashboard's relative start (-P30D, -PT6H) in seconds."""
+    match = _ISO_DURATION.match(start or "")
+    if not match or not any(match.groups()):
+        return RANGE_SECONDS
+    d, h, m, sec = (int(g or 0) for g in match.groups())
+    return d * 86_400 + h * 3600 + m * 60 + sec
+
+
+def widget_series(widget: dict, model: TrafficModel, range_seconds: int = RANGE_SECONDS) -> tuple[list[float], list[dict]]:
+    """The widget's time axis and every series it defines, visible or not, with the
+    model's values for metrics and metric math evaluated for expressions."""
+    props = widget.get("properties", {})
+    widget_stat = props.get("stat", "Average")
+    widget_period = int(props.get("period", 300))
+    single = props.get("setPeriodToTimeRange", False)
+    if single:
+        range_seconds = _range_seconds(props.get("start"))
+        widget_period = range_seconds
+    at = times(widget_period, range_seconds)
+    rows, values, periods = [], {}, {}
+    for i, row in enumerate(props.get("metrics", [])):
+        options = row[-1] if row and isinstance(row[-1], dict) else {}
+        names = [part for part in row if not isinstance(part, dict)]
+        ident = options.get("id") or f"series{i}"
+        period = widget_period if single else int(options.get("period", widget_period))
+        entry = {"id": ident, "label": options.get("label") or (names[1] if len(names) > 1 else ident),
+                 "visible": options.get("visible", True), "axis": options.get("yAxis", "left"),
+                 "expression": options.get("expression")}
+        if entry["expression"] is None:
+            stat = options.get("stat", widget_stat)
+            values[ident] = model.series(names[0], names[1], stat, period, at)
+        periods[ident] = period
+        rows.append(entry)
+    pending = [r for r in rows if r["expression"] is not None]
+    while pending:  # expressions may use other expressions: evaluate each once its inputs are there
+        ready = [r for r in pending if all(n in values for n in _names(r["expression"]))]
+        if not ready:
+            raise MathError(f"expressions {[r['expression'] for r in pending]} use ids the widget does not define")
+        for r in ready:
+            values[r["id"]] = evaluate(r["expression"], values, periods)
+            pending.remove(r)
+    for r in rows:
+        r["values"] = values[r["id"]]
+    return at, rows
+
+
+def _names(expression: str) -> set[str]:
+    import ast
+
+    return {n.id for n in ast.walk(ast.parse(expression.strip(), mode="eval")) if isinstance(n, ast.Name)
+            and n.id not in ("IF", "FILL", "PERIOD")}
+
+
+def widget_chart(widget: dict, model: TrafficModel, chart_id: str) -> dict:
+    """The ECharts option that draws a metric widget as CloudWatch will."""
+    props = widget.get("properties", {})
+    at, rows = widget_series(widget, model)
+    visible = [r for r in rows if r["visible"]]
+    option = charts.base_option()
+    option["legend"] = {"top": 0, "type": "scroll", "textStyle": {"fontSize": 10}}
+    option["grid"] = {"left": 8, "right": 12, "top": 30, "bottom": 8, "containLabel": True}
+    if props.get("view") == "singleValue":
+        option["tooltip"] = {"trigger": "item"}
+        option["xAxis"] = {"type": "category", "data": [r["label"] for r in visible], "axisLabel": {"fontSize": 10}}
+        option["yAxis"] = {"type": "value", "min": 0}
+        option["series"] = [{"name": SYNTHETIC, "type": "bar", "data": [r["values"][-1] for r in visible],
+                             "label": {"show": True, "position": "top", "fontSize": 14, "fontWeight": "bold"}}]
+        option["legend"] = {"show": False}
+        return option
+    axes = props.get("yAxis", {}) or {}
+    sides = ["left"] + (["right"] if any(r["axis"] == "right" for r in visible) else [])
+    option["yAxis"] = []
+    for side in sides:
+        spec = axes.get(side, {}) if isinstance(axes.get(side), dict) else {}
+        axis = {"type": "value", "name": spec.get("label", ""), "position": side, "nameTextStyle": {"fontSize": 10},
+                "axisLabel": {"fontSize": 10}}
+        for bound in ("min", "max"):
+            if spec.get(bound) is not None:
+                axis[bound] = spec[bound]
+        option["yAxis"].append(axis)
+    option["xAxis"] = {"type": "category", "data": [_clock(t) for t in at], "axisLabel": {"fontSize": 10}}
+    option["series"] = [
+        {"name": r["label"], "type": "line", "data": r["values"], "showSymbol": False, "connectNulls": False,
+         "yAxisIndex": sides.index(r["axis"]) if r["axis"] in sides else 0}
+        for r in visible
+    ]
+    annotations = props.get("annotations", {}).get("horizontal", []) if isinstance(props.get("annotations"), dict) else []
+    for note in annotations:
+        side = note.get("yAxis", "left")
+        index = sides.index(side) if side in sides else 0
+        target = next((s for s in option["series"] if s["yAxisIndex"] == index), None)
+        if target is None:
+            target = {"name": note.get("label", "threshold"), "type": "line", "data": [], "yAxisIndex": index}
+            option["series"].append(target)
+        target.setdefault("markLine", {"symbol": "none", "silent": True, "data": []})["data"].append(
+            {"yAxis": note.get("value"), "label": {"formatter": f"{note.get('label', '')} {note.get('value')}".strip(),
+                                                   "position": "insideEndTop", "fontSize": 10},
+             "lineStyle": {"color": note.get("color", "#7f7f7f"), "type": "dashed"}}
+        )
+    return option
+
+
+def _clock(t: float) -> str:
+    import time
+
+    return time.strftime("%H:%M", time.gmtime(t))
+
+
 def _period(seconds) -> str:
     seconds = int(seconds)
     if seconds % 86_400 == 0:
@@ -269,7 +389,7 @@ def render_markdown(markdown: str) -> str:
     return "\n".join(out)
 
 
-def render_widget(widget: dict, home_region: str) -> str:
+def render_widget(widget: dict, home_region: str, chart_id: str | None = None) -> str:
     x, y = widget.get("x", 0), widget.get("y", 0)
     w, h = widget.get("width", 6), widget.get("height", 6)
     kind = widget.get("type", "metric")
@@ -329,10 +449,15 @@ def render_widget(widget: dict, home_region: str) -> str:
         for side, spec in axis.items()
         if isinstance(spec, dict) and spec
     )
+    chart = (
+        f"<div class='chart' id='{_e(chart_id)}' data-chart='{_e(chart_id)}'></div>"
+        f"<p class='dim'><span class='label'>{SYNTHETIC}</span> series are synthetic; the definitions below are the widget's</p>"
+        if chart_id else ""
+    )
     return (
         f"<section {attrs}><header><h3>{_e(props.get('title', ''))}</h3>"
         f"<span class='view'>{_e(view)}{(' · ' + _e(', '.join(extras))) if extras else ''}</span>{badges}</header>"
-        f"<table class='series'><thead><tr><th>id</th><th>label</th><th>metric / expression</th><th>region</th></tr></thead>"
+        f"{chart}<table class='series'><thead><tr><th>id</th><th>label</th><th>metric / expression</th><th>region</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
         + (f"<ul class='annotations'>{notes}</ul>" if notes else "")
         + (f"<p class='dim axis'>y axis {axis_text}</p>" if axis_text else "")
@@ -369,19 +494,31 @@ ul.annotations, ul.alarms { list-style: none; padding: 0; margin: 4px 0 0; font-
 .alarm-state { color: #879596; } .dim { color: #879596; font-size: 11px; }
 .markdown table { border-collapse: collapse; } .markdown td, .markdown th { border: 1px solid #d5dbdb; padding: 2px 6px; }
 .markdown h2 { font-size: 16px; margin: 0 0 6px; }
+.widget .chart { height: 230px; }
+.widget .label { font-size: 10px; padding: 0 5px; border-radius: 8px; background: #fbe9d0; color: #8d4f00; }
 """
 
 
 def render_stage(stage: str, boards: list[Dashboard]) -> str:
+    from config.settings import gpu_count
+    from config.stages import STAGES
+
+    settings = STAGES.get(stage)
+    model = TrafficModel(
+        gpus=gpu_count(settings.endpoint.instance_type) if settings else 1,
+        instances=float(settings.endpoint.min_instances) if settings else 2.0,
+        free_gib=settings.workspace.capacity_gib * 0.6 if settings else 800.0,
+    )
+    drawn: list[charts.Chart] = []
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{_e(stage)} dashboards (preview)</title><style>{_CSS % {'row': ROW_PX}}</style></head><body>",
         f"<h1>Stage {_e(stage)}: dashboard preview</h1>",
-        "<p class='meta'>Static preview generated from the synthesized template; layout as CloudWatch draws it "
-        "(24 columns; each widget at its x, y, width, height). Regions in blue are read across regions. "
+        "<p class='meta'>Generated from the synthesized template; layout as CloudWatch draws it "
+        "(24 columns; each widget at its x, y, width, height). Each metric widget is drawn with its own metrics, "
+        f"statistics, periods, expressions and threshold lines, over series from a <span class='label'>{SYNTHETIC}</span> "
+        "(cli/dashboard_series.py), not measurements. Regions in blue are read across regions. "
         "Placeholders like <code>${Cdn.Distribution}</code> are values CloudFormation resolves at deploy time.</p>",
     ]
-    for board in boards:
+    for b, board in enumerate(boards):
         regions = sorted(set().union(*(widget_regions(w) for w in board.widgets)) if board.widgets else set())
         parts.append(
             f"<h2 class='board'>{_e(board.name)}</h2><p class='meta'>stack {_e(board.stack)} ({_e(board.region)}, "
@@ -389,10 +526,14 @@ def render_stage(stage: str, boards: list[Dashboard]) -> str:
             f"default range {_e(board.body.get('start', 'console default'))}</p>"
         )
         parts.append(f"<div class='grid' data-dashboard='{_e(board.name)}'>")
-        parts.extend(render_widget(w, board.region) for w in board.widgets)
+        for i, widget in enumerate(board.widgets):
+            chart_id = None
+            if widget.get("type") == "metric":
+                chart_id = f"widget-{b}-{i}"
+                drawn.append(charts.Chart(chart_id, "", "", widget_chart(widget, model, chart_id)))
+            parts.append(render_widget(widget, board.region, chart_id))
         parts.append("</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return charts.page(f"{stage} dashboards (preview)", "\n".join(parts), drawn, css=_CSS % {"row": ROW_PX})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,10 @@ time-dependent goes in (no mtime, no date), so a fresh checkout publishes as its
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -53,6 +55,10 @@ class ModelFile:
 @dataclass(frozen=True)
 class Manifest:
     files: tuple[ModelFile, ...]  # sorted by path
+    # What the model's own files say about its size (config.settings.ModelArchitecture,
+    # as a dict), when it has a config.json and safetensors: the GPU-fit check's facts.
+    # Derived from the files, so not part of the version.
+    architecture: dict | None = field(default=None, compare=False)
 
     @property
     def version(self) -> str:
@@ -63,7 +69,10 @@ class Manifest:
         return sum(f.size for f in self.files)
 
     def as_dict(self) -> dict:
-        return {"format": MANIFEST_FORMAT, "version": self.version, "files": [f.as_dict() for f in self.files]}
+        doc = {"format": MANIFEST_FORMAT, "version": self.version, "files": [f.as_dict() for f in self.files]}
+        if self.architecture is not None:
+            doc["architecture"] = self.architecture
+        return doc
 
     def to_json(self) -> bytes:
         return (json.dumps(self.as_dict(), sort_keys=True, indent=1) + "\n").encode()
@@ -73,7 +82,8 @@ class Manifest:
         doc = json.loads(raw)
         if doc.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"manifest format {doc.get('format')!r} is not {MANIFEST_FORMAT}")
-        return cls(tuple(ModelFile(f["path"], int(f["size"]), f["sha256"]) for f in doc["files"]))
+        files = tuple(ModelFile(f["path"], int(f["size"]), f["sha256"]) for f in doc["files"])
+        return cls(files, doc.get("architecture"))
 
 
 def model_version(files) -> str:
@@ -147,7 +157,42 @@ def build_manifest(
             for future in futures.values():
                 future.add_done_callback(lambda done: done.exception() or on_file(done.result()))
         files = tuple(futures[rel].result() for rel, _ in entries)
-    return Manifest(files)
+    return Manifest(files, model_architecture(src, [path for _, path in entries]))
+
+
+def safetensors_parameters(path: Path) -> int:
+    """Elements of every tensor in a safetensors file, from its header alone (8 bytes of
+    little-endian length, then JSON: {name: {"dtype", "shape", "data_offsets"}})."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if not 2 <= length <= 100 * 1024 * 1024:
+            raise ModelSourceError(f"{path.name}: not a safetensors file (header length {length})")
+        header = json.loads(f.read(length))
+    return sum(math.prod(tensor["shape"]) for name, tensor in header.items() if name != "__metadata__")
+
+
+def model_architecture(src: Path, files: list[Path]) -> dict | None:
+    """ModelArchitecture of a model directory as a dict: its config.json and the parameters
+    in its safetensors; None when it has no config.json or no safetensors, or a config
+    this project cannot read (not a decoder of the families it knows)."""
+    from config.settings import ModelArchitecture, SettingsError
+
+    config_path = src / "config.json"
+    shards = [path for path in files if path.suffix == ".safetensors"]
+    if not config_path.is_file() or not shards:
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError:
+        return None
+    if not isinstance(config, dict) or not all(key in config for key in ModelArchitecture.CONFIG_KEYS):
+        return None
+    # A decoder's config: its shards must be readable safetensors (a broken one fails the publish).
+    parameters = sum(safetensors_parameters(p) for p in shards)
+    try:
+        return dataclasses.asdict(ModelArchitecture.from_config(config, parameters))
+    except (TypeError, ValueError, SettingsError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

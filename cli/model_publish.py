@@ -1,6 +1,6 @@
 """Publish a model directory to S3 as an immutable, content-addressed version.
 
-  bin/model-publish SRC --stage NAME [--pin]
+  bin/model-publish SRC --stage NAME [--embeddings] [--pin]
   bin/model-publish SRC --bucket B --prefix P [--endpoint-url URL] [--local]
   options: --dry-run, --json, --concurrency N, --part-size-mib N
 
@@ -338,6 +338,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="a local S3-compatible server: --endpoint-url, --bucket, --prefix, else the running make serve's",
     )
+    parser.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="with --stage: the stage's embeddings model (its prefix; --pin writes its version), not the LLM",
+    )
     parser.add_argument("--pin", action="store_true", help="with --stage: write the version into the stage settings")
     parser.add_argument("--dry-run", action="store_true", help="print what would move; move nothing")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
@@ -358,6 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         _fill_from_running_local_run(args, parser)
     if args.pin and not args.stage:
         parser.error("--pin needs --stage")
+    if args.embeddings and not args.stage:
+        parser.error("--embeddings needs --stage")
     if not 1 <= args.concurrency <= 64:
         parser.error("--concurrency must be 1..64")
     if not 5 <= args.part_size_mib <= 5120:
@@ -389,7 +396,7 @@ def publish(args: argparse.Namespace) -> dict:
     list_model_files(args.src)  # SRC missing or empty: fail before any network call
     region = None
     if args.stage:
-        bucket, base_prefix = stage_target(args.stage)
+        bucket, base_prefix = stage_target(args.stage, embeddings=args.embeddings)
         region = stage_region(args.stage)
     else:
         bucket, base_prefix = args.bucket, _base_prefix(args.prefix)
@@ -429,10 +436,12 @@ def publish(args: argparse.Namespace) -> dict:
     )
     reporter.say(f"model prefix: s3://{bucket}/{plan.version_prefix}")
     if args.pin:
-        changed = pin_model_version(STAGES_FILE, args.stage, plan.version)
+        changed = pin_model_version(STAGES_FILE, args.stage, plan.version, embeddings=args.embeddings)
         summary["pinned"] = args.stage
+        which = "embeddings " if args.embeddings else ""
         reporter.say(
-            f"{'pinned' if changed else 'already pinned'}: stage {args.stage} model_version={plan.version!r} in {STAGES_FILE.name}"
+            f"{'pinned' if changed else 'already pinned'}: stage {args.stage} {which}model_version={plan.version!r} "
+            f"in {STAGES_FILE.name}"
         )
     else:
         reporter.say(

@@ -15,23 +15,37 @@ from typing import Literal
 from config.aws_facts import (
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS,
     CLOUDFRONT_ORIGIN_READ_TIMEOUT_QUOTA_MAX_SECONDS,
+    CPU_INSTANCE_TYPES,
+    DTYPE_BYTES,
+    FSX_PERSISTENT_2_USD_PER_GB_MONTH,
     FSX_THROUGHPUT_PER_TIB,
+    GPU_MEMORY_MIB,
     GPUS_PER_INSTANCE,
+    HOURS_PER_MONTH,
+    INTERFACE_ENDPOINT_USD_PER_AZ_HOUR,
     LAMBDA_DEFAULT_ACCOUNT_CONCURRENCY,
+    LAMBDA_MAX_TIMEOUT_SECONDS,
     LAMBDA_MIN_UNRESERVED_CONCURRENCY,
     LOG_RETENTION_DAYS,
     MAX_ALARM_MINUTES,
     NVME_FAMILIES,
+    QUANTIZED_WEIGHT_BYTES,
+    SAGEMAKER_BAKING_MAX_SECONDS,
     SAGEMAKER_INVOKE_TIMEOUT_SECONDS,
+    SESSION_MANAGER_ENDPOINTS,
+    TEI_DIMENSIONS_SINCE,
+    TEI_REPOSITORIES,
 )
 from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
     EDGE_BODY_LIMIT_BYTES,
+    EMBEDDINGS_MAX_INPUTS,
     INFERENCE_ROUTES,
     MODEL_BUCKET_NAME,
     ORIGIN_READ_TIMEOUT_SECONDS,
     RESULTS_PATH,
 )
+from lambdas.embeddings_model import EmbeddingsModel
 from stacks.burn_rates import FAST_BURN_RATE
 
 CachePolicy = Literal["deterministic", "all"]
@@ -52,6 +66,12 @@ def gpu_count(instance_type: str) -> int:
     if len(parts) != 3 or parts[0] != "ml" or (parts[1], parts[2]) not in GPUS_PER_INSTANCE:
         raise SettingsError(f"{instance_type} is not a known GPU hosting instance type (GPUS_PER_INSTANCE)")
     return GPUS_PER_INSTANCE[(parts[1], parts[2])]
+
+
+def is_cpu_instance(instance_type: str) -> bool:
+    """A known CPU hosting instance type (CPU_INSTANCE_TYPES), e.g. "ml.m5.xlarge"."""
+    parts = instance_type.split(".")
+    return len(parts) == 3 and parts[0] == "ml" and (parts[1], parts[2]) in CPU_INSTANCE_TYPES
 
 
 def _require(condition: bool, message: str) -> None:
@@ -110,6 +130,62 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class ModelArchitecture:
+    """What a model's own files say about its size, which decides whether it fits a GPU:
+    its config.json (layers, KV heads, head size, context, vocabulary, dtype) and its
+    parameter count (the elements of its safetensors). bin/model-publish records these in
+    a version's manifest (`from_config`); a stage types them in its settings, and a test
+    holds the two equal for the published model."""
+
+    parameters: int
+    num_hidden_layers: int
+    num_key_value_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    torch_dtype: str
+
+    def __post_init__(self) -> None:
+        for name in ("parameters", "num_hidden_layers", "num_key_value_heads", "head_dim", "hidden_size",
+                     "vocab_size", "max_position_embeddings"):
+            _require(type(getattr(self, name)) is int and getattr(self, name) > 0, f"model architecture: {name} must be a positive integer")
+        _require(self.torch_dtype in DTYPE_BYTES, f"model architecture: torch_dtype {self.torch_dtype!r} is not one of {sorted(DTYPE_BYTES)}")
+
+    # What from_config needs of a config.json.
+    CONFIG_KEYS = ("num_attention_heads", "num_hidden_layers", "hidden_size", "vocab_size", "max_position_embeddings")
+
+    @classmethod
+    def from_config(cls, config: Mapping, parameters: int) -> ModelArchitecture:
+        """From a Hugging Face config.json (decoder-only transformers: Llama, Mistral, Qwen
+        and their kin) and the checkpoint's parameter count."""
+        heads = config["num_attention_heads"]
+        return cls(
+            parameters=parameters,
+            num_hidden_layers=config["num_hidden_layers"],
+            num_key_value_heads=config.get("num_key_value_heads", heads),
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            hidden_size=config["hidden_size"],
+            vocab_size=config["vocab_size"],
+            max_position_embeddings=config["max_position_embeddings"],
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            torch_dtype=config.get("torch_dtype") or config.get("dtype") or "float32",
+        )
+
+    @property
+    def embedding_parameters(self) -> int:
+        """The input embedding and the output head (one matrix when tied): quantization
+        methods leave them in the checkpoint's dtype."""
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    def kv_bytes_per_token(self) -> int:
+        """KV cache of one token: K and V for every layer and KV head (vLLM's cache dtype
+        "auto" is the model's dtype)."""
+        return self.num_hidden_layers * 2 * self.num_key_value_heads * self.head_dim * DTYPE_BYTES[self.torch_dtype]
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """The model the endpoint serves and the container that serves it."""
 
@@ -118,33 +194,133 @@ class ModelSettings:
     image_uri: str
     # Key prefix in the model bucket holding uncompressed safetensors for this version.
     s3_prefix: str
+    # The model's size, from its own files (ModelArchitecture).
+    architecture: ModelArchitecture
+    # The context the container serves, prompt and answer together (LMI
+    # OPTION_MAX_MODEL_LEN, vLLM max_model_len). vLLM reserves KV cache for one whole
+    # sequence of it at start, and by default it is the model's whole context.
+    max_model_len: int
+    # Sequences generated at once (LMI OPTION_MAX_ROLLING_BATCH_SIZE, vLLM max_num_seqs).
+    max_num_seqs: int = 64
+    # The share of each GPU's memory vLLM may use (LMI OPTION_GPU_MEMORY_UTILIZATION).
+    gpu_memory_utilization: float = 0.9
+    # What the GPU holds besides weights and KV cache, per GPU: activations of a batch,
+    # CUDA graphs, the CUDA context (the GPU-fit check; stated, not measured here).
+    gpu_memory_headroom_gib: float = 2.0
     # Serving container's quantization option (LMI OPTION_QUANTIZE); None = full precision.
     quantization: str | None = None
     tensor_parallel_degree: int | str = "max"
-    max_rolling_batch_size: int = 64
     extra_environment: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(bool(self.model_id.strip()), "model id is empty")
-        _require(bool(re.match(r"^[\w.-]{1,64}$", self.model_version)), f"model version {self.model_version!r}")
-        _require(bool(_ECR_IMAGE.match(self.image_uri)), f"image {self.image_uri!r} is not an ECR image URI")
+        _check_published_model(self.model_id, self.model_version, self.image_uri, self.s3_prefix)
+        _require(self.quantization is None or self.quantization in QUANTIZED_WEIGHT_BYTES, f"quantization {self.quantization!r}")
         _require(
-            self.s3_prefix.startswith("models/") and self.s3_prefix.endswith("/"),
-            "model prefix must be under models/ and end with / (the endpoint loads a whole prefix)",
+            0 < self.max_model_len <= self.architecture.max_position_embeddings,
+            f"max_model_len {self.max_model_len} must be within the model's context "
+            f"({self.architecture.max_position_embeddings} tokens, max_position_embeddings)",
         )
-        # bin/model-publish writes a version's files under {base}{version}/: the prefix the
-        # endpoint loads and the version in every cache key must name the same weights.
-        _require(
-            self.s3_prefix.endswith(f"/{self.model_version}/"),
-            f"model prefix {self.s3_prefix!r} must end with the model version ({self.model_version}/)",
+        _require(1 <= self.max_num_seqs <= 1024, "max_num_seqs must be 1..1024")
+        _require(0.5 <= self.gpu_memory_utilization <= 0.98, "gpu_memory_utilization must be 0.5..0.98")
+        _require(0 <= self.gpu_memory_headroom_gib <= 64, "GPU memory headroom must be 0..64 GiB")
+        overridden = {"OPTION_MAX_MODEL_LEN", "OPTION_MAX_ROLLING_BATCH_SIZE", "OPTION_GPU_MEMORY_UTILIZATION"} & set(
+            self.extra_environment
         )
-        _require(self.quantization in (None, "awq", "fp8", "gptq", "bitsandbytes"), f"quantization {self.quantization!r}")
+        _require(not overridden, f"{sorted(overridden)} are settings of their own (the GPU-fit check reads them)")
+
+    def weight_bytes(self) -> float:
+        """The weights in GPU memory: quantized layers at the method's bytes per weight,
+        the embedding and output head in the checkpoint's dtype."""
+        a = self.architecture
+        dtype = DTYPE_BYTES[a.torch_dtype]
+        if self.quantization is None:
+            return a.parameters * dtype
+        embeddings = min(a.embedding_parameters, a.parameters)
+        return (a.parameters - embeddings) * QUANTIZED_WEIGHT_BYTES[self.quantization] + embeddings * dtype
+
+
+_GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class GpuFit:
+    """One GPU of the endpoint at start, GiB: what vLLM must hold against what it may use."""
+
+    instance_type: str
+    gpu_memory_gib: float
+    tensor_parallel: int
+    weights_gib: float
+    kv_cache_gib: float  # one sequence of max_model_len tokens
+    headroom_gib: float
+    budget_gib: float  # gpu_memory_utilization x the GPU's memory
+    max_model_len: int
+    longest_context_that_fits: int  # tokens of KV cache the budget leaves after weights and headroom
+
+    @property
+    def needed_gib(self) -> float:
+        return self.weights_gib + self.kv_cache_gib + self.headroom_gib
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_gib <= self.budget_gib
+
+
+def gpu_fit(model: ModelSettings, instance_type: str) -> GpuFit:
+    """vLLM's start-up arithmetic for `model` on `instance_type`: the weights and the KV
+    cache of one full max_model_len sequence, split over the tensor-parallel GPUs, plus
+    headroom, within gpu_memory_utilization of each GPU (vLLM refuses to start otherwise:
+    "... larger than the maximum number of tokens that can be stored in KV cache")."""
+    gpus = gpu_count(instance_type)
+    tp = gpus if model.tensor_parallel_degree == "max" else int(model.tensor_parallel_degree)
+    per_gpu = GPU_MEMORY_MIB[instance_type.split(".")[1]] / 1024
+    kv_per_token = model.architecture.kv_bytes_per_token() / tp
+    weights = model.weight_bytes() / tp / _GIB
+    budget = model.gpu_memory_utilization * per_gpu
+    room = (budget - weights - model.gpu_memory_headroom_gib) * _GIB
+    return GpuFit(
+        instance_type=instance_type,
+        gpu_memory_gib=per_gpu,
+        tensor_parallel=tp,
+        weights_gib=weights,
+        kv_cache_gib=model.max_model_len * kv_per_token / _GIB,
+        headroom_gib=model.gpu_memory_headroom_gib,
+        budget_gib=budget,
+        max_model_len=model.max_model_len,
+        longest_context_that_fits=max(0, int(room // kv_per_token)),
+    )
+
+
+def _check_published_model(model_id: str, model_version: str, image_uri: str, s3_prefix: str) -> None:
+    """The rules every served model follows: a version as bin/model-publish names it, an
+    ECR image, and the version's own prefix in the model bucket."""
+    _require(bool(model_id.strip()), "model id is empty")
+    _require(bool(re.match(r"^[\w.-]{1,64}$", model_version)), f"model version {model_version!r}")
+    _require(bool(_ECR_IMAGE.match(image_uri)), f"image {image_uri!r} is not an ECR image URI")
+    _require(
+        s3_prefix.startswith("models/") and s3_prefix.endswith("/"),
+        "model prefix must be under models/ and end with / (the endpoint loads a whole prefix)",
+    )
+    # bin/model-publish writes a version's files under {base}{version}/: the prefix the
+    # endpoint loads and the version in every cache key must name the same weights.
+    _require(
+        s3_prefix.endswith(f"/{model_version}/"),
+        f"model prefix {s3_prefix!r} must end with the model version ({model_version}/)",
+    )
 
 
 # What the origin adapter does besides waiting for the model, within its own timeout:
 # connect (2 s, the runtime's connect timeout), throttle back-off between its retries
 # (< 1 s), and storing the answer in the results bucket (a PutObject, ~1-3 s).
 ADAPTER_OVERHEAD_SECONDS = 6
+# The rollback alarms judge a rollout's new fleet over 1-minute periods and go to ALARM
+# when ROLLBACK_ALARM_DATAPOINTS of the last ROLLBACK_ALARM_PERIODS breach (stacks/rollouts.py).
+ROLLBACK_ALARM_PERIODS, ROLLBACK_ALARM_DATAPOINTS = 5, 3
+# A baking period holds the alarm's whole window twice: once for the new fleet's traffic,
+# once for SageMaker's metrics to reach CloudWatch and the alarm to evaluate them.
+MIN_BAKING_MINUTES = 2 * ROLLBACK_ALARM_PERIODS
+# Added to a rollout's longest waits (download, start-up, baking) for its overall limit:
+# instance provisioning and traffic shifting, which no setting bounds.
+ROLLOUT_TIMEOUT_MARGIN_SECONDS = 600
 # What CloudFront waits for besides the adapter's own timeout: a cold start (init is
 # not counted in the Lambda timeout) and the function URL's own overhead.
 ORIGIN_OVERHEAD_SECONDS = 5
@@ -152,14 +328,25 @@ ORIGIN_OVERHEAD_SECONDS = 5
 
 @dataclass(frozen=True)
 class TimeoutBudget:
-    """One request's time budget, innermost first: the adapter's read of the model's
-    answer < the adapter's Lambda timeout < CloudFront's origin read timeout. Ordered
-    with margins, so the adapter answers (504, its own error shape) before CloudFront
-    gives up on it and answers a bare 504 while the adapter goes on."""
+    """One request's time budget. A whole answer, innermost first: the adapter's read of
+    the model's answer < the adapter's budget < CloudFront's origin read timeout, ordered
+    with margins, so the adapter answers (504, its own error shape) before CloudFront gives
+    up on it and answers a bare 504 while the adapter goes on. InvokeEndpoint gives the
+    container 60 s.
+
+    A streamed answer is not bound by InvokeEndpoint's 60 s: it has `stream_seconds` from
+    the request to its last byte, and the function's Lambda timeout is derived from it.
+    CloudFront's origin read timeout bounds the gap between bytes of a stream, not the
+    whole stream (CloudFront Developer Guide, "Response timeout"): the model read timeout,
+    which bounds the gap between the model's parts, stays below it."""
 
     model_read_seconds: int = 48
     adapter_seconds: int = 54
     origin_read_seconds: int = 60
+    # A streamed answer, request to last byte: the adapter ends a stream still running then
+    # with an error event (nothing stored). SageMaker states no limit of its own for
+    # InvokeEndpointWithResponseStream (only ModelInvocationTimeExceeded, a 504 here).
+    stream_seconds: int = 300
     # The account's CloudFront "response timeout per origin" quota. Above 60 s only
     # with an approved quota increase: declare it here, or synth refuses.
     origin_read_quota_seconds: int = CLOUDFRONT_ORIGIN_READ_TIMEOUT_DEFAULT_MAX_SECONDS
@@ -190,6 +377,21 @@ class TimeoutBudget:
             f"origin read timeout {self.origin_read_seconds} s is above the declared CloudFront quota "
             f"({self.origin_read_quota_seconds} s); request an increase and declare it in origin_read_quota_seconds",
         )
+        _require(
+            self.stream_seconds >= self.adapter_seconds,
+            f"a stream's budget ({self.stream_seconds} s) must be at least a whole answer's ({self.adapter_seconds} s)",
+        )
+        _require(
+            self.lambda_seconds <= LAMBDA_MAX_TIMEOUT_SECONDS,
+            f"stream budget {self.stream_seconds} s + {ADAPTER_OVERHEAD_SECONDS} s for the store and the close is above "
+            f"Lambda's {LAMBDA_MAX_TIMEOUT_SECONDS} s (15 min) function timeout",
+        )
+
+    @property
+    def lambda_seconds(self) -> int:
+        """The origin adapter's Lambda timeout: a stream's budget and what follows its last
+        byte (storing it, closing), or a whole answer's budget, whichever is longer."""
+        return max(self.adapter_seconds, self.stream_seconds + ADAPTER_OVERHEAD_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -213,13 +415,18 @@ class EndpointSettings:
     # taking concurrency that Lambda@Edge replicas in the home region share.
     concurrent_requests_per_instance: int = 16
     adapter_concurrency_headroom: float = 1.5
+    # Blue/green rollouts (docs/decisions.md, "Rollouts that undo themselves"): how long the
+    # new fleet serves all traffic, watched by its rollback alarms, before the old fleet
+    # is terminated; a rollback alarm in ALARM meanwhile moves the traffic back.
+    rollout_baking_minutes: int = 15
     # False only for the first of the two deploys that change the instance type:
     # SageMaker refuses an instance-type update on a variant registered for autoscaling
     # (README, "Changing the instance type").
     autoscaling: bool = True
 
     def __post_init__(self) -> None:
-        gpu_count(self.instance_type)  # a known GPU instance type, or SettingsError
+        if not is_cpu_instance(self.instance_type):
+            gpu_count(self.instance_type)  # a known GPU (or CPU) hosting instance type, or SettingsError
         # Scaling a plain production variant to zero is not possible (inference components are).
         _require(1 <= self.min_instances <= self.max_instances, "need 1 <= min instances <= max instances")
         _require(self.max_instances <= 100, "max instances above 100")
@@ -232,6 +439,11 @@ class EndpointSettings:
         _require(1.0 <= self.adapter_concurrency_headroom <= 3.0, "adapter concurrency headroom must be 1.0..3.0")
         for name in ("startup_health_check_timeout_seconds", "model_data_download_timeout_seconds"):
             _require(60 <= getattr(self, name) <= 3600, f"{name} must be 60..3600")
+        _require(
+            MIN_BAKING_MINUTES <= self.rollout_baking_minutes <= SAGEMAKER_BAKING_MAX_SECONDS // 60,
+            f"rollout baking period must be {MIN_BAKING_MINUTES}..{SAGEMAKER_BAKING_MAX_SECONDS // 60} minutes "
+            f"(the rollback alarms need {ROLLBACK_ALARM_PERIODS} one-minute periods, and time to see them)",
+        )
         if self.has_instance_storage:
             _require(self.volume_size_gb is None, f"{self.instance_type} has NVMe storage; SageMaker rejects VolumeSizeInGB")
         else:
@@ -243,13 +455,36 @@ class EndpointSettings:
         return math.ceil(self.max_instances * self.concurrent_requests_per_instance * self.adapter_concurrency_headroom)
 
     @property
+    def rollout_timeout_seconds(self) -> int:
+        """The longest a blue/green rollout may run before SageMaker gives up on it: the new
+        fleet's model download and start-up, the baking period, and a margin."""
+        return (
+            self.model_data_download_timeout_seconds
+            + self.startup_health_check_timeout_seconds
+            + self.rollout_baking_minutes * 60
+            + ROLLOUT_TIMEOUT_MARGIN_SECONDS
+        )
+
+    @property
+    def blue_green_instances(self) -> int:
+        """Instances of this type a rollout at the maximum holds at once: the new fleet is
+        provisioned beside the old one at the retained (scaled) count."""
+        return 2 * self.max_instances
+
+    @property
     def has_instance_storage(self) -> bool:
         return self.instance_type.split(".")[1] in NVME_FAMILIES
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per instance; 0 on a CPU instance type."""
+        return 0 if is_cpu_instance(self.instance_type) else gpu_count(self.instance_type)
 
 
 @dataclass(frozen=True)
 class ModelWorkspaceSettings:
-    """FSx for Lustre beside the model bucket."""
+    """FSx for Lustre beside the model bucket, and the way in: a host started on demand in
+    the stage's VPC (bin/workspace-host) that mounts it and stops itself when idle."""
 
     capacity_gib: int = 1200
     throughput_per_tib: int = 250
@@ -257,14 +492,134 @@ class ModelWorkspaceSettings:
     # prepared; what is finished is exported to the versioned model bucket (the source
     # of truth) by the data repository association, so by default nothing is backed up.
     backup_retention_days: int = 0
+    # Off: no file system, no way in, nothing paid; models are published straight to the
+    # bucket (bin/model-publish). A stage that turns it off says why.
+    enabled: bool = True
+    off_reason: str | None = None
+    # The workspace host: its default instance type (bin/workspace-host --instance-type
+    # picks another) and the minutes without a session or a process on the workspace
+    # after which it shuts itself down (and is terminated: its work lives on Lustre).
+    host_instance_type: str = "m7i.xlarge"
+    host_idle_minutes: int = 30
 
     def __post_init__(self) -> None:
+        _require(
+            self.enabled or bool((self.off_reason or "").strip()),
+            "a stage without the model workspace must say why (off_reason)",
+        )
+        _require(bool(re.match(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", self.host_instance_type)), f"instance type {self.host_instance_type!r}")
+        _require(10 <= self.host_idle_minutes <= 24 * 60, "workspace host idle minutes must be 10..1440")
         _require(
             self.capacity_gib in (1200, 2400) or (self.capacity_gib > 0 and self.capacity_gib % 2400 == 0),
             "PERSISTENT_2 capacity is 1200, 2400 or a multiple of 2400 GiB",
         )
         _require(self.throughput_per_tib in FSX_THROUGHPUT_PER_TIB, f"throughput per TiB is one of {FSX_THROUGHPUT_PER_TIB}")
         _require(0 <= self.backup_retention_days <= 90, "FSx backup retention is 0..90 days")
+
+    @property
+    def monthly_cost_usd(self) -> float:
+        """What the file system costs a month at list price (capacity x the PERSISTENT_2 SSD
+        price of its throughput tier), plus the Session Manager endpoints of the way in;
+        0 when off. Prices: config/aws_facts.py, dated, with sources."""
+        if not self.enabled:
+            return 0.0
+        storage = self.capacity_gib * FSX_PERSISTENT_2_USD_PER_GB_MONTH[self.throughput_per_tib]
+        endpoints = len(SESSION_MANAGER_ENDPOINTS) * INTERFACE_ENDPOINT_USD_PER_AZ_HOUR * HOURS_PER_MONTH
+        return round(storage + endpoints, 2)
+
+
+def tei_image(image_uri: str) -> tuple[str, tuple[int, ...]]:
+    """(processor "gpu" | "cpu", TEI version) of a Text Embeddings Inference image URI, as
+    the SageMaker Hugging Face TEI containers are tagged (config.aws_facts)."""
+    repository, _, tag = image_uri.rpartition("/")[2].partition(":")
+    match = re.search(r"-tei(\d+)\.(\d+)\.(\d+)-(gpu|cpu)-", tag)
+    if repository not in TEI_REPOSITORIES or match is None:
+        raise SettingsError(
+            f"image {image_uri!r} is not a SageMaker Text Embeddings Inference image "
+            f"(repository {' or '.join(TEI_REPOSITORIES)}, tag <prefix>-tei<version>-<gpu|cpu>-...)"
+        )
+    processor = match.group(4)
+    _require(
+        processor == TEI_REPOSITORIES[repository],
+        f"image {image_uri!r}: repository {repository} holds {TEI_REPOSITORIES[repository]} images, the tag says {processor}",
+    )
+    return processor, tuple(int(match.group(i)) for i in (1, 2, 3))
+
+
+@dataclass(frozen=True)
+class EmbeddingsSettings:
+    """An embeddings model on its own SageMaker endpoint, served by Hugging Face Text
+    Embeddings Inference (TEI). The origin adapter answers /v1/embeddings from it, in the
+    OpenAI shape (lambdas/origin_adapter/embeddings.py); its version keys the embeddings
+    cache as the LLM's version keys the other routes."""
+
+    model_id: str
+    model_version: str
+    image_uri: str
+    # The version's prefix in the model bucket (bin/model-publish --embeddings).
+    s3_prefix: str
+    endpoint: EndpointSettings
+    # Facts of the model, from its own files: the vector size (config.json hidden_size, or
+    # the last Dense layer's), the longest input in tokens (sentence_bert_config.json
+    # max_seq_length: TEI refuses longer inputs), the vocabulary (config.json vocab_size:
+    # token-id inputs must be below it).
+    dimensions: int
+    max_input_tokens: int
+    vocab_size: int
+    # Trained for shortened vectors (Matryoshka Representation Learning): only then may a
+    # request ask for fewer `dimensions` (TEI cuts the vector and normalizes it again).
+    matryoshka: bool = False
+    # TEI's router limits, set on the container (its MAX_CLIENT_BATCH_SIZE,
+    # MAX_BATCH_TOKENS, MAX_CONCURRENT_REQUESTS): inputs per call (the origin adapter sends
+    # at most this many per call, one call after the other); tokens per forward pass
+    # (TEI's queue fills a batch from every waiting request's inputs up to it); inputs
+    # admitted at once (beyond it TEI answers 429).
+    max_client_batch_size: int = 32
+    max_batch_tokens: int = 16_384
+    max_concurrent_inputs: int = 512
+    # The longest one call (one batch) may take: the adapter's read timeout for the
+    # embeddings endpoint. A request's last batch starts at the latest this long before
+    # the stage's model read timeout runs out, so the whole answer fits in it.
+    batch_read_seconds: int = 12
+
+    def __post_init__(self) -> None:
+        _check_published_model(self.model_id, self.model_version, self.image_uri, self.s3_prefix)
+        processor, version = tei_image(self.image_uri)
+        _require(
+            (processor == "gpu") == (self.endpoint.gpus > 0),
+            f"TEI image for {processor} on {self.endpoint.instance_type} "
+            f"({self.endpoint.gpus} GPUs): use the {'tei' if self.endpoint.gpus else 'tei-cpu'} image",
+        )
+        _require(
+            not self.matryoshka or version >= TEI_DIMENSIONS_SINCE,
+            f"TEI {'.'.join(map(str, version))} has no `dimensions` (from "
+            f"{'.'.join(map(str, TEI_DIMENSIONS_SINCE))}): a Matryoshka model needs a newer image",
+        )
+        _require(1 <= self.dimensions <= 16_384, f"embedding dimensions {self.dimensions} must be 1..16384")
+        _require(1 <= self.max_input_tokens <= 131_072, f"max input tokens {self.max_input_tokens} must be 1..131072")
+        _require(self.vocab_size >= 1, "vocabulary size must be positive")
+        _require(
+            1 <= self.max_client_batch_size <= EMBEDDINGS_MAX_INPUTS,
+            f"max client batch size {self.max_client_batch_size} must be 1..{EMBEDDINGS_MAX_INPUTS}",
+        )
+        _require(
+            1 <= self.batch_read_seconds < self.endpoint.timeouts.model_read_seconds,
+            f"batch read timeout {self.batch_read_seconds} s must be below the model read timeout "
+            f"({self.endpoint.timeouts.model_read_seconds} s): the batches of one request share it",
+        )
+        # TEI's queue never batches an input longer than max_batch_tokens: it would wait forever.
+        _require(
+            self.max_batch_tokens >= self.max_input_tokens,
+            f"max batch tokens {self.max_batch_tokens} below the model's {self.max_input_tokens} input tokens: "
+            "TEI could never schedule the longest input",
+        )
+        # TEI takes a permit per input; the fleet's planned load must be admitted, not refused.
+        planned = self.max_client_batch_size * self.endpoint.concurrent_requests_per_instance
+        _require(
+            self.max_concurrent_inputs >= planned,
+            f"max concurrent inputs {self.max_concurrent_inputs} below what one instance is planned to hold "
+            f"({self.endpoint.concurrent_requests_per_instance} requests x {self.max_client_batch_size} inputs = {planned})",
+        )
 
 
 @dataclass(frozen=True)
@@ -278,6 +633,8 @@ class SlaSettings:
     availability_target: float = 0.999
     edge_origin_latency_p99_ms: int = 10_000
     model_latency_p99_ms: int = 8_000
+    # The embeddings endpoint's ModelLatency p99 (one call: at most max_client_batch_size inputs).
+    embeddings_model_latency_p99_ms: int = 2_000
     origin_adapter_duration_p99_ms: int = 9_000
     endpoint_error_rate_max: float = 0.01
     cache_hit_ratio_floor: float = 0.2
@@ -316,6 +673,10 @@ class SlaSettings:
             "latency objectives must nest: model < origin adapter <= edge origin latency",
         )
         _require(self.model_latency_p99_ms > 0, "model latency objective must be positive")
+        _require(
+            0 < self.embeddings_model_latency_p99_ms < self.origin_adapter_duration_p99_ms,
+            "embeddings model latency objective must be positive and below the origin adapter's",
+        )
         _require(self.edge_origin_latency_p99_ms <= ORIGIN_READ_TIMEOUT_SECONDS * 1000, "latency objective beyond the origin timeout")
         _require(self.alarm_email is None or "@" in self.alarm_email, "alarm email is not an address")
         _require(0 < self.edge_function_error_rate_max < 1, "edge function error-rate objective must be in (0, 1)")
@@ -337,6 +698,34 @@ class SlaSettings:
         return round(1 - self.availability_target, 10)
 
 
+# The rate windows AWS WAF evaluates over (rate-based rule statement, EvaluationWindowSec).
+WAF_EVALUATION_WINDOWS = (60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """AWS WAF rate limits, per platform API key: a key over `requests_per_key` requests in
+    `window_seconds` gets 429 in the OpenAI error shape, with Retry-After, until its rate
+    falls (WAF counts per custom aggregation key: the key header's value). Requests with no
+    key header at all (they only ever get 401s) are counted per client IP. The edge
+    function's own /_cache/ lookups are counted by neither (docs/security.md)."""
+
+    requests_per_key: int
+    window_seconds: int = 300
+    keyless_requests_per_ip: int = 600
+    retry_after_seconds: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_key", "keyless_requests_per_ip"):
+            _require(10 <= getattr(self, name) <= 2_000_000_000, f"WAF rate limit {name} must be 10..2e9 (WAF's bounds)")
+        _require(self.window_seconds in WAF_EVALUATION_WINDOWS, f"WAF evaluates over {WAF_EVALUATION_WINDOWS} s")
+        _require(1 <= self.retry_after_seconds <= self.window_seconds, "Retry-After must be 1 s .. the window")
+
+    @property
+    def per_key_per_second(self) -> float:
+        return self.requests_per_key / self.window_seconds
+
+
 @dataclass(frozen=True)
 class StageSettings:
     name: str
@@ -350,8 +739,11 @@ class StageSettings:
     endpoint: EndpointSettings
     workspace: ModelWorkspaceSettings
     sla: SlaSettings
-    # Requests per 5 minutes per client IP before WAF blocks; None = no web ACL.
-    waf_rate_limit_per_5_min: int | None = None
+    # The embeddings model behind /v1/embeddings; None: the stage serves none, and the edge
+    # answers /v1/embeddings 404 model_not_found.
+    embeddings: EmbeddingsSettings | None = None
+    # WAF's rate limits per API key (RateLimits); None = no web ACL.
+    rate_limits: RateLimits | None = None
     # Origin Shield in front of the results bucket collapses lookups from all edges.
     origin_shield: bool = False
     log_retention_days: int = 30
@@ -375,10 +767,6 @@ class StageSettings:
             f"{self.name}: availability zones must be in {self.home_region}",
         )
         _require(bool(re.match(r"^\d+\.\d+\.\d+\.\d+/(1[6-9]|2[0-4])$", self.vpc_cidr)), f"{self.name}: VPC CIDR /16../24")
-        _require(
-            self.waf_rate_limit_per_5_min is None or 10 <= self.waf_rate_limit_per_5_min <= 2_000_000_000,
-            "WAF rate limit must be 10..2e9 (WAF's bounds)",
-        )
         _require(self.log_retention_days in LOG_RETENTION_DAYS, f"log retention is one of {sorted(LOG_RETENTION_DAYS)} days")
         bucket = self.model_bucket_name
         _require(len(bucket) <= 63, f"{self.name}: model bucket name {bucket!r} is longer than S3's 63 characters")
@@ -394,15 +782,78 @@ class StageSettings:
         )
 
         _require(
-            self.endpoint.concurrent_requests_per_instance <= self.model.max_rolling_batch_size,
-            f"{self.name}: concurrent requests per instance above the container's rolling batch size",
+            self.endpoint.target_concurrency <= self.model.max_num_seqs,
+            f"{self.name}: the scaling target ({self.endpoint.target_concurrency} concurrent requests per instance) is "
+            f"above max_num_seqs ({self.model.max_num_seqs}): the fleet would queue requests before it scales out",
         )
-        reserved = self.endpoint.adapter_reserved_concurrency
+        _require(
+            self.endpoint.concurrent_requests_per_instance <= self.model.max_num_seqs,
+            f"{self.name}: concurrent requests per instance ({self.endpoint.concurrent_requests_per_instance}) above "
+            f"the sequences the container generates at once (max_num_seqs {self.model.max_num_seqs})",
+        )
+        # The LLM runs on GPUs (LMI/vLLM); the embeddings model may run on either.
+        _require(self.endpoint.gpus > 0, f"{self.name}: the LLM endpoint needs a GPU instance, not {self.endpoint.instance_type}")
+        tp = self.model.tensor_parallel_degree
+        gpus = gpu_count(self.endpoint.instance_type)
+        _require(
+            tp == "max" or (type(tp) is int and 1 <= tp <= gpus and gpus % tp == 0),
+            f"{self.name}: tensor_parallel_degree {tp!r} must be 'max' or divide the {gpus} GPUs of {self.endpoint.instance_type}",
+        )
+        fit = gpu_fit(self.model, self.endpoint.instance_type)
+        _require(
+            fit.fits,
+            f"{self.name}: {self.model.model_id} does not fit {fit.instance_type} (per GPU, tensor parallel {fit.tensor_parallel}): "
+            f"weights {fit.weights_gib:.2f} GiB + KV cache for one {fit.max_model_len}-token context "
+            f"{fit.kv_cache_gib:.2f} GiB + headroom {fit.headroom_gib:.2f} GiB = {fit.needed_gib:.2f} GiB, above "
+            f"{self.model.gpu_memory_utilization:.0%} of {fit.gpu_memory_gib:.2f} GiB ({fit.budget_gib:.2f} GiB); vLLM would "
+            f"refuse to start. Set max_model_len to at most {fit.longest_context_that_fits} tokens, quantize, or pick a larger GPU.",
+        )
+        if self.embeddings is not None:
+            # One origin adapter serves both endpoints within one time budget.
+            _require(
+                self.embeddings.endpoint.timeouts == self.endpoint.timeouts,
+                f"{self.name}: the embeddings endpoint's timeouts must be the stage's (endpoint.timeouts): "
+                "one origin adapter, one time budget",
+            )
+        reserved = self.adapter_reserved_concurrency
         _require(
             reserved <= self.lambda_concurrency_quota - LAMBDA_MIN_UNRESERVED_CONCURRENCY,
             f"{self.name}: origin adapter reserved concurrency {reserved} must leave "
             f"{LAMBDA_MIN_UNRESERVED_CONCURRENCY} of the {self.lambda_concurrency_quota} account quota unreserved",
         )
+
+    @property
+    def adapter_reserved_concurrency(self) -> int:
+        """The origin adapter's reserved concurrency: each endpoint's fleet at its maximum,
+        with headroom (EndpointSettings.adapter_reserved_concurrency), added up: the one
+        function serves both."""
+        fleets = [self.endpoint] + ([self.embeddings.endpoint] if self.embeddings else [])
+        return sum(e.adapter_reserved_concurrency for e in fleets)
+
+    @property
+    def endpoint_name(self) -> str:
+        """The LLM's SageMaker endpoint."""
+        return f"inference-cache-{self.name}"
+
+    @property
+    def embeddings_endpoint_name(self) -> str:
+        """The embeddings model's SageMaker endpoint (when the stage has one)."""
+        return f"inference-cache-{self.name}-embeddings"
+
+    @property
+    def endpoints(self) -> dict[str, EndpointSettings]:
+        """Every SageMaker endpoint of the stage, by name: what bin/preflight sizes instance
+        quotas for."""
+        found = {self.endpoint_name: self.endpoint}
+        if self.embeddings is not None:
+            found[self.embeddings_endpoint_name] = self.embeddings.endpoint
+        return found
+
+    @property
+    def pinned_models(self) -> tuple[ModelSettings | EmbeddingsSettings, ...]:
+        """Every model version the stage's endpoints load: each must be published (its
+        manifest in the model bucket) before a deploy creates or updates the endpoint."""
+        return (self.model,) if self.embeddings is None else (self.model, self.embeddings)
 
     @property
     def model_bucket_name(self) -> str:
@@ -421,5 +872,24 @@ class StageSettings:
                 "results_path": RESULTS_PATH,
                 "model_id": self.model.model_id,
                 "model_version": self.model.model_version,
+                "embeddings_model_id": self.embeddings.model_id if self.embeddings else None,
+                "embeddings_model_version": self.embeddings.model_version if self.embeddings else None,
             }
+        )
+
+    def adapter_embeddings_model(self, model_bucket: str) -> EmbeddingsModel | None:
+        """What the origin adapter needs to answer /v1/embeddings (None: the stage has no
+        embeddings model), written into its environment; `model_bucket` holds the
+        version's tokenizer.json."""
+        e = self.embeddings
+        if e is None:
+            return None
+        return EmbeddingsModel(
+            endpoint_name=self.embeddings_endpoint_name,
+            dimensions=e.dimensions,
+            matryoshka=e.matryoshka,
+            vocab_size=e.vocab_size,
+            batch_inputs=e.max_client_batch_size,
+            batch_read_seconds=e.batch_read_seconds,
+            tokenizer_uri=f"s3://{model_bucket}/{e.s3_prefix}tokenizer.json",
         )

@@ -9,6 +9,7 @@ Rules and the choices behind them: docs/cache-key.md.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import json.encoder
 from collections import namedtuple
@@ -16,16 +17,19 @@ from itertools import chain, compress, count, repeat
 
 from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
+    CACHE_KEY_CONTEXT,
     CHAT_ROUTE,
     COMPLETIONS_ROUTE,
+    EMBEDDINGS_MAX_INPUTS,
     EMBEDDINGS_ROUTE,
     INVOCATIONS_ROUTE,
     TTL_HEADER,
 )
 from lambdas.errors import ApiError
 
-# Bump when the canonical form changes: every key changes with it (a fresh cache).
-KEY_FORMAT = "inference-cache-key/2"
+# Bump when the canonical form or the key's construction changes: every key changes with
+# it (a fresh cache). 3: keys are MACs under the stage secret.
+KEY_FORMAT = "inference-cache-key/3"
 # The headers decide reads. The API key is not among them: caches are scoped by the
 # tenant the viewer-request check verified (`tenant=`), never by the key itself.
 _READ_HEADERS = ("content-type", "content-encoding", "cache-control", TTL_HEADER)
@@ -204,28 +208,37 @@ def _read_headers(headers) -> tuple:
     return tuple(map(out.get, _READ_HEADERS))
 
 
+# HTTP's optional whitespace around a field value is space and horizontal tab only (RFC
+# 9110, 5.6.3 OWS); str.strip() would also remove \v, \f, \x1c-\x1f and Unicode spaces.
+_OWS = " \t"
+
+
 def _client_headers(headers, settings: EdgeCacheSettings) -> tuple[bool, bool, int]:
     """Checks the content headers (415) and reads the client controls (400 on a bad TTL):
-    (no_store, no_cache, ttl_seconds)."""
-    ctype, encoding, cc, ttl = _read_headers(headers)
+    (no_store, no_cache, ttl_seconds). A value with a control character other than HTAB
+    is not a valid field value (RFC 9110, 5.5): 400, never read leniently."""
+    ctype, encoding, cc, ttl = headers_read = _read_headers(headers)
+    for value, name in zip(headers_read, _READ_HEADERS, strict=True):
+        if value is not None and not value.isprintable() and any(c < " " and c != "\t" or c == "\x7f" for c in value):
+            raise _Reject(400, "invalid_header_value", f"{name} holds a control character", name)
     if (ctype and ctype != "application/json") or encoding:
         _check_content_headers(ctype, encoding)
     return _client_controls(cc, ttl, settings)
 
 
 def _check_content_headers(ctype: str | None, encoding: str | None) -> None:
-    if ctype and ctype != "application/json" and ctype.strip():  # absent or empty: taken as JSON
+    if ctype and ctype != "application/json" and ctype.strip(_OWS):  # absent or empty: taken as JSON
         media, *params = ctype.split(";")
-        media = media.strip().lower()
+        media = media.strip(_OWS).lower()
         if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
             raise _Reject(415, "unsupported_media_type", f"Content-Type {media[:60]!r} is not application/json", "content-type")
         for p in params:
             name, _, value = p.partition("=")
-            if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            if name.strip(_OWS).lower() == "charset" and value.strip(_OWS).strip('"').lower() not in ("utf-8", "utf8"):
                 raise _Reject(415, "unsupported_media_type", "JSON bodies must be UTF-8", "content-type")
-    if encoding and encoding.strip().lower() not in ("", "identity"):
+    if encoding and encoding.strip(_OWS).lower() not in ("", "identity"):
         raise _Reject(
-            415, "unsupported_media_type", f"Content-Encoding {encoding.strip()[:40]!r} is not supported", "content-encoding"
+            415, "unsupported_media_type", f"Content-Encoding {encoding.strip(_OWS)[:40]!r} is not supported", "content-encoding"
         )
 
 
@@ -233,12 +246,12 @@ def _client_controls(cc: str | None, raw: str | None, settings: EdgeCacheSetting
     """(no_store, no_cache, ttl_seconds) from Cache-Control and x-inference-cache-ttl."""
     no_store = no_cache = False
     if cc:
-        directives = {d.split("=", 1)[0].strip().lower() for d in cc.split(",")}
+        directives = {d.split("=", 1)[0].strip(_OWS).lower() for d in cc.split(",")}
         no_store, no_cache = "no-store" in directives, "no-cache" in directives
     max_ttl = settings.max_ttl_seconds
     if raw is None:
         return no_store, no_cache, min(settings.default_ttl_seconds, max_ttl)
-    raw = raw.strip()
+    raw = raw.strip(_OWS)
     if not (raw.isascii() and raw.isdigit()):
         raise _Reject(400, "invalid_ttl", f"{TTL_HEADER} must be a whole number of seconds, got {raw[:40]!r}", TTL_HEADER)
     digits = raw.lstrip("0")
@@ -591,12 +604,33 @@ def _mixed(obj: dict) -> str:
     return f"invocations body mixes {' and '.join(keys)}" if keys else "invocations body has no prompt, inputs or messages"
 
 
+# The /v1 generation routes whose bodies the origin adapter sends to the same LMI
+# /invocations, and the key LMI serves each by.
+_DISPATCHED_ROUTES = {CHAT_ROUTE: "messages", COMPLETIONS_ROUTE: "prompt"}
+
+
+def _served_otherwise(route: str, obj: dict) -> str | None:
+    """Why a /v1 chat or completions body would be served under another schema than its
+    route's: LMI picks the schema by the keys it finds (prompt, then inputs, then
+    messages), whatever the route. None when the route's key is the only one present (or
+    none is: the route's own 400)."""
+    keys = [name for name, _ in _INVOCATION_KEYS if name in obj]
+    if not keys or keys == [_DISPATCHED_ROUTES[route]]:
+        return None
+    if keys[0] == _DISPATCHED_ROUTES[route]:  # served as the route says, but mixed: as on /invocations
+        return f"{route} body mixes {' and '.join(keys)}"
+    served = next(schema for name, schema in _INVOCATION_KEYS if name == keys[0])
+    return f"{keys[0]} in a {route} body: the container serves it as {served} (LMI reads prompt, then inputs, then messages)"
+
+
 def _canonical(route: str, obj: dict, settings: EdgeCacheSettings, texts: list) -> tuple:
     """Validate and canonicalize `obj`, long prompt texts moved to `texts`; returns
     (canonical body, the encoder that writes it, stream, cacheable, reason)."""
     schema = _ROUTE_SCHEMA.get(route) or _schema(route, obj)
     if schema is None:
         return obj, _encode, False, False, _mixed(obj)
+    if route in _DISPATCHED_ROUTES and (otherwise := _served_otherwise(route, obj)):
+        return obj, _encode, False, False, otherwise
     declared = settings.declared_server_defaults
     declared = {k: _number(v) for k, v in declared.items()} if declared else {}
     for name in settings.excluded_fields:
@@ -635,6 +669,11 @@ def _canonical(route: str, obj: dict, settings: EdgeCacheSettings, texts: list) 
             raise _Reject(400, "invalid_type", f"'{field}' must be a string or a list", field)
         if schema == "embeddings" and (not value or (type(value) is list and "" in value)):
             raise _Reject(400, "invalid_value", "'input' must not be empty", "input")
+        # More inputs than OpenAI accepts (a list of token ids is one input, of any length).
+        if schema == "embeddings" and type(value) is list and len(value) > EMBEDDINGS_MAX_INPUTS and type(value[0]) is not int:
+            raise _Reject(
+                400, "invalid_value", f"'input' holds {len(value)} inputs; at most {EMBEDDINGS_MAX_INPUTS} are accepted", "input"
+            )
         obj[field] = _text_tokens(value, texts)
     stream = obj.pop("stream", False)
     if type(stream) is not bool:  # an odd value stays in the body, where it keys apart
@@ -714,12 +753,21 @@ def _not_cacheable(reason: str, error: ApiError | None = None) -> Decision:
     return _new_decision(Decision, (False, None, reason, error, False, False, 0))
 
 
-def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision, bytes | None]:
+def mac_key(stage_secret: str) -> bytes:
+    """The key deployed cache keys are MACs under, derived from the stage secret (the
+    secret itself is also the root of the /_cache/ read credential: one use, one key)."""
+    return hmac.digest(stage_secret.encode(), CACHE_KEY_CONTEXT.encode(), "sha256")
+
+
+def _decide(path, headers, body, settings, truncated, tenant, mac) -> tuple[Decision, bytes | None]:
     if path not in settings.routes or (path not in _ROUTE_SCHEMA and path != INVOCATIONS_ROUTE):
         return _not_cacheable("route not cached"), None
     if type(body) is not bytes:
         body = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     try:
+        if path == EMBEDDINGS_ROUTE and settings.embeddings_model_id is None:
+            # The stage serves no embeddings model: no model call, nothing to store.
+            raise _Reject(404, "model_not_found", "This stage serves no embeddings model.", "model")
         max_bytes = settings.max_body_bytes
         if truncated or len(body) > max_bytes:
             raise _Reject(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
@@ -747,13 +795,15 @@ def _decide(path, headers, body, settings, truncated, tenant) -> tuple[Decision,
         reason += ", client no-cache"
     if ttl <= 0:
         reason += ", ttl 0"
-    key = hashlib.sha256(payload).hexdigest()
+    # Deployed: HMAC-SHA256 under the stage's MAC key, so nobody without the secret can name
+    # a request's answer. Without one (bin/cache-key's estimates): plain SHA-256.
+    key = hmac.digest(mac, payload, "sha256").hex() if mac else hashlib.sha256(payload).hexdigest()
     return _new_decision(Decision, (True, key, reason, None, not no_cache, ttl > 0, ttl)), payload
 
 
 # What the key hashes: the canonical JSON of [KEY_FORMAT, route, model_id, model_version,
-# tenant|null, stream, body] (ASCII, so it holds no NUL byte), a NUL, then the long texts
-# in document order, each as kind (b"l"/b"u"), 8-byte length and bytes. Unambiguous: the
+# tenant|null, stream, body] (on /v1/embeddings the embeddings model's id and version) (ASCII,
+# so it holds no NUL byte), a NUL, then the long texts in document order, each as kind (b"l"/b"u"), 8-byte length and bytes. Unambiguous: the
 # first NUL ends the JSON; lengths delimit the texts. The JSON is written as its head (the
 # list up to the body, the same for every request of a route and stream, so it is written
 # once: _key_head), the body's JSON, and "]": the bytes the encoder writes for the whole list.
@@ -761,7 +811,11 @@ _KEY_HEADS: dict = {}
 
 
 def _key_head(path, settings: EdgeCacheSettings, scope, stream: bool, encoder) -> bytes:
-    model_id, model_version = settings.model_id, settings.model_version
+    # /v1/embeddings is answered by the embeddings model: its id and version key it.
+    if path == EMBEDDINGS_ROUTE:
+        model_id, model_version = settings.embeddings_model_id, settings.embeddings_model_version
+    else:
+        model_id, model_version = settings.model_id, settings.model_version
     if type(path) is not str or type(model_id) is not str or type(model_version) is not str or (
         scope is not None and type(scope) is not str
     ):  # only plain strings share a head (1 == 1.0 == True would share one, and are written apart)
@@ -776,12 +830,21 @@ def _key_head(path, settings: EdgeCacheSettings, scope, stream: bool, encoder) -
 
 
 def decide(
-    path: str, headers, body: bytes, settings: EdgeCacheSettings, *, truncated: bool = False, tenant: str | None = None
+    path: str,
+    headers,
+    body: bytes,
+    settings: EdgeCacheSettings,
+    *,
+    truncated: bool = False,
+    tenant: str | None = None,
+    mac: bytes | None = None,
 ) -> Decision:
-    """The cache decision for one request. Never raises: an unexpected failure is
-    'not cacheable' (the request passes through uncached), never an error response."""
+    """The cache decision for one request; its key a MAC under `mac` (mac_key() of the stage
+    secret), or without one a plain SHA-256 that no deployed stage uses (an estimate).
+    Never raises: an unexpected failure is 'not cacheable' (the request passes through
+    uncached), never an error response."""
     try:
-        return _decide(path, headers, body, settings, truncated, tenant)[0]
+        return _decide(path, headers, body, settings, truncated, tenant, mac)[0]
     except Exception as e:  # noqa: BLE001 - the edge must never fail a request on a bug here
         return _not_cacheable(f"internal error: {type(e).__name__}")
 
@@ -789,8 +852,8 @@ def decide(
 def canonical_payload(
     path: str, headers, body: bytes, settings: EdgeCacheSettings, *, tenant: str | None = None
 ) -> bytes | None:
-    """The exact bytes the key hashes (to debug a miss), or None when there is no key."""
+    """The exact bytes the key hashes or MACs (to debug a miss), or None when there is no key."""
     try:
-        return _decide(path, headers, body, settings, False, tenant)[1]
+        return _decide(path, headers, body, settings, False, tenant, None)[1]
     except Exception:  # noqa: BLE001
         return None

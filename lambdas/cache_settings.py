@@ -21,6 +21,8 @@ _FIELDS = (
     "results_path",  # str: distribution path of stored answers, e.g. "/_cache/"
     "model_id",  # str
     "model_version",  # str: part of every key, so a new model starts a fresh cache
+    "embeddings_model_id",  # str | None: the embeddings model; None: /v1/embeddings is 404 model_not_found
+    "embeddings_model_version",  # str | None: part of every /v1/embeddings key
     # The stage's CacheSettings (config.settings), field for field:
     "policy",  # "deterministic" | "all"
     "default_ttl_seconds",  # int

@@ -50,9 +50,26 @@ TTL_HEADER = "x-inference-cache-ttl"
 TENANT_HEADER = "x-inference-tenant"
 # What OAC signs a POST to a function URL with: the SHA-256 of the body.
 CONTENT_SHA256_HEADER = "x-amz-content-sha256"
-# Where a request's time went (W3C Server Timing): decision and lookup on the edge's
-# answers, origin on the origin adapter's.
+# Where a request's time went (W3C Server Timing), step by step (TimingStep): decision and
+# lookup on the edge's answers; on the origin adapter's, the edge's forwarded steps and its own.
 SERVER_TIMING_HEADER = "server-timing"
+# The edge's own Server-Timing entries on a request it forwards to the origin (edge-owned:
+# any viewer copy is removed first); the origin adapter folds them into its answer's.
+EDGE_TIMING_HEADER = "x-inference-edge-timing"
+
+# -- the stage secret (docs/security.md) ----------------------------------------------------
+# Cache keys are MACs under it, and the edge's /_cache/ lookups carry a credential derived
+# from it. It lives in the stage's API key store under this key (bin/api-keys rotate-secret).
+STAGE_SECRET_STORE_KEY = "stage-secret"
+# Set by the viewer-request API key check from the store (any viewer copy removed first),
+# read by the edge function, and forwarded by CloudFront to the origin adapter.
+STAGE_SECRET_HEADER = "x-inference-stage-secret"
+# The credential the edge function presents on its /_cache/ lookups, checked by the
+# /_cache/* viewer-request function: HMAC-SHA256(stage secret, CACHE_READ_CONTEXT), hex.
+CACHE_READ_HEADER = "x-inference-cache-read"
+CACHE_READ_CONTEXT = "inference-cache/cache-read/1"
+# What a cache key's MAC key is derived under: HMAC-SHA256(stage secret, this).
+CACHE_KEY_CONTEXT = "inference-cache/cache-key/3"
 
 # -- API keys -------------------------------------------------------------------------------
 # The CloudFront KeyValueStore of a stage's API keys (key: SHA-256 hex of the API key),
@@ -67,6 +84,8 @@ GENERATED_RESPONSE_LIMIT_BYTES = 1_048_576
 # The largest stored answer the edge can serve: the generated-response limit less room
 # for its headers. Larger answers are never stored (they could never be served).
 SERVABLE_BODY_LIMIT_BYTES = GENERATED_RESPONSE_LIMIT_BYTES - 8_192
+# OpenAI's embeddings API takes at most this many inputs in one request; more is a 400.
+EMBEDDINGS_MAX_INPUTS = 2048
 # Response timeout CloudFront allows without a quota increase; SageMaker allows the
 # container 60 s, so the whole path is bounded by the same minute.
 ORIGIN_READ_TIMEOUT_SECONDS = 60
@@ -87,10 +106,19 @@ LOOKUP_CA_ENV = "INFERENCE_CACHE_LOOKUP_CA"
 ENDPOINT_NAME_ENV = "ENDPOINT_NAME"
 RESULTS_BUCKET_ENV = "RESULTS_BUCKET"
 ENDPOINT_READ_TIMEOUT_ENV = "ENDPOINT_READ_TIMEOUT_SECONDS"
-# The adapter's own Lambda timeout (the stage's TimeoutBudget.adapter_seconds).
+# The embeddings endpoint and what the adapter needs to know of its model (a JSON object,
+# lambdas.origin_adapter.embeddings.EmbeddingsModel); unset on a stage without one.
+EMBEDDINGS_MODEL_ENV = "EMBEDDINGS_MODEL"
+# The adapter's budget for a whole answer (the stage's TimeoutBudget.adapter_seconds).
 ADAPTER_TIMEOUT_ENV = "ADAPTER_TIMEOUT_SECONDS"
+# A streamed answer's budget, request to last byte (TimeoutBudget.stream_seconds); the
+# function's Lambda timeout is this and the time to store and close after it.
+STREAM_BUDGET_ENV = "STREAM_BUDGET_SECONDS"
 # "true": identical cacheable misses share one model call (the stack sets it; unset: off).
 COALESCING_ENV = "COALESCE_IDENTICAL_MISSES"
+# How long the lease calls pause after the results bucket timed out or failed (seconds;
+# unset: AdapterSettings' default). Local runs and tests shorten it.
+RESULTS_BUCKET_PAUSE_ENV = "RESULTS_BUCKET_PAUSE_SECONDS"
 # The port the origin adapter's web app listens on inside Lambda, where Lambda Web Adapter
 # forwards each request (its AWS_LWA_PORT; run.sh reads the same variable).
 WEB_ADAPTER_PORT = 8000
@@ -98,6 +126,22 @@ WEB_ADAPTER_PORT = 8000
 # -- metrics (embedded metric format from the origin adapter) -----------------------------
 METRICS_NAMESPACE = "InferenceCache"
 ORIGIN_ADAPTER_SERVICE = "origin-adapter"
+
+
+class TimingStep:
+    """Server-Timing step names, in the order a miss takes them (milliseconds). `origin` is
+    the origin adapter's whole time until its answer began, its own steps included; `store`
+    and `release` run after the answer (the log line has their times)."""
+
+    KEY_CHECK = "key-check"  # the API key check; reported by the local front only
+    DECISION = "decision"  # the edge's cache decision
+    LOOKUP = "lookup"  # the edge's GET /_cache/{key}
+    ORIGIN_DECISION = "origin-decision"  # the adapter recomputes the decision
+    LEASE = "lease"  # claiming the key (or waiting for an identical request)
+    MODEL = "model"  # the model call (a stream: until its stream began)
+    STORE = "store"  # after the answer
+    RELEASE = "release"  # after the answer and its store
+    ORIGIN = "origin"
 
 
 class Metric:
@@ -120,6 +164,9 @@ class Metric:
     LEASE_TAKEOVER = "LeaseTakeover"
     LEASE_EXPIRED = "LeaseExpired"  # of the takeovers: a lease past its expiry (its holder died)
     COALESCE_GAVE_UP = "CoalesceGaveUp"
+    # The results bucket failed a lease call (or was paused after failing): the miss ran
+    # the model without coordination.
+    LEASE_UNAVAILABLE = "LeaseUnavailable"
     # Streaming: from the request to its first event (ms); streams that ended without a
     # complete answer (client gone, model error, timeout), never stored.
     TIME_TO_FIRST_TOKEN = "TimeToFirstToken"

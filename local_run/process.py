@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,29 +23,32 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched(*args: str) -> Iterator[dict]:
+def launched(*args: str, env: dict | None = None, on_line: Callable[[str], None] | None = None) -> Iterator[dict]:
     """`python -m local_run --port <free> --quiet *args`; yields its start-up record
-    (where it listens, which model serves what) and stops it, with all it started."""
+    (where it listens, which model serves what) and stops it, with all it started.
+    `env`: more environment for it; `on_line`: called with each line it prints after it
+    started (its log lines), from a reader thread."""
     process = subprocess.Popen(
         [sys.executable, "-m", "local_run", "--port", str(free_port()), "--quiet", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         start_new_session=True,
     )
     try:
-        started = None
+        started, printed = None, []
         for line in process.stdout:  # the start-up line says where it listens
             if line.startswith("{") and '"listening"' in line:
                 started = json.loads(line)
                 break
+            printed.append(line)
         if started is None:
-            raise RuntimeError("the local run did not start:\n" + process.stdout.read())
+            raise RuntimeError("the local run did not start:\n" + "".join(printed)[-6000:] + process.stdout.read())
         # Keep reading what it prints (the edge function logs a line per request): a
         # full pipe would block it.
-        threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+        threading.Thread(target=lambda: [on_line and on_line(line) for line in process.stdout], daemon=True).start()
         yield started
     finally:
         os.killpg(process.pid, signal.SIGINT)

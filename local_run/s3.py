@@ -6,13 +6,21 @@ them against the body; S3 does, and refuses a mismatch with 400 BadDigest. The w
 here checks them the way S3 does (plain-header form, which is what botocore sends over
 http://), so that "a corrupted part is refused" is something a test can see. It also
 counts the request body bytes that reach the server (the benchmark's "bytes sent", the
-same measure for every client) and can hold writes after the Nth object, so that a test
-can interrupt a publish at a known point. Conditional writes (If-None-Match, If-Match)
-are decided one at a time, atomically, as S3 decides them (moto checks, then writes).
+same measure for every client) and the time moto itself takes per method (what the
+benchmark separates from what a deployed stage pays), and can hold writes after the Nth
+object, so that a test can interrupt a publish at a known point. Conditional writes
+(If-None-Match, If-Match) are decided one at a time, atomically, as S3 decides them (moto
+checks, then writes).
+
+A fault hook makes a bucket slow or failing, as a results bucket can be: every request to
+it waits `delay_seconds` before it is served, and with `status` is then answered that
+error (S3's XML error, e.g. 503 SlowDown or 500 InternalError) without reaching moto.
 
   python -m local_run.s3 [--port N]   # prints the URL on the first line, serves until killed
 
-Control routes (never reach moto): GET /_local_s3/stats, POST /_local_s3/reset.
+Control routes (never reach moto): GET /_local_s3/stats, POST /_local_s3/reset,
+POST /_local_s3/faults {"bucket": B, "delay_seconds": S, "status": N} (one fault at a
+time; {} clears it, and wakes every request it holds).
 """
 
 from __future__ import annotations
@@ -23,11 +31,16 @@ import hashlib
 import io
 import json
 import logging
+import subprocess
+import sys
 import threading
+import time
 import zlib
+from pathlib import Path
 from urllib.parse import parse_qs
 
 CONTROL_PREFIX = "/_local_s3/"
+_WORKERS = 128
 
 
 def _crc32(body: bytes) -> bytes:
@@ -54,6 +67,9 @@ class S3RequestChecks:
         self.body_bytes = 0
         self.requests: dict[str, int] = {}
         self.refused_checksums = 0
+        self.moto_seconds: dict[str, float] = {}  # time moto spent serving, per method
+        self._fault: dict = {}
+        self._fault_cleared = threading.Event()
         # Hold: once this many objects were written, every later write waits for release()
         # and is then answered 503 without reaching moto (as if the connection had died).
         self._hold_after: int | None = None
@@ -65,7 +81,16 @@ class S3RequestChecks:
 
     def reset(self) -> None:
         with self._lock:
-            self.body_bytes, self.requests, self.refused_checksums = 0, {}, 0
+            self.body_bytes, self.requests, self.refused_checksums, self.moto_seconds = 0, {}, 0, {}
+
+    def set_fault(self, bucket: str | None = None, delay_seconds: float = 0.0, status: int | None = None) -> None:
+        """Every request to `bucket` (None: no fault) waits `delay_seconds`, then gets
+        `status` (an S3 error) if given, else is served."""
+        with self._lock:
+            previous = self._fault_cleared
+            self._fault = {"bucket": bucket, "delay": float(delay_seconds), "status": status} if bucket else {}
+            self._fault_cleared = threading.Event()
+        previous.set()  # requests held by the previous fault go on now
 
     def hold_writes_after(self, objects: int) -> None:
         with self._lock:
@@ -84,6 +109,8 @@ class S3RequestChecks:
                 "body_bytes": self.body_bytes,
                 "requests": dict(self.requests),
                 "refused_checksums": self.refused_checksums,
+                "moto_seconds": dict(self.moto_seconds),
+                "fault": {k: v for k, v in self._fault.items()},
             }
 
     # ------------------------------------------------------------------ WSGI
@@ -95,12 +122,19 @@ class S3RequestChecks:
         method = environ["REQUEST_METHOD"]
         stream = environ["wsgi.input"]
         length = environ.get("CONTENT_LENGTH")
-        body = stream.read(int(length)) if length else stream.read() if environ.get("wsgi.input_terminated") else b""
+        body = stream.read(int(length)) if length else stream.read()  # the server decoded a chunked body
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         with self._lock:
             self.body_bytes += len(body)
             self.requests[method] = self.requests.get(method, 0) + 1
+
+        fault = self._fault_for(path)
+        if fault:
+            fault["cleared"].wait(fault["delay"])
+            if fault["status"]:
+                code = "SlowDown" if fault["status"] == 503 else "InternalError"
+                return _error(start_response, f"{fault['status']} Fault", code, "made to fail by the local run's fault hook")
 
         if method in ("PUT", "POST") and self._hold_this_write(environ):
             self.held.set()
@@ -113,12 +147,24 @@ class S3RequestChecks:
                 with self._lock:
                     self.refused_checksums += 1
                 return _error(start_response, "400 Bad Request", "BadDigest", refusal)
-        if method in ("PUT", "DELETE") and ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ):
-            # moto checks a write's condition and then writes, unlocked: two racing
-            # If-None-Match: * writes can both succeed. S3 decides them atomically.
-            with self._conditional_writes:
-                return list(self.app(environ, start_response))
-        return self.app(environ, start_response)
+        started = time.perf_counter()
+        try:
+            if method in ("PUT", "DELETE") and ("HTTP_IF_NONE_MATCH" in environ or "HTTP_IF_MATCH" in environ):
+                # moto checks a write's condition and then writes, unlocked: two racing
+                # If-None-Match: * writes can both succeed. S3 decides them atomically.
+                with self._conditional_writes:
+                    return list(self.app(environ, start_response))
+            return list(self.app(environ, start_response))
+        finally:
+            with self._lock:
+                self.moto_seconds[method] = self.moto_seconds.get(method, 0.0) + time.perf_counter() - started
+
+    def _fault_for(self, path: str) -> dict | None:
+        with self._lock:
+            fault, cleared = self._fault, self._fault_cleared
+        if fault and path.strip("/").split("/", 1)[0] == fault["bucket"]:
+            return {**fault, "cleared": cleared}
+        return None
 
     def _hold_this_write(self, environ) -> bool:
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
@@ -154,6 +200,10 @@ class S3RequestChecks:
     def _control(self, route: str, environ, start_response):
         if route == "reset" and environ["REQUEST_METHOD"] == "POST":
             self.reset()
+        elif route == "faults" and environ["REQUEST_METHOD"] == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            fault = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            self.set_fault(fault.get("bucket"), fault.get("delay_seconds", 0.0), fault.get("status"))
         elif route != "stats":
             return _error(start_response, "404 Not Found", "NoSuchRoute", route)
         payload = json.dumps(self.stats()).encode()
@@ -168,7 +218,11 @@ def _error(start_response, status: str, code: str, message: str):
 
 
 class LocalS3:
-    """moto's S3 behind S3RequestChecks, served from a thread on 127.0.0.1."""
+    """moto's S3 behind S3RequestChecks, served from a thread on 127.0.0.1 by uvicorn (the
+    WSGI app on a pool of threads, a2wsgi): kept-alive connections and `Expect:
+    100-continue` answered as S3 answers them. werkzeug's development server closes every
+    connection after one request, so each S3 call here paid a TCP handshake and a new
+    thread, which S3 never charges."""
 
     def __init__(self, port: int = 0) -> None:
         self._port = port
@@ -177,29 +231,30 @@ class LocalS3:
         self.checks: S3RequestChecks | None = None
 
     def start(self) -> LocalS3:
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-        from werkzeug.serving import make_server
+        from a2wsgi import WSGIMiddleware
+        from moto.moto_server.werkzeug_app import create_backend_app
+
+        from local_run.servers import BackgroundServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-        self.checks = S3RequestChecks(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server(
-            "127.0.0.1", self._port, self.checks, threaded=True, request_handler=MotoRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-s3", daemon=True)
-        self._thread.start()
+        # S3's app itself, as `moto_server s3` serves it: moto's dispatcher would match every
+        # request's host against every service's URL patterns, under one lock.
+        self.checks = S3RequestChecks(create_backend_app("s3"))
+        # Threads enough for the requests a fault or a hold keeps waiting, and the rest.
+        self._server = BackgroundServer(WSGIMiddleware(self.checks, workers=_WORKERS), port=self._port, name="local-s3")
+        self._server.start()
         return self
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     def stop(self) -> None:
         if self._server is not None:
             if self.checks is not None:
                 self.checks.release()
-            self._server.shutdown()
-            self._server.server_close()
+                self.checks.set_fault(None)
+            self._server.stop()
             self._server = None
 
     def __enter__(self) -> LocalS3:
@@ -209,14 +264,50 @@ class LocalS3:
         self.stop()
 
 
+class LocalS3Process:
+    """The same server in a process of its own (`python -m local_run.s3`), as S3 is a
+    service of its own: its request handling never shares an interpreter lock with the
+    code it serves. Stopped with the process that started it (and on stop())."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> LocalS3Process:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "local_run.s3", "--port", str(self._port), "--exit-with-parent"],
+            stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+        )
+        self.url = (self._process.stdout.readline() or "").strip()
+        if not self.url.startswith("http://"):
+            self.stop()
+            raise RuntimeError("the local S3 server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.stdin.close()  # end of input: it stops
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=5)
+        self._process = None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local_run.s3", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--exit-with-parent", action="store_true", help="stop at the end of standard input")
     args = parser.parse_args(argv)
     server = LocalS3(args.port).start()
     print(server.url, flush=True)
     try:
-        threading.Event().wait()
+        if args.exit_with_parent:
+            sys.stdin.read()  # returns when the parent closes it, or dies
+        else:
+            threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HOST_SCRIPT = ROOT / "local_run" / "cloudfront_function_host.mjs"
 API_KEY_CHECK = ROOT / "lambdas" / "viewer_request" / "api_key_check.js"
+CACHE_READ_CHECK = ROOT / "lambdas" / "viewer_request" / "cache_read_check.js"
 
 
 class FunctionExecutionError(RuntimeError):

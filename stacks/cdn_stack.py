@@ -33,7 +33,9 @@ from stacks.edge_stack import EdgeStack
 # error is never pinned at the edge (403/404 above all: that is what a cache miss on
 # /_cache/ looks like, and pinning it would send every repeat to the GPU).
 # The CloudFront Function checking API keys (JavaScript, runtime cloudfront-js-2.0).
-API_KEY_CHECK_FILE = Path(lambdas.__file__).resolve().parent / "viewer_request" / "api_key_check.js"
+VIEWER_REQUEST_DIR = Path(lambdas.__file__).resolve().parent / "viewer_request"
+API_KEY_CHECK_FILE = VIEWER_REQUEST_DIR / "api_key_check.js"
+CACHE_READ_CHECK_FILE = VIEWER_REQUEST_DIR / "cache_read_check.js"
 ERROR_CODES_NOT_CACHED = (400, 403, 404, 405, 414, 416, 500, 501, 502, 503, 504)
 
 
@@ -107,6 +109,13 @@ class CdnStack(cdk.Stack):
         )
         # Callers with a platform API key only: checked at the viewer request, before the
         # edge function or the origin runs (docs/api-keys.md).
+        # The stage's key store: API keys by hash, and the stage secret (docs/security.md).
+        self.api_key_store = cloudfront.KeyValueStore(
+            self,
+            "ApiKeyStore",
+            key_value_store_name=API_KEY_STORE_NAME.format(stage=settings.name),
+            comment=f"inference-cache {settings.name}: API keys by SHA-256, and the stage secret (bin/api-keys)",
+        )
         key_check = self._api_key_check(settings) if settings.require_api_keys else []
         inference_behavior = cloudfront.BehaviorOptions(
             origin=adapter_origin,
@@ -141,6 +150,9 @@ class CdnStack(cdk.Stack):
             cache_policy=self.results_cache_policy,
             viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
             compress=False,
+            # Only the stage's own edge function reads stored answers: its credential is
+            # checked before CloudFront's cache or S3 is consulted.
+            function_associations=[self._cache_read_check(settings)],
         )
 
         self.distribution = cloudfront.Distribution(
@@ -189,14 +201,23 @@ class CdnStack(cdk.Stack):
         )
         self._results_bucket_policy(results_bucket)
 
-    def _api_key_check(self, settings: StageSettings) -> list[cloudfront.FunctionAssociation]:
-        """The stage's API key store and the CloudFront Function that checks keys in it."""
-        self.api_key_store = cloudfront.KeyValueStore(
+    def _cache_read_check(self, settings: StageSettings) -> cloudfront.FunctionAssociation:
+        """The CloudFront Function on /_cache/*: 403 for everyone but the edge function."""
+        self.cache_read_check = cloudfront.Function(
             self,
-            "ApiKeyStore",
-            key_value_store_name=API_KEY_STORE_NAME.format(stage=settings.name),
-            comment=f"inference-cache {settings.name}: API keys by SHA-256 (bin/api-keys)",
+            "CacheReadCheck",
+            function_name=f"inference-cache-{settings.name}-cache-read-check",
+            comment="403 unless the edge function's credential (derived from the stage secret)",
+            code=cloudfront.FunctionCode.from_file(file_path=str(CACHE_READ_CHECK_FILE)),
+            runtime=cloudfront.FunctionRuntime.JS_2_0,
+            key_value_store=self.api_key_store,
+            auto_publish=True,
         )
+        return cloudfront.FunctionAssociation(function=self.cache_read_check, event_type=cloudfront.FunctionEventType.VIEWER_REQUEST)
+
+    def _api_key_check(self, settings: StageSettings) -> list[cloudfront.FunctionAssociation]:
+        """The CloudFront Function that checks keys in the stage's key store and hands the
+        edge function the stage secret."""
         self.api_key_check = cloudfront.Function(
             self,
             "ApiKeyCheck",

@@ -3,7 +3,8 @@
 CloudFront and Lambda@Edge metrics exist only in us-east-1, so their graphs name that
 region per metric (CloudWatch dashboards read any region; alarms cannot). Rows, top to
 bottom: objectives; traffic, error budget and burn rate; errors by layer; p99 latency
-by layer; capacity; GPU time saved and the model workspace; alarm status per region.
+by layer; streaming and coalescing; capacity; GPU time saved and the model workspace;
+the embeddings endpoint (where the stage has one); alarm status per region.
 docs/sla.md draws the same layout.
 """
 
@@ -54,6 +55,7 @@ class SlaDashboard(Construct):
         edge: EdgeMetrics,
         home: HomeMetrics,
         home_alarms: list[cw.IAlarm],
+        embeddings: HomeMetrics | None = None,
         edge_alarm_names: list[str],
         edge_region: str,
     ) -> None:
@@ -61,6 +63,7 @@ class SlaDashboard(Construct):
         self.settings = settings
         self.edge = edge
         self.home = home
+        self.embeddings = embeddings  # the embeddings endpoint's metrics, if the stage has one
         self.edge_region = edge_region
         self.dashboard = cw.Dashboard(
             self,
@@ -76,6 +79,8 @@ class SlaDashboard(Construct):
         self._streaming_and_coalescing_row()
         self._capacity_row()
         self._gpu_time_and_workspace_row()
+        if embeddings is not None:
+            self._embeddings_row()
         self._alarm_status_row(home_alarms, edge_alarm_names)
 
     # -- metrics more than one row graphs ----------------------------------------------
@@ -380,27 +385,38 @@ class SlaDashboard(Construct):
         """GPU seconds saved by edge hits, then the model workspace's throughput and free space."""
         sla, workspace, home = self.settings.sla, self.settings.workspace, self.home
         throughput_mb_s = workspace.capacity_gib / 1024 * workspace.throughput_per_tib
+        gpu_seconds = cw.GraphWidget(
+            title="GPU seconds: saved by edge hits vs spent on misses",
+            width=8,
+            height=6,
+            left=[
+                cw.MathExpression(
+                    # hits x (GPU seconds per miss): a hit costs the GPU what a miss would have.
+                    expression="edgeHits * gpuSecondsOnMiss / cacheMisses",
+                    using_metrics={
+                        "edgeHits": self._edge_hits(),
+                        "gpuSecondsOnMiss": home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD),
+                        "cacheMisses": self._cache_misses(),
+                    },
+                    period=PERIOD,
+                    label="GPU seconds saved by hits (estimate)",
+                ),
+                home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD, "GPU seconds spent on misses"),
+            ],
+            left_y_axis=cw.YAxisProps(min=0, label="GPU s / 5 min", show_units=False),
+        )
+        if not workspace.enabled:
+            self.dashboard.add_widgets(
+                gpu_seconds,
+                cw.TextWidget(
+                    markdown=f"**Model workspace (FSx for Lustre): off in this stage.** {workspace.off_reason}",
+                    width=16,
+                    height=6,
+                ),
+            )
+            return
         self.dashboard.add_widgets(
-            cw.GraphWidget(
-                title="GPU seconds: saved by edge hits vs spent on misses",
-                width=8,
-                height=6,
-                left=[
-                    cw.MathExpression(
-                        # hits x (GPU seconds per miss): a hit costs the GPU what a miss would have.
-                        expression="edgeHits * gpuSecondsOnMiss / cacheMisses",
-                        using_metrics={
-                            "edgeHits": self._edge_hits(),
-                            "gpuSecondsOnMiss": home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD),
-                            "cacheMisses": self._cache_misses(),
-                        },
-                        period=PERIOD,
-                        label="GPU seconds saved by hits (estimate)",
-                    ),
-                    home.emf(Metric.GPU_SECONDS_ON_MISS, "Sum", PERIOD, "GPU seconds spent on misses"),
-                ],
-                left_y_axis=cw.YAxisProps(min=0, label="GPU s / 5 min", show_units=False),
-            ),
+            gpu_seconds,
             cw.GraphWidget(
                 title="Model workspace (FSx for Lustre) throughput (MB/s)",
                 width=8,
@@ -448,6 +464,76 @@ class SlaDashboard(Construct):
             ),
         )
 
+    def _embeddings_row(self) -> None:
+        """The embeddings endpoint: calls (one per batch) and their failures, model latency
+        against its objective, instances against the scaling bounds, and how busy they are."""
+        sla, embeddings, metrics = self.settings.sla, self.settings.embeddings, self.embeddings
+        endpoint = embeddings.endpoint
+        if endpoint.gpus:
+            busy = [
+                per_gpu(metrics.instance("GPUUtilization", "Average"), endpoint.gpus, "fleet average", "embGpuAverage", PERIOD),
+                per_gpu(metrics.instance("GPUUtilization", "Maximum"), endpoint.gpus, "busiest instance", "embGpuMaximum", PERIOD),
+            ]
+            busy_title, busy_axis = f"Embeddings: GPU utilization per GPU (%), {endpoint.instance_type}", "% per GPU"
+        else:
+            busy = [
+                metrics.instance("CPUUtilization", "Average", PERIOD, "fleet average"),
+                metrics.instance("CPUUtilization", "Maximum", PERIOD, "busiest instance"),
+            ]
+            busy_title, busy_axis = f"Embeddings: CPU utilization (%, summed over vCPUs), {endpoint.instance_type}", "%"
+        self.dashboard.add_widgets(
+            cw.GraphWidget(
+                title=f"Embeddings: calls (batches of <= {embeddings.max_client_batch_size} inputs) and failures",
+                width=6,
+                height=6,
+                left=[metrics.sagemaker("Invocations", "Sum", PERIOD, "calls")],
+                right=[
+                    metrics.sagemaker("Invocation5XXErrors", "Sum", PERIOD, "5XX"),
+                    metrics.sagemaker("InvocationModelErrors", "Sum", PERIOD, "model errors (TEI 4xx included)"),
+                ],
+                left_y_axis=cw.YAxisProps(min=0, label="calls / 5 min", show_units=False),
+                right_y_axis=cw.YAxisProps(min=0, label="errors / 5 min", show_units=False),
+            ),
+            cw.GraphWidget(
+                title=f"Embeddings: model latency (ms), {embeddings.model_id}",
+                width=6,
+                height=6,
+                left=[
+                    _in_ms(metrics.sagemaker("ModelLatency", "p50", PERIOD), "embModelP50", "ModelLatency p50"),
+                    _in_ms(metrics.sagemaker("ModelLatency", "p99", PERIOD), "embModelP99", "ModelLatency p99"),
+                ],
+                left_annotations=_p99_objective(sla.embeddings_model_latency_p99_ms),
+                left_y_axis=cw.YAxisProps(min=0, label="ms", show_units=False),
+            ),
+            cw.GraphWidget(
+                title="Embeddings: instances in service vs maximum",
+                width=6,
+                height=6,
+                left=[instances_in_service(metrics, PERIOD)],
+                left_annotations=[
+                    cw.HorizontalAnnotation(
+                        value=endpoint.max_instances, label=f"max_instances {endpoint.max_instances}", color=RED
+                    ),
+                    cw.HorizontalAnnotation(
+                        value=endpoint.min_instances, label=f"min_instances {endpoint.min_instances}", color=GREY
+                    ),
+                ],
+                left_y_axis=cw.YAxisProps(min=0, max=endpoint.max_instances + 1, label="instances", show_units=False),
+            ),
+            cw.GraphWidget(
+                title=busy_title,
+                width=6,
+                height=6,
+                left=busy,
+                left_annotations=(
+                    [cw.HorizontalAnnotation(value=sla.gpu_utilization_high_pct, label="sustained-high (ticket)", color=ORANGE)]
+                    if endpoint.gpus
+                    else []
+                ),
+                left_y_axis=cw.YAxisProps(min=0, label=busy_axis, show_units=False),
+            ),
+        )
+
     def _alarm_status_row(self, home_alarms: list[cw.IAlarm], edge_alarm_names: list[str]) -> None:
         """Alarm status per region. The us-east-1 alarms live in another region's stack, so
         they are referred to by an ARN built from their plain names (no cross-stack reference)."""
@@ -489,6 +575,11 @@ class SlaDashboard(Construct):
                 f"| edge origin latency p99 | {sla.edge_origin_latency_p99_ms} ms | page |",
                 f"| origin adapter duration p99 | {sla.origin_adapter_duration_p99_ms} ms | page |",
                 f"| model latency p99 | {sla.model_latency_p99_ms} ms | page |",
+                *(
+                    [f"| embeddings model latency p99 ({s.embeddings.model_id}) | {sla.embeddings_model_latency_p99_ms} ms | page |"]
+                    if s.embeddings
+                    else []
+                ),
                 f"| endpoint 5XX, adapter errors and throttles | {sla.endpoint_error_rate_max * 100:g} % | page |",
                 f"| cache hit rate floor | {sla.cache_hit_ratio_floor * 100:g} % | ticket |",
             ]

@@ -12,8 +12,9 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
-from config.settings import StageSettings
-from lambdas.contract import METRICS_NAMESPACE, RESULTS_PATH, EdgeLog, EdgeLogMetric
+from config.settings import RateLimits, StageSettings
+from lambdas.contract import METRICS_NAMESPACE, RESULTS_PATH, STATUS_HEADER, EdgeLog, EdgeLogMetric
+from lambdas.errors import ApiError
 from stacks.common import retention
 
 EDGE_REGION = "us-east-1"
@@ -26,8 +27,8 @@ class EdgeStack(cdk.Stack):
         self.cache_key_function_role = self._function_role()
         self.replica_log_group = self._replica_logs(settings)
         self.web_acl: wafv2.CfnWebACL | None = None
-        if settings.waf_rate_limit_per_5_min is not None:
-            self.web_acl = self._web_acl(settings)
+        if settings.rate_limits is not None:
+            self.web_acl = self._web_acl(settings, settings.rate_limits)
 
     def _function_role(self) -> iam.Role:
         role = iam.Role(
@@ -78,44 +79,93 @@ class EdgeStack(cdk.Stack):
             )
         return group
 
-    def _web_acl(self, settings: StageSettings) -> wafv2.CfnWebACL:
+    def _web_acl(self, settings: StageSettings, limits: RateLimits) -> wafv2.CfnWebACL:
+        """Rate limits per platform API key (a custom aggregation key on each key header;
+        WAF counts a request only under a key it carries), per client IP for requests that
+        carry no key, IP reputation and known bad inputs; an over-limit caller gets 429 in
+        the OpenAI error shape with Retry-After. None of them looks at /_cache/: the edge
+        function's lookups are never counted or blocked; /_cache/ is guarded by its
+        viewer-request function instead (docs/security.md)."""
+
         def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
             return wafv2.CfnWebACL.VisibilityConfigProperty(
                 cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
             )
 
+        too_many = wafv2.CfnWebACL.RuleActionProperty(
+            block=wafv2.CfnWebACL.BlockActionProperty(
+                custom_response=wafv2.CfnWebACL.CustomResponseProperty(
+                    response_code=429,
+                    custom_response_body_key=RATE_LIMITED_BODY,
+                    response_headers=[
+                        wafv2.CfnWebACL.CustomHTTPHeaderProperty(name="retry-after", value=str(limits.retry_after_seconds)),
+                        wafv2.CfnWebACL.CustomHTTPHeaderProperty(name=STATUS_HEADER, value="BYPASS"),
+                    ],
+                )
+            )
+        )
+
+        def per_key(name: str, header: str, priority: int) -> wafv2.CfnWebACL.RuleProperty:
+            return wafv2.CfnWebACL.RuleProperty(
+                name=name,
+                priority=priority,
+                action=too_many,
+                statement=wafv2.CfnWebACL.StatementProperty(
+                    rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                        limit=limits.requests_per_key,
+                        evaluation_window_sec=limits.window_seconds,
+                        aggregate_key_type="CUSTOM_KEYS",
+                        custom_keys=[
+                            wafv2.CfnWebACL.RateBasedStatementCustomKeyProperty(
+                                header=wafv2.CfnWebACL.RateLimitHeaderProperty(
+                                    name=header,
+                                    text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
+                                )
+                            )
+                        ],
+                        scope_down_statement=_not_results_path(),
+                    )
+                ),
+                visibility_config=visibility(name),
+            )
+
+        keyless = wafv2.CfnWebACL.StatementProperty(
+            and_statement=wafv2.CfnWebACL.AndStatementProperty(
+                statements=[_not_results_path(), _without_header("authorization"), _without_header("x-api-key")]
+            )
+        )
         acl = wafv2.CfnWebACL(
             self,
             "WebAcl",
             scope="CLOUDFRONT",
             default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
             visibility_config=visibility(f"inference-cache-{settings.name}"),
+            custom_response_bodies={
+                RATE_LIMITED_BODY: wafv2.CfnWebACL.CustomResponseBodyProperty(
+                    content_type="APPLICATION_JSON", content=rate_limited_body(limits)
+                )
+            },
             rules=[
+                per_key("RatePerApiKeyBearer", "authorization", 0),
+                per_key("RatePerApiKeyHeader", "x-api-key", 1),
                 wafv2.CfnWebACL.RuleProperty(
-                    name="RatePerClientIp",
-                    priority=0,
-                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    name="RatePerClientIpWithoutKey",
+                    priority=2,
+                    action=too_many,
                     statement=wafv2.CfnWebACL.StatementProperty(
                         rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
-                            limit=settings.waf_rate_limit_per_5_min,
-                            evaluation_window_sec=300,
+                            limit=limits.keyless_requests_per_ip,
+                            evaluation_window_sec=limits.window_seconds,
                             aggregate_key_type="IP",
-                            # The edge function's own lookups come from Lambda@Edge's few
-                            # egress addresses: counted, they would be blocked under load,
-                            # every 403 would read as a miss and all traffic go to the GPU.
-                            scope_down_statement=_not_results_path(),
+                            scope_down_statement=keyless,
                         )
                     ),
-                    visibility_config=visibility("rate-per-client-ip"),
+                    visibility_config=visibility("rate-per-client-ip-without-key"),
                 ),
-                # Managed groups chosen for an API that takes large JSON bodies: the
-                # common rule set is left out because its 8 KB body-size rule would
-                # block ordinary prompts.
-                _managed_rule("AWSManagedRulesAmazonIpReputationList", 1, visibility),
-                _managed_rule("AWSManagedRulesKnownBadInputsRuleSet", 2, visibility),
+                _managed_rule("AWSManagedRulesAmazonIpReputationList", 3, visibility),
+                _managed_rule("AWSManagedRulesKnownBadInputsRuleSet", 4, visibility),
             ],
         )
-        # WAF only delivers to log groups whose names start with aws-waf-logs-.
         log_group_name = f"aws-waf-logs-inference-cache-{settings.name}"
         waf_logs = logs.LogGroup(
             self,
@@ -157,12 +207,45 @@ def _not_results_path() -> wafv2.CfnWebACL.StatementProperty:
 
 
 def _managed_rule(name: str, priority: int, visibility) -> wafv2.CfnWebACL.RuleProperty:
+    """An AWS managed rule group, scoped down to everything but /_cache/ (the edge's lookups)."""
     return wafv2.CfnWebACL.RuleProperty(
         name=name,
         priority=priority,
         override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
         statement=wafv2.CfnWebACL.StatementProperty(
-            managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(vendor_name="AWS", name=name)
+            managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                vendor_name="AWS", name=name, scope_down_statement=_not_results_path()
+            )
         ),
         visibility_config=visibility(name),
     )
+
+
+def _without_header(name: str) -> wafv2.CfnWebACL.StatementProperty:
+    """The request has no (or an empty) `name` header: WAF finds no match in a header that
+    is absent, so 'size above 0' matches exactly the requests that carry it."""
+    return wafv2.CfnWebACL.StatementProperty(
+        not_statement=wafv2.CfnWebACL.NotStatementProperty(
+            statement=wafv2.CfnWebACL.StatementProperty(
+                size_constraint_statement=wafv2.CfnWebACL.SizeConstraintStatementProperty(
+                    field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(single_header={"Name": name}),
+                    comparison_operator="GT",
+                    size=0,
+                    text_transformations=[wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")],
+                )
+            )
+        )
+    )
+
+
+# The custom response body WAF answers an over-limit caller with.
+RATE_LIMITED_BODY = "rate-limited"
+
+
+def rate_limited_body(limits: RateLimits) -> str:
+    """The OpenAI error shape (the openai client retries a 429, honouring Retry-After)."""
+    message = (
+        f"Rate limit reached: at most {limits.requests_per_key} requests per API key per {limits.window_seconds} s; "
+        f"retry after {limits.retry_after_seconds} s."
+    )
+    return ApiError(429, message, None, "rate_limit_exceeded").body().decode()

@@ -11,7 +11,8 @@ from stacks.alerting_stack import AlertingStack
 from stacks.cdn_stack import CdnStack
 from stacks.edge_stack import EDGE_REGION, EdgeStack
 from stacks.foundation_stack import FoundationStack
-from stacks.inference_stack import VARIANT_NAME, InferenceStack
+from stacks.inference_stack import InferenceStack
+from stacks.model_endpoint import VARIANT_NAME
 from stacks.model_storage_stack import ModelStorageStack
 from stacks.monitoring_stack import EdgeMonitoringStack, MonitoringStack
 from stacks.nag import acknowledge_findings
@@ -78,11 +79,12 @@ class InferenceCacheStage(cdk.Stage):
             endpoint_name=self.inference.endpoint_name,
             variant_name=VARIANT_NAME,
             origin_adapter_name=self.inference.origin_adapter_name,
-            file_system_id=self.model_storage.workspace.ref,
+            file_system_id=self.model_storage.workspace.ref if self.model_storage.workspace else None,
             page_topic=self.alerting.page_topic,
             ticket_topic=self.alerting.ticket_topic,
             edge_region=EDGE_REGION,
             edge_alarm_names=self.edge_monitoring.alarm_names,
+            embeddings_endpoint_name=self.inference.embeddings_endpoint_name if settings.embeddings else None,
             env=home,
         )
         # The dashboard names the us-east-1 alarms by ARN; create them first.

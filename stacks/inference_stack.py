@@ -1,27 +1,31 @@
-"""GPU inference in the home region: the SageMaker endpoint with autoscaling, the
-origin adapter that CloudFront forwards cache misses to, and the results bucket the
-adapter writes cacheable answers into."""
+"""Inference in the home region: the SageMaker endpoints with autoscaling (the LLM's on
+GPUs, and the embeddings model's where the stage serves one), the origin adapter that
+CloudFront forwards cache misses to, and the results bucket the adapter writes cacheable
+answers into."""
 
 from __future__ import annotations
 
 from importlib.metadata import version
 
 import aws_cdk as cdk
-from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from config.aws_facts import LAMBDA_WEB_ADAPTER_LAYER_ARN, LAMBDA_WEB_ADAPTER_LAYER_VERSION
+from config.aws_facts import (
+    LAMBDA_WEB_ADAPTER_LAYER_ARN,
+    LAMBDA_WEB_ADAPTER_LAYER_VERSION,
+    POWERTOOLS_LAYER_PARAMETER,
+)
 from config.settings import StageSettings
 from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCING_ENV,
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     HEALTH_ROUTE,
@@ -30,16 +34,12 @@ from lambdas.contract import (
     ORIGIN_ADAPTER_SERVICE,
     RESULTS_BUCKET_ENV,
     RESULTS_PREFIX,
+    STREAM_BUDGET_ENV,
     WEB_ADAPTER_PORT,
 )
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER, lambda_bundle
 from stacks.common import retention
-
-VARIANT_NAME = "AllTraffic"
-# Kept from the running endpoint on every update: the instance count autoscaling reached
-# and the variant weight. DataCaptureConfig is excluded so that a capture setting in a
-# new endpoint config takes effect instead of being silently kept from the old one.
-RETAIN_EXCEPT = ("DataCaptureConfig",)
+from stacks.model_endpoint import ModelEndpoint
 
 
 class InferenceStack(cdk.Stack):
@@ -57,14 +57,18 @@ class InferenceStack(cdk.Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.settings = settings
-        self.endpoint_name = f"inference-cache-{settings.name}"
+        self.endpoint_name = settings.endpoint_name
         # Named, so that alarms elsewhere refer to it by name, not by a stack export.
         self.origin_adapter_name = f"inference-cache-{settings.name}-origin-adapter"
 
+        self.embeddings_endpoint_name = settings.embeddings_endpoint_name
+
         self.results_bucket = self._results_bucket(log_bucket)
-        self.endpoint = self._endpoint(vpc, subnets, model_bucket)
-        self.scaling_target = self._autoscaling()
-        self.origin_adapter, self.origin_url = self._origin_adapter()
+        self.llm = self._llm_endpoint(vpc, subnets, model_bucket)
+        self.endpoint, self.scaling_target = self.llm.endpoint, self.llm.scaling_target
+        self.endpoint_log_group = self.llm.log_group
+        self.embeddings = self._embeddings_endpoint(vpc, subnets, model_bucket)
+        self.origin_adapter, self.origin_url = self._origin_adapter(model_bucket)
 
     # -- results bucket -------------------------------------------------------------
     def _results_bucket(self, log_bucket: s3.IBucket) -> s3.Bucket:
@@ -91,82 +95,18 @@ class InferenceStack(cdk.Stack):
         )
 
     # -- SageMaker --------------------------------------------------------------------
-    def _endpoint(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection, model_bucket: s3.IBucket) -> sagemaker.CfnEndpoint:
-        model = self.settings.model
-        endpoint = self.settings.endpoint
-
-        role = iam.Role(
-            self,
-            "ModelExecutionRole",
-            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
-            description="SageMaker model: read this model version, pull the image, write logs and metrics",
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[model_bucket.arn_for_objects(f"{model.s3_prefix}*")])
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["s3:ListBucket"],
-                resources=[model_bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{model.s3_prefix}*"]}},
-            )
-        )
-        image_account, _, image_path = model.image_uri.partition(".dkr.ecr.")
-        image_region = image_path.split(".")[0]
-        repository = image_path.split("/", 1)[1].split(":")[0]
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                resources=[f"arn:{self.partition}:ecr:{image_region}:{image_account}:repository/{repository}"],
-            )
-        )
-        role.add_to_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-                resources=[
-                    f"arn:{self.partition}:logs:{self.region}:{self.account}:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}:*"
-                ],
-            )
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=["cloudwatch:PutMetricData"],
-                resources=["*"],
-                conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*"]}},
-            )
-        )
-        # What SageMaker needs to place the model's network interfaces in the VPC.
-        role.add_to_policy(
-            iam.PolicyStatement(
-                actions=[
-                    "ec2:CreateNetworkInterface",
-                    "ec2:CreateNetworkInterfacePermission",
-                    "ec2:DeleteNetworkInterface",
-                    "ec2:DeleteNetworkInterfacePermission",
-                    "ec2:DescribeNetworkInterfaces",
-                    "ec2:DescribeVpcs",
-                    "ec2:DescribeDhcpOptions",
-                    "ec2:DescribeSubnets",
-                    "ec2:DescribeSecurityGroups",
-                ],
-                resources=["*"],
-            )
-        )
-
-        model_sg = ec2.SecurityGroup(
-            self, "ModelSecurityGroup", vpc=vpc, description="SageMaker model containers", allow_all_outbound=False
-        )
-        # Model download over HTTPS. The subnets are isolated: the S3 gateway endpoint
-        # is the only route out, so "anywhere" here reaches S3 and nothing else.
-        model_sg.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "S3 through the gateway endpoint")
-
+    def _llm_endpoint(self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection, model_bucket: s3.IBucket) -> ModelEndpoint:
+        """The LLM: LMI (vLLM) on GPUs."""
+        model, endpoint = self.settings.model, self.settings.endpoint
         environment = {
             # LMI reads the uncompressed checkpoint SageMaker placed in /opt/ml/model.
             "HF_MODEL_ID": "/opt/ml/model",
             "OPTION_ROLLING_BATCH": "vllm",
             "TENSOR_PARALLEL_DEGREE": str(model.tensor_parallel_degree),
-            "OPTION_MAX_ROLLING_BATCH_SIZE": str(model.max_rolling_batch_size),
+            # The GPU-fit check's three figures (config.settings.gpu_fit), as the container reads them.
+            "OPTION_MAX_MODEL_LEN": str(model.max_model_len),
+            "OPTION_MAX_ROLLING_BATCH_SIZE": str(model.max_num_seqs),
+            "OPTION_GPU_MEMORY_UTILIZATION": str(model.gpu_memory_utilization),
             "OPTION_TRUST_REMOTE_CODE": "false",
             # Load safetensors only, never a .bin/.pt copy a snapshot may also hold.
             "OPTION_LOAD_FORMAT": "safetensors",
@@ -177,97 +117,59 @@ class InferenceStack(cdk.Stack):
             **({"OPTION_QUANTIZE": model.quantization} if model.quantization else {}),
             **dict(model.extra_environment),
         }
-        cfn_model = sagemaker.CfnModel(
+        return ModelEndpoint(
             self,
-            "Model",
-            execution_role_arn=role.role_arn,
-            enable_network_isolation=True,
-            primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
-                image=model.image_uri,
-                environment=environment,
-                model_data_source=sagemaker.CfnModel.ModelDataSourceProperty(
-                    s3_data_source=sagemaker.CfnModel.S3DataSourceProperty(
-                        s3_uri=f"s3://{model_bucket.bucket_name}/{model.s3_prefix}",
-                        s3_data_type="S3Prefix",
-                        compression_type="None",
-                    )
-                ),
-            ),
-            vpc_config=sagemaker.CfnModel.VpcConfigProperty(
-                security_group_ids=[model_sg.security_group_id],
-                subnets=vpc.select_subnets(subnet_type=subnets.subnet_type).subnet_ids,
-            ),
-            tags=[cdk.CfnTag(key="model-version", value=model.model_version)],
-        )
-        # The model is validated against its role's permissions at creation.
-        cfn_model.node.add_dependency(role.node.find_child("DefaultPolicy"))
-
-        variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
-            variant_name=VARIANT_NAME,
-            model_name=cfn_model.attr_model_name,
-            instance_type=endpoint.instance_type,
-            initial_instance_count=endpoint.min_instances,
-            initial_variant_weight=1.0,
-            container_startup_health_check_timeout_in_seconds=endpoint.startup_health_check_timeout_seconds,
-            model_data_download_timeout_in_seconds=endpoint.model_data_download_timeout_seconds,
-            volume_size_in_gb=endpoint.volume_size_gb,
-            routing_config=sagemaker.CfnEndpointConfig.RoutingConfigProperty(
-                routing_strategy="LEAST_OUTSTANDING_REQUESTS"
-            ),
-        )
-        endpoint_config = sagemaker.CfnEndpointConfig(self, "EndpointConfig", production_variants=[variant])
-        # SageMaker creates this group on first start with no retention; owning it here
-        # sets the stage's retention (the endpoint waits for it).
-        self.endpoint_log_group = logs.LogGroup(
-            self,
-            "EndpointLogs",
-            log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
-            retention=retention(self.settings.log_retention_days),
-            removal_policy=cdk.RemovalPolicy.DESTROY,
-        )
-        cfn_endpoint = sagemaker.CfnEndpoint(
-            self,
-            "Endpoint",
+            "",
             endpoint_name=self.endpoint_name,
-            endpoint_config_name=endpoint_config.attr_endpoint_config_name,
-            # Without this every rollout (UpdateEndpoint) resets the variant to the new
-            # config's InitialInstanceCount, dropping what autoscaling reached (8 -> 2).
-            retain_all_variant_properties=True,
-            exclude_retained_variant_properties=[
-                sagemaker.CfnEndpoint.VariantPropertyProperty(variant_property_type=p) for p in RETAIN_EXCEPT
-            ],
-            # No DeploymentConfig is declared; the template, not the last API call, decides.
-            retain_deployment_config=False,
+            endpoint=endpoint,
+            image_uri=model.image_uri,
+            s3_prefix=model.s3_prefix,
+            model_version=model.model_version,
+            environment=environment,
+            model_bucket=model_bucket,
+            vpc=vpc,
+            subnets=subnets,
+            log_retention_days=self.settings.log_retention_days,
+            what="model",
+            sla=self.settings.sla,
         )
-        cfn_endpoint.node.add_dependency(self.endpoint_log_group)
-        return cfn_endpoint
 
-    def _autoscaling(self) -> appscaling.ScalableTarget | None:
-        endpoint = self.settings.endpoint
-        if not endpoint.autoscaling:
+    def _embeddings_endpoint(
+        self, vpc: ec2.IVpc, subnets: ec2.SubnetSelection, model_bucket: s3.IBucket
+    ) -> ModelEndpoint | None:
+        """The embeddings model: Text Embeddings Inference, its router's limits from the
+        stage's settings (the origin adapter sends batches of at most max_client_batch_size)."""
+        embeddings = self.settings.embeddings
+        if embeddings is None:
             return None
-        target = appscaling.ScalableTarget(
+        environment = {
+            # The SageMaker entrypoint serves HF_MODEL_ID: the version SageMaker placed in /opt/ml/model.
+            "HF_MODEL_ID": "/opt/ml/model",
+            "MAX_CLIENT_BATCH_SIZE": str(embeddings.max_client_batch_size),
+            "MAX_BATCH_TOKENS": str(embeddings.max_batch_tokens),
+            "MAX_CONCURRENT_REQUESTS": str(embeddings.max_concurrent_inputs),
+            # A too-long input is refused (422), never cut silently; the adapter says so too.
+            "AUTO_TRUNCATE": "false",
+        }
+        return ModelEndpoint(
             self,
-            "InstanceScaling",
-            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
-            resource_id=f"endpoint/{self.endpoint.attr_endpoint_name}/variant/{VARIANT_NAME}",
-            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
-            min_capacity=endpoint.min_instances,
-            max_capacity=endpoint.max_instances,
+            "Embeddings",
+            endpoint_name=self.embeddings_endpoint_name,
+            endpoint=embeddings.endpoint,
+            image_uri=embeddings.image_uri,
+            s3_prefix=embeddings.s3_prefix,
+            model_version=embeddings.model_version,
+            environment=environment,
+            model_bucket=model_bucket,
+            vpc=vpc,
+            subnets=subnets,
+            log_retention_days=self.settings.log_retention_days,
+            what="embeddings model",
+            sla=self.settings.sla,
         )
-        # High-resolution concurrency (10 s samples) scales out well before the
-        # one-minute invocation metrics would notice a burst.
-        target.scale_to_track_metric(
-            "ConcurrencyTracking",
-            target_value=endpoint.target_concurrency,
-            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_CONCURRENT_REQUESTS_PER_MODEL_HIGH_RESOLUTION,
-            scale_out_cooldown=cdk.Duration.seconds(endpoint.scale_out_cooldown_seconds),
-            scale_in_cooldown=cdk.Duration.seconds(endpoint.scale_in_cooldown_seconds),
-        )
-        return target
 
     # -- origin adapter ---------------------------------------------------------------
-    def _origin_adapter(self) -> tuple[lambda_.Function, lambda_.FunctionUrl]:
+    def _origin_adapter(self, model_bucket: s3.IBucket) -> tuple[lambda_.Function, lambda_.FunctionUrl]:
         log_group = logs.LogGroup(
             self,
             "OriginAdapterLogs",
@@ -278,19 +180,25 @@ class InferenceStack(cdk.Stack):
             self,
             "OriginAdapterRole",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Origin adapter: invoke this endpoint, write and read _cache/ results, hold _leases/, write its own logs",
+            description="Origin adapter: invoke the stage's endpoints, write and read _cache/ results, hold _leases/, "
+            "write its own logs",
         )
         role.add_to_policy(
             iam.PolicyStatement(actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[log_group.log_group_arn])
         )
+        # InvokeEndpoint (and, by the same action, InvokeEndpointWithResponseStream) on the
+        # stage's endpoints, by name: the LLM's and the embeddings model's.
         role.add_to_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:InvokeEndpoint"],
-                resources=[
-                    f"arn:{self.partition}:sagemaker:{self.region}:{self.account}:endpoint/{self.endpoint_name}"
-                ],
+                resources=[e.arn for e in (self.llm, self.embeddings) if e is not None],
             )
         )
+        if self.embeddings is not None:
+            # The embeddings model's tokenizer, to count `usage` (embeddings.py): one object.
+            role.add_to_policy(
+                iam.PolicyStatement(actions=["s3:GetObject"], resources=[model_bucket.arn_for_objects(self.tokenizer_key)])
+            )
         # GetObject: a coalesced waiter reads the result an identical request stored.
         role.add_to_policy(
             iam.PolicyStatement(
@@ -316,7 +224,10 @@ class InferenceStack(cdk.Stack):
             self,
             "Powertools",
             ssm.StringParameter.value_for_string_parameter(
-                self, f"/aws/service/powertools/python/arm64/python3.14/{version('aws-lambda-powertools')}"
+                self,
+                POWERTOOLS_LAYER_PARAMETER.format(
+                    architecture="arm64", runtime="python3.14", version=version("aws-lambda-powertools")
+                ),
             ),
         )
         # Lambda Web Adapter runs the adapter's web app (run.sh) and streams its answers
@@ -338,11 +249,12 @@ class InferenceStack(cdk.Stack):
             handler=ORIGIN_ADAPTER_HANDLER,
             code=lambda_.Code.from_asset(lambda_bundle("origin_adapter", self.settings)),
             memory_size=512,
-            # Model read < this < CloudFront's origin read timeout (TimeoutBudget).
-            timeout=cdk.Duration.seconds(self.settings.endpoint.timeouts.adapter_seconds),
+            # A stream's budget and the store after it (TimeoutBudget.lambda_seconds); a whole
+            # answer keeps its own budget, model read < adapter < CloudFront's origin read timeout.
+            timeout=cdk.Duration.seconds(self.settings.endpoint.timeouts.lambda_seconds),
             # The fleet at its maximum, with headroom: a burst of misses cannot take the
             # home region's pool that Lambda@Edge replicas there share.
-            reserved_concurrent_executions=self.settings.endpoint.adapter_reserved_concurrency,
+            reserved_concurrent_executions=self.settings.adapter_reserved_concurrency,
             role=role,
             layers=[web_adapter, powertools],
             log_group=log_group,
@@ -353,7 +265,13 @@ class InferenceStack(cdk.Stack):
                 ENDPOINT_READ_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.model_read_seconds),
                 # Coalescing's lease and wait budgets are derived from these two.
                 ADAPTER_TIMEOUT_ENV: str(self.settings.endpoint.timeouts.adapter_seconds),
+                STREAM_BUDGET_ENV: str(self.settings.endpoint.timeouts.stream_seconds),
                 COALESCING_ENV: "true",
+                **(
+                    {EMBEDDINGS_MODEL_ENV: self.settings.adapter_embeddings_model(model_bucket.bucket_name).to_json()}
+                    if self.embeddings
+                    else {}
+                ),
                 # Lambda Web Adapter: its bootstrap runs the handler (run.sh), waits for the
                 # app's readiness route, and streams each answer (a typo here would silently
                 # buffer every answer: tests pin these values).
@@ -372,3 +290,7 @@ class InferenceStack(cdk.Stack):
         )
         return function, url
 
+    @property
+    def tokenizer_key(self) -> str:
+        """The embeddings model version's tokenizer in the model bucket."""
+        return f"{self.settings.embeddings.s3_prefix}tokenizer.json"

@@ -4,6 +4,8 @@ SageMaker real-time endpoints load model data from S3 only, so the bucket is the
 source of truth. The Lustre file system is the workspace where models are prepared
 (converted, quantized, sharded); its data repository association moves new, changed
 and deleted files both ways between the file system and the bucket's models/ prefix.
+A stage that keeps the workspace also gets the way in (stacks/model_workspace.py); a
+stage that turns it off (ModelWorkspaceSettings.enabled) gets the bucket alone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from constructs import Construct
 
 from config.settings import StageSettings
 from stacks.common import retention
+from stacks.model_workspace import WorkspaceHost
 
 MODELS_PREFIX = "models/"
 # Lustre: 988 for LNet, 1018-1023 for the servers' and clients' other connections.
@@ -55,7 +58,12 @@ class ModelStorageStack(cdk.Stack):
             ],
             removal_policy=cdk.RemovalPolicy.RETAIN,
         )
+        self.workspace: fsx.CfnFileSystem | None = None
+        self.workspace_host: WorkspaceHost | None = None
+        if settings.workspace.enabled:
+            self._workspace(settings, vpc, subnets)
 
+    def _workspace(self, settings: StageSettings, vpc: ec2.IVpc, subnets: ec2.SubnetSelection) -> None:
         # Hosts and jobs that mount the workspace join this group.
         self.workspace_clients = ec2.SecurityGroup(
             self, "WorkspaceClients", vpc=vpc, description="Lustre clients of the model workspace", allow_all_outbound=False
@@ -114,4 +122,15 @@ class ModelStorageStack(cdk.Stack):
                 auto_import_policy=fsx.CfnDataRepositoryAssociation.AutoImportPolicyProperty(events=_SYNC_EVENTS),
                 auto_export_policy=fsx.CfnDataRepositoryAssociation.AutoExportPolicyProperty(events=_SYNC_EVENTS),
             ),
+        )
+        # The way in: a host bin/workspace-host starts in the file system's subnet.
+        self.workspace_host = WorkspaceHost(
+            self,
+            "WorkspaceHost",
+            settings=settings,
+            vpc=vpc,
+            subnet=subnet,
+            workspace=self.workspace,
+            workspace_clients=self.workspace_clients,
+            model_bucket=self.model_bucket,
         )

@@ -61,28 +61,30 @@ def acknowledge_findings(
         "TLS-only is enforced by the results bucket policy, which the CDN stack writes "
         "(DenyInsecureTransport) because it also names the distribution.",
     )
-    model_policy = _policy(inference.node.find_child("ModelExecutionRole"))
-    _ack(
-        model_policy,
-        "IAM5",
-        "Read of exactly this model version's prefix; the endpoint loads every file under it.",
-        f"Resource::<{_logical_id(model_storage.model_bucket)}.Arn>/{s.model.s3_prefix}*",
-    )
-    _ack(
-        model_policy,
-        "IAM5",
-        "ecr:GetAuthorizationToken and the EC2 network-interface actions SageMaker uses to place the "
-        "model in the VPC do not support resource-level permissions; cloudwatch:PutMetricData is "
-        "limited to /aws/sagemaker/* namespaces by condition.",
-        "Resource::*",
-    )
-    _ack(
-        model_policy,
-        "IAM5",
-        "Log streams of this endpoint only; stream names are created by SageMaker.",
-        f"Resource::{_arn(inference)}:logs:{s.home_region}:{s.account}:log-group:/aws/sagemaker/Endpoints/"
-        f"{inference.endpoint_name}:*",
-    )
+    for endpoint in (inference.llm, inference.embeddings):
+        if endpoint is None:
+            continue
+        model_policy = _policy(endpoint.role)
+        _ack(
+            model_policy,
+            "IAM5",
+            "Read of exactly this model version's prefix; the endpoint loads every file under it.",
+            f"Resource::<{_logical_id(model_storage.model_bucket)}.Arn>/{endpoint.s3_prefix}*",
+        )
+        _ack(
+            model_policy,
+            "IAM5",
+            "ecr:GetAuthorizationToken and the EC2 network-interface actions SageMaker uses to place the "
+            "model in the VPC do not support resource-level permissions; cloudwatch:PutMetricData is "
+            "limited to /aws/sagemaker/* namespaces by condition.",
+            "Resource::*",
+        )
+        _ack(
+            model_policy,
+            "IAM5",
+            "Log streams of this endpoint only; stream names are created by SageMaker.",
+            f"Resource::{_arn(inference)}:logs:{s.home_region}:{s.account}:log-group:{endpoint.log_group_name}:*",
+        )
     adapter_policy = _policy(inference.node.find_child("OriginAdapterRole"))
     _ack(
         adapter_policy,
@@ -104,6 +106,23 @@ def acknowledge_findings(
         "X-Ray tracing: xray:PutTraceSegments and PutTelemetryRecords do not support resource-level permissions.",
         "Resource::*",
     )
+    host = model_storage.workspace_host
+    if host is not None:
+        _ack(
+            host.role.node.default_child,
+            "IAM4",
+            "AmazonSSMManagedInstanceCore is the instance profile policy Session Manager documents for "
+            "managed nodes (Systems Manager User Guide, instance permissions); the workspace host needs "
+            "exactly Session Manager's calls, which it lists.",
+            "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore",
+        )
+        _ack(
+            _policy(host.role),
+            "IAM5",
+            "bin/model-publish on the workspace host reads, writes and copies model files under models/ "
+            "(their names are the model's files, unknown in advance); no delete.",
+            f"Resource::<{_logical_id(model_storage.model_bucket)}.Arn>/models/*",
+        )
     distribution = cdn.distribution.node.default_child
     _ack(
         distribution,
@@ -114,7 +133,7 @@ def acknowledge_findings(
         _ack(
             distribution,
             "CFR2",
-            f"Stage {s.name} declares no web ACL (waf_rate_limit_per_5_min is None): it serves "
+            f"Stage {s.name} declares no web ACL (rate_limits is None): it serves "
             "internal test traffic; staging and prod attach one.",
         )
 

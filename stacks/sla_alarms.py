@@ -425,9 +425,12 @@ class HomeSlaAlarms(_SlaAlarmsBase):
         metrics: HomeMetrics,
         page_topic: sns.ITopic,
         ticket_topic: sns.ITopic,
+        embeddings: HomeMetrics | None = None,
     ) -> None:
         super().__init__(scope, construct_id, settings=settings, page_topic=page_topic, ticket_topic=ticket_topic)
         self.home = metrics
+        # The embeddings endpoint's metrics (None: the stage serves no embeddings model).
+        self.embeddings = embeddings
         # Creation order reaches the template: resource order, the page's children and
         # rule, and the dashboard's alarm status widget.
         self._latency_alarms()
@@ -436,10 +439,14 @@ class HomeSlaAlarms(_SlaAlarmsBase):
         self._model_error_alarm()
         self._capacity_alarm()
         self._gpu_alarms()
-        self._workspace_alarm()
+        if settings.workspace.enabled:
+            self._workspace_alarm()
+        if embeddings is not None:
+            self._embeddings_alarms()
         self._page(
-            f"stage {settings.name}, {settings.home_region}: the GPU endpoint or the origin adapter is failing or "
-            "slower than its objective."
+            f"stage {settings.name}, {settings.home_region}: an endpoint (the LLM's"
+            f"{' or the embeddings model' + chr(39) + 's' if embeddings is not None else ''}) or the origin adapter is "
+            "failing or slower than its objective."
         )
 
     @property
@@ -552,8 +559,8 @@ class HomeSlaAlarms(_SlaAlarmsBase):
                 what=(
                     f"Origin adapter Throttles / (Invocations + Throttles) above {_pct(sla.endpoint_error_rate_max)} "
                     f"in {ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: the adapter is at its reserved concurrency "
-                    f"({self.settings.endpoint.adapter_reserved_concurrency} = max instances x concurrent requests "
-                    "per instance x headroom) and Lambda refuses the misses beyond it; viewers get 429."
+                    f"({self.settings.adapter_reserved_concurrency} = max instances x concurrent requests "
+                    "per instance x headroom, of each endpoint) and Lambda refuses the misses beyond it; viewers get 429."
                 ),
                 first=(
                     "instances in service vs max and ModelLatency (slow answers hold concurrency longer); raise "
@@ -566,7 +573,7 @@ class HomeSlaAlarms(_SlaAlarmsBase):
 
     def _throttled_sustained(self) -> None:
         """Ticket: any throttling of the adapter, sustained below the paging ratio."""
-        reserved = self.settings.endpoint.adapter_reserved_concurrency
+        reserved = self.settings.adapter_reserved_concurrency
         self._alarm(
             _sustained_spec(
                 "origin-adapter-throttled",
@@ -575,7 +582,7 @@ class HomeSlaAlarms(_SlaAlarmsBase):
                 THROTTLED_PERIODS,
                 what=(
                     f"The origin adapter was throttled in each of {THROTTLED_PERIODS} x 5 min: it keeps reaching its "
-                    f"reserved concurrency of {reserved}, which is sized from the fleet's maximum. Below the paging "
+                    f"reserved concurrency of {reserved}, which is sized from the fleets' maximum. Below the paging "
                     "ratio, but the fleet has no headroom left at peaks."
                 ),
                 first=(
@@ -682,12 +689,119 @@ class HomeSlaAlarms(_SlaAlarmsBase):
                 ),
                 first=(
                     "the container logs for CUDA out-of-memory or KV-cache preemption, the rolling batch size "
-                    "(max_rolling_batch_size) and the quantization setting."
+                    "(max_num_seqs) and the quantization setting."
                 ),
                 why_missing="no instance reporting; endpoint-down is the 5XX alarm's job",
             ),
             "ticket",
         )
+
+    def _embeddings_alarms(self) -> None:
+        """The embeddings endpoint, as the LLM's: latency and 5XX page; model errors, a
+        pinned fleet and (on GPUs) sustained GPU utilization open tickets."""
+        sla, embeddings, metrics = self.settings.sla, self.settings.embeddings, self.embeddings
+        endpoint, floor = embeddings.endpoint, self._period_floor
+        logs = f"/aws/sagemaker/Endpoints/{metrics.endpoint_name}"
+        look_at_the_fleet = (
+            "dashboard 'Embeddings': instances in service vs the maximum, model latency and invocations. At the "
+            f"maximum: raise its max_instances or instance type. Not at the maximum: the TEI container ({logs} logs), "
+            "and whether large batches (many inputs per request) arrived."
+        )
+        self._alarm(
+            _latency_spec(
+                "embeddings-model-latency-p99",
+                metrics.sagemaker("ModelLatency", "p99", PERIOD, "embeddings ModelLatency p99 (us)"),
+                sla.embeddings_model_latency_p99_ms * 1000,
+                what=(
+                    f"Embeddings endpoint ModelLatency p99 above {sla.embeddings_model_latency_p99_ms} ms (microseconds: "
+                    f"{sla.embeddings_model_latency_p99_ms * 1000} us) for {LATENCY_PERIODS} x 5 min. One call is one "
+                    f"batch of at most {embeddings.max_client_batch_size} inputs; a request's batches queue behind it."
+                ),
+                first=look_at_the_fleet,
+                why_missing="no invocations, nothing slow",
+            ),
+            "page",
+        )
+        self._alarm(
+            _error_rate_spec(
+                "embeddings-endpoint-5xx-rate",
+                error_ratio(
+                    metrics.sagemaker("Invocation5XXErrors", "Sum", PERIOD),
+                    metrics.sagemaker("Invocations", "Sum", PERIOD),
+                    floor,
+                    "embeddings endpoint 5XX errors per invocation",
+                ),
+                sla.endpoint_error_rate_max,
+                what=(
+                    f"Embeddings endpoint Invocation5XXErrors / Invocations above {_pct(sla.endpoint_error_rate_max)} in "
+                    f"{ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min: /v1/embeddings misses fail (container errors, "
+                    f"timeouts, no capacity). Windows under {floor} invocations read 0."
+                ),
+                first=f"the endpoint's logs ({logs}), instances in service vs max, and the last embeddings deploy.",
+                why_missing="no invocations, no errors",
+            ),
+            "page",
+        )
+        self._alarm(
+            _error_rate_spec(
+                "embeddings-endpoint-model-error-rate",
+                error_ratio(
+                    metrics.sagemaker("InvocationModelErrors", "Sum", PERIOD),
+                    metrics.sagemaker("Invocations", "Sum", PERIOD),
+                    floor,
+                    "embeddings endpoint model errors per invocation",
+                ),
+                sla.endpoint_error_rate_max,
+                what=(
+                    f"Embeddings endpoint InvocationModelErrors / Invocations above {_pct(sla.endpoint_error_rate_max)} "
+                    f"in {ERROR_DATAPOINTS} of {ERROR_PERIODS} x 5 min. Counts TEI's client errors too (an input "
+                    "longer than the model reads is its 422; an overloaded queue its 429), so it opens a ticket."
+                ),
+                first=f"the container's logs ({logs}) for TEI's error messages, and the adapter's ModelError metric.",
+                why_missing="no invocations, no errors",
+            ),
+            "ticket",
+        )
+        pinned_at = endpoint.max_instances - 0.5
+        self._alarm(
+            _sustained_spec(
+                "embeddings-capacity-pinned-at-max",
+                instances_in_service(metrics, PERIOD),
+                pinned_at,
+                sla.capacity_pinned_minutes // 5,
+                comparison=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                what=(
+                    f"The embeddings endpoint has served from its maximum of {endpoint.max_instances} instances for "
+                    f"{sla.capacity_pinned_minutes} min (Invocations / InvocationsPerInstance >= {pinned_at:g}): "
+                    "autoscaling has no headroom left, the next re-indexing burst queues."
+                ),
+                first=look_at_the_fleet,
+                why_missing="no traffic, the fleet is not pinned",
+            ),
+            "ticket",
+        )
+        if endpoint.gpus:
+            self._alarm(
+                _sustained_spec(
+                    "embeddings-gpu-utilization-high",
+                    per_gpu(
+                        metrics.instance("GPUUtilization", "Average", PERIOD),
+                        endpoint.gpus,
+                        "embeddings GPU utilization per GPU (%)",
+                        period=PERIOD,
+                    ),
+                    sla.gpu_utilization_high_pct,
+                    sla.gpu_high_minutes // 5,
+                    what=(
+                        f"Average GPU utilization of the embeddings fleet above {sla.gpu_utilization_high_pct:g} % per "
+                        f"GPU for {sla.gpu_high_minutes} min (summed over the {endpoint.gpus} GPU(s) of an "
+                        f"{endpoint.instance_type}; the alarm divides by {endpoint.gpus})."
+                    ),
+                    first=look_at_the_fleet,
+                    why_missing="no instance reporting; endpoint-down is the 5XX alarm's job",
+                ),
+                "ticket",
+            )
 
     def _workspace_alarm(self) -> None:
         """Ticket: the FSx for Lustre model workspace running out of space."""

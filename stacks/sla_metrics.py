@@ -119,7 +119,8 @@ class HomeMetrics:
     endpoint_name: str
     variant_name: str
     function_name: str
-    file_system_id: str
+    # None: the stage runs no model workspace (ModelWorkspaceSettings.enabled).
+    file_system_id: str | None
 
     def _endpoint_dims(self) -> dict[str, str]:
         return {"EndpointName": self.endpoint_name, "VariantName": self.variant_name}

@@ -45,6 +45,8 @@ def synthesized(tmp_path_factory) -> dict[str, SynthesizedStage]:
 
 
 STAGE_NAMES = tuple(STAGES)
+# Stages that keep the FSx for Lustre model workspace (ModelWorkspaceSettings.enabled).
+WORKSPACE_STAGES = tuple(name for name in STAGES if STAGES[name].workspace.enabled)
 STACK_NAMES = (
     "Foundation",
     "Alerting",

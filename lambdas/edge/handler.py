@@ -5,25 +5,29 @@ GET https://{distribution}/_cache/{key} through CloudFront's own cache, answer h
 the edge, and forward everything else to the origin adapter with the cache key and the
 body hash OAC needs. Stdlib only; it runs on every POST. It never raises: an unexpected
 failure forwards the request uncached. Its own answers (hits, 400/413/415) carry
-Server-Timing (decision, lookup) and the log line the same figures; a forwarded request's
-answer gets the origin's.
+Server-Timing (decision, lookup) and the log line the same figures; a request it forwards
+carries them to the origin (EDGE_TIMING_HEADER), whose answer names them beside its own.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import hmac
 import json
 import os
 import time
 
 from lambdas import cache_decision, cache_settings
 from lambdas.contract import (
+    CACHE_READ_CONTEXT,
     CONTENT_SHA256_HEADER,
+    EDGE_TIMING_HEADER,
     EXPIRES_METADATA,
     KEY_HEADER,
     LOOKUP_BASE_ENV,
     SERVER_TIMING_HEADER,
+    STAGE_SECRET_HEADER,
     STATUS_HEADER,
     STORED_AT_METADATA,
     TENANT_HEADER,
@@ -37,12 +41,16 @@ SETTINGS = cache_settings.load()
 ROUTES = frozenset(SETTINGS.routes)
 LOOKUP_TIMEOUT_SECONDS = SETTINGS.lookup_timeout_ms / 1000
 # Set only by this function; a viewer's own values must never reach the origin.
-_EDGE_OWNED_HEADERS = (KEY_HEADER, TENANT_HEADER, CONTENT_SHA256_HEADER)
+_EDGE_OWNED_HEADERS = (KEY_HEADER, TENANT_HEADER, CONTENT_SHA256_HEADER, EDGE_TIMING_HEADER)
 # The stored answer's own record of when it was stored and until when it may be served
 # (epoch seconds), as S3 returns them.
 _STORED_AT_HEADER = f"x-amz-meta-{STORED_AT_METADATA}"
 _EXPIRES_HEADER = f"x-amz-meta-{EXPIRES_METADATA}"
 _METHODS_WITH_BODY = ("POST", "PUT", "PATCH", "DELETE")
+# Read-only in an origin-response event: a function that deletes or changes one fails
+# CloudFront's validation and the viewer gets a 502 (CloudFront Developer Guide,
+# "Restrictions on all edge functions", HTTP headers). A streamed answer is chunked.
+_ORIGIN_RESPONSE_READ_ONLY = ("transfer-encoding", "via")
 # Errors the origin adapter never produces itself (it always sets x-inference-cache), but
 # Lambda and OAC do, in their own shapes: Lambda throttling the reserved concurrency
 # (429), a function error or timeout (5xx), a refused signature (403).
@@ -87,9 +95,15 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
     # The tenant the viewer-request API key check verified (it strips any viewer copy);
     # never the key itself.
     tenant = _verified_tenant(headers) if SETTINGS.tenant_scoped else None
+    # The stage secret the viewer-request function set (it removes any viewer copy): keys
+    # are MACs under it, and the lookup's credential comes from it.
+    secret = _stage_secret(headers)
     decision = cache_decision.decide(
-        request["uri"], headers, body, SETTINGS, truncated=bool(body_info.get("inputTruncated")), tenant=tenant
+        request["uri"], headers, body, SETTINGS, truncated=bool(body_info.get("inputTruncated")), tenant=tenant,
+        mac=secret[0] if secret else None,
     )
+    if decision.cacheable and secret is None:  # fail closed: no deployed key without the secret
+        decision = decision._replace(cacheable=False, key=None, lookup=False, store=False, reason="no stage secret")
     decided = time.perf_counter()
     log = {"cacheable": decision.cacheable, "reason": decision.reason, "key": decision.key}
     log["decision_ms"] = round((decided - started) * 1000, 2)
@@ -97,13 +111,13 @@ def _handle(request: dict, config: dict) -> tuple[dict, dict]:
         log["outcome"] = f"error-{decision.error.status}"
         return _with_server_timing(_error_response(decision.error), log), log
     if decision.lookup:
-        hit, log[EdgeLog.LOOKUP] = _lookup(config, decision.key, decision.ttl_seconds)
+        hit, log[EdgeLog.LOOKUP] = _lookup(config, decision.key, decision.ttl_seconds, secret[1])
         log["lookup_ms"] = round((time.perf_counter() - decided) * 1000, 2)
         log["connection"] = lookup.last_connection
         if hit is not None:
             log["outcome"] = "hit"
             return _with_server_timing(hit, log), log
-    _forward(request, decision.key if decision.cacheable else None, tenant, body)
+    _forward(request, decision.key if decision.cacheable else None, tenant, body, _timing(log))
     log["outcome"] = "forward"
     return request, log
 
@@ -121,7 +135,9 @@ def _origin_response(response: dict, request: dict) -> dict:
     error = ApiError(status, message, None, code)
     generated = _error_response(error)
     response["body"], response["bodyEncoding"] = generated["body"], "text"
+    kept = {name: headers[name] for name in _ORIGIN_RESPONSE_READ_ONLY if name in headers}
     headers.clear()
+    headers.update(kept)
     headers.update(generated["headers"])
     if status in (429, 503):
         headers["retry-after"] = [{"key": "Retry-After", "value": "1"}]
@@ -129,15 +145,38 @@ def _origin_response(response: dict, request: dict) -> dict:
     return response
 
 
+# stage secret -> (its cache-key MAC key, its /_cache/ read credential); a secret changes
+# only at a rotation, so this stays tiny.
+_DERIVED: dict[str, tuple[bytes, str]] = {}
+
+
+def _stage_secret(headers: dict) -> tuple[bytes, str] | None:
+    values = headers.get(STAGE_SECRET_HEADER)
+    if not values or len(values) != 1 or not values[0].get("value"):
+        return None
+    secret = values[0]["value"]
+    derived = _DERIVED.get(secret)
+    if derived is None:
+        if len(_DERIVED) >= 4:
+            _DERIVED.clear()
+        credential = hmac.digest(secret.encode(), CACHE_READ_CONTEXT.encode(), "sha256").hex()
+        derived = _DERIVED[secret] = (cache_decision.mac_key(secret), credential)
+    return derived
+
+
 def _verified_tenant(headers: dict) -> str | None:
     values = headers.get(TENANT_HEADER)
     return values[0]["value"] if values and len(values) == 1 and values[0].get("value") else None
 
 
+def _timing(log: dict) -> str:
+    """The log's figures (ms) as Server-Timing entries."""
+    return ", ".join(f"{name};dur={log[f'{name}_ms']}" for name in ("decision", "lookup") if f"{name}_ms" in log)
+
+
 def _with_server_timing(response: dict, log: dict) -> dict:
-    """The log's figures (ms) as Server-Timing, beside x-inference-cache."""
-    value = ", ".join(f"{name};dur={log[f'{name}_ms']}" for name in ("decision", "lookup") if f"{name}_ms" in log)
-    response["headers"][SERVER_TIMING_HEADER] = [{"key": "Server-Timing", "value": value}]
+    """The log's figures as Server-Timing, beside x-inference-cache."""
+    response["headers"][SERVER_TIMING_HEADER] = [{"key": "Server-Timing", "value": _timing(log)}]
     return response
 
 
@@ -159,7 +198,7 @@ def _body_bytes(request: dict, default: bytes) -> bytes:
     return binascii.a2b_base64(data) if body.get("encoding", "base64") == "base64" else data.encode()
 
 
-def _forward(request: dict, key: str | None, tenant: str | None, body: bytes) -> None:
+def _forward(request: dict, key: str | None, tenant: str | None, body: bytes, timing: str = "") -> None:
     headers = request.setdefault("headers", {})
     for name in _EDGE_OWNED_HEADERS:
         headers.pop(name, None)
@@ -167,14 +206,16 @@ def _forward(request: dict, key: str | None, tenant: str | None, body: bytes) ->
         headers[KEY_HEADER] = [{"key": "X-Inference-Cache-Key", "value": key}]
     if tenant:
         headers[TENANT_HEADER] = [{"key": "X-Inference-Tenant", "value": tenant}]
+    if timing:  # the origin names the edge's steps in its answer's Server-Timing
+        headers[EDGE_TIMING_HEADER] = [{"key": "X-Inference-Edge-Timing", "value": timing}]
     # OAC signs POSTs to a function URL only with the payload hash of the decoded body.
     headers[CONTENT_SHA256_HEADER] = [{"key": "x-amz-content-sha256", "value": hashlib.sha256(body).hexdigest()}]
 
 
-def _lookup(config: dict, key: str, max_age: int) -> tuple[dict | None, str]:
+def _lookup(config: dict, key: str, max_age: int, credential: str) -> tuple[dict | None, str]:
     base = os.environ.get(LOOKUP_BASE_ENV) or f"https://{config['distributionDomainName']}"
     try:
-        status, headers, content = lookup.get(base, f"{SETTINGS.results_path}{key}", LOOKUP_TIMEOUT_SECONDS)
+        status, headers, content = lookup.get(base, f"{SETTINGS.results_path}{key}", LOOKUP_TIMEOUT_SECONDS, credential)
     except (OSError, ValueError) as exc:  # timeouts, refusals, malformed answers
         return None, f"{EdgeLog.LOOKUP_ERROR}{type(exc).__name__}"
     if status != 200:
@@ -251,4 +292,4 @@ def _error_response(error: ApiError) -> dict:
     }
 
 
-_REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
+_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 415: "Unsupported Media Type"}

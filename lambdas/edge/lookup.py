@@ -17,11 +17,15 @@ import os
 import socket
 import time
 
-from lambdas.contract import LOOKUP_CA_ENV, SERVABLE_BODY_LIMIT_BYTES
+from lambdas.contract import CACHE_READ_HEADER, LOOKUP_CA_ENV, SERVABLE_BODY_LIMIT_BYTES
 
 # A generated origin-request response may be 1 MB with its headers (contract).
 GENERATED_BODY_LIMIT = SERVABLE_BODY_LIMIT_BYTES
-_REQUEST = "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: inference-cache-edge/1\r\nAccept: */*\r\n\r\n"
+_REQUEST = (
+    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: inference-cache-edge/1\r\nAccept: */*\r\n"
+    # The edge's credential, which the /_cache/* viewer-request function checks.
+    f"{CACHE_READ_HEADER}: {{credential}}\r\n\r\n"
+)
 _tls = None  # ssl context, made at the first HTTPS lookup (loading CA certificates costs ms)
 # The idle kept-alive connection, (base, socket, reader), in a list: pop and append are
 # atomic, so two threads never share one.
@@ -33,11 +37,12 @@ class _Closed(ConnectionError):
     """The server closed the connection before any byte of the response."""
 
 
-def get(base: str, path: str, timeout_seconds: float) -> tuple[int, dict, bytes]:
-    """(status, lowercase headers, body) of GET base+path; OSError or ValueError on failure."""
+def get(base: str, path: str, timeout_seconds: float, credential: str) -> tuple[int, dict, bytes]:
+    """(status, lowercase headers, body) of GET base+path, presenting `credential`; OSError
+    or ValueError on failure."""
     global last_connection
     deadline = time.monotonic() + timeout_seconds
-    request = _REQUEST.format(path=path, host=base.partition("://")[2]).encode()
+    request = _REQUEST.format(path=path, host=base.partition("://")[2], credential=credential).encode()
     try:
         kept = _idle.pop()  # held by this lookup; kept again only after a clean response
     except IndexError:
@@ -131,8 +136,8 @@ def _exchange(conn: tuple, request: bytes, deadline: float) -> tuple[int, dict, 
     version, status = status_line.split(None, 2)[:2]
     status, headers = int(status), {}
     while (line := _line(sock, reader, deadline)) not in (b"\r\n", b"\n"):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
+        name, _, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+        headers[name.lower()] = value.strip(" \t")  # OWS is SP and HTAB only (RFC 9110)
     connection = headers.get("connection", "").lower()
     reusable = connection != "close" if version == b"HTTP/1.1" else connection == "keep-alive"
     if status in (204, 304):

@@ -26,7 +26,11 @@ A waiter runs the model (re-claim, takeover, fallback) only within its takeover 
 (early enough that a whole model read still fits in its timeout); later it gives up.
 
 Any S3 failure of the lease itself fails open: the request runs the model uncoordinated,
-as it would without coalescing. It never fails a request.
+as it would without coalescing. It never fails a request. A failure that says the bucket
+is slow or down pauses the lease calls of this process for a while (BucketHealth): the
+misses that follow run the model at once instead of each paying the timeout again; a
+waiter whose bucket is paused runs the model itself within its takeover window, or gives
+up (nothing could be stored for it to find).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lambdas.contract import LEASE_PREFIX, RESULTS_PREFIX, STORED_AT_METADATA
+from lambdas.origin_adapter.results_store import BucketHealth
 
 # The result's expiry in its user metadata (epoch seconds), written next to `created`.
 RESULT_EXPIRES_METADATA = "expires"
@@ -83,7 +88,7 @@ class Turn:
     waited: bool = False  # it lost the first claim and polled
     takeover: bool = False  # it claimed after the holder failed, or took an expired lease
     expired_takeover: bool = False
-    unavailable: bool = False  # S3 failed us: uncoordinated
+    unavailable: bool = False  # S3 failed us (or is paused): uncoordinated
 
 
 class Coalescer:
@@ -98,6 +103,7 @@ class Coalescer:
         logger=None,
         first_poll_seconds: float = 0.05,
         max_poll_seconds: float = 0.5,
+        health: BucketHealth | None = None,
     ):
         if not 0 < wait_seconds <= lease_seconds + 60:
             raise ValueError("wait budget must be positive")
@@ -109,22 +115,31 @@ class Coalescer:
         self.logger = logger
         self.first_poll_seconds = first_poll_seconds
         self.max_poll_seconds = max_poll_seconds
+        self.health = health or BucketHealth()
 
     # -- the one entry point -----------------------------------------------------------
-    def acquire(self, key: str, *, max_age_seconds: float, started: float | None = None) -> Turn:
+    def acquire(
+        self, key: str, *, max_age_seconds: float, started: float | None = None, lease_seconds: float | None = None
+    ) -> Turn:
         """Claim `key`, or wait for the identical request that holds it. `started` is the
-        request's start (time.monotonic()); the budgets count from it."""
+        request's start (time.monotonic()); the budgets count from it. `lease_seconds`: how
+        long a lease this request takes may hold the key (a stream runs longer than a whole
+        answer); the coalescer's own by default."""
         started = time.monotonic() if started is None else started
+        lease_seconds = self.lease_seconds if lease_seconds is None else lease_seconds
         turn = Turn()
+        if not self.health.available():  # slow or down a moment ago: not worth the timeout again
+            turn.unavailable = True
+            return turn
         try:
-            lease = self._claim(key)
+            lease = self._claim(key, lease_seconds)
         except _Unavailable:
             turn.unavailable = True
             return turn
         if lease is not None:
             turn.lease = lease
             return self._unless_stored(turn, max_age_seconds)
-        return self._wait(key, max_age_seconds, started, turn)
+        return self._wait(key, max_age_seconds, started, turn, lease_seconds)
 
     def _unless_stored(self, turn: Turn, max_age_seconds: float) -> Turn:
         """Just claimed: an identical request may have stored its result and left after our
@@ -135,30 +150,44 @@ class Coalescer:
             turn.lease, turn.takeover, turn.expired_takeover, turn.result = None, False, False, result
         return turn
 
-    def release(self, lease: Lease) -> None:
-        """Remove our lease, and only ours (a conditional delete on its ETag)."""
+    def release(self, lease: Lease) -> bool:
+        """Remove our lease, and only ours (a conditional delete on its ETag). Tried even
+        while the bucket is paused (it runs after the answer went out; waiters wait for it).
+        False when it failed: the lease then holds its key until it expires."""
         try:
             self.client.delete_object(Bucket=self.bucket, Key=_lease_key(lease.key), IfMatch=lease.etag)
         except ClientError as exc:
             if _code(exc) not in (*_PRECONDITION_FAILED, *_MISSING):
-                self._warn("removing the lease failed", lease.key, exc)
+                self._failed("removing the lease failed", lease.key, exc)
+                return False
         except BotoCoreError as exc:
-            self._warn("removing the lease failed", lease.key, exc)
+            self._failed("removing the lease failed", lease.key, exc)
+            return False
+        self.health.succeeded()
+        return True
 
     # -- waiting -----------------------------------------------------------------------
-    def _wait(self, key: str, max_age_seconds: float, started: float, turn: Turn) -> Turn:
+    def _wait(self, key: str, max_age_seconds: float, started: float, turn: Turn, lease_seconds: float) -> Turn:
         turn.waited = True
         wait_until = started + self.wait_seconds
         takeover_until = started + self.takeover_window_seconds
         reclaimed = False
         interval = self.first_poll_seconds
+        first = True
         while True:
             now = time.monotonic()
             if now >= wait_until:
                 turn.gave_up = True
                 return turn
-            time.sleep(min(interval * random.uniform(0.5, 1.0), wait_until - now))
-            interval = min(interval * 1.5, self.max_poll_seconds)
+            if not self.health.available():
+                # Nothing can be stored for us to find: run the model while it still fits.
+                turn.unavailable = True
+                turn.gave_up = time.monotonic() >= takeover_until
+                return turn
+            if not first:  # the first look is at once: the holder may be storing as we lost the claim
+                time.sleep(min(interval * random.uniform(0.5, 1.0), wait_until - now))
+                interval = min(interval * 1.5, self.max_poll_seconds)
+            first = False
 
             result = self._result(key, max_age_seconds)
             if result is not None:
@@ -183,7 +212,7 @@ class Coalescer:
                     return turn  # run the model ourselves, uncoordinated
                 reclaimed = True
                 try:
-                    lease = self._claim(key)
+                    lease = self._claim(key, lease_seconds)
                 except _Unavailable:
                     return turn
                 if lease is not None:
@@ -194,7 +223,7 @@ class Coalescer:
                     turn.gave_up = True
                     return turn
                 try:
-                    lease = self._take_over(key, held.etag)
+                    lease = self._take_over(key, held.etag, lease_seconds)
                 except _Unavailable:
                     return turn
                 if lease is not None:
@@ -202,19 +231,19 @@ class Coalescer:
                     return self._unless_stored(turn, max_age_seconds)
 
     # -- S3 ----------------------------------------------------------------------------
-    def _claim(self, key: str) -> Lease | None:
+    def _claim(self, key: str, lease_seconds: float | None = None) -> Lease | None:
         """Our lease if the key was free; None if another request holds it."""
-        return self._put_lease(key, IfNoneMatch="*")
+        return self._put_lease(key, self.lease_seconds if lease_seconds is None else lease_seconds, IfNoneMatch="*")
 
-    def _take_over(self, key: str, expired_etag: str) -> Lease | None:
+    def _take_over(self, key: str, expired_etag: str, lease_seconds: float) -> Lease | None:
         """Replace the expired lease we saw, unless another waiter replaced (or removed) it first."""
-        return self._put_lease(key, IfMatch=expired_etag)
+        return self._put_lease(key, lease_seconds, IfMatch=expired_etag)
 
-    def _put_lease(self, key: str, **condition) -> Lease | None:
+    def _put_lease(self, key: str, lease_seconds: float, **condition) -> Lease | None:
         for attempt in range(_CONFLICT_RETRIES + 1):
             claimed = time.time()
             # Rounded as written (ms): the lease we hold is the one a waiter reads back.
-            expires = round(claimed + self.lease_seconds, 3)
+            expires = round(claimed + lease_seconds, 3)
             body = json.dumps({"owner": uuid.uuid4().hex, "claimed": round(claimed, 3), "expires": expires})
             try:
                 answer = self.client.put_object(
@@ -225,18 +254,20 @@ class Coalescer:
                     Metadata={LEASE_EXPIRES_METADATA: f"{expires:.3f}"},
                     **condition,
                 )
+                self.health.succeeded()
                 return Lease(key, answer["ETag"], expires)
             except ClientError as exc:
                 code = _code(exc)
                 if code in _PRECONDITION_FAILED or code in _MISSING:
+                    self.health.succeeded()
                     return None  # held by another (412), or the lease we meant to replace is gone (404)
                 if code in _CONFLICT and attempt < _CONFLICT_RETRIES:
                     time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
                     continue
-                self._warn("claiming the lease failed", key, exc)
+                self._failed("claiming the lease failed", key, exc)
                 raise _Unavailable from exc
             except BotoCoreError as exc:
-                self._warn("claiming the lease failed", key, exc)
+                self._failed("claiming the lease failed", key, exc)
                 raise _Unavailable from exc
         return None  # conflicts each time: someone else is claiming it
 
@@ -245,10 +276,14 @@ class Coalescer:
             head = self.client.head_object(Bucket=self.bucket, Key=_lease_key(key))
         except ClientError as exc:
             if _code(exc) in _MISSING:
+                self.health.succeeded()
                 return None
+            self.health.note(exc)
             raise _Unavailable from exc
         except BotoCoreError as exc:
+            self.health.note(exc)
             raise _Unavailable from exc
+        self.health.succeeded()
         try:
             expires = float(head.get("Metadata", {}).get(LEASE_EXPIRES_METADATA, ""))
         except ValueError:  # not a lease we wrote: treat it as expired by its age
@@ -262,11 +297,14 @@ class Coalescer:
             body = answer["Body"].read()
         except ClientError as exc:
             if _code(exc) not in _MISSING:
-                self._warn("reading the result failed", key, exc)
+                self._failed("reading the result failed", key, exc)
+            else:
+                self.health.succeeded()
             return None
         except BotoCoreError as exc:
-            self._warn("reading the result failed", key, exc)
+            self._failed("reading the result failed", key, exc)
             return None
+        self.health.succeeded()
         metadata = answer.get("Metadata") or {}
         now = time.time()
         expires, created = _epoch(metadata.get(RESULT_EXPIRES_METADATA)), _epoch(metadata.get(STORED_AT_METADATA))
@@ -276,7 +314,8 @@ class Coalescer:
             return None  # older than this request accepts
         return StoredResult(body, answer.get("ContentType") or "application/json", created)
 
-    def _warn(self, message: str, key: str, exc: Exception) -> None:
+    def _failed(self, message: str, key: str, exc: Exception) -> None:
+        self.health.note(exc)
         if self.logger is not None:
             self.logger.warning(message, extra={"cache_key": key, "error": f"{type(exc).__name__}: {exc}"})
 

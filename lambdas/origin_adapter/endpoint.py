@@ -3,8 +3,10 @@ and every failure turned into an EndpointFailure with the status the client gets
 
 from __future__ import annotations
 
+import ast
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -73,18 +75,24 @@ class EndpointFailure(Exception):
     message: str
     retry_after: int | None = None
     model_error: bool = False
+    param: str | None = None  # the request field at fault, for a 4xx of the adapter's own
 
 
 class SageMakerEndpoint:
-    def __init__(self, name: str, *, connect_timeout: float, read_timeout: float, throttle_retries: int, client=None):
+    def __init__(
+        self, name: str, *, connect_timeout: float, read_timeout: float, throttle_retries: int, client=None,
+        max_connections: int = 10,
+    ):
         self.name = name
         self.throttle_retries = throttle_retries
-        # botocore's own retries are off: they would also retry model errors and
-        # timeouts, which only burn GPU time and the client's minute.
+        # One client per process, its connections kept alive between requests. botocore's
+        # own retries are off: they would also retry model errors and timeouts, which only
+        # burn GPU time and the client's minute.
         self.client = client or boto3.client(
             "sagemaker-runtime",
             config=Config(
-                connect_timeout=connect_timeout, read_timeout=read_timeout, retries={"total_max_attempts": 1}
+                connect_timeout=connect_timeout, read_timeout=read_timeout, retries={"total_max_attempts": 1},
+                max_pool_connections=max_connections, tcp_keepalive=True,
             ),
         )
 
@@ -152,6 +160,10 @@ def _model_failure(original_status, original_message: str) -> EndpointFailure:
     parameter) is the request's fault: the client gets the same 4xx, and the openai client
     does not retry it. A timeout is 504 however it is reported; the rest is a model failure."""
     status = original_status if type(original_status) is int else 0
+    refused = _client_error_in_lmi_answer(original_message)
+    if refused is not None:  # the request's fault, whatever status LMI put on it
+        status, text = refused
+        return EndpointFailure(status, "model_rejected_request", text)
     text = _container_message(original_message)
     if status == 408 or "timed out" in original_message.lower():
         return EndpointFailure(504, "model_timeout", "The model did not answer in time.")
@@ -160,6 +172,42 @@ def _model_failure(original_status, original_message: str) -> EndpointFailure:
     if 400 <= status < 500:
         return EndpointFailure(status, "model_rejected_request", text)
     return EndpointFailure(502, "model_error", f"The model failed: {original_message}", model_error=True)
+
+
+# vLLM's ErrorResponse as LMI 18 passes it on: its repr, as the error of a 500 body.
+_LMI_WRAPPED_VLLM_ERROR = re.compile(
+    r"ErrorInfo\(message=(?P<message>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"), type='(?P<type>\w+)', "
+    r"param=(?:None|'[^']*'), code=(?P<code>4\d\d)\)"
+)
+
+
+def _client_error_in_lmi_answer(text: str) -> tuple[int, str] | None:
+    """(status, message) when the container refused the request itself, though its answer
+    says 5xx: LMI 18 (djl-serving 0.36.0) turns vLLM's 400s into a 500 whose error is the
+    repr of vLLM's ErrorInfo, and a body it cannot parse into "Input parsing failed" (424,
+    or a 500 when the text has line breaks). Client mistakes are 4xx, never model errors.
+    docs/decisions.md, "The local run refuses what AWS refuses"."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error") if isinstance(body.get("error"), str) else body.get("message")
+    if not isinstance(error, str):
+        return None
+    wrapped = _LMI_WRAPPED_VLLM_ERROR.search(error)
+    if wrapped is not None:
+        try:
+            message = ast.literal_eval(wrapped["message"])
+        except (ValueError, SyntaxError):
+            return None
+        return int(wrapped["code"]), str(message)
+    parsing = error.find("Input parsing failed: ")
+    if parsing >= 0:
+        lines = [line.strip() for line in error[parsing:].splitlines() if line.strip() and "errors.pydantic.dev" not in line]
+        return 400, "; ".join(lines)[:1000]
+    return None
 
 
 def _container_message(text: str) -> str:

@@ -2,6 +2,9 @@
 // /v1/* and /invocations. A request goes on only with a key the platform issued; it
 // then carries the verified tenant id in x-inference-tenant (any viewer copy dropped),
 // which the edge function and the origin scope caches by. Managed by bin/api-keys.
+// It also hands the edge function the stage secret from the same store, in
+// x-inference-stage-secret (any viewer copy dropped): cache keys are MACs under it, and the
+// edge's /_cache/ lookups carry a credential derived from it (docs/security.md).
 //
 // Key store (the KeyValueStore associated with this function): key = SHA-256 of the API
 // key, lowercase hex; value = JSON {"key_id","tenant","status","created",...}; only
@@ -25,6 +28,8 @@ import crypto from 'crypto';
 
 const keyStore = cf.kvs();
 const TENANT_HEADER = 'x-inference-tenant';
+const SECRET_HEADER = 'x-inference-stage-secret';
+const SECRET_KEY = 'stage-secret'; // the store's entry that holds the stage secret
 // RFC 6750 b64token, bounded: garbage is refused before any hashing or store read.
 const KEY_SHAPE = /^[A-Za-z0-9\-._~+\/]+=*$/;
 const MAX_KEY_CHARS = 256;
@@ -38,7 +43,13 @@ function single(headers, name) {
     const header = headers[name];
     if (!header) return undefined;
     if (header.multiValue && header.multiValue.length > 1) return null;
-    return typeof header.value === 'string' ? header.value.trim() : null;
+    return typeof header.value === 'string' ? ows(header.value) : null;
+}
+
+// HTTP's optional whitespace is space and tab only (RFC 9110, OWS); trim() would also
+// drop vertical tabs, form feeds and Unicode spaces.
+function ows(value) {
+    return value.replace(/^[ \t]+|[ \t]+$/g, '');
 }
 
 function wellFormed(key) {
@@ -53,7 +64,7 @@ function presentedKey(headers) {
     if (authorization === null || apiKey === null) return null;
     if (authorization) {
         const bearer = BEARER.exec(authorization);
-        if (bearer) return bearer[1] ? wellFormed(bearer[1].trim()) : null;
+        if (bearer) return bearer[1] ? wellFormed(ows(bearer[1])) : null;
         if (!apiKey) return null; // another scheme (Basic ...) and no x-api-key
     }
     return apiKey ? wellFormed(apiKey) : '';
@@ -109,6 +120,7 @@ function unauthorized(message) {
 async function handler(event) {
     const request = event.request;
     const headers = request.headers;
+    delete headers[SECRET_HEADER]; // only this function sets it, never a viewer
     const key = presentedKey(headers);
     if (key === '') {
         return unauthorized("Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.");
@@ -128,5 +140,12 @@ async function handler(event) {
         return unauthorized(record.status === 'revoked' ? 'This API key has been revoked.' : 'This API key is not active.');
     }
     headers[TENANT_HEADER] = { value: record.tenant }; // replaces any viewer copy, multiValue too
+    let secret;
+    try {
+        secret = await keyStore.get(SECRET_KEY);
+    } catch (e) {
+        secret = undefined; // none yet, or the store failed: the request goes on, and nothing is cached
+    }
+    if (typeof secret === 'string' && secret) headers[SECRET_HEADER] = { value: secret };
     return request;
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -99,9 +100,17 @@ def test_sampling_request_is_never_served_from_the_store(client):
     assert len({a.parse().choices[0].message.content for a in answers}) == 3
 
 
-def test_models_listed_are_what_the_local_run_serves(client, local_run):
-    assert [m.id for m in client.models.list().data] == list(local_run["models"].values())
-    assert "sentence-transformers/all-MiniLM-L6-v2" in local_run["models"].values()
+def test_models_listed_are_exactly_the_stages_models(client, local_run):
+    """GET /v1/models is the origin adapter's answer, as on a deployed stage: the stage's
+    LLM and embeddings model, each with the version that keys its cache and its route."""
+    from config.stages import STAGES
+
+    dev = STAGES["dev"]
+    listed = [(m.id, m.model_extra["version"], m.model_extra["task"]) for m in client.models.list().data]
+    assert listed == [
+        (dev.model.model_id, dev.model.model_version, "chat/completions"),
+        (dev.embeddings.model_id, local_run["embeddings_model_version"], "embeddings"),
+    ]
 
 
 def test_a_container_4xx_reaches_the_client_as_that_4xx_and_is_not_retried(local_run):
@@ -126,10 +135,12 @@ def test_the_embedding_model_is_published_by_content_and_served_at_its_version(c
     """make serve publishes the model into its S3 with bin/model-publish's code and loads it
     back from the version's prefix: the version is the manifest's digest of the weights."""
     from cli.model_manifest import build_manifest
-    from local_run.model_server import packaged_embedding_model
+    from config.stages import STAGES
+    from local_run.embeddings_server import packaged_embedding_model
 
     version = build_manifest(packaged_embedding_model()).version
-    assert local_run["model_version"] == version
+    # The version dev pins is the one make serve publishes: the same weights, the same keys.
+    assert local_run["embeddings_model_version"] == version == STAGES["dev"].embeddings.model_version
     listed = {m.id: m for m in client.models.list().data}
     assert listed["sentence-transformers/all-MiniLM-L6-v2"].model_extra["version"] == version
     # Publishing the same directory again into the running local S3 moves nothing.
@@ -156,3 +167,36 @@ def test_the_writers_ttl_binds_every_reader(client):
     # expired object has aged out (its max-age, 1 s: CloudFront's copy lives as long).
     time.sleep(1.2)
     assert cache_status(client.chat.completions.with_raw_response.create(**ask)) == "HIT"
+
+
+def test_a_request_longer_than_the_served_context_gets_vllms_400_and_is_not_cached(client, local_run):
+    """The stage serves max_model_len tokens (16,384 on dev); prompt + max_tokens beyond it is
+    vLLM's 400 (LMI 18 passes it on as a 500, which the adapter reads back), never cached."""
+    from config.stages import stage
+
+    limit = stage("dev").model.max_model_len
+    ask = dict(model="local", messages=[{"role": "user", "content": "Too long?"}], temperature=0, max_tokens=limit)
+    for _ in range(2):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.with_raw_response.create(**ask)
+        assert refused.value.status_code == 400
+        assert refused.value.response.headers["x-inference-cache"] == "BYPASS"
+        assert refused.value.body["message"].startswith(f"'max_tokens' or 'max_completion_tokens' is too large: {limit}.")
+        assert f"maximum context length is {limit} tokens" in refused.value.body["message"]
+    fits = client.chat.completions.with_raw_response.create(**{**ask, "max_tokens": 64})
+    assert cache_status(fits) == "MISS"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model":"local","messages":[{"role":"user","content":"a\\ud800b"}],"temperature":0}',
+    b'{"model":"local","messages":[{"role":"user","content":"hi"}],"temperature":0,"n":"abc"}',
+], ids=["lone surrogate", "n not an int"])
+def test_a_client_mistake_the_container_refuses_is_a_400_not_a_502(local_run, body):
+    """These came back as 502 endpoint_error (a 5xx against the SLO) with a traceback."""
+    request = urllib.request.Request(local_run["listening"] + "/v1/chat/completions", data=body,
+                                     headers={"content-type": "application/json", "x-api-key": local_run["api_key"]})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    error = json.loads(refused.value.read())["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "model_rejected_request"

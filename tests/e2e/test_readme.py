@@ -180,7 +180,7 @@ def test_local_run_examples_work_as_written(workdir, readme_run):
     """In README order, in one environment: the console block exports KEY for the Python
     examples, as a reader's terminal would."""
     examples = [e for e in readme_examples(README.read_text()) if e.local_run]
-    assert [e.lang for e in examples] == ["console", "python", "python"]
+    assert [e.lang for e in examples] == ["console", "python", "python", "console"]
     port = readme_run["listening"].rsplit(":", 1)[1]
     env = {**_environment(), LOCAL_KEY_STORE_ENV: str(readme_run["key_store"])}
     for example in examples:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx2
 import pytest
@@ -20,6 +19,7 @@ import lambdas
 from config.stages import STAGES
 from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import (
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     HEALTH_ROUTE,
@@ -118,7 +118,7 @@ def test_the_origin_adapter_bundle_serves_a_streamed_answer_as_lambda_runs_it(tm
     (bare / "python").write_text(f'#!/bin/sh\nexec "{sys._base_executable}" -S "$@"\n')  # -S: no site-packages
     (bare / "python").chmod(0o755)
     port = free_port()
-    model = BackgroundServer(ModelServer(embedder=SimpleNamespace(version=None)).app, name="bundle-model").start()
+    model = BackgroundServer(ModelServer().app, name="bundle-model").start()
     env = {
         "PATH": f"{bare}:/usr/bin:/bin",
         "LAMBDA_TASK_ROOT": str(bundle),
@@ -127,6 +127,7 @@ def test_the_origin_adapter_bundle_serves_a_streamed_answer_as_lambda_runs_it(tm
         ENDPOINT_NAME_ENV: "inference-cache-dev",
         RESULTS_BUCKET_ENV: "results",
         ENDPOINT_READ_TIMEOUT_ENV: "48",
+        EMBEDDINGS_MODEL_ENV: STAGES["dev"].adapter_embeddings_model("models").to_json(),
         "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": model.url,
         "AWS_DEFAULT_REGION": "us-west-2",
         "AWS_ACCESS_KEY_ID": "local",

@@ -11,7 +11,7 @@ from aws_cdk.assertions import Template
 
 from config.stages import STAGES
 from stacks.bundles import ORIGIN_ADAPTER_HANDLER
-from tests.conftest import STAGE_NAMES
+from tests.conftest import STAGE_NAMES, WORKSPACE_STAGES
 
 EDGE_REGION = "us-east-1"
 
@@ -38,19 +38,22 @@ def _adapter(synthesized, stage) -> dict:
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_endpoint_updates_retain_the_scaled_instance_count(synthesized, stage):
-    (endpoint,) = _resources(synthesized, stage, "Inference", "AWS::SageMaker::Endpoint").values()
-    assert endpoint["RetainAllVariantProperties"] is True
-    # Instance count and weight are retained; only data capture follows the new config.
-    excluded = {p["VariantPropertyType"] for p in endpoint["ExcludeRetainedVariantProperties"]}
-    assert excluded == {"DataCaptureConfig"}
-    assert endpoint.get("RetainDeploymentConfig", False) is False
+    endpoints = _resources(synthesized, stage, "Inference", "AWS::SageMaker::Endpoint").values()
+    assert len(endpoints) == 2  # the LLM's and the embeddings model's: the same rollout rules
+    for endpoint in endpoints:
+        assert endpoint["RetainAllVariantProperties"] is True
+        # Instance count and weight are retained; nothing is excluded (DataCaptureConfig is
+        # documented as not supported there, and no capture is configured).
+        assert "ExcludeRetainedVariantProperties" not in endpoint
+        assert endpoint.get("RetainDeploymentConfig", False) is False
+    assert "DataCaptureConfig" not in str(_resources(synthesized, stage, "Inference", "AWS::SageMaker::EndpointConfig"))
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
-def test_every_stage_scales_its_endpoint(synthesized, stage):
+def test_every_stage_scales_its_endpoints(synthesized, stage):
     # Autoscaling off is only for the first deploy of an instance-type change.
-    assert STAGES[stage].endpoint.autoscaling is True
-    assert len(_resources(synthesized, stage, "Inference", "AWS::ApplicationAutoScaling::ScalableTarget")) == 1
+    assert STAGES[stage].endpoint.autoscaling is True and STAGES[stage].embeddings.endpoint.autoscaling is True
+    assert len(_resources(synthesized, stage, "Inference", "AWS::ApplicationAutoScaling::ScalableTarget")) == 2
 
 
 # -- 2. reserved concurrency for the origin adapter -------------------------------------
@@ -59,14 +62,14 @@ def test_every_stage_scales_its_endpoint(synthesized, stage):
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_origin_adapter_reserves_the_fleets_concurrency_with_headroom(synthesized, stage):
     settings = STAGES[stage]
-    endpoint = settings.endpoint
-    expected = math.ceil(
-        endpoint.max_instances * endpoint.concurrent_requests_per_instance * endpoint.adapter_concurrency_headroom
+    fleets = (settings.endpoint, settings.embeddings.endpoint)  # one adapter serves both endpoints
+    expected = sum(
+        math.ceil(e.max_instances * e.concurrent_requests_per_instance * e.adapter_concurrency_headroom) for e in fleets
     )
     reserved = _adapter(synthesized, stage)["ReservedConcurrentExecutions"]
     assert reserved == expected
-    # At least the fleet's own capacity, and Lambda's minimum left unreserved.
-    assert reserved >= endpoint.max_instances * endpoint.concurrent_requests_per_instance
+    # At least the fleets' own capacity, and Lambda's minimum left unreserved.
+    assert reserved >= sum(e.max_instances * e.concurrent_requests_per_instance for e in fleets)
     assert reserved <= settings.lambda_concurrency_quota - 100
 
 
@@ -75,10 +78,16 @@ def test_origin_adapter_reserves_the_fleets_concurrency_with_headroom(synthesize
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_timeout_budget_is_ordered_model_read_adapter_origin_read(synthesized, stage):
+    """A whole answer: model read < the adapter's budget < CloudFront's origin read timeout.
+    A stream: its own budget, the function's Lambda timeout that budget and the store after
+    it (at most Lambda's 15 min); CloudFront's origin read timeout bounds the gap between
+    the stream's bytes, and the model read (the gap between the model's parts) stays below it."""
     timeouts = STAGES[stage].endpoint.timeouts
     function = _adapter(synthesized, stage)
-    model_read = int(function["Environment"]["Variables"]["ENDPOINT_READ_TIMEOUT_SECONDS"])
-    adapter = function["Timeout"]
+    variables = function["Environment"]["Variables"]
+    model_read = int(variables["ENDPOINT_READ_TIMEOUT_SECONDS"])
+    adapter = int(variables["ADAPTER_TIMEOUT_SECONDS"])
+    stream = int(variables["STREAM_BUDGET_SECONDS"])
     (distribution,) = _resources(synthesized, stage, "Cdn", "AWS::CloudFront::Distribution").values()
     read_timeouts = {
         o["CustomOriginConfig"]["OriginReadTimeout"]
@@ -86,29 +95,39 @@ def test_timeout_budget_is_ordered_model_read_adapter_origin_read(synthesized, s
         if "CustomOriginConfig" in o
     }
     (origin_read,) = read_timeouts
-    assert (model_read, adapter, origin_read) == (
+    assert (model_read, adapter, origin_read, stream) == (
         timeouts.model_read_seconds,
         timeouts.adapter_seconds,
         timeouts.origin_read_seconds,
+        timeouts.stream_seconds,
     )
     # Connect, throttle back-off and the result store fit between model read and the
-    # adapter's timeout; a cold start between that and CloudFront's.
+    # adapter's budget; a cold start between that and CloudFront's.
     assert model_read + 6 <= adapter and adapter + 5 <= origin_read <= 60
+    assert function["Timeout"] == stream + 6 <= 900 and stream >= adapter
+    assert model_read < origin_read
 
 
 # -- 3. WAF rate rule and edge lookup metrics -------------------------------------------
 
 
-@pytest.mark.parametrize("stage", [s for s in STAGE_NAMES if STAGES[s].waf_rate_limit_per_5_min is not None])
-def test_waf_rate_rule_does_not_count_the_edge_functions_own_lookups(synthesized, stage):
+@pytest.mark.parametrize("stage", [s for s in STAGE_NAMES if STAGES[s].rate_limits is not None])
+def test_no_waf_rule_counts_or_blocks_the_edge_functions_own_lookups(synthesized, stage):
+    """Every rate rule and every managed rule group is scoped down to everything but
+    /_cache/: the edge's lookups come from Lambda@Edge's few egress addresses and carry no
+    API key; /_cache/ is guarded by its viewer-request function instead."""
     (acl,) = _resources(synthesized, stage, "Edge", "AWS::WAFv2::WebACL").values()
-    (rule,) = [r for r in acl["Rules"] if "RateBasedStatement" in r["Statement"]]
-    scope = rule["Statement"]["RateBasedStatement"]["ScopeDownStatement"]
-    match = scope["NotStatement"]["Statement"]["ByteMatchStatement"]
-    assert match["FieldToMatch"] == {"UriPath": {}}
-    assert match["PositionalConstraint"] == "STARTS_WITH"
-    assert match["SearchString"] == "/_cache/"
-    assert match["TextTransformations"] == [{"Priority": 0, "Type": "NONE"}]
+    for rule in acl["Rules"]:
+        statement = rule["Statement"]
+        inner = statement.get("RateBasedStatement") or statement.get("ManagedRuleGroupStatement")
+        scope = inner["ScopeDownStatement"]
+        scopes = scope["AndStatement"]["Statements"] if "AndStatement" in scope else [scope]
+        (not_results,) = [s for s in scopes if "ByteMatchStatement" in s.get("NotStatement", {}).get("Statement", {})]
+        match = not_results["NotStatement"]["Statement"]["ByteMatchStatement"]
+        assert match["FieldToMatch"] == {"UriPath": {}}, rule["Name"]
+        assert match["PositionalConstraint"] == "STARTS_WITH"
+        assert match["SearchString"] == "/_cache/"
+        assert match["TextTransformations"] == [{"Priority": 0, "Type": "NONE"}]
 
 
 def _replica_log_group(synthesized, stage) -> tuple[str, dict]:
@@ -170,7 +189,7 @@ def test_sustained_adapter_throttling_opens_a_ticket(synthesized, stage):
     assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (3, 3)
     assert alarm["TreatMissingData"] == "notBreaching"
     assert "TICKET" in alarm["AlarmDescription"]
-    assert str(STAGES[stage].endpoint.adapter_reserved_concurrency) in alarm["AlarmDescription"]
+    assert str(STAGES[stage].adapter_reserved_concurrency) in alarm["AlarmDescription"]
 
 
 # -- 6. log retention and FSx backups ---------------------------------------------------
@@ -187,17 +206,18 @@ def test_replica_log_group_in_us_east_1_has_the_stage_retention(synthesized, sta
 def test_endpoint_log_group_is_owned_with_retention_before_the_endpoint(synthesized, stage):
     template = synthesized[stage].templates["Inference"]
     groups = _resources(synthesized, stage, "Inference", "AWS::Logs::LogGroup")
-    ((logical_id, group),) = [
-        (k, g)
-        for k, g in groups.items()
-        if g.get("LogGroupName") == f"/aws/sagemaker/Endpoints/inference-cache-{stage}"
-    ]
-    assert group["RetentionInDays"] == STAGES[stage].log_retention_days
-    (endpoint,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::SageMaker::Endpoint"]
-    assert logical_id in endpoint["DependsOn"]
+    endpoints = {
+        r["Properties"]["EndpointName"]: r for r in template["Resources"].values() if r["Type"] == "AWS::SageMaker::Endpoint"
+    }
+    for name in (f"inference-cache-{stage}", f"inference-cache-{stage}-embeddings"):
+        ((logical_id, group),) = [
+            (k, g) for k, g in groups.items() if g.get("LogGroupName") == f"/aws/sagemaker/Endpoints/{name}"
+        ]
+        assert group["RetentionInDays"] == STAGES[stage].log_retention_days
+        assert logical_id in endpoints[name]["DependsOn"]
 
 
-@pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.parametrize("stage", WORKSPACE_STAGES)
 def test_fsx_backups_are_set_explicitly(synthesized, stage):
     (fs,) = _resources(synthesized, stage, "ModelStorage", "AWS::FSx::FileSystem").values()
     assert fs["LustreConfiguration"]["AutomaticBackupRetentionDays"] == STAGES[stage].workspace.backup_retention_days
@@ -242,6 +262,7 @@ def test_first_deploy_of_an_instance_type_change_deregisters_the_scalable_target
     from stacks.model_storage_stack import ModelStorageStack
 
     dev = STAGES["dev"]
+    # The LLM's instance type changes; the embeddings endpoint keeps scaling (each has its own flag).
     settings = dataclasses.replace(dev, endpoint=dataclasses.replace(dev.endpoint, autoscaling=False))
     app = cdk.App()
     env = cdk.Environment(account=settings.account, region=settings.home_region)
@@ -266,6 +287,9 @@ def test_first_deploy_of_an_instance_type_change_deregisters_the_scalable_target
         env=env,
     )
     template = Template.from_stack(inference)
-    template.resource_count_is("AWS::ApplicationAutoScaling::ScalableTarget", 0)
-    template.resource_count_is("AWS::ApplicationAutoScaling::ScalingPolicy", 0)
-    template.has_resource_properties("AWS::SageMaker::Endpoint", {"RetainAllVariantProperties": True})
+    (target,) = template.find_resources("AWS::ApplicationAutoScaling::ScalableTarget").values()
+    assert "EmbeddingsEndpoint" in str(target["Properties"]["ResourceId"])
+    template.resource_count_is("AWS::ApplicationAutoScaling::ScalingPolicy", 1)
+    template.has_resource_properties(
+        "AWS::SageMaker::Endpoint", {"EndpointName": "inference-cache-dev", "RetainAllVariantProperties": True}
+    )

@@ -3,12 +3,14 @@ controls, error caching, the results cache policy, TLS, logs, metrics and WAF.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aws_cdk.assertions import Template
 
 from config.stages import STAGES
 from lambdas.contract import API_KEY_STORE_NAME
-from stacks.cdn_stack import API_KEY_CHECK_FILE
+from stacks.cdn_stack import API_KEY_CHECK_FILE, CACHE_READ_CHECK_FILE
 from tests.conftest import STAGE_NAMES
 
 CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
@@ -163,31 +165,60 @@ def test_viewer_tls_logging_and_metrics(synthesized, stage):
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
-def test_web_acl_with_rate_rule_where_the_stage_asks(synthesized, stage):
-    limit = STAGES[stage].waf_rate_limit_per_5_min
+def test_web_acl_rate_limits_per_api_key_where_the_stage_asks(synthesized, stage):
+    """Counted per platform API key (a custom aggregation key on each key header), keyless
+    requests per client IP; an over-limit caller gets 429 in the OpenAI error shape with
+    Retry-After (a WAF custom response), not WAF's own 403."""
+    limits = STAGES[stage].rate_limits
     config = _distribution_config(synthesized, stage)
     edge = Template.from_json(synthesized[stage].templates["Edge"])
     acls = edge.find_resources("AWS::WAFv2::WebACL")
-    if limit is None:
+    if limits is None:
         assert acls == {} and "WebACLId" not in config
         return
     (acl,) = acls.values()
-    assert acl["Properties"]["Scope"] == "CLOUDFRONT"
-    (rate,) = [r for r in acl["Properties"]["Rules"] if "RateBasedStatement" in r["Statement"]]
-    assert rate["Statement"]["RateBasedStatement"]["Limit"] == limit
-    assert rate["Statement"]["RateBasedStatement"]["AggregateKeyType"] == "IP"
-    assert rate["Action"] == {"Block": {}}
+    acl = acl["Properties"]
+    assert acl["Scope"] == "CLOUDFRONT"
+    rates = {r["Name"]: r for r in acl["Rules"] if "RateBasedStatement" in r["Statement"]}
+    assert set(rates) == {"RatePerApiKeyBearer", "RatePerApiKeyHeader", "RatePerClientIpWithoutKey"}
+    for name, header in (("RatePerApiKeyBearer", "authorization"), ("RatePerApiKeyHeader", "x-api-key")):
+        statement = rates[name]["Statement"]["RateBasedStatement"]
+        assert (statement["Limit"], statement["EvaluationWindowSec"]) == (limits.requests_per_key, limits.window_seconds)
+        assert statement["AggregateKeyType"] == "CUSTOM_KEYS"
+        assert statement["CustomKeys"] == [{"Header": {"Name": header, "TextTransformations": [{"Priority": 0, "Type": "NONE"}]}}]
+    keyless = rates["RatePerClientIpWithoutKey"]["Statement"]["RateBasedStatement"]
+    assert (keyless["AggregateKeyType"], keyless["Limit"]) == ("IP", limits.keyless_requests_per_ip)
+    without = [s["NotStatement"]["Statement"]["SizeConstraintStatement"]["FieldToMatch"]["SingleHeader"]["Name"]
+               for s in keyless["ScopeDownStatement"]["AndStatement"]["Statements"]
+               if "SizeConstraintStatement" in s.get("NotStatement", {}).get("Statement", {})]
+    assert sorted(without) == ["authorization", "x-api-key"]
+    for rule in rates.values():
+        response = rule["Action"]["Block"]["CustomResponse"]
+        assert response["ResponseCode"] == 429
+        assert {h["Name"]: h["Value"] for h in response["ResponseHeaders"]} == {
+            "retry-after": str(limits.retry_after_seconds), "x-inference-cache": "BYPASS"}
+        body = acl["CustomResponseBodies"][response["CustomResponseBodyKey"]]
+        assert body["ContentType"] == "APPLICATION_JSON"
+        error = json.loads(body["Content"])["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+        assert str(limits.requests_per_key) in error["message"]
     # The common rule set's 8 KB body rule would block ordinary prompts.
-    names = {r["Name"] for r in acl["Properties"]["Rules"]}
+    names = {r["Name"] for r in acl["Rules"]}
     assert "AWSManagedRulesCommonRuleSet" not in names
     assert "WebAcl" in str(config["WebACLId"])
     edge.resource_count_is("AWS::WAFv2::LoggingConfiguration", 1)
 
 
-def _api_key_check(synthesized, stage) -> tuple[str, dict]:
+def _function(synthesized, stage, name: str) -> tuple[str, dict]:
     resources = synthesized[stage].templates["Cdn"]["Resources"]
-    ((logical_id, function),) = [(k, r) for k, r in resources.items() if r["Type"] == "AWS::CloudFront::Function"]
+    ((logical_id, function),) = [(k, r) for k, r in resources.items()
+                                 if r["Type"] == "AWS::CloudFront::Function" and r["Properties"]["Name"].endswith(name)]
     return logical_id, function["Properties"]
+
+
+def _api_key_check(synthesized, stage) -> tuple[str, dict]:
+    return _function(synthesized, stage, "-api-key-check")
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
@@ -202,8 +233,28 @@ def test_api_key_check_runs_on_viewer_request_of_every_origin_behavior_but_the_r
         (association,) = behavior["FunctionAssociations"]
         assert association["EventType"] == "viewer-request"
         assert association["FunctionARN"] == {"Fn::GetAtt": [logical_id, "FunctionARN"]}
-    # /_cache/ stays unauthenticated: SHA-256 keys cannot be guessed without the request.
-    assert "FunctionAssociations" not in _behavior(config, "/_cache/*")
+    # /_cache/* has a function of its own: the edge's credential, not a platform API key.
+    (association,) = _behavior(config, "/_cache/*")["FunctionAssociations"]
+    assert association["FunctionARN"] != {"Fn::GetAtt": [logical_id, "FunctionARN"]}
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_only_the_edge_reads_stored_answers_a_function_on_viewer_request_of_cache(synthesized, stage):
+    """Checked before CloudFront's cache or S3 is consulted, with the same key store (the
+    stage secret); no other behavior runs it."""
+    logical_id, function = _function(synthesized, stage, "-cache-read-check")
+    assert function["FunctionConfig"]["Runtime"] == "cloudfront-js-2.0" and function["AutoPublish"] is True
+    assert function["FunctionCode"] == CACHE_READ_CHECK_FILE.read_text()
+    template = Template.from_json(synthesized[stage].templates["Cdn"])
+    ((store_id, _),) = template.find_resources("AWS::CloudFront::KeyValueStore").items()
+    (store,) = function["FunctionConfig"]["KeyValueStoreAssociations"]
+    assert store["KeyValueStoreARN"] == {"Fn::GetAtt": [store_id, "Arn"]}
+    config = _distribution_config(synthesized, stage)
+    (association,) = _behavior(config, "/_cache/*")["FunctionAssociations"]
+    assert association == {"EventType": "viewer-request", "FunctionARN": {"Fn::GetAtt": [logical_id, "FunctionARN"]}}
+    others = [*config["CacheBehaviors"], config["DefaultCacheBehavior"]]
+    assert [b for b in others if {"Fn::GetAtt": [logical_id, "FunctionARN"]} in
+            [a["FunctionARN"] for a in b.get("FunctionAssociations", [])]] == [_behavior(config, "/_cache/*")]
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)

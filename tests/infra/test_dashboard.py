@@ -201,10 +201,42 @@ def test_capacity_gpu_time_saved_and_workspace(synthesized, stage):
     assert ids["cfRequests"][:2] == ["AWS/CloudFront", "Requests"]
     assert ids["adapterInvocations"][:2] == ["AWS/Lambda", "Invocations"]
 
+    if not settings.workspace.enabled:
+        # No file system to graph: the row says the workspace is off, and why.
+        assert "AWS/FSx" not in json.dumps(body)
+        (note,) = [w for w in body["widgets"] if "Model workspace" in w["properties"].get("markdown", "")]
+        assert settings.workspace.off_reason in note["properties"]["markdown"]
+        return
     throughput = widget(body, "Model workspace (FSx for Lustre) throughput (MB/s)")
     assert {n[1] for n, _ in metric_rows(throughput) if n} == {"DataReadBytes", "DataWriteBytes"}
     provisioned = settings.workspace.capacity_gib / 1024 * settings.workspace.throughput_per_tib
     assert provisioned in annotations(throughput)
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_the_embeddings_endpoint_has_its_own_row(synthesized, stage):
+    settings = STAGES[stage]
+    embeddings = settings.embeddings
+    body = dashboard(synthesized, stage)
+    endpoint = [f"inference-cache-{stage}-embeddings", "VariantName", "AllTraffic"]
+
+    def reads_the_embeddings_endpoint(w: dict) -> None:
+        rows = [n for n, _ in metric_rows(w) if n and n[0] in ("AWS/SageMaker", "/aws/sagemaker/Endpoints")]
+        assert rows and all(n[2:6] == ["EndpointName", *endpoint] for n in rows), rows
+
+    calls = widget(body, f"Embeddings: calls (batches of <= {embeddings.max_client_batch_size} inputs) and failures")
+    reads_the_embeddings_endpoint(calls)
+    assert {n[1] for n, _ in metric_rows(calls)} == {"Invocations", "Invocation5XXErrors", "InvocationModelErrors"}
+    latency = widget(body, f"Embeddings: model latency (ms), {embeddings.model_id}")
+    reads_the_embeddings_endpoint(latency)
+    assert settings.sla.embeddings_model_latency_p99_ms in annotations(latency)
+    instances = widget(body, "Embeddings: instances in service vs maximum")
+    reads_the_embeddings_endpoint(instances)
+    assert embeddings.endpoint.max_instances in annotations(instances)
+    (busy,) = [w for w in body["widgets"] if w["properties"].get("title", "").startswith("Embeddings: " + (
+        "GPU" if embeddings.endpoint.gpus else "CPU"))]
+    reads_the_embeddings_endpoint(busy)
+    assert {n[1] for n, _ in metric_rows(busy) if n} == {"GPUUtilization" if embeddings.endpoint.gpus else "CPUUtilization"}
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)

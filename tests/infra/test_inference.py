@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -19,8 +20,14 @@ def _template(synthesized, stage) -> Template:
     return Template.from_json(synthesized[stage].templates["Inference"])
 
 
-def _only(template: Template, resource_type: str) -> dict:
-    (resource,) = template.find_resources(resource_type).values()
+def _only(template: Template, resource_type: str, prefix: str = "") -> dict:
+    """The one resource of the type whose logical id starts with `prefix` and not with
+    "Embeddings" unless asked: the LLM's endpoint keeps its unprefixed ids."""
+    (resource,) = [
+        r
+        for name, r in template.find_resources(resource_type).items()
+        if name.startswith(prefix) and (prefix or not name.startswith("Embeddings"))
+    ]
     return resource["Properties"]
 
 
@@ -28,6 +35,18 @@ def _statements(template: Template, role_prefix: str) -> list[dict]:
     policies = template.find_resources("AWS::IAM::Policy")
     (policy,) = [p for name, p in policies.items() if name.startswith(role_prefix)]
     return policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+def _join(value) -> str:
+    """A Fn::Join written out with its tokens named, for comparing resource strings."""
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(_join(p) for p in parts)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_join(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(map(_join, value)) + "]"
+    return str(value)
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)
@@ -105,18 +124,26 @@ def test_origin_adapter_may_only_invoke_this_endpoint_and_write_cache_results(sy
         "xray:PutTraceSegments",
         "xray:PutTelemetryRecords",
     }
-    (endpoint,) = actions["sagemaker:InvokeEndpoint"]
-    assert str(endpoint).endswith(f":endpoint/inference-cache-{stage}")
+    # Both of the stage's endpoints, by name, and nothing else.
+    (endpoints,) = actions["sagemaker:InvokeEndpoint"]
+    assert sorted(_join(e).rsplit(":", 1)[1] for e in endpoints) == [
+        f"endpoint/inference-cache-{stage}",
+        f"endpoint/inference-cache-{stage}-embeddings",
+    ]
     # Results: written and read under _cache/; coalescing leases: under _leases/ only.
     for action, prefixes in {
         "s3:PutObject": ["/_cache/*", "/_leases/*"],
         "s3:GetObject": ["/_cache/*", "/_leases/*"],
         "s3:DeleteObject": ["/_leases/*"],
     }.items():
-        resources = actions[action]
+        resources = [r for r in actions[action] if "ResultsBucket" in str(r)]
         assert len(resources) == len(prefixes), (action, resources)
         for resource, prefix in zip(resources, prefixes, strict=True):
-            assert "ResultsBucket" in str(resource) and str(resource).count(prefix) == 1, (action, resource)
+            assert str(resource).count(prefix) == 1, (action, resource)
+    # And one object of the model bucket: the embeddings version's tokenizer (to count usage).
+    (tokenizer,) = [r for r in actions["s3:GetObject"] if "ResultsBucket" not in str(r)]
+    assert _join(tokenizer).endswith(f"/{STAGES[stage].embeddings.s3_prefix}tokenizer.json")
+    assert "ModelBucket" in str(tokenizer) and "*" not in _join(tokenizer)
     # The bucket itself (a missing key is 404, not 403), no object wildcard.
     (listing,) = actions["s3:ListBucket"]
     assert list(listing) == ["Fn::GetAtt"] and listing["Fn::GetAtt"][0].startswith("ResultsBucket")
@@ -142,7 +169,10 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
     (function,) = function
     assert function["FunctionName"] == f"inference-cache-{stage}-origin-adapter"
     timeouts = STAGES[stage].endpoint.timeouts
-    assert function["Timeout"] == timeouts.adapter_seconds < timeouts.origin_read_seconds
+    # A stream's budget and the store after it; a whole answer's budget is the adapter's own (env).
+    assert function["Timeout"] == timeouts.lambda_seconds == timeouts.stream_seconds + 6
+    assert function["Environment"]["Variables"]["ADAPTER_TIMEOUT_SECONDS"] == str(timeouts.adapter_seconds)
+    assert timeouts.adapter_seconds < timeouts.origin_read_seconds
     assert function["Runtime"] == "python3.14"
     assert function["TracingConfig"] == {"Mode": "Active"}
     assert function["Environment"]["Variables"]["ENDPOINT_NAME"] == f"inference-cache-{stage}"
@@ -150,6 +180,10 @@ def test_origin_adapter_function_and_its_url(synthesized, stage):
     assert function["Environment"]["Variables"]["ENDPOINT_READ_TIMEOUT_SECONDS"] == str(
         STAGES[stage].endpoint.timeouts.model_read_seconds
     )
+    # What the adapter knows of the embeddings model: the stage's settings, the version's tokenizer.
+    embeddings = json.loads(function["Environment"]["Variables"]["EMBEDDINGS_MODEL"]["Fn::Join"][1][0]
+                            + "BUCKET" + function["Environment"]["Variables"]["EMBEDDINGS_MODEL"]["Fn::Join"][1][2])
+    assert embeddings == json.loads(STAGES[stage].adapter_embeddings_model("BUCKET").to_json())
     # Coalescing is on; its lease and wait budgets derive from the adapter's own timeout.
     assert function["Environment"]["Variables"]["ADAPTER_TIMEOUT_SECONDS"] == str(timeouts.adapter_seconds)
     assert function["Environment"]["Variables"]["COALESCE_IDENTICAL_MISSES"] == "true"
@@ -211,3 +245,68 @@ def test_origin_adapter_uses_the_powertools_layer_of_the_pinned_version(synthesi
     region = STAGES[stage].home_region
     assert f"arn:aws:lambda:{region}:753240598075:layer:LambdaAdapterLayerArm64:{LAMBDA_WEB_ADAPTER_LAYER_VERSION}" in layers
     assert function["Properties"]["Architectures"] == ["arm64"]
+
+
+# -- the embeddings endpoint: the same constructs, Text Embeddings Inference -------------------
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_embeddings_endpoint_serves_tei_with_the_stages_limits(synthesized, stage):
+    embeddings = STAGES[stage].embeddings
+    template = _template(synthesized, stage)
+    model = _only(template, "AWS::SageMaker::Model", "Embeddings")
+    container = model["PrimaryContainer"]
+    assert container["Image"] == embeddings.image_uri
+    assert ("/tei:" in container["Image"]) is (embeddings.endpoint.gpus > 0)
+    source = container["ModelDataSource"]["S3DataSource"]
+    assert (source["S3DataType"], source["CompressionType"]) == ("S3Prefix", "None")
+    assert source["S3Uri"]["Fn::Join"][1][-1] == f"/{embeddings.s3_prefix}"
+    assert container["Environment"] == {
+        "HF_MODEL_ID": "/opt/ml/model",
+        "MAX_CLIENT_BATCH_SIZE": str(embeddings.max_client_batch_size),
+        "MAX_BATCH_TOKENS": str(embeddings.max_batch_tokens),
+        "MAX_CONCURRENT_REQUESTS": str(embeddings.max_concurrent_inputs),
+        "AUTO_TRUNCATE": "false",
+    }
+    assert model["EnableNetworkIsolation"] is True
+    assert len(model["VpcConfig"]["Subnets"]) == len(STAGES[stage].availability_zones)
+    assert {"Key": "model-version", "Value": embeddings.model_version} in model["Tags"]
+    (variant,) = _only(template, "AWS::SageMaker::EndpointConfig", "Embeddings")["ProductionVariants"]
+    assert variant["InstanceType"] == embeddings.endpoint.instance_type
+    assert variant["InitialInstanceCount"] == embeddings.endpoint.min_instances
+    assert ("VolumeSizeInGB" in variant) is (not embeddings.endpoint.has_instance_storage)
+    assert variant["RoutingConfig"] == {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+    assert _only(template, "AWS::SageMaker::Endpoint", "Embeddings")["EndpointName"] == f"inference-cache-{stage}-embeddings"
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_embeddings_endpoint_scales_on_its_own_settings(synthesized, stage):
+    settings = STAGES[stage].embeddings.endpoint
+    template = _template(synthesized, stage)
+    target = _only(template, "AWS::ApplicationAutoScaling::ScalableTarget", "Embeddings")
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (settings.min_instances, settings.max_instances)
+    assert "EmbeddingsEndpoint" in str(target["ResourceId"]) and "/variant/AllTraffic" in str(target["ResourceId"])
+    policy = _only(template, "AWS::ApplicationAutoScaling::ScalingPolicy", "Embeddings")
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["PredefinedMetricSpecification"] == {
+        "PredefinedMetricType": "SageMakerVariantConcurrentRequestsPerModelHighResolution"
+    }
+    assert (tracking["TargetValue"], tracking["ScaleInCooldown"]) == (
+        settings.target_concurrency,
+        settings.scale_in_cooldown_seconds,
+    )
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_embeddings_model_role_reads_only_its_own_version(synthesized, stage):
+    prefix = STAGES[stage].embeddings.s3_prefix
+    statements = _statements(_template(synthesized, stage), "EmbeddingsModelExecutionRole")
+    (get_object,) = [s for s in statements if s["Action"] == "s3:GetObject"]
+    assert _join(get_object["Resource"]).endswith(f"/{prefix}*")
+    (listing,) = [s for s in statements if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{prefix}*"]}}
+    logs = [s for s in statements if "logs:PutLogEvents" in s["Action"]]
+    assert _join(logs[0]["Resource"]).endswith(f":log-group:/aws/sagemaker/Endpoints/inference-cache-{stage}-embeddings:*")
+    # The LLM's role does not read the embeddings model, nor the reverse.
+    llm = _statements(_template(synthesized, stage), "ModelExecutionRole")
+    assert prefix not in json.dumps(llm)

@@ -7,7 +7,7 @@ import pytest
 from aws_cdk.assertions import Match, Template
 
 from config.stages import STAGES
-from tests.conftest import STAGE_NAMES
+from tests.conftest import STAGE_NAMES, WORKSPACE_STAGES
 
 
 def _only(template: Template, resource_type: str) -> dict:
@@ -15,7 +15,7 @@ def _only(template: Template, resource_type: str) -> dict:
     return resource["Properties"]
 
 
-@pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.parametrize("stage", WORKSPACE_STAGES)
 def test_lustre_workspace_is_persistent_2_lz4_2_15_with_stage_throughput(synthesized, stage):
     workspace = STAGES[stage].workspace
     fs = _only(Template.from_json(synthesized[stage].templates["ModelStorage"]), "AWS::FSx::FileSystem")
@@ -30,7 +30,7 @@ def test_lustre_workspace_is_persistent_2_lz4_2_15_with_stage_throughput(synthes
     assert len(fs["SubnetIds"]) == 1
 
 
-@pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.parametrize("stage", WORKSPACE_STAGES)
 def test_repository_association_syncs_new_changed_deleted_both_ways(synthesized, stage):
     template = Template.from_json(synthesized[stage].templates["ModelStorage"])
     association = _only(template, "AWS::FSx::DataRepositoryAssociation")
@@ -41,15 +41,34 @@ def test_repository_association_syncs_new_changed_deleted_both_ways(synthesized,
     assert association["BatchImportMetaDataOnCreate"] is True
 
 
-@pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.parametrize("stage", WORKSPACE_STAGES)
 def test_lustre_security_group_opens_only_lustre_ports(synthesized, stage):
     template = Template.from_json(synthesized[stage].templates["ModelStorage"])
-    ports = set()
+    groups = template.find_resources("AWS::EC2::SecurityGroup")
+    by_id = {logical_id: group for logical_id, group in groups.items()}
+    ports: dict[str, set] = {}
     for rule in template.find_resources("AWS::EC2::SecurityGroupIngress").values():
-        ports.add((rule["Properties"]["FromPort"], rule["Properties"]["ToPort"]))
-    assert ports == {(988, 988), (1018, 1023)}
-    for group in template.find_resources("AWS::EC2::SecurityGroup").values():
+        (target,) = [g for g in by_id if g in str(rule["Properties"]["GroupId"])]
+        ports.setdefault(target, set()).add((rule["Properties"]["FromPort"], rule["Properties"]["ToPort"]))
+    # The file system and its clients speak Lustre only; the Session Manager endpoints
+    # take HTTPS from the workspace hosts only.
+    servers, clients, endpoints = (next(g for g in by_id if g.startswith(p)) for p in
+                                   ("WorkspaceServers", "WorkspaceClients", "WorkspaceHostEndpointSecurityGroup"))
+    assert ports == {servers: {(988, 988), (1018, 1023)}, clients: {(988, 988), (1018, 1023)}, endpoints: {(443, 443)}}
+    for group in groups.values():
         assert "0.0.0.0/0" not in str(group["Properties"].get("SecurityGroupIngress", ""))
+
+
+def test_a_stage_without_the_workspace_has_no_file_system_no_way_in_and_says_why(synthesized):
+    off = [name for name in STAGE_NAMES if name not in WORKSPACE_STAGES]
+    assert off == ["dev"]  # dev turns it off by default; staging and prod keep it
+    for stage in off:
+        assert STAGES[stage].workspace.off_reason
+        template = synthesized[stage].templates["ModelStorage"]
+        types = {r["Type"] for r in template["Resources"].values()}
+        assert not types & {"AWS::FSx::FileSystem", "AWS::FSx::DataRepositoryAssociation", "AWS::EC2::LaunchTemplate",
+                            "AWS::EC2::VPCEndpoint", "AWS::EC2::SecurityGroup", "AWS::IAM::InstanceProfile"}
+        assert "AWS::S3::Bucket" in types  # the model bucket stays: the endpoint loads from it
 
 
 @pytest.mark.parametrize("stage", STAGE_NAMES)

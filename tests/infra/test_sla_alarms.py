@@ -17,7 +17,7 @@ import pytest
 
 from config.settings import SlaSettings
 from config.stages import STAGES
-from tests.conftest import ROOT, STAGE_NAMES
+from tests.conftest import ROOT, STAGE_NAMES, WORKSPACE_STAGES
 
 EDGE_REGION = "us-east-1"
 # The instance types the stages use, and their GPUs (from the EC2/SageMaker specs).
@@ -29,6 +29,8 @@ PAGE_CHILDREN_HOME = {
     "endpoint-5xx-rate",
     "origin-adapter-error-rate",
     "origin-adapter-throttle-rate",
+    "embeddings-model-latency-p99",
+    "embeddings-endpoint-5xx-rate",
 }
 TICKETS_EDGE = {"edge-function-errors", "cache-hit-ratio-low", "edge-lookup-failures"}
 TICKETS_HOME = {
@@ -38,7 +40,11 @@ TICKETS_HOME = {
     "gpu-utilization-high",
     "gpu-memory-high",
     "workspace-free-capacity-low",
+    "embeddings-endpoint-model-error-rate",
+    "embeddings-capacity-pinned-at-max",
 }
+# Only where the embeddings model runs on GPUs (staging, prod; dev's runs on CPUs).
+EMBEDDINGS_GPU_TICKET = "embeddings-gpu-utilization-high"
 BURN_WINDOWS = {"fast": (14.4, (3600, 300)), "slow": (6.0, (21_600, 1_800))}
 # The objective each alarm enforces; a new SLA setting without an alarm fails below.
 SLO_ALARMS = {
@@ -52,10 +58,13 @@ SLO_ALARMS = {
     ],
     "edge_origin_latency_p99_ms": ["edge-origin-latency-p99"],
     "model_latency_p99_ms": ["model-latency-p99"],
+    "embeddings_model_latency_p99_ms": ["embeddings-model-latency-p99"],
     "origin_adapter_duration_p99_ms": ["origin-adapter-duration-p99"],
     "endpoint_error_rate_max": [
         "endpoint-5xx-rate",
         "endpoint-model-error-rate",
+        "embeddings-endpoint-5xx-rate",
+        "embeddings-endpoint-model-error-rate",
         "origin-adapter-error-rate",
         "origin-adapter-throttle-rate",
     ],
@@ -64,7 +73,7 @@ SLO_ALARMS = {
     "gpu_utilization_high_pct": ["gpu-utilization-high"],
     "gpu_memory_high_pct": ["gpu-memory-high"],
     "gpu_high_minutes": ["gpu-utilization-high", "gpu-memory-high"],
-    "capacity_pinned_minutes": ["capacity-pinned-at-max"],
+    "capacity_pinned_minutes": ["capacity-pinned-at-max", "embeddings-capacity-pinned-at-max"],
     "fsx_free_capacity_floor": ["workspace-free-capacity-low"],
     "edge_lookup_failure_rate_max": ["edge-lookup-failures"],
 }
@@ -171,8 +180,8 @@ def assert_cloudfront_dims(dimensions: dict) -> None:
     )
 
 
-def assert_endpoint_dims(stage: str, dimensions: dict) -> None:
-    assert dimensions == {"EndpointName": f"inference-cache-{stage}", "VariantName": "AllTraffic"}
+def assert_endpoint_dims(stage: str, dimensions: dict, endpoint: str = "") -> None:
+    assert dimensions == {"EndpointName": f"inference-cache-{stage}{endpoint}", "VariantName": "AllTraffic"}
 
 
 # -- coverage ----------------------------------------------------------------------------
@@ -187,6 +196,9 @@ def test_every_sla_setting_is_an_objective_with_alarms_or_declared_otherwise():
 def test_each_slo_has_its_alarms(synthesized, stage):
     present = set(edge_alarms(synthesized, stage)) | set(home_alarms(synthesized, stage))
     for objective, slugs in SLO_ALARMS.items():
+        if objective == "fsx_free_capacity_floor" and not STAGES[stage].workspace.enabled:
+            assert name(stage, "workspace-free-capacity-low") not in present  # no file system to watch
+            continue
         for slug in slugs:
             assert name(stage, slug) in present, f"{objective}: {slug} missing"
 
@@ -197,7 +209,10 @@ def test_no_unexpected_alarms(synthesized, stage):
     for speed, (_, windows) in BURN_WINDOWS.items():
         expected_edge.add(name(stage, f"availability-{speed}-burn"))
         expected_edge |= {name(stage, f"availability-{speed}-burn-{_tag(w)}") for w in windows}
-    expected_home = {name(stage, s) for s in TICKETS_HOME | PAGE_CHILDREN_HOME | {f"page-{STAGES[stage].home_region}"}}
+    tickets_home = TICKETS_HOME if STAGES[stage].workspace.enabled else TICKETS_HOME - {"workspace-free-capacity-low"}
+    expected_home = {name(stage, s) for s in tickets_home | PAGE_CHILDREN_HOME | {f"page-{STAGES[stage].home_region}"}}
+    if STAGES[stage].embeddings.endpoint.gpus:
+        expected_home.add(name(stage, EMBEDDINGS_GPU_TICKET))
     assert set(edge_alarms(synthesized, stage)) == expected_edge
     assert set(home_alarms(synthesized, stage)) == expected_home
 
@@ -317,6 +332,47 @@ def test_origin_adapter_duration_p99_in_milliseconds(synthesized, stage):
         datapoints=3,
         missing="notBreaching",
     )
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_embeddings_model_latency_p99_against_its_own_objective(synthesized, stage):
+    alarm = home_alarms(synthesized, stage)[name(stage, "embeddings-model-latency-p99")]
+    ((metric_name, metric),) = stats(alarm).items()
+    assert (metric_name, metric["namespace"], metric["stat"]) == ("ModelLatency", "AWS/SageMaker", "p99")
+    assert_endpoint_dims(stage, metric["dimensions"], "-embeddings")
+    check_common(
+        alarm,
+        threshold=STAGES[stage].sla.embeddings_model_latency_p99_ms * 1000,  # microseconds
+        comparison="GreaterThanThreshold",
+        evaluation=3,
+        datapoints=3,
+        missing="notBreaching",
+    )
+
+
+@pytest.mark.parametrize("stage", STAGE_NAMES)
+def test_embeddings_endpoint_error_rates_capacity_and_gpu(synthesized, stage):
+    settings, alarms = STAGES[stage], home_alarms(synthesized, stage)
+    for slug, errors in (("embeddings-endpoint-5xx-rate", "Invocation5XXErrors"),
+                         ("embeddings-endpoint-model-error-rate", "InvocationModelErrors")):
+        metrics = stats(alarms[name(stage, slug)])
+        assert set(metrics) == {errors, "Invocations"}
+        for metric in metrics.values():
+            assert_endpoint_dims(stage, metric["dimensions"], "-embeddings")
+        check_common(alarms[name(stage, slug)], threshold=settings.sla.endpoint_error_rate_max,
+                     comparison="GreaterThanThreshold", evaluation=3, datapoints=2, missing="notBreaching")
+    pinned = alarms[name(stage, "embeddings-capacity-pinned-at-max")]
+    assert pinned["Threshold"] == settings.embeddings.endpoint.max_instances - 0.5
+    for metric in stats(pinned).values():
+        assert_endpoint_dims(stage, metric["dimensions"], "-embeddings")
+    gpu = alarms.get(name(stage, EMBEDDINGS_GPU_TICKET))
+    assert (gpu is not None) is (settings.embeddings.endpoint.gpus > 0)
+    if gpu is not None:
+        ((metric_name, metric),) = stats(gpu).items()
+        assert metric_name == "GPUUtilization" and metric["namespace"] == "/aws/sagemaker/Endpoints"
+        assert_endpoint_dims(stage, metric["dimensions"], "-embeddings")
+        assert expression(gpu) == f"{metric['id']} / {settings.embeddings.endpoint.gpus}"
+        assert gpu["Threshold"] == settings.sla.gpu_utilization_high_pct
 
 
 # -- error rates ------------------------------------------------------------------------------
@@ -473,7 +529,7 @@ def test_gpu_alarms_are_normalized_per_gpu(synthesized, stage, slug, metric_name
     )
 
 
-@pytest.mark.parametrize("stage", STAGE_NAMES)
+@pytest.mark.parametrize("stage", WORKSPACE_STAGES)
 def test_workspace_free_capacity_floor_in_bytes(synthesized, stage):
     settings = STAGES[stage]
     alarm = home_alarms(synthesized, stage)[name(stage, "workspace-free-capacity-low")]
@@ -517,7 +573,12 @@ def test_alarms_live_in_the_region_of_their_metrics(synthesized, stage):
             assert "AWS/CloudFront" not in {m["namespace"] for m in stats(alarm).values()}, alarm["AlarmName"]
             assert not set(stats(alarm)) & edge_log_metrics, alarm["AlarmName"]
     for stack in synthesized[stage].templates:
-        if stack not in ("EdgeMonitoring", "Monitoring"):
+        if stack == "Inference":
+            # The endpoint's rollback alarms (tests/infra/test_rollouts.py): home-region SageMaker metrics.
+            for alarm in alarms_of(synthesized[stage].templates[stack]).values():
+                assert "-rollback-" in alarm["AlarmName"], alarm["AlarmName"]
+                assert {m["namespace"] for m in stats(alarm).values()} == {"AWS/SageMaker"}
+        elif stack not in ("EdgeMonitoring", "Monitoring"):
             assert alarms_of(synthesized[stage].templates[stack]) == {}, stack
 
 
@@ -540,7 +601,7 @@ def test_one_composite_per_region_pages_through_that_regions_topic(synthesized, 
         rule = rule_text(template, page["AlarmRule"])
         assert set(re.findall(r'ALARM\("([^"]+)"\)', rule)) == {name(stage, c) for c in children}
         assert " AND " not in rule
-        tickets = TICKETS_EDGE if stack == "EdgeMonitoring" else TICKETS_HOME
+        tickets = TICKETS_EDGE if stack == "EdgeMonitoring" else TICKETS_HOME | {EMBEDDINGS_GPU_TICKET}
         for alarm in alarms.values():
             slug = alarm["AlarmName"].removeprefix(f"inference-cache-{stage}-")
             if slug in tickets:

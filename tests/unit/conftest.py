@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import lambdas
 from config.stages import STAGES
 from lambdas.contract import LOOKUP_BASE_ENV, SETTINGS_ENV, SETTINGS_FILE
+from local_run import cloudfront_rules
 
 # Loaded afresh per test (its settings are read at import), from the package's own file.
 EDGE_HANDLER = Path(lambdas.__file__).parent / "edge" / "handler.py"
@@ -30,6 +32,23 @@ def load_edge_handler(tmp_path, monkeypatch):
         spec = importlib.util.spec_from_file_location("lambdas.edge.handler", EDGE_HANDLER)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        module.handler = held_to_cloudfronts_rules(module.handler)
         return module
 
     return load
+
+
+def held_to_cloudfronts_rules(handler):
+    """The edge handler, every result of it checked as CloudFront checks a Lambda@Edge
+    result (local_run/cloudfront_rules.py): a test whose handler output CloudFront would
+    refuse (502) fails, whatever else it asserts. The event must be one CloudFront sends."""
+
+    def checked(event, context):
+        before = copy.deepcopy(event)
+        assert cloudfront_rules.check_event(before) == [], "CloudFront never sends such an event"
+        result = handler(event, context)
+        problems = cloudfront_rules.violations(before, result)
+        assert problems == [], f"CloudFront would refuse this result (502): {problems}"
+        return result
+
+    return checked

@@ -1,5 +1,6 @@
 """Golden cache keys: representative requests with the key and canonical payload the
-current KEY_FORMAT gives them, pinned in golden_keys.json beside this file.
+current KEY_FORMAT gives them, pinned in golden_keys.json beside this file. The keys are
+MACs under the tests' stage secret (tests/stage_secret.py), as a stage's are under its own.
 
 A change that alters any key flushes every cache on deploy, and while edge and origin
 run different versions during a rollout they disagree on keys (every request a miss).
@@ -24,6 +25,7 @@ from config.stages import STAGES
 from lambdas import cache_decision
 from lambdas.cache_settings import EdgeCacheSettings
 from lambdas.contract import CHAT_ROUTE, COMPLETIONS_ROUTE, EMBEDDINGS_ROUTE, INFERENCE_ROUTES, INVOCATIONS_ROUTE
+from tests.stage_secret import MAC
 
 FIXTURE = Path(__file__).with_name("golden_keys.json")
 
@@ -33,6 +35,8 @@ PINNED_SETTINGS = {
     "routes": list(INFERENCE_ROUTES),
     "model_id": "meta-llama/Llama-3.1-8B-Instruct",
     "model_version": "2026-11-01",
+    "embeddings_model_id": "sentence-transformers/all-MiniLM-L6-v2",
+    "embeddings_model_version": "2d2fdaed1488f8bd",
     "policy": "deterministic",
     "excluded_fields": ["user", "metadata", "store"],
     "declared_server_defaults": {},
@@ -145,7 +149,7 @@ def computed() -> dict:
     for name, (route, body, headers, tenant) in CASES.items():
         raw = body_bytes(body)
         s = settings(tenant_scoped=tenant is not None)
-        decision = cache_decision.decide(route, headers, raw, s, tenant=tenant)
+        decision = cache_decision.decide(route, headers, raw, s, tenant=tenant, mac=MAC)
         if not decision.cacheable:
             raise ValueError(f"golden case {name!r} is not cacheable: {decision.reason}")
         payload = cache_decision.canonical_payload(route, headers, raw, s, tenant=tenant)

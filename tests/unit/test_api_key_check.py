@@ -13,6 +13,13 @@ import threading
 import pytest
 
 from cli.api_keys import LocalKeyStore, create_key, key_hash, key_record, revoke_key
+from lambdas.contract import (
+    CACHE_READ_CONTEXT,
+    CACHE_READ_HEADER,
+    STAGE_SECRET_HEADER,
+    STAGE_SECRET_STORE_KEY,
+    TENANT_HEADER,
+)
 from local_run.viewer_request_host import (
     API_KEY_CHECK,
     FunctionExecutionError,
@@ -21,6 +28,7 @@ from local_run.viewer_request_host import (
     is_response,
     viewer_request_event,
 )
+from tests.stage_secret import STAGE_SECRET
 
 ACME_KEY = "sk-ic-" + "A" * 43
 BETA_KEY = "sk-ic-beta_key-0123456789"
@@ -105,6 +113,14 @@ def test_x_api_key_passes(check):
                                            f"  Bearer {ACME_KEY}"])
 def test_bearer_scheme_is_case_insensitive_and_surrounding_whitespace_is_ignored(check, authorization):
     assert _call(check, {"authorization": authorization})["headers"]["x-inference-tenant"] == {"value": "acme"}
+
+
+@pytest.mark.parametrize("pad", ["\u00a0", "\u2003", "\u000b", "\u000c", "\ufeff"])
+def test_only_space_and_tab_surround_a_key(check, pad):
+    """RFC 9110 OWS is SP and HTAB; JavaScript's trim() also drops NBSP, em spaces, VT, FF
+    and the BOM. A key padded with them is malformed, never read as the key."""
+    for headers in ({"authorization": f"Bearer {ACME_KEY}{pad}"}, {"x-api-key": f"{pad}{ACME_KEY}"}):
+        assert "Malformed" in _unauthorized(_call(check, headers))
 
 
 def test_another_authorization_scheme_falls_back_to_x_api_key(check):
@@ -283,3 +299,84 @@ def test_event_builder_shapes_repeats_as_cloudfront_does():
     assert request["headers"] == {"accept": {"value": "a", "multiValue": [{"value": "a"}, {"value": "b"}]}}
     assert request["querystring"] == {"q": {"value": "1", "multiValue": [{"value": "1"}, {"value": "2"}]},
                                       "r": {"value": ""}}
+
+
+# -- the local front remembers verdicts (local_run/front.py KeyCheckVerdicts) ---------------
+
+def test_remembered_verdicts_hold_only_for_the_key_store_they_were_given_against(node, tmp_path):
+    """The local front asks the real JavaScript once per event and key store version: the
+    same event against the same store gets the same verdict; a revoked key is refused at
+    once (the file changed: every verdict forgotten); a verdict the function gave while
+    the store changed under it is not kept."""
+    from local_run.front import KeyCheckVerdicts
+
+    keys = LocalKeyStore(tmp_path / "api-keys.json")
+    issued = create_key(keys, "acme")
+    verdicts = KeyCheckVerdicts(keys.path)
+    with ViewerRequestFunction(API_KEY_CHECK, keys.path, node=node) as function:
+        event = viewer_request_event("POST", CHAT, {"authorization": f"Bearer {issued['key']}"})
+        remembered, version = verdicts.get(event)
+        assert remembered is None
+        verdict = function.handle(event)
+        verdicts.put(event, verdict, version)
+        assert verdicts.get(event)[0] == verdict and verdict["headers"]["x-inference-tenant"]["value"] == "acme"
+        revoke_key(keys, issued["key_id"])
+        assert verdicts.get(event)[0] is None  # the store changed: ask the function again
+        assert function.handle(event)["statusCode"] == 401
+        # A verdict given against the store before a change is never kept under the new one.
+        _, before = verdicts.get(event)
+        other = create_key(keys, "beta")  # the store changes while the (old) verdict is computed
+        verdicts.put(event, verdict, before)
+        assert verdicts.get(event)[0] is None
+        assert other["tenant"] == "beta"
+
+
+def test_the_function_is_deterministic_so_its_verdicts_may_be_remembered():
+    """What remembering verdicts rests on: the function reads nothing but its event and the
+    key store (no clock, no randomness, no state kept between runs)."""
+    source = API_KEY_CHECK.read_text()
+    for word in ("Date", "Math.random", "crypto.randomBytes", "globalThis", "setTimeout"):
+        assert word not in source
+    # Module-level bindings are constants: nothing carries over from one request to the next.
+    assert not [line for line in source.splitlines() if line.startswith(("let ", "var "))]
+
+
+# --------------------------------------------------------------------------- the stage secret
+
+
+@pytest.fixture(scope="module")
+def check_with_secret(node, tmp_path_factory):
+    store = tmp_path_factory.mktemp("kvs-secret") / "api-keys.json"
+    _write_store(store, {key_hash(ACME_KEY): key_record("k_acme", "acme"), "stage-secret": STAGE_SECRET})
+    function = ViewerRequestFunction(API_KEY_CHECK, store, node=node)
+    yield function
+    function.close()
+
+
+def test_a_request_let_through_carries_the_stage_secret_for_the_edge(check_with_secret):
+    result = _call(check_with_secret, {"authorization": f"Bearer {ACME_KEY}"})
+    assert result["headers"][STAGE_SECRET_HEADER] == {"value": STAGE_SECRET}
+
+
+@pytest.mark.parametrize("forged", ["my-own-secret", ["a", "b"]])
+def test_a_viewers_own_stage_secret_header_never_reaches_the_edge(check, check_with_secret, forged):
+    """Replaced by the store's secret, or removed when the store holds none; a refused
+    request is answered before anything else, the forged value never echoed."""
+    headers = {"authorization": f"Bearer {ACME_KEY}", STAGE_SECRET_HEADER: forged}
+    assert _call(check_with_secret, headers)["headers"][STAGE_SECRET_HEADER] == {"value": STAGE_SECRET}
+    assert STAGE_SECRET_HEADER not in _call(check, headers)["headers"]
+    refused = _call(check_with_secret, {STAGE_SECRET_HEADER: forged})
+    assert is_response(refused) and "my-own-secret" not in json.dumps(refused)
+
+
+def test_the_functions_names_are_the_contracts():
+    """The JavaScript cannot import the contract: its literals are held equal to it here."""
+    from local_run.viewer_request_host import CACHE_READ_CHECK
+
+    check_code, read_code = API_KEY_CHECK.read_text(), CACHE_READ_CHECK.read_text()
+    assert f"const SECRET_HEADER = '{STAGE_SECRET_HEADER}';" in check_code
+    assert f"const TENANT_HEADER = '{TENANT_HEADER}';" in check_code
+    for code in (check_code, read_code):
+        assert f"const SECRET_KEY = '{STAGE_SECRET_STORE_KEY}';" in code
+    assert f"const CREDENTIAL_HEADER = '{CACHE_READ_HEADER}';" in read_code
+    assert f"const CONTEXT = '{CACHE_READ_CONTEXT}';" in read_code

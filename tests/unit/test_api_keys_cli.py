@@ -364,3 +364,36 @@ def test_no_credentials_through_bin(no_credentials, tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert "no AWS credentials" in _one_error_line(done.stderr)
 
+
+
+# --------------------------------------------------------------------------- the stage secret
+
+
+def test_rotate_secret_creates_then_replaces_the_stage_secret_and_never_prints_it(tmp_path):
+    path = tmp_path / "keys.json"
+    assert _local(path, "create", "--tenant", "acme")[0] == 0
+    status, out, _ = _local(path, "rotate-secret")
+    assert status == 0 and "created" in out
+    first = json.loads(path.read_text())["stage-secret"]
+    assert len(first) == 43 and first not in out
+    status, out, _ = _local(path, "--json", "rotate-secret")
+    assert status == 0 and json.loads(out) == {"rotated": True, "had_secret": True}
+    second = json.loads(path.read_text())["stage-secret"]
+    assert second != first and second not in out
+    # The secret is not an API key: list shows the one key, nothing unreadable.
+    rows = json.loads(_local(path, "--json", "list")[1])
+    assert [r["tenant"] for r in rows] == ["acme"]
+
+
+def test_rotate_secret_on_a_stage_is_one_put_with_the_store_etag(aws):
+    cloudfront, kvs, cf_stub, kvs_stub = aws
+    puts = _captured(kvs, "PutKey")
+    _store_found(cf_stub)
+    _etag(kvs_stub, "KV-ETAG-9")
+    _listing(kvs_stub, [{"a" * 64: _record("k_1", "acme"), "stage-secret": "old-secret"}])
+    kvs_stub.add_response("put_key", _written(), {"KvsARN": ARN, "Key": "stage-secret", "Value": ANY, "IfMatch": "KV-ETAG-9"})
+    status, out, err = _main("--stage", "dev", "--json", "rotate-secret", clients=(cloudfront, kvs))
+    assert status == 0, err
+    assert json.loads(out) == {"rotated": True, "had_secret": True}
+    (put,) = puts
+    assert put["Key"] == "stage-secret" and len(put["Value"]) == 43 and put["Value"] != "old-secret"

@@ -438,6 +438,36 @@ def test_invalid_ttl_header_is_400(value):
                  "x-inference-cache-ttl")
 
 
+def test_header_whitespace_is_space_and_tab_only():
+    """RFC 9110 OWS: a TTL padded with spaces and tabs is read; one padded with what
+    Python's str.strip() also removes (NBSP, U+2003, U+3000) is not a whole number."""
+    s = settings(default_ttl_seconds=3600, max_ttl_seconds=86_400)
+    assert run(chat(), headers={**JSON, "x-inference-cache-ttl": " \t60\t "}, s=s).ttl_seconds == 60
+    for padded in ("\xa060", "60\u2003", "\u300060"):
+        assert "60" == padded.strip()  # what the edge used to read
+        assert_error(run(chat(), headers={**JSON, "x-inference-cache-ttl": padded}, s=s), 400, "invalid_ttl",
+                     "x-inference-cache-ttl")
+    # Content-Type padded the same way is not application/json.
+    assert run(chat(), headers={"content-type": "\tapplication/json ; charset=utf-8 "}).error is None
+    assert_error(run(chat(), headers={"content-type": "application/json\u2003"}), 415, "unsupported_media_type",
+                 "content-type")
+    # Cache-Control directives: only SP/HTAB around them.
+    assert not run(chat(), headers={**JSON, "cache-control": " \tno-store"}).cacheable
+    assert run(chat(), headers={**JSON, "cache-control": "\xa0no-store"}).cacheable
+
+
+@pytest.mark.parametrize("name", ["content-type", "cache-control", "x-inference-cache-ttl", "content-encoding"])
+@pytest.mark.parametrize("ctl", ["\x0b", "\x0c", "\x00", "\x1c", "\x7f", "\r"])
+def test_a_control_character_in_a_header_the_decision_reads_is_400(name, ctl):
+    """Not a valid field value (RFC 9110, 5.5: VCHAR, SP, HTAB, obs-text): refused, never
+    read leniently (a `no-store\\v` read as something else would store what the client
+    asked not to)."""
+    value = {"content-type": "application/json", "cache-control": "no-store", "x-inference-cache-ttl": "60",
+             "content-encoding": "identity"}[name]
+    assert_error(run(chat(), headers={**JSON, name: value + ctl}), 400, "invalid_header_value", name)
+    assert_error(run(chat(), headers={**JSON, name: ctl + value}), 400, "invalid_header_value", name)
+
+
 # --------------------------------------------------------------------------- tenants
 
 
@@ -905,3 +935,70 @@ def test_what_the_servers_refuse_is_a_400_at_the_edge(path, body, param):
 def test_valid_counts_and_inputs_are_not_refused():
     assert run({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 1, "temperature": 0}).cacheable
     assert run({"model": "m", "input": ["a", "b"]}, path=EMBEDDINGS).cacheable
+
+
+# -- embeddings: the embeddings model keys /v1/embeddings; a stage without one answers 404 ----
+
+
+def test_the_embeddings_models_id_and_version_key_embeddings_not_the_llms():
+    body = json.dumps({"model": "m", "input": "hello"}).encode()
+    base = cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings())
+    assert base.cacheable and base.reason == "embeddings"
+    assert cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings(embeddings_model_version="next")).key != base.key
+    assert cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings(embeddings_model_id="other/model")).key != base.key
+    # A new LLM version starts a fresh cache for the LLM's routes only.
+    assert cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings(model_version="next")).key == base.key
+    chat = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}).encode()
+    assert cd.decide(CHAT_ROUTE, JSON, chat, settings(embeddings_model_version="next")).key == cd.decide(
+        CHAT_ROUTE, JSON, chat, settings()
+    ).key
+
+
+def test_a_stage_without_embeddings_decides_404_model_not_found_before_reading_the_body():
+    for body in (json.dumps({"model": "m", "input": "hello"}).encode(), b"{not json", b"x" * 2_000_000):
+        d = cd.decide(EMBEDDINGS_ROUTE, JSON, body, settings(embeddings_model_id=None, embeddings_model_version=None))
+        assert not d.cacheable and d.key is None and not d.lookup and not d.store
+        assert (d.error.status, d.error.code, d.error.param) == (404, "model_not_found", "model")
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        (["x"] * 2048, None),  # OpenAI's maximum
+        (["x"] * 2049, 400),
+        ([[1, 2]] * 2049, 400),  # lists of token ids are inputs too
+        (list(range(5000)), None),  # one input of 5000 token ids: the model's length limit, not this one
+    ],
+)
+def test_more_inputs_than_openai_accepts_is_a_400(value, status):
+    d = cd.decide(EMBEDDINGS_ROUTE, JSON, json.dumps({"model": "m", "input": value}).encode(), settings())
+    assert (d.error.status if d.error else None) == status
+    if status:
+        assert d.error.param == "input" and "2048" in d.error.message
+
+
+@pytest.mark.parametrize("route, extra, served", [
+    (CHAT, {"prompt": "hi"}, "completions"),
+    (CHAT, {"inputs": "hi"}, "tgi"),
+    (CHAT, {"prompt": "hi", "inputs": "hi"}, "completions"),
+    ("/v1/completions", {"messages": [{"role": "user", "content": "hi"}], "inputs": "hi"}, None),
+    ("/v1/completions", {"inputs": "hi"}, None),
+])
+def test_a_v1_body_the_container_would_serve_under_another_schema_is_not_cached(route, extra, served):
+    """The adapter sends every route's body to LMI's /invocations, which picks the schema by
+    key (prompt, then inputs, then messages): a chat body with `prompt` is a completion to
+    it. Such a body passes through uncached (no 400: the container serves it), whatever the
+    policy; the route's own body alone stays cacheable."""
+    own = {"messages": [{"role": "user", "content": "hi"}]} if route == CHAT else {"prompt": "hi"}
+    alone = {"model": "m", **own, "temperature": 0}
+    assert run(alone, path=route).cacheable
+    for policy in ("deterministic", "all"):
+        d = run({**alone, **extra}, path=route, s=settings(policy=policy))
+        assert (d.cacheable, d.key, d.error) == (False, None, None), d
+        if served:
+            assert f"the container serves it as {served}" in d.reason
+        else:
+            assert d.reason.startswith(f"{route} body mixes prompt and ")
+    # Without the route's own key, but with another the container serves: passed through, not a 400.
+    other = run({"model": "m", **extra, "temperature": 0}, path=route)
+    assert (other.cacheable, other.error) == (False, None), other

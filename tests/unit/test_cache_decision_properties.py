@@ -341,6 +341,8 @@ def different(path: str, body: dict, how: str, rng: random.Random) -> tuple[dict
         stop = stop if len(stop) >= 2 else stop + [w for w in ("\n\n", "END") if w not in stop][:2 - len(stop)]
         params["stop"] = stop
         (_params(path, b) if _schema(path, b) == "tgi" else b)["stop"] = stop[::-1]
+    elif path == "/v1/embeddings":  # answered by the embeddings model: its version keys it
+        s = DEV._replace(embeddings_model_version=DEV.embeddings_model_version + "-next")
     else:
         s = DEV._replace(model_version=DEV.model_version + "-next")
     return a, b, s

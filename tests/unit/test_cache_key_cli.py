@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -34,15 +35,20 @@ def decisions(result: subprocess.CompletedProcess) -> list[dict]:
     return [json.loads(line) for line in result.stdout.decode().splitlines()]
 
 
-def expected(body: bytes, path: str = CHAT, headers=None, stage: str = DEFAULT_STAGE, tenant: str | None = None) -> dict:
-    return cd.decide(path, headers or {}, body, STAGES[stage].edge_cache_settings(), tenant=tenant).as_dict()
+def expected(body: bytes, path: str = CHAT, headers=None, stage: str = DEFAULT_STAGE, tenant: str | None = None,
+             mac: bytes | None = None) -> dict:
+    """What the command prints: the decision, and with a key what kind of key it is."""
+    decision = cd.decide(path, headers or {}, body, STAGES[stage].edge_cache_settings(), tenant=tenant, mac=mac).as_dict()
+    if decision["key"]:
+        decision["key_kind"] = "deployed" if mac else "estimate"
+    return decision
 
 
 def test_single_request():
     body = json.dumps(GREEDY).encode()
     [out] = decisions(cli("--path", CHAT, stdin=body))
-    assert set(out) == {"cacheable", "key", "reason", "error"}
-    assert out == expected(body)
+    assert set(out) == {"cacheable", "key", "reason", "error", "key_kind"}
+    assert out == expected(body) and out["key_kind"] == "estimate"
     assert out["cacheable"] is True and len(out["key"]) == 64 and out["error"] is None
 
 
@@ -71,6 +77,35 @@ def test_stage_selects_settings():
     assert staging_no_tenant["cacheable"] is False and "tenant" in staging_no_tenant["reason"]
     assert staging == expected(body, stage="staging", tenant="acme")
     assert staging["key"] != dev["key"]
+
+
+def test_without_the_stage_secret_keys_are_estimates_and_with_it_the_deployed_keys(tmp_path):
+    """A key is a MAC under the stage secret: nobody can name a stored answer from the request
+    alone. Without the secret the command still serves hit-ratio estimates, and says so;
+    with the local run's (or, with credentials, a stage's) it prints the keys the edge uses."""
+    from cli.api_keys import LocalKeyStore, ensure_stage_secret
+    from tests.stage_secret import MAC, STAGE_SECRET
+
+    store = tmp_path / "api-keys.json"
+    store.write_text(json.dumps({"stage-secret": STAGE_SECRET}))
+    body = json.dumps(GREEDY).encode()
+    [estimate] = decisions(cli("--path", CHAT, stdin=body))
+    [deployed] = decisions(cli("--path", CHAT, "--local-keys", str(store), stdin=body))
+    assert deployed == expected(body, mac=MAC) and deployed["key_kind"] == "deployed"
+    assert estimate["key_kind"] == "estimate" and deployed["key"] != estimate["key"]
+    payload = cd.canonical_payload(CHAT, {}, body, STAGES["dev"].edge_cache_settings())
+    assert deployed["key"] == hmac.new(MAC, payload, "sha256").hexdigest()
+    assert estimate["key"] == hashlib.sha256(payload).hexdigest()
+    # Another secret (a rotation): every key changes.
+    other = tmp_path / "other.json"
+    ensure_stage_secret(LocalKeyStore(other))
+    [rotated] = decisions(cli("--path", CHAT, "--local-keys", str(other), stdin=body))
+    assert rotated["key"] not in (deployed["key"], estimate["key"])
+    # No secret in the store: a one-line error, not a traceback.
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    refused = cli("--path", CHAT, "--local-keys", str(empty), stdin=body)
+    assert refused.returncode == 2 and b"holds no stage secret" in refused.stderr and b"Traceback" not in refused.stderr
 
 
 def test_settings_file(tmp_path):

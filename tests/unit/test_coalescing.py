@@ -24,6 +24,7 @@ from lambdas.contract import (
     ADAPTER_TIMEOUT_ENV,
     COALESCED_HEADER,
     COALESCING_ENV,
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     LEASE_PREFIX,
@@ -37,11 +38,12 @@ from lambdas.contract import (
 from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest
 from lambdas.origin_adapter.coalescing import Coalescer, Lease
 from lambdas.origin_adapter.endpoint import SageMakerEndpoint
-from lambdas.origin_adapter.results_store import ResultsStore
+from lambdas.origin_adapter.results_store import BucketHealth, ResultsStore
 from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.model_server import ModelServer
 from local_run.s3 import LocalS3
 from local_run.servers import BackgroundServer
+from tests.stage_secret import MAC, WITH_SECRET
 
 BUCKET = "coalescing-results"
 
@@ -468,11 +470,53 @@ def test_s3_failures_fail_open(key):
     assert turn.unavailable and turn.lease is None and turn.result is None and not turn.gave_up
 
 
+def test_a_slow_bucket_pauses_the_leases_and_the_next_misses_skip_them_at_once(key):
+    """The local S3 made slow by its fault hook (every call waits 3 s): a claim pays one
+    read budget (1 s) and fails open; once three have in a row, the bucket is paused and
+    the claims that follow within the pause make no call at all; after it, the bucket is
+    tried again. A slow call among good ones pauses nothing."""
+    with LocalS3() as server:
+        client = boto3.client(
+            "s3", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local",
+            config=Config(s3={"addressing_style": "path"}, connect_timeout=0.5, read_timeout=1.0, retries={"total_max_attempts": 1}),
+        )
+        client.create_bucket(Bucket=BUCKET)
+        health = BucketHealth(pause_seconds=1.5, failures=3)
+        slow = Coalescer(BUCKET, client, lease_seconds=5, wait_seconds=3, takeover_window_seconds=3, health=health)
+        server.checks.set_fault(BUCKET, delay_seconds=3)
+        try:
+            assert slow.acquire(key + "a", max_age_seconds=60).unavailable and health.available()
+            server.checks.set_fault(None)
+            assert slow.acquire(key + "b", max_age_seconds=60).lease is not None  # a good call: the count starts again
+            server.checks.set_fault(BUCKET, delay_seconds=3)
+            assert slow.acquire(key + "c", max_age_seconds=60).unavailable and health.available()
+            assert slow.acquire(key + "d", max_age_seconds=60).unavailable and health.available()
+            began = time.monotonic()
+            assert slow.acquire(key, max_age_seconds=60).unavailable
+            assert 0.9 <= time.monotonic() - began < 2.5 and not health.available() and "ReadTimeout" in health.last_failure
+            calls = server.checks.stats()["requests"].get("PUT", 0)
+            began = time.monotonic()
+            assert slow.acquire(key + "2", max_age_seconds=60).unavailable
+            assert time.monotonic() - began < 0.05 and server.checks.stats()["requests"].get("PUT", 0) == calls
+            server.checks.set_fault(None)
+            time.sleep(1.6)
+            turn = slow.acquire(key, max_age_seconds=60)  # the pause is over: claimed for real
+            assert turn.lease is not None and not turn.unavailable
+        finally:
+            server.checks.set_fault(None)
+
+
+def test_lost_races_and_missing_objects_never_pause_the_bucket(s3, key):
+    health = BucketHealth(pause_seconds=60)
+    first = Coalescer(BUCKET, s3, lease_seconds=5, wait_seconds=0.3, takeover_window_seconds=0.1, health=health)
+    lease = first.acquire(key, max_age_seconds=60).lease  # its result GET finds nothing: a 404
+    assert lease is not None
+    assert first.acquire(key, max_age_seconds=60).gave_up  # a 412, then polls that find nothing
+    assert first.release(lease) and first.release(lease)  # the second finds it gone: nothing held, no failure
+    assert health.available()
+
+
 # -- the adapter's miss path with a coalescer, against the local model server -------------
-
-class _NoEmbeddings:  # the chat model only: no sentence-transformers weights to load
-    version = None
-
 
 class LocalModel:
     """The local model server (local_run.model_server) behind boto3's sagemaker-runtime
@@ -481,7 +525,7 @@ class LocalModel:
     a prompt (a ModelError) and answers the identical ones after it."""
 
     def __init__(self):
-        self.server = ModelServer(embedder=_NoEmbeddings())
+        self.server = ModelServer()
         self.running = BackgroundServer(self.server.app, name="model-under-test").start()
         client = boto3.client(
             "sagemaker-runtime", endpoint_url=self.running.url, region_name="us-east-1", aws_access_key_id="local",
@@ -517,7 +561,8 @@ def adapter(s3, model, **timings) -> InferenceAdapter:
 
 def chat(content: str, *, headers=None, **params) -> OriginRequest:
     body = {"model": "m", "messages": [{"role": "user", "content": content}], "temperature": 0, **params}
-    return OriginRequest("POST", "/v1/chat/completions", {"content-type": "application/json", **(headers or {})}, json.dumps(body).encode())
+    headers = {"content-type": "application/json", **WITH_SECRET, **(headers or {})}
+    return OriginRequest("POST", "/v1/chat/completions", headers, json.dumps(body).encode())
 
 
 def burst(a: InferenceAdapter, requests: list[OriginRequest]) -> list:
@@ -526,6 +571,7 @@ def burst(a: InferenceAdapter, requests: list[OriginRequest]) -> list:
     def ask(i):
         barrier.wait()
         answers[i] = a.answer(requests[i])
+        answers[i][0].finish()  # the answer is sent: the store and the lease release, as the web app runs them
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
     for t in threads:
@@ -558,9 +604,10 @@ def test_a_failed_leader_hands_over_and_the_waiters_still_get_answers(s3, model)
 
 def test_a_miss_that_finds_a_dead_holders_lease_takes_it_over_and_says_so(s3, model):
     request = chat(f"dead holder {time.time_ns()}")
-    key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings()).key
+    key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings(), mac=MAC).key
     assert coalescer(s3, lease=0.0)._claim(key) is not None  # expired as written: a holder that never comes back
     response, outcome = adapter(s3, model).answer(request)
+    response.finish()
     assert response.status == 200 and model.calls() == 1
     assert outcome.lease_takeover and outcome.lease_expired and not outcome.lease_won
 
@@ -593,6 +640,7 @@ def test_timings_come_from_the_stages_timeout_budget(monkeypatch, tmp_path):
         ENDPOINT_READ_TIMEOUT_ENV: str(budget.model_read_seconds),
         ADAPTER_TIMEOUT_ENV: str(budget.adapter_seconds),
         COALESCING_ENV: "true",
+        EMBEDDINGS_MODEL_ENV: STAGES["dev"].adapter_embeddings_model("models").to_json(),
     }.items():
         monkeypatch.setenv(name, value)
     settings = AdapterSettings.from_environment()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from local_run.events import origin_request_event, origin_response_event
+from tests.stage_secret import CACHE_READ_CREDENTIAL, CACHE_READ_HEADER, WITH_SECRET
 from tests.unit.stored_answers import answer_stored, serving
 
 CHAT = "/v1/chat/completions"
@@ -45,6 +47,11 @@ class _StoreHandler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
         store: ResultsStore = self.server
         store.requests.append((self.command, self.path, dict(self.headers)))
+        if self.headers.get(CACHE_READ_HEADER) != CACHE_READ_CREDENTIAL:  # the /_cache/* function's check
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if store.delay_seconds:
             store.released.wait(store.delay_seconds)
         if self.path in store.raw:
@@ -72,10 +79,13 @@ def edge(load_edge_handler, store):
     return load
 
 
-def event(body: bytes | dict = GREEDY, uri: str = CHAT, method: str = "POST", headers: dict | None = None, truncated=False):
-    """The recorded origin-request event (tests/events) with this request in it."""
+def event(body: bytes | dict = GREEDY, uri: str = CHAT, method: str = "POST", headers: dict | None = None, truncated=False,
+          secret: bool = True):
+    """The recorded origin-request event (tests/events) with this request in it, and the
+    stage secret the viewer-request API key check sets (unless `secret` is False)."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    viewer_headers = {"content-type": "application/json", **(headers or {}), "Via": "2.0 abc.cloudfront.net (CloudFront)"}
+    viewer_headers = {"content-type": "application/json", **(WITH_SECRET if secret else {}), **(headers or {}),
+                      "Via": "2.0 abc.cloudfront.net (CloudFront)"}
     return origin_request_event(body=raw, headers=viewer_headers, uri=uri, method=method, truncated=truncated)
 
 
@@ -87,6 +97,34 @@ def header(message: dict, name: str) -> str | None:
 def forwarded_key(edge_module, body=GREEDY, headers=None) -> str:
     """The key the handler forwards on a miss."""
     return header(edge_module.handler(event(body, headers=headers), None), "x-inference-cache-key")
+
+
+def test_the_key_is_a_mac_under_the_stage_secret_and_the_lookup_presents_the_edges_credential(edge, store):
+    """Nobody can name a stored answer from a request alone: the key is HMAC-SHA256 under
+    the stage secret (as the origin adapter computes it), not the plain SHA-256 bin/cache-key
+    estimates with; the lookup carries the credential the /_cache/* function checks."""
+    from lambdas import cache_decision
+    from tests.stage_secret import MAC
+
+    handler = edge()
+    key = forwarded_key(handler)
+    payload = cache_decision.canonical_payload(CHAT, {}, json.dumps(GREEDY).encode(), handler.SETTINGS)
+    assert key == hmac.new(MAC, payload, "sha256").hexdigest() != hashlib.sha256(payload).hexdigest()
+    ((_, _, lookup_headers),) = store.requests
+    assert lookup_headers[CACHE_READ_HEADER] == CACHE_READ_CREDENTIAL
+    # The secret travels on to the origin adapter (which computes the same key), unchanged.
+    assert header(handler.handler(event(), None), "x-inference-stage-secret") == WITH_SECRET["x-inference-stage-secret"]
+
+
+def test_without_the_stage_secret_nothing_is_looked_up_or_keyed(edge, store):
+    handler = edge()
+    result = handler.handler(event(secret=False), None)
+    assert "status" not in result and header(result, "x-inference-cache-key") is None
+    assert store.requests == []
+    assert header(result, "x-amz-content-sha256")  # still signed for OAC
+    # A malformed request is still refused at the edge, secret or not.
+    refused = handler.handler(event(b"{not json", secret=False), None)
+    assert refused["status"] == "400"
 
 
 def store_answer(store: ResultsStore, key: str, body: bytes = ANSWER, age_seconds: int = 5, **headers):
@@ -159,7 +197,8 @@ def test_a_forwarded_request_carries_exactly_the_edges_own_headers(edge, store):
         {"key": "x-amz-content-sha256", "value": hashlib.sha256(json.dumps(GREEDY).encode()).hexdigest()}]
     bare = event()  # CloudFront always sends headers; the function does not depend on it
     del bare["Records"][0]["cf"]["request"]["headers"]
-    assert set(edge().handler(bare, None)["headers"]) == {"x-inference-cache-key", "x-amz-content-sha256"}
+    # No headers, so no stage secret either: nothing keyed (fail closed), its timing forwarded.
+    assert set(edge().handler(bare, None)["headers"]) == {"x-amz-content-sha256", "x-inference-edge-timing"}
 
 
 @pytest.mark.parametrize(("expires_in", "served"), [(-1, False), (0, False), (1, True)])
@@ -419,6 +458,27 @@ def test_bad_input_gets_an_openai_shaped_error_and_no_lookup(edge, store, body, 
     assert store.requests == []
 
 
+def test_a_stage_without_embeddings_answers_404_model_not_found_at_the_edge(edge, store):
+    """Never a lookup, never forwarded (no model call), never cached: the function's own answer."""
+    handler = edge(embeddings_model_id=None, embeddings_model_version=None)
+    result = handler.handler(event({"model": "text-embedding-3-small", "input": "hello"}, uri="/v1/embeddings"), None)
+    assert (result["status"], result["statusDescription"]) == ("404", "Not Found")
+    assert header(result, "cache-control") == "no-store" and header(result, "x-inference-cache") == "BYPASS"
+    error = json.loads(result["body"])["error"]
+    assert (error["code"], error["type"], error["param"]) == ("model_not_found", "invalid_request_error", "model")
+    assert store.requests == []
+    # The same request on a stage that embeds is looked up and forwarded with its key.
+    forwarded = edge().handler(event({"model": "text-embedding-3-small", "input": "hello"}, uri="/v1/embeddings"), None)
+    assert "status" not in forwarded and header(forwarded, "x-inference-cache-key")
+    assert len(store.requests) == 1
+
+
+def test_more_embeddings_inputs_than_openai_accepts_is_a_400_at_the_edge(edge, store):
+    result = edge().handler(event({"model": "m", "input": ["x"] * 2049}, uri="/v1/embeddings"), None)
+    assert result["status"] == "400" and json.loads(result["body"])["error"]["param"] == "input"
+    assert store.requests == []
+
+
 # A POST to another route is forwarded too, with its body hash added (issue 10: OAC signs
 # a body only with it): test_every_forwarded_request_with_a_body_carries_its_hash.
 @pytest.mark.parametrize(("method", "uri"), [("GET", "/v1/models"), ("GET", CHAT)])
@@ -453,12 +513,19 @@ def test_age_comes_from_the_stored_at_metadata_the_adapter_writes(edge, store):
 
 # -- Server-Timing: where the time went, on every answer ------------------------------------
 
-SERVER_TIMING = re.compile(r"^[a-z]+;dur=\d+(\.\d+)?(, [a-z]+;dur=\d+(\.\d+)?)*$")
+_ENTRY = r'[a-z][a-z-]*(;dur=\d+(\.\d+)?)?(;desc="[^"]*")?'
+SERVER_TIMING = re.compile(rf"^{_ENTRY}(, {_ENTRY})*$")
 
 
-def timings(value: str) -> dict[str, float]:
+def timings(value: str) -> dict[str, float | None]:
+    """name -> milliseconds (None: an entry with a description only), in order."""
     assert SERVER_TIMING.match(value), value
-    return {name: float(dur) for name, dur in (part.split(";dur=") for part in value.split(", "))}
+    found = {}
+    for part in value.split(", "):
+        name, _, rest = part.partition(";")
+        duration = re.search(r"dur=([\d.]+)", rest)
+        found[name] = float(duration.group(1)) if duration else None
+    return found
 
 
 def test_hit_carries_server_timing_with_the_logged_figures(edge, store, capsys):
@@ -494,14 +561,12 @@ def test_errors_carry_server_timing_of_the_decision(edge, store, capsys, body, h
     assert timings(header(result, "server-timing")) == {"decision": json.loads(capsys.readouterr().out)["decision_ms"]}
 
 
-class _NoEmbeddings:  # the local model server's chat model only
-    version = None
-
-
-def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
-    """The edge cannot add response headers to a forwarded request: the origin adapter's
-    answer to it carries origin;dur. The model is the local model server behind boto3's
-    sagemaker-runtime client; S3 is stubbed at the boto3 boundary."""
+def test_miss_is_answered_by_the_origin_naming_the_edges_steps_and_its_own(edge, store, capsys):
+    """The edge cannot add response headers to a forwarded request: it forwards its own
+    figures (x-inference-edge-timing), and the origin adapter's answer names them beside
+    its own steps; the store runs after the answer (named, without a duration). The model
+    is the local model server behind boto3's sagemaker-runtime client; S3 is stubbed at the
+    boto3 boundary."""
     import boto3
     from botocore.config import Config
     from botocore.stub import ANY
@@ -514,11 +579,15 @@ def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
     from tests.unit.boto_boundary import CountingStubber
 
     handler = edge()
+    capsys.readouterr()
     slow = {**GREEDY, "messages": [{"role": "user", "content": "What is 2+2? [[slow-ms:20]]"}]}  # the model takes 20 ms
-    forwarded = handler.handler(event(slow), None)
+    forwarded = handler.handler(event(slow, headers={"x-inference-edge-timing": "lookup;dur=0.01"}), None)
     assert "status" not in forwarded  # a miss: forwarded to the origin
+    log = json.loads(capsys.readouterr().out)
     headers = {name: values[0]["value"] for name, values in forwarded["headers"].items()}
-    model = ModelServer(embedder=_NoEmbeddings())
+    # The viewer's own copy never reaches the origin: only the edge's figures.
+    assert headers["x-inference-edge-timing"] == f"decision;dur={log['decision_ms']}, lookup;dur={log['lookup_ms']}"
+    model = ModelServer()
     running = BackgroundServer(model.app, name="model-under-test").start()
     local = {"region_name": "us-east-1", "aws_access_key_id": "local", "aws_secret_access_key": "local"}
     try:
@@ -530,15 +599,24 @@ def test_miss_is_answered_by_the_origin_with_its_own_server_timing(edge, store):
             s3.add_response("put_object", {}, {"Bucket": "results", "Key": f"_cache/{headers['x-inference-cache-key']}",
                                                "Body": ANY, "ContentType": "application/json", "CacheControl": ANY, "Metadata": ANY})
             response, outcome = adapter.answer(OriginRequest("POST", CHAT, headers, base64.b64decode(forwarded["body"]["data"])))
+            assert s3.calls == []  # nothing stored before the answer went out
+            response.finish()
             bad, _ = adapter.answer(OriginRequest("POST", CHAT, headers, b"{not json"))
-            s3.assert_calls_as_queued()  # the answer stored once, under the edge's key; the 400 not at all
+            bad.finish()
+            # Whatever reaches the origin in that header, only well-formed entries are echoed.
+            forged = {**headers, "x-inference-edge-timing": 'lookup;dur=1, evil\r\nset-cookie: a=b;dur=2, x;desc="<script>"'}
+            echoed, _ = adapter.answer(OriginRequest("POST", CHAT, forged, b"{not json"))
+            s3.assert_calls_as_queued()  # the answer stored once, under the edge's key, after it; the 400s not at all
     finally:
         running.stop()
     assert (response.status, outcome.cache, model.invocations) == (200, "MISS", 1)
     assert json.loads(response.body)["object"] == "chat.completion"
-    assert timings(response.headers["server-timing"]).keys() == {"origin"}
-    assert timings(response.headers["server-timing"])["origin"] >= 20
-    assert bad.status == 400 and timings(bad.headers["server-timing"]).keys() == {"origin"}
+    figures = timings(response.headers["server-timing"])
+    assert list(figures) == ["decision", "lookup", "origin-decision", "model", "store", "origin"]
+    assert (figures["decision"], figures["lookup"]) == (log["decision_ms"], log["lookup_ms"])
+    assert figures["model"] >= 20 and figures["origin"] >= figures["model"] and figures["store"] is None
+    assert bad.status == 400 and list(timings(bad.headers["server-timing"])) == ["decision", "lookup", "origin-decision", "origin"]
+    assert list(timings(echoed.headers["server-timing"])) == ["lookup", "origin-decision", "origin"]
 
 
 def test_an_answer_past_the_writers_expiry_is_not_served(edge, store):
@@ -579,13 +657,17 @@ ORIGIN_ERRORS = [
 @pytest.mark.parametrize(("status", "code", "message", "retry"), ORIGIN_ERRORS, ids=[str(e[0]) for e in ORIGIN_ERRORS])
 def test_lambdas_own_errors_reach_the_client_in_the_openai_shape(edge, store, capsys, status, code, message, retry):
     handler = edge()
-    result = handler.handler(origin_response_event(status=status, headers={"x-amzn-ErrorType": "Whatever"}), None)
+    answered = origin_response_event(status=status, headers={"x-amzn-ErrorType": "Whatever"})
+    result = handler.handler(answered, None)
     assert result["status"] == str(status)
     kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
     assert json.loads(result["body"]) == {"error": {"message": message, "type": kind, "param": None, "code": code}}
     assert result["bodyEncoding"] == "text"
-    # Exactly these headers, as CloudFront wants them ({"key", "value"} lists); Lambda's own are dropped.
-    assert result["headers"] == {
+    # Exactly these headers, as CloudFront wants them ({"key", "value"} lists); Lambda's own
+    # are dropped, the two CloudFront makes read-only for this trigger kept as they came.
+    read_only = {k: v for k, v in answered["Records"][0]["cf"]["response"]["headers"].items() if k in ("transfer-encoding", "via")}
+    assert len(read_only) == 2 and result["headers"] == {
+        **read_only,
         "content-type": [{"key": "Content-Type", "value": "application/json"}],
         "cache-control": [{"key": "Cache-Control", "value": "no-store"}],
         "x-inference-cache": [{"key": "X-Inference-Cache", "value": "BYPASS"}],
@@ -594,17 +676,14 @@ def test_lambdas_own_errors_reach_the_client_in_the_openai_shape(edge, store, ca
     assert capsys.readouterr().out == json.dumps({"outcome": f"origin-error-{status}", "uri": CHAT}, separators=(",", ":")) + "\n"
 
 
-def test_an_origin_response_without_headers_or_status_is_handled_all_the_same(edge, store):
-    """CloudFront always sends both; the function does not depend on it."""
+def test_an_origin_response_without_headers_is_handled_all_the_same(edge, store):
+    """CloudFront always sends them; the function does not depend on it. (A response
+    without a status is not tried: CloudFront refuses any result without one, 502.)"""
     answer = origin_response_event(status=502, headers={})
     del answer["Records"][0]["cf"]["response"]["headers"]
     result = edge().handler(answer, None)
     assert json.loads(result["body"])["error"]["code"] == "origin_error"
     assert header(result, "x-inference-cache") == "BYPASS"
-    answer = origin_response_event(status=200, headers={"content-type": "application/json"})
-    del answer["Records"][0]["cf"]["response"]["status"]
-    response = json.loads(json.dumps(answer["Records"][0]["cf"]["response"]))
-    assert edge().handler(answer, None) == response  # no status: taken as a success, passed untouched
 
 
 def test_the_adapters_own_answers_pass_the_origin_response_untouched(edge, store):

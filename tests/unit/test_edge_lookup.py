@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 from lambdas.contract import LOOKUP_BASE_ENV, LOOKUP_CA_ENV
 from lambdas.edge import lookup
 from local_run.events import origin_request_event
+from tests.stage_secret import CACHE_READ_CREDENTIAL, CACHE_READ_HEADER, WITH_SECRET
 from tests.unit.stored_answers import answer_stored, serving
 
 CHAT = "/v1/chat/completions"
@@ -92,6 +93,7 @@ class TlsStore(ThreadingHTTPServer):
         self.objects: dict[str, tuple[int, bytes, dict]] = {}
         self.accepted = 0  # TCP connections accepted
         self.requests: list[str] = []
+        self.credentials: list[str | None] = []  # what each lookup presented
         self.plan: list = []
         self.idle_timeout: float | None = None  # close a connection idle this long
         self.closed = 0  # TCP connections closed by the server
@@ -134,6 +136,7 @@ class _TlsStoreHandler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
         store: TlsStore = self.server
         store.requests.append(self.path)
+        store.credentials.append(self.headers.get(CACHE_READ_HEADER))
         action = store.plan.pop(0) if store.plan else "answer"
         if action == "drop" or action[0] == "drop":
             if action != "drop":
@@ -176,7 +179,7 @@ def edge(load_edge_handler, store):
 
 
 def event(body: dict = GREEDY) -> dict:
-    headers = {"content-type": "application/json", "Via": "2.0 abc.cloudfront.net (CloudFront)"}
+    headers = {"content-type": "application/json", **WITH_SECRET, "Via": "2.0 abc.cloudfront.net (CloudFront)"}
     return origin_request_event(body=json.dumps(body).encode(), headers=headers, uri=CHAT)
 
 
@@ -203,6 +206,8 @@ def test_warm_hits_share_one_connection(edge, store, capsys):
     results = [handler.handler(event(), None) for _ in range(20)]
     assert all(is_hit(r) for r in results)
     assert store.accepted == 1 and len(store.requests) == 21
+    # Every lookup, on a kept connection too, presents the edge's /_cache/ read credential.
+    assert store.credentials == [CACHE_READ_CREDENTIAL] * 21
     logs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert logs[0]["connection"] == "new" and {log["connection"] for log in logs[1:]} == {"reused"}
     for result in results:
@@ -235,7 +240,7 @@ def test_connection_closed_as_the_request_arrives_is_retried_once(edge, store):
 def test_fresh_connection_closed_unanswered_is_a_miss_without_retry(store):
     store.plan = ["drop", "drop"]
     with pytest.raises(ConnectionError):
-        lookup.get(store.base, "/_cache/abc", 0.3)
+        lookup.get(store.base, "/_cache/abc", 0.3, CACHE_READ_CREDENTIAL)
     assert store.accepted == 1 and len(store.requests) == 1
 
 
@@ -252,12 +257,12 @@ def test_stalling_server_gives_a_miss_within_the_timeout(edge, store):
 
 def test_retry_on_a_fresh_connection_stays_within_the_same_timeout(store):
     store.objects["/_cache/abc"] = (200, ANSWER, {})
-    assert lookup.get(store.base, "/_cache/abc", 0.3)[0] == 200
+    assert lookup.get(store.base, "/_cache/abc", 0.3, CACHE_READ_CREDENTIAL)[0] == 200
     # The kept connection closes 0.6 s into the request, the fresh one stalls.
     store.plan = [("drop", 0.6), ("stall", 30)]
     started = time.perf_counter()
     with pytest.raises(TimeoutError):
-        lookup.get(store.base, "/_cache/abc", 1.0)
+        lookup.get(store.base, "/_cache/abc", 1.0, CACHE_READ_CREDENTIAL)
     # One timeout for both tries (1 s); a fresh one for the retry would end at 1.6 s.
     assert time.perf_counter() - started < 1.4
     assert store.accepted == 2
@@ -268,7 +273,7 @@ def test_lookup_trusts_only_the_configured_ca(store, monkeypatch):
     monkeypatch.delenv(LOOKUP_CA_ENV)
     lookup.reset()  # the system's CAs, as in production: the test's CA is unknown there
     with pytest.raises(ssl.SSLCertVerificationError):
-        lookup.get(store.base, "/_cache/abc", 0.3)
+        lookup.get(store.base, "/_cache/abc", 0.3, CACHE_READ_CREDENTIAL)
 
 
 def test_content_length_and_chunked_answers_on_one_connection(store):
@@ -277,7 +282,7 @@ def test_content_length_and_chunked_answers_on_one_connection(store):
     store.objects["/_cache/abc"] = (200, ANSWER, {})
     store.plan = ["answer", ("raw", chunked), "answer", ("raw", chunked)]
     for _ in range(4):
-        status, headers, body = lookup.get(store.base, "/_cache/abc", 0.3)
+        status, headers, body = lookup.get(store.base, "/_cache/abc", 0.3, CACHE_READ_CREDENTIAL)
         assert (status, body) == (200, ANSWER)
     assert store.accepted == 1  # each body read exactly to its end: the connection stays in step
 
@@ -285,7 +290,7 @@ def test_content_length_and_chunked_answers_on_one_connection(store):
 def test_connection_close_answer_is_not_reused(store):
     store.objects["/_cache/abc"] = (404, b"nope", {"Connection": "close"})
     for _ in range(2):
-        assert lookup.get(store.base, "/_cache/abc", 0.3)[0] == 404
+        assert lookup.get(store.base, "/_cache/abc", 0.3, CACHE_READ_CREDENTIAL)[0] == 404
     assert store.accepted == 2
 
 
@@ -297,7 +302,7 @@ def test_concurrent_lookups_never_share_a_connection(store):
 
     def look(name):
         for _ in range(25):
-            status, _, body = lookup.get(store.base, f"/_cache/{name}", 2.0)
+            status, _, body = lookup.get(store.base, f"/_cache/{name}", 2.0, CACHE_READ_CREDENTIAL)
             if (status, body) != (200, name.encode() * 100):
                 wrong.append((name, status, body[:10]))
 
@@ -315,7 +320,7 @@ def test_server_that_never_answers_the_tls_handshake_is_a_miss_within_the_timeou
     try:
         started = time.perf_counter()
         with pytest.raises(TimeoutError):
-            lookup.get(f"https://127.0.0.1:{silent.getsockname()[1]}", "/_cache/abc", 0.5)
+            lookup.get(f"https://127.0.0.1:{silent.getsockname()[1]}", "/_cache/abc", 0.5, CACHE_READ_CREDENTIAL)
         assert time.perf_counter() - started < 0.95  # the handshake within the same timeout as the connect
     finally:
         silent.close()
@@ -328,7 +333,7 @@ def test_without_a_lookup_base_the_lookup_goes_to_the_distribution_itself(edge, 
     key = stored(store, handler)
     monkeypatch.delenv(LOOKUP_BASE_ENV)
     domain = store.base.removeprefix("https://")
-    headers = {"content-type": "application/json", "Via": "2.0 abc.cloudfront.net (CloudFront)"}
+    headers = {"content-type": "application/json", **WITH_SECRET, "Via": "2.0 abc.cloudfront.net (CloudFront)"}
     at_the_distribution = origin_request_event(body=json.dumps(GREEDY).encode(), headers=headers, uri=CHAT,
                                                distribution_domain=domain)
     assert is_hit(handler.handler(at_the_distribution, None))

@@ -131,12 +131,8 @@ def test_a_refused_connection_is_a_503_with_retry_after():
     assert as_tuple(failure) == (503, "endpoint_unreachable", "The model endpoint cannot be reached.", 5, False)
 
 
-class _NoEmbeddings:
-    version = None
-
-
 def test_a_model_slower_than_the_read_timeout_is_a_504_and_not_retried():
-    model = ModelServer(embedder=_NoEmbeddings())
+    model = ModelServer()
     running = BackgroundServer(model.app, name="model-under-test").start()
     try:
         slow = json.dumps({"model": "m", "messages": [{"role": "user", "content": "[[slow-ms:3000]]"}], "temperature": 0})

@@ -24,13 +24,9 @@ from local_run.model_server import ModelServer
 from local_run.servers import BackgroundServer
 
 
-class _NoEmbeddings:
-    version = None
-
-
 @pytest.fixture(scope="module")
 def model_server():
-    server = BackgroundServer(ModelServer(embedder=_NoEmbeddings()).app, name="model-under-test").start()
+    server = BackgroundServer(ModelServer().app, name="model-under-test").start()
     yield server.url
     server.stop()
 
@@ -114,7 +110,7 @@ def test_an_openai_compatible_chat_server_is_relayed_as_it_streams():
         return StreamingResponse(events(), media_type="text/event-stream")
 
     vllm = BackgroundServer(Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])).start()
-    model = BackgroundServer(ModelServer(chat_url=vllm.url, embedder=_NoEmbeddings()).app).start()
+    model = BackgroundServer(ModelServer(chat_url=vllm.url).app).start()
     try:
         stream = endpoint(model.url).invoke_stream(chat("hi"), "application/json")
         relay, out, started, arrivals = StreamRelay(sse=True, keep_limit=1 << 20), [], time.perf_counter(), []

@@ -4,7 +4,7 @@ its line in docs/cache-key.md, and a deliberate regeneration."""
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import json
 import re
 from pathlib import Path
@@ -13,6 +13,7 @@ import pytest
 
 from lambdas import cache_decision
 from local_run.events import origin_request_event
+from tests.stage_secret import MAC, WITH_SECRET
 from tests.unit import golden_keys
 
 PINNED = json.loads(golden_keys.FIXTURE.read_text(encoding="utf-8"))
@@ -52,13 +53,13 @@ def test_every_pinned_request_keeps_its_key_and_canonical_payload(case):
     settings = golden_keys.settings(tenant_scoped=tenant is not None)
     raw = golden_keys.body_bytes(body)
     cache_decision._KEY_HEADS.clear()  # the key's head written afresh, as on a cold start, then reused
-    decision = cache_decision.decide(route, headers, raw, settings, tenant=tenant)
-    assert cache_decision.decide(route, headers, raw, settings, tenant=tenant).key == decision.key
+    decision = cache_decision.decide(route, headers, raw, settings, tenant=tenant, mac=MAC)
+    assert cache_decision.decide(route, headers, raw, settings, tenant=tenant, mac=MAC).key == decision.key
     payload = cache_decision.canonical_payload(route, headers, raw, settings, tenant=tenant)
     changed = f"the key of {case['name']!r} changed: a new KEY_FORMAT, its line in docs/cache-key.md, then {REGENERATE}"
     assert payload == case["canonical_payload"].encode("latin-1"), changed
     assert (decision.key, decision.reason) == (case["key"], case["reason"]), changed
-    assert hashlib.sha256(payload).hexdigest() == decision.key
+    assert hmac.digest(MAC, payload, "sha256").hex() == decision.key  # the key is the payload's MAC
 
 
 @pytest.mark.parametrize("case", PINNED["cases"], ids=[case["name"] for case in PINNED["cases"]])
@@ -68,7 +69,7 @@ def test_the_edge_handler_forwards_the_pinned_key(load_edge_handler, case):
     settings = {**golden_keys.settings(tenant_scoped=tenant is not None)._asdict()}
     edge = load_edge_handler("http://127.0.0.1:9", **{k: settings[k] for k in golden_keys.PINNED_SETTINGS},
                              tenant_scoped=tenant is not None)
-    headers = {**case["headers"], **({"x-inference-tenant": tenant} if tenant else {})}
+    headers = {**case["headers"], **WITH_SECRET, **({"x-inference-tenant": tenant} if tenant else {})}
     request = edge.handler(origin_request_event(body=case["body"].encode(), headers=headers, uri=case["route"]), None)
     assert request["headers"]["x-inference-cache-key"][0]["value"] == case["key"]
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -280,10 +281,16 @@ def test_every_part_carries_a_sha256_and_a_corrupted_part_is_refused(s3_server, 
     src = write_model(tmp_path / "model")
     manifest, plan = _plan(s3, bucket, src)
     sent_parts = []
+    first_part_sent = threading.Event()
 
     def corrupt_second_part(request, **kwargs):
         sent_parts.append(dict(request.headers))
+        if "partNumber=1" in request.url:
+            first_part_sent.set()
         if "partNumber=2" in request.url:
+            # Parts go out two at a time: the corrupted one waits for the first to be on its
+            # way, or a fast refusal could cancel the first before it is sent at all.
+            first_part_sent.wait(10)
             body = request.body.read() if hasattr(request.body, "read") else bytes(request.body)
             request.body = bytes([body[0] ^ 0xFF]) + body[1:]  # after botocore computed its checksum
 
@@ -510,6 +517,33 @@ def test_pin_edits_only_that_stages_block(tmp_path):
     assert STAGES_FILE.read_bytes() == original
 
 
+def test_pin_embeddings_edits_only_that_stages_embeddings_model(tmp_path):
+    original = STAGES_FILE.read_bytes()
+    copy = tmp_path / "stages.py"
+    copy.write_bytes(original)
+
+    assert pin_model_version(copy, "prod", "fedcba9876543210", embeddings=True) is True
+
+    before, after = original.decode().splitlines(), copy.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert [b.strip() for _, b in changed] == [
+        'model_version="fedcba9876543210",',
+        's3_prefix="models/mxbai-embed-large-v1/fedcba9876543210/",',
+    ]
+    prod = after.index('            name="prod",')
+    assert all(prod < after.index(b) and after.index(b) > after.index("            embeddings=EmbeddingsSettings(", prod)
+               for _, b in changed)
+    # The LLM's version in the same stage is untouched, and pinning it leaves the embeddings one alone.
+    assert pin_model_version(copy, "prod", "0123456789abcdef") is True
+    assert 'model_version="fedcba9876543210",' in copy.read_text()
+    assert pin_model_version(copy, "prod", "fedcba9876543210", embeddings=True) is False
+
+
+def test_embeddings_target_is_the_embeddings_prefix():
+    assert stage_target("dev", embeddings=True)[1] == "models/all-minilm-l6-v2/"
+    assert stage_target("prod", embeddings=True)[1] == "models/mxbai-embed-large-v1/"
+
+
 def test_publish_with_stage_and_pin(s3_server, s3, tmp_path, monkeypatch, capsys):
     bucket, _ = stage_target("dev")
     if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
@@ -551,3 +585,26 @@ def test_local_without_a_target_publishes_to_the_running_local_run(tmp_path, mon
     state.write_text(json.dumps({"s3_endpoint_url": "http://127.0.0.1:9", "model_bucket": "b", "model_prefix": "models/m/"}))
     args = model_publish.parse_args([str(tmp_path), "--local"])
     assert (args.endpoint_url, args.bucket, args.prefix) == ("http://127.0.0.1:9", "b", "models/m/")
+
+
+def test_publish_embeddings_with_stage_and_pin(s3_server, s3, tmp_path, monkeypatch, capsys):
+    bucket, _ = stage_target("dev")
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=bucket)
+    copy = tmp_path / "stages.py"
+    copy.write_bytes(STAGES_FILE.read_bytes())
+    monkeypatch.setattr(model_publish, "STAGES_FILE", copy)
+    src = write_model(tmp_path / "model", seed=11)
+
+    code = model_publish.main([str(src), "--stage", "dev", "--embeddings", "--endpoint-url", s3_server.url, "--pin", "--json"])
+
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["prefix"] == f"models/all-minilm-l6-v2/{summary['version']}/"
+    text = copy.read_text()
+    assert f's3_prefix="models/all-minilm-l6-v2/{summary["version"]}/"' in text
+    assert 's3_prefix="models/llama-3.1-8b-instruct/2026-11-01/"' in text  # dev's LLM pin is untouched
+
+
+def test_embeddings_needs_a_stage(tmp_path):
+    src = write_model(tmp_path / "model")
+    assert run_cli(src, "--bucket", "b", "--prefix", "p/", "--embeddings").returncode == 2

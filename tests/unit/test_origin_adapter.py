@@ -22,6 +22,7 @@ from moto.core.eventstream import EventStreamEncoder
 from config.stages import STAGES
 from lambdas import cache_decision
 from lambdas.contract import (
+    EMBEDDINGS_MODEL_ENV,
     ENDPOINT_NAME_ENV,
     ENDPOINT_READ_TIMEOUT_ENV,
     HEALTH_ROUTE,
@@ -36,10 +37,12 @@ from lambdas.origin_adapter import app as origin_app
 from lambdas.origin_adapter.settings import AdapterSettings
 from local_run.events import function_url_event, web_adapter_request
 from local_run.servers import BackgroundServer
+from tests.stage_secret import MAC, WITH_SECRET
 from tests.unit.boto_boundary import CountingStubber
 
 ENDPOINT = "inference-cache-dev"
 BUCKET = "results-bucket"
+MODEL_BUCKET = "models-bucket"
 GREEDY = {"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": [{"role": "user", "content": "2+2?"}], "temperature": 0}
 CHAT_ANSWER = {
     "id": "chatcmpl-1",
@@ -83,6 +86,7 @@ def origin(tmp_path, monkeypatch):
         ENDPOINT_NAME_ENV: ENDPOINT,
         RESULTS_BUCKET_ENV: BUCKET,
         ENDPOINT_READ_TIMEOUT_ENV: str(STAGES["dev"].endpoint.timeouts.model_read_seconds),
+        EMBEDDINGS_MODEL_ENV: STAGES["dev"].adapter_embeddings_model(MODEL_BUCKET).to_json(),
         "AWS_DEFAULT_REGION": "us-west-2",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -92,13 +96,20 @@ def origin(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     adapter_settings = AdapterSettings.from_environment()
     adapter = origin_app.build_adapter(adapter_settings)
-    server = BackgroundServer(origin_app.create_app(lambda: adapter, environments=4), name="origin-under-test").start()
+    web_app = origin_app.create_app(lambda: adapter, environments=4)
+    server = BackgroundServer(web_app, name="origin-under-test").start()
     client = httpx2.Client(base_url=server.url, timeout=30)
+
+    def settled() -> None:
+        """The invocation is over: the store and the lease release after the answer done,
+        its record written (what Lambda waits for before it freezes the environment)."""
+        assert web_app.state.invocations.wait_idle(10), "the work after the answer did not finish"
 
     def call(event: dict, context: LambdaContext) -> Answer:
         method, path, headers, body = web_adapter_request(event, request_id=context.aws_request_id, deadline_ms=0)
         headers.pop("host", None)
         answer = client.request(method, path, headers=headers, content=body)
+        settled()
         return Answer(answer.status_code, answer.headers, answer.content)
 
     def stream(event: dict, context: LambdaContext):
@@ -108,9 +119,11 @@ def origin(tmp_path, monkeypatch):
         started = time.perf_counter()
         with client.stream(method, path, headers=headers, content=body) as answer:
             chunks = [(time.perf_counter() - started, chunk) for chunk in answer.iter_raw()]
+        settled()
         return answer.status_code, answer.headers, chunks
 
-    yield SimpleNamespace(call=call, stream=stream, url=server.url, ADAPTER=adapter, SETTINGS=adapter_settings)
+    yield SimpleNamespace(call=call, stream=stream, url=server.url, ADAPTER=adapter, SETTINGS=adapter_settings,
+                          settled=settled, client=client)
     client.close()
     server.stop()
 
@@ -143,10 +156,12 @@ def outcomes(origin, monkeypatch):
     return seen
 
 
-def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None) -> dict:
-    """The recorded function URL event (tests/events) with this request in it."""
+def url_event(body=GREEDY, path="/v1/chat/completions", method="POST", headers=None, secret=True) -> dict:
+    """The recorded function URL event (tests/events) with this request in it, and the
+    stage secret CloudFront forwards from the viewer-request function (unless `secret` is False)."""
     raw = json.dumps(body).encode() if isinstance(body, dict) else body
-    return function_url_event(body=raw, headers={"content-type": "application/json", **(headers or {})}, path=path, method=method)
+    headers = {"content-type": "application/json", **(WITH_SECRET if secret else {}), **(headers or {})}
+    return function_url_event(body=raw, headers=headers, path=path, method=method)
 
 
 def endpoint_answer(sagemaker, answer=CHAT_ANSWER, expected_body=None):
@@ -177,7 +192,7 @@ def test_cacheable_miss_invokes_stores_and_answers_miss(origin, stubs, lambda_co
     sagemaker, s3 = stubs
     request_body = json.dumps(GREEDY).encode()
     payload = endpoint_answer(sagemaker, expected_body=request_body)
-    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache).key
+    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache, mac=MAC).key
     stored = {}
     s3.client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_: stored.update(params["Metadata"]))
     s3.add_response(
@@ -263,6 +278,22 @@ def test_forged_key_header_is_ignored_and_counted(origin, stubs, lambda_context,
     assert emitted_metrics(capsys)["CacheKeyMismatch"] == 1.0
 
 
+def test_without_the_stage_secret_the_answer_is_neither_keyed_nor_stored(origin, stubs, lambda_context):
+    """Fail closed: a key without the secret would be one nobody else computes; no
+    put_object reaches S3 (the Stubber has none queued, and none is asked for)."""
+    sagemaker, s3 = stubs
+    payload = endpoint_answer(sagemaker)
+    response = origin.call(url_event(secret=False), lambda_context)
+    assert response.status == 200 and response.body == payload
+    assert response.headers["x-inference-cache"] == "BYPASS" and "x-inference-cache-key" not in response.headers
+    # A viewer's forged secret cannot get here: only CloudFront reaches the function URL,
+    # after the viewer-request function replaced any viewer copy. Two copies are no secret.
+    endpoint_answer(sagemaker)
+    doubled = url_event(headers={"x-inference-stage-secret": "a, b"}, secret=False)
+    assert origin.call(doubled, lambda_context).headers["x-inference-cache"] == "BYPASS"
+    assert sagemaker.calls == ["invoke_endpoint"] * 2 and s3.calls == []  # no store was even tried
+
+
 def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, capsys, caplog):
     sagemaker, s3 = stubs
     payload = endpoint_answer(sagemaker)
@@ -271,10 +302,13 @@ def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, 
     assert response.status == 200 and response.body == payload
     metrics = emitted_metrics(capsys)
     assert metrics["CacheStoreFailed"] == 1.0 and "CacheStore" not in metrics and "StoredBytes" not in metrics
-    # The failure is logged with the key it was for, and its traceback.
-    failed = [r for r in caplog.records if r.getMessage() == "storing the result failed"]
-    assert len(failed) == 1 and failed[0].levelname == "ERROR" and "AccessDenied" in str(failed[0].exc_info[1])
+    # The failure is logged with the key it was for and S3's error (a warning: the client
+    # had its answer), and the answer's own log line says it went unstored.
+    failed = [r for r in caplog.records if r.getMessage().startswith("storing the result failed")]
+    assert len(failed) == 1 and failed[0].levelname == "WARNING" and failed[0].error.startswith("AccessDenied")
     assert failed[0].cache_key == response.headers["x-inference-cache-key"]
+    (answered,) = [r for r in caplog.records if r.getMessage() == "answered"]
+    assert answered.stored is False and answered.store_error.startswith("AccessDenied")
 
 
 # -- streamed answers (stream: true) ------------------------------------------------------
@@ -359,7 +393,7 @@ def test_a_streamed_miss_relays_each_event_as_it_comes_and_stores_the_stream(ori
     lines = [lmi_chunk(content="The"), lmi_chunk(content=" answer"), lmi_chunk(content=" is 4"), lmi_chunk(finish="stop"), b"\n"]
     wire = b"".join(lines)
     add_stream(sagemaker, wire[:7], wire[7:150], wire[150:151], wire[151:], expected_body=request_body)  # the body as sent: stream: true
-    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache).key
+    key = cache_decision.decide("/v1/chat/completions", {}, request_body, origin.SETTINGS.cache, mac=MAC).key
     stored = {}
     s3.add_response("put_object", {}, {"Bucket": BUCKET, "Key": f"_cache/{key}", "Body": ANY, "ContentType": "text/event-stream",
                                        "CacheControl": ANY, "Metadata": ANY})
@@ -540,14 +574,12 @@ def test_invocations_streams_are_relayed_in_the_containers_own_framing(origin, s
     assert b"".join(c for _, c in chunks) == b"".join(tgi)
 
 
-def test_embeddings_never_stream_the_body_goes_as_sent(origin, stubs, lambda_context):
-    sagemaker, s3 = stubs
-    body = {"model": "e5", "input": "hello", "stream": True}
-    answer = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}], "model": "e5"}
-    payload = endpoint_answer(sagemaker, answer=answer, expected_body=json.dumps(body).encode())
-    s3.add_response("put_object", {}, None)
-    response = origin.call(url_event(body, path="/v1/embeddings"), lambda_context)
-    assert response.status == 200 and response.body == payload and response.headers["content-type"] == "application/json"
+def test_embeddings_never_stream_a_stream_field_is_refused_without_a_model_call(origin, stubs, lambda_context):
+    """OpenAI's embeddings have no `stream`: the adapter refuses it (400) rather than ignore it.
+    The Stubber holds no response: a model call would fail the test."""
+    response = origin.call(url_event({"model": "e5", "input": "hello", "stream": True}, path="/v1/embeddings"), lambda_context)
+    error = json.loads(response.body)["error"]
+    assert response.status == 400 and error["param"] == "stream" and error["code"] == "unknown_parameter"
 
 
 def test_the_readiness_route_answers_without_the_adapter(origin):
@@ -709,3 +741,35 @@ def test_an_answer_is_stored_only_up_to_the_size_the_edge_can_serve(origin, stub
     metrics = emitted_metrics(capsys)
     assert metrics.get("StoredBytes") == (float(size) if stored else None) and "CacheStoreFailed" not in metrics
     assert [(o.too_large_to_store, o.stored_bytes) for o in outcomes] == [(not stored, size if stored else 0)]
+
+
+def test_the_adapters_own_failure_is_answered_in_the_openai_shape(origin, stubs, lambda_context):
+    """Something the adapter did not expect (here a body that fails to read with an error
+    no handler knows): a 500 the openai client can read, never Starlette's text/plain page."""
+
+    class Unreadable:
+        def read(self, *args):
+            raise RuntimeError("nobody expected this")
+
+    sagemaker, _ = stubs
+    sagemaker.add_response("invoke_endpoint", {"Body": Unreadable(), "ContentType": "application/json"})
+    response = origin.call(url_event(), lambda_context)
+    assert response.status == 500 and response.headers["content-type"] == "application/json"
+    assert json.loads(response.body)["error"] == {"message": "The origin failed to answer.", "type": "server_error",
+                                                 "param": None, "code": "origin_error"}
+
+
+def test_the_results_buckets_budgets_are_far_below_the_answers(origin):
+    """One S3 client for the leases and the store: per call 0.5 s to connect and 2 s to
+    read, no retries; the SageMaker client keeps its connections alive too."""
+    settings = origin.SETTINGS
+    config = origin.ADAPTER.store.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (0.5, 2.0) == (
+        settings.cache_connect_timeout_seconds, settings.cache_read_timeout_seconds)
+    assert config.retries["total_max_attempts"] == 1 and config.tcp_keepalive
+    assert origin.ADAPTER.endpoint.client.meta.config.tcp_keepalive
+    assert 2 * (config.connect_timeout + config.read_timeout) <= settings.read_timeout_seconds / 4
+    with pytest.raises(ValueError, match="below the model read"):
+        AdapterSettings(**{**settings.__dict__, "cache_read_timeout_seconds": settings.read_timeout_seconds})
+    with pytest.raises(ValueError, match="fit in the 6.0 s"):
+        AdapterSettings(**{**settings.__dict__, "cache_connect_timeout_seconds": 1.0, "cache_read_timeout_seconds": 2.5})

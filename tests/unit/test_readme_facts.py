@@ -37,6 +37,30 @@ def test_the_readme_stage_table_is_the_settings():
         assert per_tenant.startswith("yes" if s.cache.tenant_scoped else "no"), name
 
 
+def test_the_readme_embeddings_table_is_the_settings():
+    text = (ROOT / "README.md").read_text()
+    header = (
+        "| stage | embeddings model | instance | instances | on-demand price per instance-hour | per hour at the minimum |"
+    )
+    assert header in text
+    rows = {}
+    for line in text.split(header, 1)[1].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    assert sorted(rows) == sorted(STAGES)
+    prices = {}
+    for name, s in STAGES.items():
+        model, instance, instances, price, at_minimum = rows[name]
+        endpoint = s.embeddings.endpoint
+        assert (model, instance) == (s.embeddings.model_id, endpoint.instance_type), name
+        assert instances == f"{endpoint.min_instances}–{endpoint.max_instances}", name
+        # One price per instance type, and the minimum fleet's cost is that many of it.
+        assert prices.setdefault(instance, price) == price, name
+        assert float(at_minimum.lstrip("$")) == pytest.approx(endpoint.min_instances * float(price.lstrip("$"))), name
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves_inside_the_repository(doc):
     for target in _LINK.findall(doc.read_text()):

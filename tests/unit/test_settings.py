@@ -12,6 +12,7 @@ from config.settings import (
     CustomDomain,
     EndpointSettings,
     ModelWorkspaceSettings,
+    RateLimits,
     SettingsError,
     SlaSettings,
 )
@@ -69,7 +70,9 @@ def test_stage_level_rules():
     with pytest.raises(SettingsError, match="availability zones"):
         dataclasses.replace(dev, availability_zones=("us-east-1a", "us-east-1b"))
     with pytest.raises(SettingsError, match="WAF"):
-        dataclasses.replace(dev, waf_rate_limit_per_5_min=5)
+        dataclasses.replace(dev, rate_limits=RateLimits(requests_per_key=5))
+    with pytest.raises(SettingsError, match="WAF evaluates over"):
+        RateLimits(requests_per_key=100, window_seconds=180)
 
 
 def test_edge_cache_config_carries_what_the_edge_function_needs():
@@ -165,12 +168,15 @@ def test_adapter_concurrency_settings_are_validated():
         dataclasses.replace(endpoint, adapter_concurrency_headroom=5)
     prod = STAGES["prod"]
     # Beyond what the container batches at once.
-    with pytest.raises(SettingsError, match="rolling batch"):
+    with pytest.raises(SettingsError, match=r"generates at once \(max_num_seqs 64\)"):
         dataclasses.replace(prod, endpoint=dataclasses.replace(endpoint, concurrent_requests_per_instance=128))
+    # One adapter serves both endpoints: its reservation covers both fleets at their maximum.
+    assert prod.adapter_reserved_concurrency == 8 * 16 * 1.5 + 4 * 16 * 1.5
+    assert dataclasses.replace(prod, embeddings=None).adapter_reserved_concurrency == 8 * 16 * 1.5
     # The reservation must leave Lambda's 100 unreserved in the account's quota.
     with pytest.raises(SettingsError, match="unreserved"):
-        dataclasses.replace(prod, lambda_concurrency_quota=250)
-    assert dataclasses.replace(prod, lambda_concurrency_quota=292).lambda_concurrency_quota == 292
+        dataclasses.replace(prod, lambda_concurrency_quota=387)
+    assert dataclasses.replace(prod, lambda_concurrency_quota=388).lambda_concurrency_quota == 388
 
 
 def test_workspace_backups_and_lookup_failure_objective_are_bounded():
@@ -179,3 +185,91 @@ def test_workspace_backups_and_lookup_failure_objective_are_bounded():
         ModelWorkspaceSettings(backup_retention_days=91)
     with pytest.raises(SettingsError, match="lookup"):
         SlaSettings(edge_lookup_failure_rate_max=0)
+
+
+# -- embeddings --------------------------------------------------------------------------
+
+
+def test_the_llm_needs_a_gpu_the_embeddings_model_may_run_on_cpus():
+    dev = STAGES["dev"]
+    assert dev.embeddings.endpoint.gpus == 0 and dev.endpoint.gpus == 1
+    cpu = EndpointSettings(instance_type="ml.m5.xlarge", min_instances=1, max_instances=2, target_concurrency=4, volume_size_gb=30)
+    with pytest.raises(SettingsError, match="LLM endpoint needs a GPU"):
+        dataclasses.replace(dev, endpoint=cpu)
+    with pytest.raises(SettingsError, match="not a known GPU"):  # neither a GPU nor a known CPU type
+        EndpointSettings(instance_type="ml.c7g.large", min_instances=1, max_instances=2, target_concurrency=4, volume_size_gb=30)
+
+
+def test_dev_embeds_with_the_model_the_local_run_serves_at_its_published_version():
+    """dev's facts are all-MiniLM-L6-v2's own files; its version is their manifest digest
+    (bin/model-publish --stage dev --embeddings --pin writes the same)."""
+    from cli.model_manifest import build_manifest
+    from local_run.embeddings_server import EMBEDDING_MODEL, packaged_embedding_model
+
+    model_dir = packaged_embedding_model()
+    embeddings = STAGES["dev"].embeddings
+    config = json.loads((model_dir / "config.json").read_text())
+    assert embeddings.model_id == EMBEDDING_MODEL
+    assert embeddings.model_version == build_manifest(model_dir).version
+    assert embeddings.dimensions == config["hidden_size"]
+    assert embeddings.vocab_size == config["vocab_size"]
+    assert embeddings.max_input_tokens == json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
+    assert not embeddings.matryoshka
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # The GPU image on a CPU instance (and the reverse) cannot start.
+        ({"image_uri": STAGES["staging"].embeddings.image_uri}, "TEI image for gpu"),
+        ({"image_uri": "763104351884.dkr.ecr.us-west-2.amazonaws.com/djl-inference:0.36.0-lmi18.0.0-cu128"}, "Text Embeddings"),
+        ({"matryoshka": True}, "has no `dimensions`"),  # the CPU image is TEI 1.7
+        ({"max_batch_tokens": 128}, "never schedule"),
+        ({"max_concurrent_inputs": 100}, "planned to hold"),
+        ({"max_client_batch_size": 4096}, "max client batch size"),
+        ({"batch_read_seconds": 48}, "batch read timeout"),
+        ({"model_version": "next"}, "must end with the model version"),
+    ],
+)
+def test_embeddings_settings_are_validated(change, message):
+    with pytest.raises(SettingsError, match=message):
+        dataclasses.replace(STAGES["dev"].embeddings, **change)
+
+
+def test_one_adapter_one_time_budget():
+    from config.settings import TimeoutBudget
+
+    dev = STAGES["dev"]
+    other = dataclasses.replace(dev.embeddings.endpoint, timeouts=TimeoutBudget(model_read_seconds=40, adapter_seconds=50,
+                                                                                origin_read_seconds=60))
+    with pytest.raises(SettingsError, match="one time budget"):
+        dataclasses.replace(dev, embeddings=dataclasses.replace(dev.embeddings, endpoint=other))
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_the_edge_settings_name_the_embeddings_model_or_none(name):
+    settings = STAGES[name]
+    edge = settings.edge_cache_settings()
+    assert (edge.embeddings_model_id, edge.embeddings_model_version) == (
+        settings.embeddings.model_id,
+        settings.embeddings.model_version,
+    )
+    none = dataclasses.replace(settings, embeddings=None).edge_cache_settings()
+    assert (none.embeddings_model_id, none.embeddings_model_version) == (None, None)
+    assert dataclasses.replace(settings, embeddings=None).adapter_embeddings_model("b") is None
+    record = settings.adapter_embeddings_model("models-bucket")
+    assert record.endpoint_name == f"inference-cache-{name}-embeddings"
+    assert record.tokenizer_uri == f"s3://models-bucket/{settings.embeddings.s3_prefix}tokenizer.json"
+    assert record.batch_inputs == settings.embeddings.max_client_batch_size
+
+
+def test_a_stream_has_a_budget_of_its_own_within_lambdas_15_minutes():
+    from config.settings import TimeoutBudget
+
+    timeouts = TimeoutBudget()
+    assert (timeouts.stream_seconds, timeouts.lambda_seconds) == (300, 306)
+    assert TimeoutBudget(stream_seconds=894).lambda_seconds == 900
+    with pytest.raises(SettingsError, match=r"stream budget 895 s \+ 6 s .* above Lambda's 900 s"):
+        TimeoutBudget(stream_seconds=895)
+    with pytest.raises(SettingsError, match=r"a stream's budget \(50 s\) must be at least a whole answer's \(54 s\)"):
+        TimeoutBudget(stream_seconds=50)
