@@ -414,7 +414,11 @@ def test_cache_control_no_cache_and_no_store():
     plain = run(chat())
     no_cache = run(chat(), headers={**JSON, "Cache-Control": "no-cache"})
     assert (no_cache.cacheable, no_cache.lookup, no_cache.store, no_cache.key) == (True, False, True, plain.key)
-    assert "no-cache" in no_cache.reason
+    assert no_cache.reason == "greedy decoding, client no-cache"
+    # Each control the request carries is named after the rule that decided (the log's reason).
+    both = run(chat(), headers={**JSON, "Cache-Control": "no-cache", "x-inference-cache-ttl": "0"})
+    assert (both.lookup, both.store, both.key, both.reason) == (False, False, plain.key,
+                                                                "greedy decoding, client no-cache, ttl 0")
     for value in ("no-store", "max-age=0, No-Store", "no-cache, no-store"):
         d = run(chat(), headers={**JSON, "cache-control": value})
         assert (d.cacheable, d.lookup, d.store, d.key, d.error, d.reason) == (False, False, False, None, None,
@@ -429,6 +433,8 @@ def test_ttl_header():
     assert run(chat(), headers={**JSON, "x-inference-cache-ttl": "0000000000000000000060"}, s=s).ttl_seconds == 60
     zero = run(chat(), headers={**JSON, "x-inference-cache-ttl": "0"}, s=s)
     assert (zero.cacheable, zero.lookup, zero.store, zero.ttl_seconds) == (True, True, False, 0)
+    one = run(chat(), headers={**JSON, "x-inference-cache-ttl": "1"}, s=s)
+    assert (one.cacheable, one.lookup, one.store, one.ttl_seconds, one.reason) == (True, True, True, 1, "greedy decoding")
     assert run({"model": "m", "messages": [{"role": "user", "content": "x"}]}, s=s).ttl_seconds == 0
 
 
@@ -492,8 +498,7 @@ def test_scoped_stage_without_a_verified_tenant_is_not_cacheable():
     s = settings("staging")
     for headers in (JSON, {**JSON, "authorization": "Bearer sk-a"}, {**JSON, "x-api-key": "sk-a"}):
         d = run(chat(), headers=headers, s=s)
-        assert (d.cacheable, d.key, d.error) == (False, None, None)
-        assert "tenant" in d.reason
+        assert (d.cacheable, d.key, d.error, d.reason) == (False, None, None, "tenant-scoped stage, no verified tenant")
 
 
 # --------------------------------------------------------------------------- errors
@@ -595,6 +600,25 @@ def test_body_too_large_is_413():
     small = settings(max_body_bytes=100)
     assert run(chat(), s=small).cacheable
     assert_error(run(chat("x" * 100), s=small), 413, "body_too_large")
+
+
+def test_the_body_limit_at_the_limit():
+    exact = len(json.dumps(chat()).encode())
+    assert run(chat(), s=settings(max_body_bytes=exact)).cacheable
+    over = run(chat(), s=settings(max_body_bytes=exact - 1))
+    assert_error(over, 413, "body_too_large")
+    assert over.error.message == f"request body exceeds {exact - 1} bytes"
+
+
+def test_a_text_body_is_read_as_its_utf8_bytes_lone_surrogates_included():
+    # bin/cache-key and the local run may hand the decision text; a lone surrogate in it
+    # must read as the bytes a client would have sent (invalid UTF-8: the route's 400),
+    # not end in the decision's own "internal error".
+    text = '{"model":"m","messages":[{"role":"user","content":"\ud800"}],"temperature":0}'
+    as_text = cd.decide(CHAT, JSON, text, settings())
+    assert as_text == cd.decide(CHAT, JSON, text.encode("utf-8", "surrogatepass"), settings())
+    assert_error(as_text, 400, "invalid_utf8")
+    assert as_text.error.message == "body is not UTF-8 (byte 51)"
 
 
 @pytest.mark.parametrize(
