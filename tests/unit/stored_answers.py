@@ -23,7 +23,9 @@ def answer_stored(handler: BaseHTTPRequestHandler, objects: dict[str, tuple[int,
 @contextlib.contextmanager
 def serving(server: socketserver.BaseServer) -> Iterator:
     """`server` answering from a thread of its own until the block ends, then closed."""
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Polled every 10 ms, not serve_forever's 0.5 s: shutdown() waits for the next poll, and
+    # the edge's tests each start one (0.5 s per test, most of their time).
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield server
