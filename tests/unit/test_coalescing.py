@@ -126,11 +126,11 @@ def test_a_second_claim_gets_412_and_the_lease_records_its_expiry(s3, key):
 def test_release_removes_only_its_own_lease(s3, key):
     c = coalescer(s3)
     lease = c._claim(key)
-    c.release(Lease(key, '"not-this-one"', lease.expires))
+    assert c.release(Lease(key, '"not-this-one"', lease.expires)) is True  # not ours: nothing to remove
     assert lease_exists(s3, key)
-    c.release(lease)
+    assert c.release(lease) is True
     assert not lease_exists(s3, key)
-    c.release(lease)  # already gone: nothing to do, no error
+    assert c.release(lease) is True  # already gone: nothing to do, no error
 
 
 class RecordingClient:
@@ -674,8 +674,88 @@ def test_a_lease_that_cannot_be_removed_is_logged_with_its_key_and_the_error(s3,
     logger = logging.getLogger("coalescing-under-test")
     for client, error in ((RecordingClient(s3, delete_object=denied), "ClientError: "), (unreachable, "EndpointConnectionError: ")):
         caplog.clear()
-        Coalescer(BUCKET, client, lease_seconds=5, wait_seconds=3, takeover_window_seconds=3, logger=logger).release(
+        released = Coalescer(BUCKET, client, lease_seconds=5, wait_seconds=3, takeover_window_seconds=3, logger=logger).release(
             Lease(key, '"etag"', time.time() + 5))
+        assert released is False  # the adapter's log says so (lease_released: false)
         (record,) = [r for r in caplog.records if r.name == "coalescing-under-test"]
         assert (record.levelname, record.getMessage(), record.cache_key) == ("WARNING", "removing the lease failed", key)
         assert record.error.startswith(error)
+
+
+def test_a_waiters_first_look_is_at_once(s3, key, monkeypatch):
+    """The holder may be storing just as this request lost the claim: its first look at
+    the result comes without a pause; only the polls after it back off."""
+    held = coalescer(s3, lease=30.0)._claim(key)
+    store_result(s3, key)
+    naps, _ = record_the_waiters_pauses(monkeypatch)
+    turn = coalescer(s3).acquire(key, max_age_seconds=3600)
+    monkeypatch.undo()
+    assert (turn.waited, turn.result is not None, turn.lease, naps) == (True, True, None, [])
+    coalescer(s3).release(held)
+
+
+def test_a_re_claim_holds_the_key_for_the_requests_own_lease_time(s3, key):
+    """A stream's lease runs longer than the coalescer's default: a waiter that re-claims a
+    failed holder's key takes it for its own request's time, as its first claim did."""
+    first = coalescer(s3)._claim(key)
+    threading.Timer(0.05, coalescer(s3).release, args=(first,)).start()  # the holder fails
+    turn = coalescer(s3, lease=5.0).acquire(key, max_age_seconds=3600, lease_seconds=40.0)
+    assert turn.takeover and not turn.expired_takeover and turn.lease is not None
+    assert turn.lease.expires == pytest.approx(time.time() + 40, abs=2)
+    assert coalescer(s3)._lease_of(key).expires == turn.lease.expires
+    coalescer(s3).release(turn.lease)
+
+
+def test_a_re_claim_that_finds_a_result_too_old_for_the_request_keeps_the_lease(s3, key):
+    """Just re-claimed, it looks for a result stored meanwhile, by the request's own age
+    limit: one older than the request accepts is no answer, and the waiter runs the model."""
+    first = coalescer(s3)._claim(key)
+    puts = []
+
+    def an_old_result_lands_as_the_waiter_re_claims(kwargs):
+        puts.append(kwargs)
+        if len(puts) == 2:
+            store_result(s3, key, **{STORED_AT_METADATA: str(int(time.time()) - 120)})
+
+    threading.Timer(0.05, coalescer(s3).release, args=(first,)).start()  # the holder fails
+    recorded = RecordingClient(s3, put_object=an_old_result_lands_as_the_waiter_re_claims)
+    turn = coalescer(recorded).acquire(key, max_age_seconds=60)
+    assert len(puts) == 2 and turn.result is None and turn.takeover and turn.lease is not None
+    coalescer(s3).release(turn.lease)
+
+
+@pytest.mark.parametrize(("takeover", "gave_up"), [(3.0, False), (0.0, True)])
+def test_a_bucket_paused_while_waiting_runs_the_model_only_within_the_takeover_window(s3, key, takeover, gave_up):
+    """The bucket fails while a request waits (its result read answers 503): nothing will be
+    stored for it to find, so it stops waiting at once, uncoordinated; it runs the model
+    itself while its takeover window is open, and gives up (503, retry) after it."""
+    held = coalescer(s3, lease=30.0)._claim(key)
+    health = BucketHealth(pause_seconds=60, failures=1)
+
+    def outage(kwargs):
+        raise ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+
+    recorded = RecordingClient(s3, get_object=outage)
+    waiting = Coalescer(BUCKET, recorded, lease_seconds=5, wait_seconds=3, takeover_window_seconds=takeover,
+                        first_poll_seconds=0.02, max_poll_seconds=0.1, health=health)
+    began = time.monotonic()
+    turn = waiting.acquire(key, max_age_seconds=3600)
+    assert (turn.waited, turn.unavailable, turn.gave_up, turn.lease, turn.result) == (True, True, gave_up, None, None)
+    assert time.monotonic() - began < 2.5 and recorded.names().count("get_object") == 1  # no wait for its budget
+    coalescer(s3).release(held)
+
+
+def test_a_store_the_bucket_refuses_as_down_counts_toward_its_pause(s3, key):
+    """The results store's failures are the bucket's health too: a store S3 answers with a
+    5xx counts as an outage (and pauses the leases after enough), a 4xx does not."""
+    def answered(status):
+        def fail(kwargs):
+            raise ClientError({"Error": {"Code": "Err"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+        return fail
+
+    for status, paused in ((403, False), (503, True)):
+        health = BucketHealth(pause_seconds=60, failures=1)
+        store = ResultsStore(BUCKET, RecordingClient(s3, put_object=answered(status)), health)
+        with pytest.raises(ClientError):
+            store.put(key, b"{}", content_type="application/json", ttl_seconds=60, model="m", model_version="v")
+        assert (health.available(), health.last_failure.startswith("ClientError")) == (not paused, paused)

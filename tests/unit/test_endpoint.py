@@ -81,6 +81,15 @@ VLLM_400 = json.dumps({"object": "error", "message": "This model's maximum conte
         ({"OriginalStatusCode": 400, "OriginalMessage": VLLM_400},
          (400, "model_rejected_request", "This model's maximum context length is 8192 tokens.", None, False)),
         ({"OriginalStatusCode": 499, "OriginalMessage": "client closed"}, (499, "model_rejected_request", "client closed", None, False)),
+        # LMI 18 wraps vLLM's 400 in a 500, and a body it cannot parse in a 424: still the request's fault.
+        ({"OriginalStatusCode": 500, "OriginalMessage": json.dumps({
+            "error": "error=ErrorInfo(message='top_p must be in (0, 1], got 2.0.', type='BadRequestError', param=None, code=400)",
+            "code": 500})},
+         (400, "model_rejected_request", "top_p must be in (0, 1], got 2.0.", None, False)),
+        ({"OriginalStatusCode": 424, "OriginalMessage": json.dumps({
+            "error": "Input parsing failed: invalid payload. must contain prompt, inputs, or messages", "code": 424})},
+         (400, "model_rejected_request", "Input parsing failed: invalid payload. must contain prompt, inputs, or messages", None,
+          False)),
         # A timeout is 504 however it is reported.
         ({"OriginalStatusCode": 408, "OriginalMessage": "Request timeout"},
          (504, "model_timeout", "The model did not answer in time.", None, False)),

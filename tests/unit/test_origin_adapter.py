@@ -35,6 +35,7 @@ from lambdas.contract import (
 )
 from lambdas.origin_adapter import app as origin_app
 from lambdas.origin_adapter.settings import AdapterSettings
+from local_run.embeddings_server import packaged_embedding_model
 from local_run.events import function_url_event, web_adapter_request
 from local_run.servers import BackgroundServer
 from tests.stage_secret import MAC, WITH_SECRET
@@ -297,7 +298,7 @@ def test_without_the_stage_secret_the_answer_is_neither_keyed_nor_stored(origin,
 def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, capsys, caplog):
     sagemaker, s3 = stubs
     payload = endpoint_answer(sagemaker)
-    s3.add_client_error("put_object", service_error_code="AccessDenied", http_status_code=403)
+    s3.add_client_error("put_object", service_error_code="AccessDenied", http_status_code=403, service_message="denied " * 60)
     response = origin.call(url_event(), lambda_context)
     assert response.status == 200 and response.body == payload
     metrics = emitted_metrics(capsys)
@@ -309,6 +310,7 @@ def test_storage_failure_never_fails_the_request(origin, stubs, lambda_context, 
     assert failed[0].cache_key == response.headers["x-inference-cache-key"]
     (answered,) = [r for r in caplog.records if r.getMessage() == "answered"]
     assert answered.stored is False and answered.store_error.startswith("AccessDenied")
+    assert len(answered.store_error) == 300  # S3's message cut short: a log line, not a dump
 
 
 # -- streamed answers (stream: true) ------------------------------------------------------
@@ -773,3 +775,49 @@ def test_the_results_buckets_budgets_are_far_below_the_answers(origin):
         AdapterSettings(**{**settings.__dict__, "cache_read_timeout_seconds": settings.read_timeout_seconds})
     with pytest.raises(ValueError, match="fit in the 6.0 s"):
         AdapterSettings(**{**settings.__dict__, "cache_connect_timeout_seconds": 1.0, "cache_read_timeout_seconds": 2.5})
+
+
+# -- embeddings through the adapter --------------------------------------------------------
+
+def test_an_embeddings_miss_is_answered_by_the_embeddings_model_and_stored_under_its_version(
+    origin, stubs, lambda_context, monkeypatch
+):
+    """/v1/embeddings goes to the embeddings endpoint (not the LLM's), comes back in
+    OpenAI's shape, and is stored under the embeddings model's id and version: a new
+    embeddings model version keys and marks its answers apart from the LLM's."""
+    _, s3 = stubs
+    service = origin.ADAPTER.embeddings
+    monkeypatch.setattr(service, "_load_tokenizer", lambda: (packaged_embedding_model() / "tokenizer.json").read_bytes())
+    tei = CountingStubber(service.endpoint.client)
+    vector = [0.5] * STAGES["dev"].embeddings.dimensions
+    tei.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(json.dumps([vector]).encode()), len(json.dumps([vector]))), "ContentType": "application/json"},
+        {"EndpointName": STAGES["dev"].embeddings_endpoint_name, "Body": ANY, "ContentType": "application/json",
+         "Accept": "application/json"},
+    )
+    request = {"model": STAGES["dev"].embeddings.model_id, "input": "hello"}
+    key = cache_decision.decide("/v1/embeddings", {}, json.dumps(request).encode(), origin.SETTINGS.cache, mac=MAC).key
+    s3.add_response("put_object", {}, {
+        "Bucket": BUCKET, "Key": f"_cache/{key}", "Body": ANY, "ContentType": "application/json", "CacheControl": ANY,
+        "Metadata": {"model": STAGES["dev"].embeddings.model_id, "model-version": origin.SETTINGS.cache.embeddings_model_version,
+                     "created": ANY, "expires": ANY},
+    })
+    with tei:
+        response = origin.call(url_event(request, path="/v1/embeddings"), lambda_context)
+        tei.assert_calls_as_queued()
+    answer = json.loads(response.body)
+    assert (response.status, response.headers["x-inference-cache"], answer["object"]) == (200, "MISS", "list")
+    assert answer["data"] == [{"object": "embedding", "index": 0, "embedding": vector}]
+    assert origin.SETTINGS.cache.embeddings_model_version != origin.SETTINGS.cache.model_version
+
+
+def test_an_adapter_without_its_embeddings_model_answers_404_and_calls_no_model(origin, stubs, lambda_context):
+    """Settings that name an embeddings model while the adapter has none (a stage half
+    deployed): the edge's own 404 in the OpenAI shape, no model call, nothing stored."""
+    origin.ADAPTER.embeddings = None
+    response = origin.call(url_event({"model": "m", "input": "hello"}, path="/v1/embeddings"), lambda_context)
+    assert response.status == 404
+    assert json.loads(response.body) == {"error": {
+        "message": "This stage serves no embeddings model.", "type": "invalid_request_error", "param": "model",
+        "code": "model_not_found"}}
