@@ -595,6 +595,12 @@ def test_invocations_needs_no_model():
     assert run({"inputs": "x", "parameters": {"do_sample": False}}, INVOCATIONS).cacheable
 
 
+def test_a_stage_without_an_embeddings_model_answers_embeddings_404():
+    d = run({"model": "m", "input": "hello"}, EMBEDDINGS, s=settings(embeddings_model_id=None, embeddings_model_version=None))
+    assert_error(d, 404, "model_not_found", "model")
+    assert d.error.message == "This stage serves no embeddings model."
+
+
 def test_body_too_large_is_413():
     assert_error(run(chat(), truncated=True), 413, "body_too_large")
     small = settings(max_body_bytes=100)

@@ -585,8 +585,10 @@ def test_miss_is_answered_by_the_origin_naming_the_edges_steps_and_its_own(edge,
     assert "status" not in forwarded  # a miss: forwarded to the origin
     log = json.loads(capsys.readouterr().out)
     headers = {name: values[0]["value"] for name, values in forwarded["headers"].items()}
-    # The viewer's own copy never reaches the origin: only the edge's figures.
-    assert headers["x-inference-edge-timing"] == f"decision;dur={log['decision_ms']}, lookup;dur={log['lookup_ms']}"
+    # The viewer's own copy never reaches the origin: only the edge's figures, in the shape
+    # CloudFront reads a header in (its lowercase name as the key, the name as sent in `key`).
+    assert forwarded["headers"]["x-inference-edge-timing"] == [
+        {"key": "X-Inference-Edge-Timing", "value": f"decision;dur={log['decision_ms']}, lookup;dur={log['lookup_ms']}"}]
     model = ModelServer()
     running = BackgroundServer(model.app, name="model-under-test").start()
     local = {"region_name": "us-east-1", "aws_access_key_id": "local", "aws_secret_access_key": "local"}
@@ -637,6 +639,7 @@ def test_every_forwarded_request_with_a_body_carries_its_hash(edge, store):
     result = handler.handler(event(raw, uri="/v1/files"), None)
     assert header(result, "x-amz-content-sha256") == hashlib.sha256(raw).hexdigest()
     assert header(result, "x-inference-cache-key") is None and store.requests == []
+    assert "x-inference-edge-timing" not in result["headers"]  # not decided here: no edge steps to name
 
 
 # Every status Lambda or OAC answers in its own shape, with the code and message the

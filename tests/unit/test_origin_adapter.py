@@ -743,6 +743,8 @@ def test_an_answer_is_stored_only_up_to_the_size_the_edge_can_serve(origin, stub
     metrics = emitted_metrics(capsys)
     assert metrics.get("StoredBytes") == (float(size) if stored else None) and "CacheStoreFailed" not in metrics
     assert [(o.too_large_to_store, o.stored_bytes) for o in outcomes] == [(not stored, size if stored else 0)]
+    # Server-Timing's model step is the model's own time, the figure the GPU-seconds metric counts.
+    assert outcomes[0].timings["model"] == pytest.approx(outcomes[0].inference_seconds * 1000)
 
 
 def test_the_adapters_own_failure_is_answered_in_the_openai_shape(origin, stubs, lambda_context):
