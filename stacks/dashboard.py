@@ -14,7 +14,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_cloudwatch as cw
 from constructs import Construct
 
-from config.settings import StageSettings, gpu_count
+from config.settings import EndpointSettings, StageSettings, gpu_count
 from lambdas.contract import Metric
 from stacks.burn_rates import FAST_BURN_RATE, SLO_WINDOW_DAYS, SLOW_BURN_RATE
 from stacks.sla_metrics import (
@@ -41,6 +41,25 @@ def _in_ms(metric: cw.Metric, key: str, label: str) -> cw.MathExpression:
 
 def _p99_objective(value_ms: int) -> list[cw.HorizontalAnnotation]:
     return [cw.HorizontalAnnotation(value=value_ms, label=f"p99 objective {value_ms} ms", color=RED)]
+
+
+def _instances_widget(title: str, width: int, endpoint_metrics: HomeMetrics, endpoint: EndpointSettings) -> cw.GraphWidget:
+    """An endpoint's instances in service against its scaling bounds."""
+    return cw.GraphWidget(
+        title=title,
+        width=width,
+        height=6,
+        left=[instances_in_service(endpoint_metrics, PERIOD)],
+        left_annotations=[
+            cw.HorizontalAnnotation(
+                value=endpoint.max_instances, label=f"max_instances {endpoint.max_instances}", color=RED
+            ),
+            cw.HorizontalAnnotation(
+                value=endpoint.min_instances, label=f"min_instances {endpoint.min_instances}", color=GREY
+            ),
+        ],
+        left_y_axis=cw.YAxisProps(min=0, max=endpoint.max_instances + 1, label="instances", show_units=False),
+    )
 
 
 class SlaDashboard(Construct):
@@ -330,21 +349,7 @@ class SlaDashboard(Construct):
         gpus = gpu_count(endpoint.instance_type)
         pct_axis = cw.YAxisProps(min=0, max=100, label="% per GPU", show_units=False)
         self.dashboard.add_widgets(
-            cw.GraphWidget(
-                title="Instances in service vs maximum",
-                width=8,
-                height=6,
-                left=[instances_in_service(home, PERIOD)],
-                left_annotations=[
-                    cw.HorizontalAnnotation(
-                        value=endpoint.max_instances, label=f"max_instances {endpoint.max_instances}", color=RED
-                    ),
-                    cw.HorizontalAnnotation(
-                        value=endpoint.min_instances, label=f"min_instances {endpoint.min_instances}", color=GREY
-                    ),
-                ],
-                left_y_axis=cw.YAxisProps(min=0, max=endpoint.max_instances + 1, label="instances", show_units=False),
-            ),
+            _instances_widget("Instances in service vs maximum", 8, home, endpoint),
             cw.GraphWidget(
                 title=f"GPU utilization per GPU (%), {gpus} GPU(s) per {endpoint.instance_type}",
                 width=8,
@@ -505,21 +510,7 @@ class SlaDashboard(Construct):
                 left_annotations=_p99_objective(sla.embeddings_model_latency_p99_ms),
                 left_y_axis=cw.YAxisProps(min=0, label="ms", show_units=False),
             ),
-            cw.GraphWidget(
-                title="Embeddings: instances in service vs maximum",
-                width=6,
-                height=6,
-                left=[instances_in_service(metrics, PERIOD)],
-                left_annotations=[
-                    cw.HorizontalAnnotation(
-                        value=endpoint.max_instances, label=f"max_instances {endpoint.max_instances}", color=RED
-                    ),
-                    cw.HorizontalAnnotation(
-                        value=endpoint.min_instances, label=f"min_instances {endpoint.min_instances}", color=GREY
-                    ),
-                ],
-                left_y_axis=cw.YAxisProps(min=0, max=endpoint.max_instances + 1, label="instances", show_units=False),
-            ),
+            _instances_widget("Embeddings: instances in service vs maximum", 6, metrics, endpoint),
             cw.GraphWidget(
                 title=busy_title,
                 width=6,
