@@ -90,10 +90,6 @@ def stack_name(settings: StageSettings, stack: str) -> str:
     return f"{settings.name}-{stack}"
 
 
-def origin_adapter_name(settings: StageSettings) -> str:
-    return f"inference-cache-{settings.name}-origin-adapter"
-
-
 @dataclass(frozen=True)
 class NamedResource:
     """A resource the stacks create under a fixed name: creating it fails when something
@@ -109,28 +105,28 @@ def named_resources(settings: StageSettings) -> list[NamedResource]:
     """Every fixed name in the stage's templates (tests/infra/test_preflight_matches_templates.py
     compares this list with the synthesized templates, both ways)."""
     home, stage = settings.home_region, settings.name
-    edge_function = f"inference-cache-{stage}-cache-key"
+    edge_function = settings.cache_key_function_name
     found = [
         NamedResource("ModelStorage", home, "s3-bucket", settings.model_bucket_name),
         *(
-            [NamedResource("ModelStorage", home, "log-group", f"/aws/fsx/inference-cache-{stage}-workspace")]
+            [NamedResource("ModelStorage", home, "log-group", settings.workspace_log_group_name)]
             if settings.workspace.enabled
             else []
         ),
         *(NamedResource("Inference", home, "sagemaker-endpoint", name) for name in settings.endpoints),
         *(NamedResource("Inference", home, "log-group", f"/aws/sagemaker/Endpoints/{name}") for name in settings.endpoints),
-        NamedResource("Inference", home, "lambda-function", origin_adapter_name(settings)),
+        NamedResource("Inference", home, "lambda-function", settings.origin_adapter_name),
         NamedResource("Edge", EDGE_REGION, "lambda-function", edge_function),
         NamedResource("Edge", EDGE_REGION, "log-group", f"/aws/lambda/{EDGE_REGION}.{edge_function}"),
         NamedResource("Edge", EDGE_REGION, "ssm-parameter", f"/cdk/EdgeFunctionArn/{home}/{stage}/Cdn/CacheKeyFunction"),
         *(
-            [NamedResource("Edge", EDGE_REGION, "log-group", f"aws-waf-logs-inference-cache-{stage}")]
+            [NamedResource("Edge", EDGE_REGION, "log-group", settings.waf_log_group_name)]
             if settings.rate_limits is not None
             else []
         ),
         NamedResource("Cdn", EDGE_REGION, "key-value-store", API_KEY_STORE_NAME.format(stage=stage)),
-        NamedResource("Cdn", EDGE_REGION, "cloudfront-function", f"inference-cache-{stage}-api-key-check"),
-        NamedResource("Cdn", EDGE_REGION, "cloudfront-function", f"inference-cache-{stage}-cache-read-check"),
+        NamedResource("Cdn", EDGE_REGION, "cloudfront-function", settings.api_key_check_name),
+        NamedResource("Cdn", EDGE_REGION, "cloudfront-function", settings.cache_read_check_name),
     ]
     return found
 
@@ -190,7 +186,7 @@ def check_lambda_concurrency(aws: AwsClients, settings: StageSettings) -> list[F
     limit = lambda_.get_account_settings()["AccountLimit"]
     total, unreserved = limit["ConcurrentExecutions"], limit["UnreservedConcurrentExecutions"]
     try:
-        current = lambda_.get_function_concurrency(FunctionName=origin_adapter_name(settings)).get(
+        current = lambda_.get_function_concurrency(FunctionName=settings.origin_adapter_name).get(
             "ReservedConcurrentExecutions", 0
         )
     except lambda_.exceptions.ResourceNotFoundException:

@@ -840,6 +840,37 @@ class StageSettings:
         """The embeddings model's SageMaker endpoint (when the stage has one)."""
         return f"inference-cache-{self.name}-embeddings"
 
+    # The other fixed names the stacks create, which bin/preflight checks are free.
+    @property
+    def origin_adapter_name(self) -> str:
+        """The origin adapter's Lambda function."""
+        return f"inference-cache-{self.name}-origin-adapter"
+
+    @property
+    def cache_key_function_name(self) -> str:
+        """The Lambda@Edge function (us-east-1)."""
+        return f"inference-cache-{self.name}-cache-key"
+
+    @property
+    def api_key_check_name(self) -> str:
+        """The viewer-request CloudFront Function on the API routes."""
+        return f"inference-cache-{self.name}-api-key-check"
+
+    @property
+    def cache_read_check_name(self) -> str:
+        """The viewer-request CloudFront Function on /_cache/*."""
+        return f"inference-cache-{self.name}-cache-read-check"
+
+    @property
+    def workspace_log_group_name(self) -> str:
+        """The FSx for Lustre workspace's log group."""
+        return f"/aws/fsx/inference-cache-{self.name}-workspace"
+
+    @property
+    def waf_log_group_name(self) -> str:
+        """The web ACL's log group (WAF requires the aws-waf-logs- prefix)."""
+        return f"aws-waf-logs-inference-cache-{self.name}"
+
     @property
     def endpoints(self) -> dict[str, EndpointSettings]:
         """Every SageMaker endpoint of the stage, by name: what bin/preflight sizes instance

@@ -206,7 +206,7 @@ class CdnStack(cdk.Stack):
         self.cache_read_check = cloudfront.Function(
             self,
             "CacheReadCheck",
-            function_name=f"inference-cache-{settings.name}-cache-read-check",
+            function_name=settings.cache_read_check_name,
             comment="403 unless the edge function's credential (derived from the stage secret)",
             code=cloudfront.FunctionCode.from_file(file_path=str(CACHE_READ_CHECK_FILE)),
             runtime=cloudfront.FunctionRuntime.JS_2_0,
@@ -221,7 +221,7 @@ class CdnStack(cdk.Stack):
         self.api_key_check = cloudfront.Function(
             self,
             "ApiKeyCheck",
-            function_name=f"inference-cache-{settings.name}-api-key-check",
+            function_name=settings.api_key_check_name,
             comment="401 without a valid platform API key; sets the verified tenant header",
             code=cloudfront.FunctionCode.from_file(file_path=str(API_KEY_CHECK_FILE)),
             runtime=cloudfront.FunctionRuntime.JS_2_0,

@@ -23,7 +23,7 @@ EDGE_REGION = "us-east-1"
 class EdgeStack(cdk.Stack):
     def __init__(self, scope: Construct, construct_id: str, *, settings: StageSettings, **kwargs) -> None:
         super().__init__(scope, construct_id, **kwargs)
-        self.cache_key_function_name = f"inference-cache-{settings.name}-cache-key"
+        self.cache_key_function_name = settings.cache_key_function_name
         self.cache_key_function_role = self._function_role()
         self.replica_log_group = self._replica_logs(settings)
         self.web_acl: wafv2.CfnWebACL | None = None
@@ -166,7 +166,7 @@ class EdgeStack(cdk.Stack):
                 _managed_rule("AWSManagedRulesKnownBadInputsRuleSet", 4, visibility),
             ],
         )
-        log_group_name = f"aws-waf-logs-inference-cache-{settings.name}"
+        log_group_name = settings.waf_log_group_name
         waf_logs = logs.LogGroup(
             self,
             "WebAclLogs",

@@ -59,7 +59,7 @@ class InferenceStack(cdk.Stack):
         self.settings = settings
         self.endpoint_name = settings.endpoint_name
         # Named, so that alarms elsewhere refer to it by name, not by a stack export.
-        self.origin_adapter_name = f"inference-cache-{settings.name}-origin-adapter"
+        self.origin_adapter_name = settings.origin_adapter_name
 
         self.embeddings_endpoint_name = settings.embeddings_endpoint_name
 

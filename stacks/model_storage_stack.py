@@ -84,7 +84,7 @@ class ModelStorageStack(cdk.Stack):
         workspace_logs = logs.LogGroup(
             self,
             "WorkspaceLogs",
-            log_group_name=f"/aws/fsx/inference-cache-{settings.name}-workspace",
+            log_group_name=settings.workspace_log_group_name,
             retention=retention(settings.log_retention_days),
             removal_policy=cdk.RemovalPolicy.DESTROY,
         )

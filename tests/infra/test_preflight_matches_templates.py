@@ -15,7 +15,6 @@ from cli.preflight import (
     check_lambda_concurrency,
     deploy_time_parameters,
     named_resources,
-    origin_adapter_name,
     stack_name,
     web_adapter_layer_arn,
 )
@@ -86,7 +85,7 @@ def test_preflight_checks_the_web_adapter_layer_and_the_adapter_the_stack_deploy
     (adapter,) = [
         r["Properties"]
         for r in template["Resources"].values()
-        if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("FunctionName") == origin_adapter_name(settings)
+        if r["Type"] == "AWS::Lambda::Function" and r["Properties"].get("FunctionName") == settings.origin_adapter_name
     ]
     assert web_adapter_layer_arn(settings) in adapter["Layers"]
     # What the concurrency check counts is what the stack reserves (every endpoint's fleet).

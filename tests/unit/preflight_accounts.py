@@ -26,7 +26,6 @@ from cli.preflight import (
     deploy_time_parameters,
     manifest_key,
     named_resources,
-    origin_adapter_name,
     stack_name,
     web_adapter_layer_arn,
 )
@@ -93,7 +92,7 @@ def answer_lambda_concurrency(a: StubbedAws, s: StageSettings, *, limit: int, un
         "lambda", s.home_region, "get_account_settings",
         {"AccountLimit": {"ConcurrentExecutions": limit, "UnreservedConcurrentExecutions": unreserved}},
     )
-    params = {"FunctionName": origin_adapter_name(s)}
+    params = {"FunctionName": s.origin_adapter_name}
     if reserved_now is None:
         a.refuse("lambda", s.home_region, "get_function_concurrency", "ResourceNotFoundException", 404, params)
     else:
