@@ -19,11 +19,6 @@ from local_run.process import create_api_key, launched
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def client(local_run):
-    return openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key=local_run["api_key"], max_retries=0)
-
-
 def tei_calls(local_run) -> int:
     """How many calls the TEI stand-in has answered (one per batch the adapter sent)."""
     with urllib.request.urlopen(local_run["embeddings_server"] + "/stats", timeout=10) as answer:

@@ -17,11 +17,6 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def client(local_run):
-    return openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key=local_run["api_key"], max_retries=0)
-
-
 def cache_status(raw) -> str:
     return raw.headers.get("x-inference-cache")
 

@@ -18,11 +18,6 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def client(local_run):
-    return openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key=local_run["api_key"], max_retries=0)
-
-
 def model_calls(local_run) -> int:
     with urllib.request.urlopen(local_run["model_server"] + "/stats", timeout=5) as answer:
         return json.loads(answer.read())["invocations"]

@@ -498,15 +498,20 @@ def test_stage_target_is_the_stage_bucket_and_the_unversioned_prefix():
     assert base == "models/llama-3.1-8b-instruct/"
 
 
-def test_pin_edits_only_that_stages_block(tmp_path):
+def _pinned_copy(tmp_path, stage: str, version: str, **kwargs):
+    """A copy of config/stages.py with `version` pinned for `stage`: (the copy, its lines
+    after, the (before, after) pairs of the lines that changed)."""
     original = STAGES_FILE.read_bytes()
     copy = tmp_path / "stages.py"
     copy.write_bytes(original)
-
-    assert pin_model_version(copy, "staging", "0123456789abcdef") is True
-
+    assert pin_model_version(copy, stage, version, **kwargs) is True
     before, after = original.decode().splitlines(), copy.read_text().splitlines()
-    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert STAGES_FILE.read_bytes() == original
+    return copy, after, [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+
+
+def test_pin_edits_only_that_stages_block(tmp_path):
+    copy, after, changed = _pinned_copy(tmp_path, "staging", "0123456789abcdef")
     assert [b.strip() for _, b in changed] == [
         'model_version="0123456789abcdef",',
         's3_prefix="models/llama-3.1-8b-instruct/0123456789abcdef/",',
@@ -514,18 +519,10 @@ def test_pin_edits_only_that_stages_block(tmp_path):
     staging = after.index('            name="staging",')
     assert all(staging < after.index(b) < after.index('            name="prod",') for _, b in changed)
     assert pin_model_version(copy, "staging", "0123456789abcdef") is False  # already pinned
-    assert STAGES_FILE.read_bytes() == original
 
 
 def test_pin_embeddings_edits_only_that_stages_embeddings_model(tmp_path):
-    original = STAGES_FILE.read_bytes()
-    copy = tmp_path / "stages.py"
-    copy.write_bytes(original)
-
-    assert pin_model_version(copy, "prod", "fedcba9876543210", embeddings=True) is True
-
-    before, after = original.decode().splitlines(), copy.read_text().splitlines()
-    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    copy, after, changed = _pinned_copy(tmp_path, "prod", "fedcba9876543210", embeddings=True)
     assert [b.strip() for _, b in changed] == [
         'model_version="fedcba9876543210",',
         's3_prefix="models/mxbai-embed-large-v1/fedcba9876543210/",',

@@ -14,9 +14,9 @@ _LINK = re.compile(r"\]\(([^)\s]+)\)")
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 
 
-def _stage_table() -> dict[str, list[str]]:
+def _readme_table(header: str) -> dict[str, list[str]]:
+    """The README's table under `header`: its first cell -> the other cells, row by row."""
     text = (ROOT / "README.md").read_text()
-    header = "| stage | home region | GPU instance | instances | cache policy | caches scoped per tenant |"
     assert header in text
     rows = {}
     for line in text.split(header, 1)[1].splitlines()[2:]:
@@ -25,6 +25,10 @@ def _stage_table() -> dict[str, list[str]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         rows[cells[0]] = cells[1:]
     return rows
+
+
+def _stage_table() -> dict[str, list[str]]:
+    return _readme_table("| stage | home region | GPU instance | instances | cache policy | caches scoped per tenant |")
 
 
 def test_the_readme_stage_table_is_the_settings():
@@ -38,17 +42,9 @@ def test_the_readme_stage_table_is_the_settings():
 
 
 def test_the_readme_embeddings_table_is_the_settings():
-    text = (ROOT / "README.md").read_text()
-    header = (
+    rows = _readme_table(
         "| stage | embeddings model | instance | instances | on-demand price per instance-hour | per hour at the minimum |"
     )
-    assert header in text
-    rows = {}
-    for line in text.split(header, 1)[1].splitlines()[2:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
     assert sorted(rows) == sorted(STAGES)
     prices = {}
     for name, s in STAGES.items():
