@@ -247,6 +247,8 @@ def old_lookup(ca: Path):
 
         return types.SimpleNamespace(get=get, last_connection="new", label="new client, reset per lookup")
     module = types.ModuleType("edge_lookup_before")
+    # Its one project import, under the runtime package's name of today (issue 19 renamed it).
+    source = source.replace("from inference_cache.", "from lambdas.")
     exec(compile(source, "lookup.py@" + BASELINE_COMMIT, "exec"), module.__dict__)
     module._TLS = ssl.create_default_context(cafile=str(ca))
     module.last_connection, module.label = "new", f"lookup.py at {BASELINE_COMMIT}"
