@@ -30,7 +30,8 @@ STORED_AT_METADATA = "created"
 # reader (x-amz-meta-expires).
 EXPIRES_METADATA = "expires"
 # Leases of misses being generated (coalescing, docs/decisions.md): _leases/{key}, claimed
-# with a conditional PutObject. Never under RESULTS_PREFIX: CloudFront must not serve them.
+# with a conditional PutObject, left as a released marker once an answer is stored. Never
+# under RESULTS_PREFIX: CloudFront must not serve them.
 LEASE_PREFIX = "_leases/"
 
 # The model bucket of a stage, named so that bin/model-publish needs no deployed stack

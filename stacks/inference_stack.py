@@ -86,7 +86,9 @@ class InferenceStack(cdk.Stack):
                 # Nothing is served past the max TTL, so nothing needs keeping past it.
                 s3.LifecycleRule(prefix=RESULTS_PREFIX, expiration=cdk.Duration.days(self.settings.cache.max_ttl_days)),
                 # Coalescing leases hold a key for the adapter's timeout at most (their
-                # expiry time says so); a leaked one is removed after a day, S3's minimum.
+                # expiry time says so). A released marker (an answer was stored) is kept on
+                # purpose: while it is there a claim fails, so a claim that succeeds needs
+                # no read of the result. Removed after a day, S3's minimum.
                 s3.LifecycleRule(prefix=LEASE_PREFIX, expiration=cdk.Duration.days(1)),
                 s3.LifecycleRule(abort_incomplete_multipart_upload_after=cdk.Duration.days(1)),
             ],
@@ -206,8 +208,8 @@ class InferenceStack(cdk.Stack):
                 resources=[self.results_bucket.arn_for_objects(f"{RESULTS_PREFIX}*")],
             )
         )
-        # Coalescing leases: claim (conditional PutObject), check (HeadObject), release
-        # (conditional DeleteObject).
+        # Coalescing leases: claim and released marker (conditional PutObject), check
+        # (HeadObject), release with nothing stored (conditional DeleteObject).
         role.add_to_policy(
             iam.PolicyStatement(
                 actions=["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],

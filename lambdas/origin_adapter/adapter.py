@@ -253,9 +253,10 @@ class InferenceAdapter:
     def _after(
         self, decision, outcome: Outcome, lease: Lease | None, kept: list[tuple[bytes, str]], path: str
     ) -> Callable[[], None]:
-        """The work after the answer, in this order: the store, then the lease release, so
-        that an identical request that comes meanwhile waits for the stored answer instead
-        of calling the model again. Each has its own budget (the bucket client's
+        """The work after the answer, in this order: the store, then the lease release (a
+        released marker once an answer is stored, see coalescing.py), so that an identical
+        request that comes meanwhile waits for the stored answer instead of calling the
+        model again. Each has its own budget (the bucket client's
         timeouts, no retries); a failure is logged and counted, never the client's."""
         ran = []
 
@@ -263,15 +264,17 @@ class InferenceAdapter:
             if ran:
                 return
             ran.append(True)
+            stored = False
             try:
                 if kept and _storable(decision):
                     stored_at = time.perf_counter()
                     outcome.stored_bytes, outcome.store_failed = self._store(decision, *kept[0], outcome, path)
                     outcome.timings[TimingStep.STORE] = _ms(stored_at)
+                    stored = not outcome.store_failed
             finally:
                 if lease is not None:
                     released_at = time.perf_counter()
-                    outcome.lease_released = self.coalescer.release(lease)
+                    outcome.lease_released = self.coalescer.release(lease, stored=stored)
                     outcome.timings[TimingStep.RELEASE] = _ms(released_at)
 
         return after

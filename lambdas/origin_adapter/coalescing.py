@@ -4,8 +4,27 @@ CloudFront collapses identical GETs, never POSTs: fifty clients asking the same 
 question at once reach the origin fifty times. Before it calls the model for a cacheable
 miss, the origin adapter claims the key with an S3 conditional write of a small lease
 object, `_leases/{key}` (`PutObject` with `If-None-Match: *`, a prefix CloudFront does not
-serve). The winner generates, stores `_cache/{key}` and removes its lease; the others poll
+serve). The winner generates, stores `_cache/{key}` and releases its lease; the others poll
 `_cache/{key}` (backoff with jitter, within their own timeout) and answer from it.
+
+A holder that stored its answer does not remove its lease: it overwrites it with a released
+marker (`If-Match` on its own ETag; `released` in the metadata, expired as written). So a
+lease object exists for a key from its first claim on (S3 lifecycle removes it after a day),
+and a claim that succeeds proves that no coordinated request stored an answer under the key
+since then: the winner calls the model at once, without reading `_cache/{key}` first. That
+read was one S3 round trip before every miss's first token; it closed the race where an
+identical request stored its answer and removed its lease between this request's edge
+lookup and its claim (issue 13), which the marker now closes. A holder with nothing stored
+(the model failed, the answer may not be stored, the store failed) removes its lease (a
+conditional delete): the next request claims the key at once.
+A waiter that finds a released marker reads the result once more (it may have landed
+between the waiter's two reads); with no answer it accepts there (expired, or older than it
+accepts), it takes the marker over (`If-Match`) and generates anew: a key asked again after
+its answer expired costs five S3 calls before the model instead of one, once per TTL.
+What the marker does not cover, and costs a model call, never a wrong answer: an answer
+stored without a lease (the bucket failed the claim: coordination was off) after this
+request's edge lookup; a marker removed by a later holder that took it over and then
+failed, between this request's lookup and its claim (milliseconds).
 
 The lease object: JSON `{"owner", "claimed", "expires"}` (epoch seconds), and `expires`
 again in its user metadata, so that a HeadObject tells a waiter whether the lease still
@@ -20,6 +39,8 @@ What a waiter does, each poll:
   accepts): answer from it (HIT, coalesced);
 - the lease is gone and no result (the holder failed, or could not store): claim the key
   once more (one re-claim per request); having re-claimed once, run the model itself;
+- the lease is a released marker and no result this request accepts (the answer expired,
+  or is older than the request accepts): take it over, and generate anew;
 - the lease expired (the holder died): take it over;
 - past its wait budget: give up (503 with Retry-After; the client's retry is a new request).
 A waiter runs the model (re-claim, takeover, fallback) only within its takeover window
@@ -50,12 +71,15 @@ from lambdas.origin_adapter.results_store import BucketHealth
 RESULT_EXPIRES_METADATA = "expires"
 # The lease's expiry in its user metadata (epoch seconds).
 LEASE_EXPIRES_METADATA = "expires"
+# Set on a released marker: its holder stored an answer and is done with the key.
+LEASE_RELEASED_METADATA = "released"
 
 # S3 answers a conditional write that lost a race with one of these.
 _PRECONDITION_FAILED = ("PreconditionFailed", "412")
 _CONFLICT = ("ConditionalRequestConflict", "409")
 _MISSING = ("NoSuchKey", "404", "NotFound")
 _CONFLICT_RETRIES = 3
+_RELEASE_FAILED = {True: "marking the lease released failed", False: "removing the lease failed"}
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,7 @@ class Lease:
     key: str  # the cache key
     etag: str  # of our lease object: the conditional delete names it
     expires: float
+    released: bool = False  # a released marker: its holder stored an answer and left
 
 
 @dataclass(frozen=True)
@@ -76,7 +101,7 @@ class StoredResult:
 class Turn:
     """What coordination decided for one request.
 
-    lease: set -> this request runs the model, stores, then calls release(lease).
+    lease: set -> this request runs the model, stores, then calls release(lease, stored=...).
     result: set -> answer from it (coalesced).
     gave_up: True -> answer 503 (retry).
     Neither set and not gave_up -> run the model without a lease (fail open, fallback).
@@ -137,8 +162,10 @@ class Coalescer:
             turn.unavailable = True
             return turn
         if lease is not None:
+            # No lease object: no coordinated request stored an answer here since a day
+            # (see the module's docstring). The model at once, no read of the result.
             turn.lease = lease
-            return self._unless_stored(turn, max_age_seconds)
+            return turn
         return self._wait(key, max_age_seconds, started, turn, lease_seconds)
 
     def _unless_stored(self, turn: Turn, max_age_seconds: float) -> Turn:
@@ -146,22 +173,34 @@ class Coalescer:
         edge lookup (or our last poll) missed it. Then answer from that, not the model."""
         result = self._result(turn.lease.key, max_age_seconds)
         if result is not None:
-            self.release(turn.lease)
+            self.release(turn.lease, stored=True)  # an answer is stored: the marker stays
             turn.lease, turn.takeover, turn.expired_takeover, turn.result = None, False, False, result
         return turn
 
-    def release(self, lease: Lease) -> bool:
-        """Remove our lease, and only ours (a conditional delete on its ETag). Tried even
-        while the bucket is paused (it runs after the answer went out; waiters wait for it).
-        False when it failed: the lease then holds its key until it expires."""
+    def release(self, lease: Lease, *, stored: bool) -> bool:
+        """Let go of our lease, and only ours (conditional on its ETag): `stored` (an answer
+        is stored under the key) -> overwrite it with a released marker; else remove it.
+        Tried even while the bucket is paused (it runs after the answer went out; waiters
+        wait for it). False when it failed: the lease then holds its key until it expires."""
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=_lease_key(lease.key), IfMatch=lease.etag)
+            if stored:
+                now = round(time.time(), 3)
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=_lease_key(lease.key),
+                    Body=json.dumps({"released": now, "expires": now}).encode(),
+                    ContentType="application/json",
+                    Metadata={LEASE_EXPIRES_METADATA: f"{now:.3f}", LEASE_RELEASED_METADATA: "1"},
+                    IfMatch=lease.etag,
+                )
+            else:
+                self.client.delete_object(Bucket=self.bucket, Key=_lease_key(lease.key), IfMatch=lease.etag)
         except ClientError as exc:
-            if _code(exc) not in (*_PRECONDITION_FAILED, *_MISSING):
-                self._failed("removing the lease failed", lease.key, exc)
+            if _code(exc) not in (*_PRECONDITION_FAILED, *_MISSING):  # not ours any more, or gone: nothing to do
+                self._failed(_RELEASE_FAILED[stored], lease.key, exc)
                 return False
         except BotoCoreError as exc:
-            self._failed("removing the lease failed", lease.key, exc)
+            self._failed(_RELEASE_FAILED[stored], lease.key, exc)
             return False
         self.health.succeeded()
         return True
@@ -198,16 +237,28 @@ class Coalescer:
             except _Unavailable:
                 continue  # a failed poll: poll again
             may_run = time.monotonic() < takeover_until
-            if held is None:
-                # Gone. The holder may have stored and left between our two reads: look again.
+            if held is None or held.released:
+                # Gone, or done. The holder may have stored and left between our two reads: look again.
                 result = self._result(key, max_age_seconds)
                 if result is not None:
                     turn.result = result
                     return turn
-                # No result: the holder failed (or could not store its answer).
                 if not may_run:
                     turn.gave_up = True
                     return turn
+                if held is not None:
+                    # A released marker, and no answer this request accepts (expired, or older
+                    # than it accepts): generate anew. No read after the takeover: the marker
+                    # was in place from our lease check on, so nothing was stored meanwhile.
+                    try:
+                        lease = self._take_over(key, held.etag, lease_seconds)
+                    except _Unavailable:
+                        return turn
+                    if lease is not None:
+                        turn.lease = lease  # a new generation of the key, not a handover
+                        return turn
+                    continue  # another request took it first: poll on
+                # No lease, no result: the holder failed (or could not store its answer).
                 if reclaimed:
                     return turn  # run the model ourselves, uncoordinated
                 reclaimed = True
@@ -284,11 +335,12 @@ class Coalescer:
             self.health.note(exc)
             raise _Unavailable from exc
         self.health.succeeded()
+        metadata = head.get("Metadata", {})
         try:
-            expires = float(head.get("Metadata", {}).get(LEASE_EXPIRES_METADATA, ""))
+            expires = float(metadata.get(LEASE_EXPIRES_METADATA, ""))
         except ValueError:  # not a lease we wrote: treat it as expired by its age
             expires = head["LastModified"].timestamp() + self.lease_seconds
-        return Lease(key, head["ETag"], expires)
+        return Lease(key, head["ETag"], expires, released=metadata.get(LEASE_RELEASED_METADATA) == "1")
 
     def _result(self, key: str, max_age_seconds: float) -> StoredResult | None:
         """The stored answer, if there is one this request may be answered with."""

@@ -92,6 +92,12 @@ def lease_exists(s3, key: str) -> bool:
         return False
 
 
+def released_marker(s3, key: str) -> bool:
+    """The key's lease object is a released marker: its holder stored an answer and left."""
+    held = coalescer(s3)._lease_of(key)
+    return held is not None and held.released and held.expires <= time.time()
+
+
 def test_one_of_many_concurrent_claimants_wins(s3, key):
     c = coalescer(s3)
     winners, barrier = [], threading.Barrier(30)
@@ -126,11 +132,33 @@ def test_a_second_claim_gets_412_and_the_lease_records_its_expiry(s3, key):
 def test_release_removes_only_its_own_lease(s3, key):
     c = coalescer(s3)
     lease = c._claim(key)
-    assert c.release(Lease(key, '"not-this-one"', lease.expires)) is True  # not ours: nothing to remove
+    assert c.release(Lease(key, '"not-this-one"', lease.expires), stored=False) is True  # not ours: nothing to remove
     assert lease_exists(s3, key)
-    assert c.release(lease) is True
+    assert c.release(lease, stored=False) is True
     assert not lease_exists(s3, key)
-    assert c.release(lease) is True  # already gone: nothing to do, no error
+    assert c.release(lease, stored=False) is True  # already gone: nothing to do, no error
+
+
+def test_a_holder_that_stored_leaves_a_released_marker_that_only_it_could_write(s3, key):
+    c = coalescer(s3)
+    lease = c._claim(key)
+    assert c.release(Lease(key, '"not-this-one"', lease.expires), stored=True) is True  # not ours: left alone
+    assert c._lease_of(key) == lease
+    assert c.release(lease, stored=True) is True
+    marker = c._lease_of(key)
+    assert marker.released and marker.etag != lease.etag and marker.expires == pytest.approx(time.time(), abs=2)
+    assert c._claim(key) is None  # the key was claimed before: a claim cannot succeed
+    assert c.release(lease, stored=True) is True  # its ETag is gone: nothing to do, no error
+    assert c._lease_of(key) == marker
+
+
+def test_a_claim_that_succeeds_calls_the_model_without_reading_the_result(s3, key):
+    """No lease object: no coordinated request stored an answer under the key (the
+    module's docstring); one S3 call before the model."""
+    recorded = RecordingClient(s3)
+    turn = coalescer(recorded).acquire(key, max_age_seconds=3600)
+    assert turn.lease is not None and not turn.waited and not turn.takeover
+    assert recorded.names() == ["put_object"]
 
 
 class RecordingClient:
@@ -196,7 +224,7 @@ def test_a_waiter_answers_as_soon_as_the_result_lands(s3, key, monkeypatch):
         recorded.wait_for(lambda r: r.names().count("head_object") >= 2)
         store_result(s3, key)
         landed.append(len(recorded.calls))
-        c.release(leader.lease)
+        c.release(leader.lease, stored=True)
 
     naps, draws = record_the_waiters_pauses(monkeypatch)
     finisher = threading.Thread(target=finish)
@@ -228,13 +256,41 @@ def test_a_result_past_its_expires_metadata_or_older_than_accepted_is_not_an_ans
     assert c._result(key, max_age_seconds=600) is not None
 
 
-def test_a_claim_that_finds_a_result_just_stored_answers_from_it(s3, key):
-    """The leader stored and left after this request's edge lookup missed."""
+def test_a_claim_after_a_holder_stored_and_left_answers_from_its_result(s3, key):
+    """The holder stored and left after this request's edge lookup missed: its released
+    marker makes the claim fail, and the result is read at once (no pause), one model call."""
+    holder = coalescer(s3)
+    lease = holder._claim(key)
     store_result(s3, key)
-    turn = coalescer(s3).acquire(key, max_age_seconds=3600)
-    assert turn.result is not None and turn.lease is None and not turn.waited
+    assert holder.release(lease, stored=True)
+    recorded = RecordingClient(s3)
+    turn = coalescer(recorded).acquire(key, max_age_seconds=3600)
+    assert turn.result is not None and turn.lease is None
     assert not turn.takeover and not turn.expired_takeover  # answered, not a takeover
-    assert not lease_exists(s3, key)
+    assert recorded.names() == ["put_object", "get_object"] and released_marker(s3, key)
+
+
+@pytest.mark.parametrize("why", ["expired", "older than the request accepts"])
+def test_a_key_asked_again_after_its_answer_expired_is_generated_anew(s3, key, why):
+    """A released marker, and a result this request does not accept: it takes the marker
+    over (a new generation, not a handover) and runs the model, at once."""
+    holder = coalescer(s3)
+    lease = holder._claim(key)
+    if why == "expired":
+        store_result(s3, key, expires=str(int(time.time()) - 1))
+    else:
+        store_result(s3, key, **{STORED_AT_METADATA: str(int(time.time()) - 120)})
+    assert holder.release(lease, stored=True)
+    recorded = RecordingClient(s3)
+    began = time.monotonic()
+    turn = coalescer(recorded).acquire(key, max_age_seconds=60)
+    assert turn.lease is not None and turn.result is None and not turn.gave_up
+    assert not turn.takeover and not turn.expired_takeover  # counted as a won lease
+    assert time.monotonic() - began < 1.0  # no poll: a marker is not waited for
+    assert recorded.names() == ["put_object", "get_object", "head_object", "get_object", "put_object"]
+    held = coalescer(s3)._lease_of(key)
+    assert held.etag == turn.lease.etag and not held.released and held.expires > time.time()
+    coalescer(s3).release(turn.lease, stored=False)
 
 
 def test_a_waiter_answers_from_a_result_while_its_holder_still_holds_the_lease(s3, key):
@@ -243,7 +299,7 @@ def test_a_waiter_answers_from_a_result_while_its_holder_still_holds_the_lease(s
     recorded = RecordingClient(s3, head_object=lambda kwargs: store_result(s3, key))  # stored as the lease is checked
     turn = coalescer(recorded).acquire(key, max_age_seconds=3600)
     assert turn.result is not None and not turn.gave_up and lease_exists(s3, key)
-    coalescer(s3).release(held)
+    coalescer(s3).release(held, stored=False)
 
 
 def test_a_failed_lease_check_is_polled_again(s3, key):
@@ -258,7 +314,7 @@ def test_a_failed_lease_check_is_polled_again(s3, key):
 
     turn = coalescer(RecordingClient(s3, head_object=s3_fails_once)).acquire(key, max_age_seconds=3600)
     assert failures and turn.result is not None and turn.lease is None and not turn.gave_up
-    coalescer(s3).release(held)
+    coalescer(s3).release(held, stored=False)
 
 
 def test_a_waiter_re_claims_the_key_only_once(s3, key):
@@ -272,10 +328,10 @@ def test_a_waiter_re_claims_the_key_only_once(s3, key):
         puts.append(kwargs)
         if len(puts) == 2:  # the waiter's re-claim, after the first holder failed
             lease = other._claim(key)
-            threading.Timer(0.05, other.release, args=(lease,)).start()  # ... and fails in turn
+            threading.Timer(0.05, other.release, args=(lease,), kwargs={"stored": False}).start()  # ... and fails in turn
 
     recorded = RecordingClient(s3, put_object=another_request_claims_first)
-    threading.Timer(0.05, coalescer(s3).release, args=(first,)).start()  # the first holder fails
+    threading.Timer(0.05, coalescer(s3).release, args=(first,), kwargs={"stored": False}).start()  # the first holder fails
     turn = coalescer(recorded, wait=3.0, takeover=3.0).acquire(key, max_age_seconds=3600)
     assert len(puts) == 2 and turn.lease is None and turn.result is None and not turn.gave_up and not turn.takeover
 
@@ -292,12 +348,13 @@ def test_a_takeover_that_finds_a_result_stored_meanwhile_answers_from_it(s3, key
     assert coalescer(s3, lease=0.0)._claim(key) is not None  # a dead holder's lease
 
     def stored_just_before_the_takeover(kwargs):
-        if "IfMatch" in kwargs:
+        if "IfMatch" in kwargs and not released_marker(s3, key):
             store_result(s3, key)
 
     turn = coalescer(RecordingClient(s3, put_object=stored_just_before_the_takeover)).acquire(key, max_age_seconds=3600)
     assert turn.result is not None and turn.lease is None
-    assert not turn.takeover and not turn.expired_takeover and not lease_exists(s3, key)
+    assert not turn.takeover and not turn.expired_takeover
+    assert released_marker(s3, key)  # the answer is stored: its lease stays, released
 
 
 class StoresBeforeTheLeaseCheck:
@@ -310,7 +367,7 @@ class StoresBeforeTheLeaseCheck:
     def head_object(self, **kwargs):
         if self.lease is not None:
             store_result(self.s3, self.lease.key)
-            self.holder.release(self.lease)
+            self.holder.release(self.lease, stored=True)
             self.lease = None
         return self.s3.head_object(**kwargs)
 
@@ -325,7 +382,7 @@ def test_a_holder_that_stores_and_leaves_between_two_polls_is_answered_from(s3, 
     waiter = Coalescer(BUCKET, StoresBeforeTheLeaseCheck(s3, holder, lease), lease_seconds=5, wait_seconds=3, takeover_window_seconds=takeover)
     turn = waiter.acquire(key, max_age_seconds=3600)
     assert turn.result is not None and turn.lease is None and not turn.gave_up
-    assert not lease_exists(s3, key)
+    assert released_marker(s3, key)
 
 
 def test_an_expired_lease_is_taken_over_by_one_waiter(s3, key):
@@ -348,7 +405,7 @@ def test_an_expired_lease_is_taken_over_by_one_waiter(s3, key):
     leader = next(t for t in turns if t.lease)
     assert leader.takeover and leader.expired_takeover and leader.lease.etag != dead.etag
     store_result(s3, key)
-    c.release(leader.lease)
+    c.release(leader.lease, stored=True)
     for t in threads:
         t.join()
     assert sum(1 for t in turns if t.lease) == 1
@@ -370,14 +427,14 @@ def test_a_leader_that_fails_hands_the_key_to_one_waiter(s3, key):
         t.start()
     barrier.wait()
     recorded.wait_for(lambda r: r.names().count("head_object") >= 5)  # the five are waiting on the lease
-    c.release(leader.lease)  # the model failed: no result, lease removed
+    c.release(leader.lease, stored=False)  # the model failed: no result, lease removed
     deadline = time.monotonic() + 3
     while not any(t.lease for t in turns) and time.monotonic() < deadline:
         time.sleep(0.01)
     second = next(t for t in turns if t.lease)
     assert second.takeover and not second.expired_takeover
     store_result(s3, key)
-    c.release(second.lease)
+    c.release(second.lease, stored=True)
     for t in threads:
         t.join()
     assert [bool(t.lease) for t in turns].count(True) == 1
@@ -389,14 +446,14 @@ def test_a_waiter_re_claims_once_then_runs_the_model_itself(s3, key):
     first = c._claim(key)
 
     def holders_that_keep_failing():
-        c.release(first)
+        c.release(first, stored=False)
         time.sleep(0.05)
         # Someone else wins the re-claim race and fails too.
         for _ in range(50):
             other = c._claim(key)
             if other is not None:
                 time.sleep(0.1)
-                c.release(other)
+                c.release(other, stored=False)
                 return
             time.sleep(0.01)
 
@@ -406,7 +463,7 @@ def test_a_waiter_re_claims_once_then_runs_the_model_itself(s3, key):
     # Either it won the re-claim (runs as leader) or, having re-claimed once, runs alone.
     if turn.lease is not None:
         assert turn.takeover
-        c.release(turn.lease)
+        c.release(turn.lease, stored=False)
 
 
 def test_a_waiters_last_pause_ends_at_its_budget(s3, key, monkeypatch):
@@ -418,7 +475,7 @@ def test_a_waiters_last_pause_ends_at_its_budget(s3, key, monkeypatch):
     turn = waiter.acquire(key, max_age_seconds=3600, started=time.monotonic() - 0.55)
     monkeypatch.undo()
     assert turn.gave_up and naps and naps[0] <= 0.05
-    coalescer(s3).release(held)
+    coalescer(s3).release(held, stored=False)
 
 
 def test_a_waiter_never_waits_longer_than_its_budget(s3, key):
@@ -432,7 +489,7 @@ def test_a_waiter_never_waits_longer_than_its_budget(s3, key):
     late = [name for name, at in recorded.calls if at >= began + 0.6]
     assert late in ([], ["head_object"], ["get_object", "head_object"]), late
     assert recorded.names().count("head_object") >= 2  # it did poll meanwhile
-    coalescer(s3).release(held)
+    coalescer(s3).release(held, stored=False)
 
 
 def test_past_its_takeover_window_a_waiter_gives_up_instead_of_running_the_model(s3, key):
@@ -443,7 +500,7 @@ def test_past_its_takeover_window_a_waiter_gives_up_instead_of_running_the_model
     released = []
 
     def fail_late():  # 0.5 s after the waiter's start: past its 0.2 s takeover window
-        holder.release(held)
+        holder.release(held, stored=False)
         released.append(len(recorded.calls))
 
     began = time.monotonic()
@@ -509,10 +566,12 @@ def test_a_slow_bucket_pauses_the_leases_and_the_next_misses_skip_them_at_once(k
 def test_lost_races_and_missing_objects_never_pause_the_bucket(s3, key):
     health = BucketHealth(pause_seconds=60)
     first = Coalescer(BUCKET, s3, lease_seconds=5, wait_seconds=0.3, takeover_window_seconds=0.1, health=health)
-    lease = first.acquire(key, max_age_seconds=60).lease  # its result GET finds nothing: a 404
+    lease = first.acquire(key, max_age_seconds=60).lease
     assert lease is not None
-    assert first.acquire(key, max_age_seconds=60).gave_up  # a 412, then polls that find nothing
-    assert first.release(lease) and first.release(lease)  # the second finds it gone: nothing held, no failure
+    assert first.acquire(key, max_age_seconds=60).gave_up  # a 412, then polls whose result GETs find nothing: 404s
+    assert first.release(lease, stored=False) and first.release(lease, stored=False)  # the second finds it gone: no failure
+    again = first.acquire(key, max_age_seconds=60).lease
+    assert first.release(again, stored=True) and first.release(again, stored=True)  # the second: a 412 (its marker)
     assert health.available()
 
 
@@ -592,6 +651,32 @@ def test_a_burst_of_identical_misses_makes_one_model_call(s3, model):
     assert all(o.reason.endswith("coalesced") for o in outcomes if o.coalesced)
 
 
+def key_of(request: OriginRequest) -> str:
+    return cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings(), mac=MAC).key
+
+
+def test_a_miss_leaves_a_released_marker_only_when_its_answer_was_stored(s3, model):
+    """Stored -> the lease becomes a released marker (the next claim fails and finds the
+    answer); the model failed, or the store did -> the lease is removed (the next request
+    claims the key at once)."""
+    def refuse_results(kwargs):
+        if kwargs["Key"].startswith(RESULTS_PREFIX):
+            raise ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+
+    cases = {
+        "stored": (chat(f"marker {time.time_ns()}"), s3, 200, True),
+        "model failed": (chat(f"marker {time.time_ns()} [[fail-once]]"), s3, 502, False),
+        "store failed": (chat(f"marker {time.time_ns()}"), RecordingClient(s3, put_object=refuse_results), 200, False),
+    }
+    for case, (request, store_client, status, marker) in cases.items():
+        a = InferenceAdapter(STAGES["dev"].edge_cache_settings(), model.endpoint, ResultsStore(BUCKET, store_client),
+                             logging.getLogger("test"), coalescer(s3))
+        response, outcome = a.answer(request)
+        response.finish()
+        assert (response.status, outcome.lease_won, outcome.lease_released) == (status, True, True), case
+        assert (released_marker(s3, key_of(request)), lease_exists(s3, key_of(request))) == (marker, marker), case
+
+
 def test_a_failed_leader_hands_over_and_the_waiters_still_get_answers(s3, model):
     answers = burst(adapter(s3, model), [chat(f"fails once {time.time_ns()} [[fail-once]] [[slow-ms:300]]")] * 8)
     assert model.calls() == 2  # the failed call, and one more
@@ -604,7 +689,7 @@ def test_a_failed_leader_hands_over_and_the_waiters_still_get_answers(s3, model)
 
 def test_a_miss_that_finds_a_dead_holders_lease_takes_it_over_and_says_so(s3, model):
     request = chat(f"dead holder {time.time_ns()}")
-    key = cache_decision.decide(request.path, request.headers, request.body, STAGES["dev"].edge_cache_settings(), mac=MAC).key
+    key = key_of(request)
     assert coalescer(s3, lease=0.0)._claim(key) is not None  # expired as written: a holder that never comes back
     response, outcome = adapter(s3, model).answer(request)
     response.finish()
@@ -664,21 +749,25 @@ def test_timings_come_from_the_stages_timeout_budget(monkeypatch, tmp_path):
         AdapterSettings.from_environment()
 
 
-def test_a_lease_that_cannot_be_removed_is_logged_with_its_key_and_the_error(s3, key, caplog):
-    """S3 refuses the delete (access denied) or cannot be reached: a warning, never a failure."""
+@pytest.mark.parametrize(("stored", "call", "message"), [
+    (False, "delete_object", "removing the lease failed"),
+    (True, "put_object", "marking the lease released failed"),
+])
+def test_a_lease_that_cannot_be_released_is_logged_with_its_key_and_the_error(s3, key, caplog, stored, call, message):
+    """S3 refuses the release (access denied) or cannot be reached: a warning, never a failure."""
     def denied(kwargs):
-        raise ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "DeleteObject")
+        raise ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, call)
 
     unreachable = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1", aws_access_key_id="local",
                                aws_secret_access_key="local", config=Config(connect_timeout=0.5, retries={"total_max_attempts": 1}))
     logger = logging.getLogger("coalescing-under-test")
-    for client, error in ((RecordingClient(s3, delete_object=denied), "ClientError: "), (unreachable, "EndpointConnectionError: ")):
+    for client, error in ((RecordingClient(s3, **{call: denied}), "ClientError: "), (unreachable, "EndpointConnectionError: ")):
         caplog.clear()
         released = Coalescer(BUCKET, client, lease_seconds=5, wait_seconds=3, takeover_window_seconds=3, logger=logger).release(
-            Lease(key, '"etag"', time.time() + 5))
+            Lease(key, '"etag"', time.time() + 5), stored=stored)
         assert released is False  # the adapter's log says so (lease_released: false)
         (record,) = [r for r in caplog.records if r.name == "coalescing-under-test"]
-        assert (record.levelname, record.getMessage(), record.cache_key) == ("WARNING", "removing the lease failed", key)
+        assert (record.levelname, record.getMessage(), record.cache_key) == ("WARNING", message, key)
         assert record.error.startswith(error)
 
 
@@ -691,19 +780,19 @@ def test_a_waiters_first_look_is_at_once(s3, key, monkeypatch):
     turn = coalescer(s3).acquire(key, max_age_seconds=3600)
     monkeypatch.undo()
     assert (turn.waited, turn.result is not None, turn.lease, naps) == (True, True, None, [])
-    coalescer(s3).release(held)
+    coalescer(s3).release(held, stored=False)
 
 
 def test_a_re_claim_holds_the_key_for_the_requests_own_lease_time(s3, key):
     """A stream's lease runs longer than the coalescer's default: a waiter that re-claims a
     failed holder's key takes it for its own request's time, as its first claim did."""
     first = coalescer(s3)._claim(key)
-    threading.Timer(0.05, coalescer(s3).release, args=(first,)).start()  # the holder fails
+    threading.Timer(0.05, coalescer(s3).release, args=(first,), kwargs={"stored": False}).start()  # the holder fails
     turn = coalescer(s3, lease=5.0).acquire(key, max_age_seconds=3600, lease_seconds=40.0)
     assert turn.takeover and not turn.expired_takeover and turn.lease is not None
     assert turn.lease.expires == pytest.approx(time.time() + 40, abs=2)
     assert coalescer(s3)._lease_of(key).expires == turn.lease.expires
-    coalescer(s3).release(turn.lease)
+    coalescer(s3).release(turn.lease, stored=False)
 
 
 def test_a_re_claim_that_finds_a_result_too_old_for_the_request_keeps_the_lease(s3, key):
@@ -717,11 +806,11 @@ def test_a_re_claim_that_finds_a_result_too_old_for_the_request_keeps_the_lease(
         if len(puts) == 2:
             store_result(s3, key, **{STORED_AT_METADATA: str(int(time.time()) - 120)})
 
-    threading.Timer(0.05, coalescer(s3).release, args=(first,)).start()  # the holder fails
+    threading.Timer(0.05, coalescer(s3).release, args=(first,), kwargs={"stored": False}).start()  # the holder fails
     recorded = RecordingClient(s3, put_object=an_old_result_lands_as_the_waiter_re_claims)
     turn = coalescer(recorded).acquire(key, max_age_seconds=60)
     assert len(puts) == 2 and turn.result is None and turn.takeover and turn.lease is not None
-    coalescer(s3).release(turn.lease)
+    coalescer(s3).release(turn.lease, stored=False)
 
 
 @pytest.mark.parametrize(("takeover", "gave_up"), [(3.0, False), (0.0, True)])
@@ -742,7 +831,7 @@ def test_a_bucket_paused_while_waiting_runs_the_model_only_within_the_takeover_w
     turn = waiting.acquire(key, max_age_seconds=3600)
     assert (turn.waited, turn.unavailable, turn.gave_up, turn.lease, turn.result) == (True, True, gave_up, None, None)
     assert time.monotonic() - began < 2.5 and recorded.names().count("get_object") == 1  # no wait for its budget
-    coalescer(s3).release(held)
+    coalescer(s3).release(held, stored=False)
 
 
 def test_a_store_the_bucket_refuses_as_down_counts_toward_its_pause(s3, key):
