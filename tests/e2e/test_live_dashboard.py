@@ -73,6 +73,10 @@ def test_live_dashboard_draws_what_the_local_run_served(fresh_run):
 
         # The page updates by itself: wait for it to show all nine answers.
         page.wait_for_function("document.body.dataset.answers === '9'", timeout=15_000)
+        # EMF records come from the adapter's log, after each answer's store and release:
+        # they may reach the page after the answers the front counted.
+        page.wait_for_function(
+            "() => document.querySelector('[data-kpi=emf_records]').innerText.split('\\n')[0] === '4'", timeout=15_000)
         page.wait_for_function(
             "() => { const c = echarts.getInstanceByDom(document.getElementById('live-ttft')); "
             "return c && c.getOption().series.some(s => s.data.some(v => v !== null)); }", timeout=15_000)
