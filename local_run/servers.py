@@ -98,6 +98,7 @@ class BackgroundServer:
             app,
             log_level="warning",
             access_log=False,
+            proxy_headers=False,  # nothing proxies these servers: a viewer's X-Forwarded-For is not its address
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             backlog=2048,
             lifespan="off",

@@ -12,6 +12,7 @@ import urllib.request
 import openai
 import pytest
 
+from lambdas.contract import COALESCED_HEADER, SERVER_TIMING_HEADER, TimingStep
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +30,11 @@ def test_chat_completion_miss_then_hit_with_identical_answer(client):
     assert second.parse().model_dump() == first.parse().model_dump()
     assert "not a language model" in first.parse().choices[0].message.content
     assert int(second.headers["age"]) >= 0
+    # Served by the edge from the results bucket, not by the origin (whose coalescing can
+    # answer a repeat too, from the bucket, when the edge's read of it fails).
+    steps = {entry.split(";")[0].strip() for entry in second.headers[SERVER_TIMING_HEADER].split(",")}
+    assert TimingStep.LOOKUP in steps and TimingStep.ORIGIN not in steps, steps
+    assert COALESCED_HEADER not in second.headers
 
 
 def test_same_request_serialized_differently_hits(client, local_run):
