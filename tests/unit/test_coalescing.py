@@ -34,6 +34,7 @@ from lambdas.contract import (
     SETTINGS_FILE,
     STATUS_HEADER,
     STORED_AT_METADATA,
+    TimingStep,
 )
 from lambdas.origin_adapter.adapter import InferenceAdapter, OriginRequest
 from lambdas.origin_adapter.coalescing import Coalescer, Lease
@@ -150,6 +151,46 @@ def test_a_holder_that_stored_leaves_a_released_marker_that_only_it_could_write(
     assert c._claim(key) is None  # the key was claimed before: a claim cannot succeed
     assert c.release(lease, stored=True) is True  # its ETag is gone: nothing to do, no error
     assert c._lease_of(key) == marker
+
+
+def test_a_released_marker_is_json_saying_when_and_no_two_share_an_etag(s3, key):
+    c = coalescer(s3)
+    etags = []
+    for _ in range(2):  # two holders in turn, within the same millisecond or not
+        lease = c._claim(key) or c._take_over(key, c._lease_of(key).etag, 5.0)
+        assert c.release(lease, stored=True)
+        head = s3.head_object(Bucket=BUCKET, Key=f"{LEASE_PREFIX}{key}")
+        marker = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{LEASE_PREFIX}{key}")["Body"].read())
+        assert head["ContentType"] == "application/json"
+        assert set(marker) == {"owner", "released", "expires"} and len(marker["owner"]) == 32
+        assert marker["released"] == marker["expires"] == pytest.approx(time.time(), abs=2)
+        etags.append(head["ETag"])
+    assert etags[0] != etags[1]
+
+
+def test_a_waiter_that_loses_a_markers_takeover_polls_on_and_answers_from_the_winner(s3, key):
+    """Two requests find the same marker (its answer too old for them): one takes it over,
+    the other's takeover fails (412) and it waits for the winner's answer."""
+    holder = coalescer(s3)
+    lease = holder._claim(key)
+    store_result(s3, key, **{STORED_AT_METADATA: str(int(time.time()) - 120)})
+    assert holder.release(lease, stored=True)
+    winner = []
+
+    def another_request_takes_the_marker_first(kwargs):
+        if "IfMatch" in kwargs and not winner:
+            winner.append(coalescer(s3)._take_over(key, kwargs["IfMatch"], 5.0))
+
+            def generate_and_store():
+                store_result(s3, key, body=b'{"answer": "fresh"}')
+                coalescer(s3).release(winner[0], stored=True)
+
+            threading.Timer(0.1, generate_and_store).start()
+
+    recorded = RecordingClient(s3, put_object=another_request_takes_the_marker_first)
+    turn = coalescer(recorded).acquire(key, max_age_seconds=60)
+    assert winner and winner[0] is not None
+    assert turn.result is not None and turn.result.body == b'{"answer": "fresh"}' and turn.lease is None
 
 
 def test_a_claim_that_succeeds_calls_the_model_without_reading_the_result(s3, key):
@@ -674,6 +715,7 @@ def test_a_miss_leaves_a_released_marker_only_when_its_answer_was_stored(s3, mod
         response, outcome = a.answer(request)
         response.finish()
         assert (response.status, outcome.lease_won, outcome.lease_released) == (status, True, True), case
+        assert outcome.timings[TimingStep.RELEASE] >= 0, case  # the log line's figure (make bench reads it)
         assert (released_marker(s3, key_of(request)), lease_exists(s3, key_of(request))) == (marker, marker), case
 
 
