@@ -156,8 +156,7 @@ class LocalFront:
         self.verdicts = KeyCheckVerdicts(key_check.key_store_file if key_check else None)
         self.cache_read_verdicts = KeyCheckVerdicts(cache_read_check.key_store_file if cache_read_check else None)
         self._limiter: anyio.CapacityLimiter | None = None  # made on the server's event loop
-        framework = Starlette(routes=[Route("/{path:path}", self._any, methods=_METHODS)])
-        self.app = _refuse_oversized_bodies(self._stored_answer_reads_first(framework))
+        self.app = _refuse_oversized_bodies(Starlette(routes=[Route("/{path:path}", self._any, methods=_METHODS)]))
 
     def attach(self, edge_module, origin_url: str) -> None:
         self.edge, self.origin_url = edge_module, origin_url.rstrip("/")
@@ -176,8 +175,23 @@ class LocalFront:
         method, uri, query = request.method, request.url.path, request.url.query
         headers = viewer_headers(request.headers.raw)
         unread_body = _may_have_body(request)
-        if uri.startswith(RESULTS_PATH):  # GET and HEAD never come here (_stored_answer_reads_first)
-            status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
+        if uri.startswith(RESULTS_PATH):
+            if method in ("GET", "HEAD"):
+                # The /_cache/* viewer-request function first (only the edge function reads);
+                # its verdicts remembered as the key check's. Then a copy this edge holds is
+                # served at once; the bucket is read on a worker.
+                event = viewer_request_event(method, uri, headers, query)
+                refusal, version = self.cache_read_verdicts.get(event)
+                if refusal is None:
+                    refusal = await self._in_worker(self.cache_read_refusal, event)
+                    self.cache_read_verdicts.put(event, refusal, version)
+                if refusal is not _READ_ALLOWED:
+                    status, out, data = refusal
+                else:
+                    answer = self.edge_copy(uri)
+                    status, out, data = answer or await self._in_worker(self.results_object, uri)
+            else:
+                status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
         elif uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE or method in ("GET", "HEAD", "OPTIONS"):
             checked = time.perf_counter()
             event = self.key_check_event(method, uri, query, headers)
@@ -206,43 +220,6 @@ class LocalFront:
         if unread_body:  # its body was never read: the connection cannot carry another request
             out["connection"] = "close"
         return Response(data if method != "HEAD" else b"", status_code=status, headers=out)
-
-    def _stored_answer_reads_first(self, app):
-        """ASGI: GET and HEAD of /_cache/* answered here, without the web framework's
-        request and response objects (every inference request's edge lookup comes this
-        way: half of the front's requests); every other request to `app`."""
-
-        async def route(scope, receive, send):
-            if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or not scope["path"].startswith(RESULTS_PATH):
-                return await app(scope, receive, send)
-            started = time.perf_counter()
-            method, uri = scope["method"], scope["path"]
-            headers = viewer_headers(scope["headers"])
-            status, out, data = await self._stored_answer(method, uri, scope["query_string"].decode("latin-1"), headers)
-            self._log(method, uri, status, out, started)
-            data = data if method != "HEAD" else b""
-            raw = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in out.items() if k.lower() not in _DROPPED]
-            if status >= 200 and status not in (204, 304):
-                raw.append((b"content-length", str(len(data)).encode()))
-            if _declares_body(scope["headers"]):
-                raw.append((b"connection", b"close"))  # its body was never read: the connection cannot carry another request
-            await send({"type": "http.response.start", "status": status, "headers": raw})
-            await send({"type": "http.response.body", "body": data})
-
-        return route
-
-    async def _stored_answer(self, method: str, uri: str, query: str, headers: dict) -> tuple[int, dict, bytes]:
-        """The /_cache/* viewer-request function first (only the edge function reads), its
-        verdicts remembered as the key check's; then a copy this edge holds, at once, or
-        the bucket, read on a worker."""
-        event = viewer_request_event(method, uri, headers, query)
-        refusal, version = self.cache_read_verdicts.get(event)
-        if refusal is None:
-            refusal = await self._in_worker(self.cache_read_refusal, event)
-            self.cache_read_verdicts.put(event, refusal, version)
-        if refusal is not _READ_ALLOWED:
-            return refusal
-        return self.edge_copy(uri) or await self._in_worker(self.results_object, uri)
 
     def _log(self, method: str, uri: str, status: int, out: dict, started: float) -> None:
         if not self.quiet:
@@ -528,15 +505,8 @@ def viewer_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str | list[str]]
 
 
 def _may_have_body(request: Request) -> bool:
-    return _declares_body(request.headers.raw)
-
-
-def _declares_body(raw: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in raw:
-        name = name.lower()
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length != "0")
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes | None:

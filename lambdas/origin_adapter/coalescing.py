@@ -189,8 +189,8 @@ class Coalescer:
                     Bucket=self.bucket,
                     Key=_lease_key(lease.key),
                     # An owner of its own: no two markers share an ETag, so an If-Match on a
-                # marker's ETag never matches a later marker of the same key.
-                Body=json.dumps({"owner": uuid.uuid4().hex, "released": now, "expires": now}).encode(),
+                    # marker's ETag never matches a later marker of the same key.
+                    Body=json.dumps({"owner": uuid.uuid4().hex, "released": now, "expires": now}).encode(),
                     ContentType="application/json",
                     Metadata={LEASE_EXPIRES_METADATA: f"{now:.3f}", LEASE_RELEASED_METADATA: "1"},
                     IfMatch=lease.etag,
