@@ -143,7 +143,6 @@ class LocalFront:
             maxsize=LAMBDA_CONCURRENCY, retries=False, timeout=urllib3.Timeout(connect=2.0, read=5.0)
         )
         self._oac = S3SigV4Auth(Credentials("local", "local"), "s3", settings.home_region)
-        self.bucket = bucket
         self.key_check = key_check
         self.cache_read_check = cache_read_check
         self.quiet = quiet

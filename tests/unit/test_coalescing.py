@@ -93,6 +93,15 @@ def lease_exists(s3, key: str) -> bool:
         return False
 
 
+def a_holder_stored_and_left(s3, key: str, **metadata) -> None:
+    """An identical request claimed the key, stored its answer (with `metadata`) and left
+    its released marker."""
+    holder = coalescer(s3)
+    lease = holder._claim(key)
+    store_result(s3, key, **metadata)
+    assert holder.release(lease, stored=True)
+
+
 def released_marker(s3, key: str) -> bool:
     """The key's lease object is a released marker: its holder stored an answer and left."""
     held = coalescer(s3)._lease_of(key)
@@ -171,10 +180,7 @@ def test_a_released_marker_is_json_saying_when_and_no_two_share_an_etag(s3, key)
 def test_a_waiter_that_loses_a_markers_takeover_polls_on_and_answers_from_the_winner(s3, key):
     """Two requests find the same marker (its answer too old for them): one takes it over,
     the other's takeover fails (412) and it waits for the winner's answer."""
-    holder = coalescer(s3)
-    lease = holder._claim(key)
-    store_result(s3, key, **{STORED_AT_METADATA: str(int(time.time()) - 120)})
-    assert holder.release(lease, stored=True)
+    a_holder_stored_and_left(s3, key, **{STORED_AT_METADATA: str(int(time.time()) - 120)})
     winner = []
 
     def another_request_takes_the_marker_first(kwargs):
@@ -300,10 +306,7 @@ def test_a_result_past_its_expires_metadata_or_older_than_accepted_is_not_an_ans
 def test_a_claim_after_a_holder_stored_and_left_answers_from_its_result(s3, key):
     """The holder stored and left after this request's edge lookup missed: its released
     marker makes the claim fail, and the result is read at once (no pause), one model call."""
-    holder = coalescer(s3)
-    lease = holder._claim(key)
-    store_result(s3, key)
-    assert holder.release(lease, stored=True)
+    a_holder_stored_and_left(s3, key)
     recorded = RecordingClient(s3)
     turn = coalescer(recorded).acquire(key, max_age_seconds=3600)
     assert turn.result is not None and turn.lease is None
@@ -315,13 +318,10 @@ def test_a_claim_after_a_holder_stored_and_left_answers_from_its_result(s3, key)
 def test_a_key_asked_again_after_its_answer_expired_is_generated_anew(s3, key, why):
     """A released marker, and a result this request does not accept: it takes the marker
     over (a new generation, not a handover) and runs the model, at once."""
-    holder = coalescer(s3)
-    lease = holder._claim(key)
     if why == "expired":
-        store_result(s3, key, expires=str(int(time.time()) - 1))
+        a_holder_stored_and_left(s3, key, expires=str(int(time.time()) - 1))
     else:
-        store_result(s3, key, **{STORED_AT_METADATA: str(int(time.time()) - 120)})
-    assert holder.release(lease, stored=True)
+        a_holder_stored_and_left(s3, key, **{STORED_AT_METADATA: str(int(time.time()) - 120)})
     recorded = RecordingClient(s3)
     began = time.monotonic()
     turn = coalescer(recorded).acquire(key, max_age_seconds=60)
