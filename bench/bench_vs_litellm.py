@@ -1,10 +1,11 @@
 """Side by side with LiteLLM: this project's local run and a LiteLLM proxy with its
 exact-match cache, both in front of the same instant OpenAI-compatible backend
 (bench/instant_backend.py), the same client (keep-alive http.client), measured interleaved
-in one run: HIT and MISS latency (p50/p99), HIT requests per second from 4 clients, and a
-streamed miss's time to first token against the backend's own. Then where a miss's time
-goes, step by step (Server-Timing, the adapter's log lines, the S3 stand-in's own times),
-split into what a deployed stage also pays and what only the local stand-ins cost.
+in one run: HIT and MISS latency (p50/p99), HIT latency with each gateway alone (back to
+back, for context), HIT requests per second from 4 clients, and a streamed miss's time to
+first token against the backend's own. Then where a miss's time goes, step by step
+(Server-Timing, the adapter's log lines, the S3 stand-in's own times), split into what a
+deployed stage also pays and what only the local stand-ins cost.
 
 LiteLLM is installed into a throwaway virtual environment under build/ on first use
 (pip, from PyPI); when it cannot be installed or started, the side by side is skipped with
@@ -201,6 +202,21 @@ def interleaved(gateways: dict[str, Client], rounds: int, run_id: str) -> dict:
     return out
 
 
+def back_to_back(gateways: dict[str, Client], rounds: int, run_id: str, block: int = 50) -> dict[str, list[float]]:
+    """HIT latencies with each gateway alone, `block` HITs in a row, blocks alternating. In
+    the interleaved rounds a gateway's HIT comes after 10-20 ms in which it was idle (the
+    other gateway's turn, its own MISS), and on this kind of machine the first request
+    after an idle spell runs slower, in proportion to its work (docs/decisions.md, issue 25):
+    this is the same HIT without the spell."""
+    out: dict[str, list[float]] = {name: [] for name in gateways}
+    body = chat(f"{run_id} the repeated question")
+    for _ in range(max(1, rounds // block)):
+        for name, client in gateways.items():
+            for _ in range(block):
+                out[name].append(client.post(body)[0])
+    return out
+
+
 def throughput(url: str, api_key: str | None, body: dict, clients: int, seconds: float) -> float:
     """HIT requests per second from `clients` keep-alive clients for `seconds`."""
     counts = [0] * clients
@@ -271,6 +287,8 @@ def measure(args, run_id: str, workdir: Path, env: dict, on_line, backend, litel
         s3_before = s3_stats(run)
         results = interleaved(gateways, args.rounds, run_id)
         s3_after = s3_stats(run)
+        for name, samples in back_to_back(gateways, args.rounds, run_id).items():
+            results[name]["hit_back_to_back"] = samples
         streams = {"backend itself": [], "this project": [], **({"LiteLLM": []} if litellm else {})}
         direct = Client(backend.url, None)
         for i in range(args.streams):  # interleaved too, before the load of the throughput blocks
@@ -318,6 +336,9 @@ def report(args, results, rps, streams, s3_before, s3_after, answered, why_not, 
             first = [s for i, s in enumerate(results[name]["hit"]) if i and (i % 2 == 0) == (index == 0)]
             second = [s for i, s in enumerate(results[name]["hit"]) if i and (i % 2 == 0) != (index == 0)]
             print(f"  {name}: HIT p50 right after its own MISS {p50(first):.2f} ms, after the other gateway's requests {p50(second):.2f} ms")
+        ours_alone, theirs_alone = p50(ours["hit_back_to_back"]), p50(theirs["hit_back_to_back"])
+        print(f"HIT p50 back to back (each gateway alone, blocks of 50 in a row): {ours_alone:.2f} ms against LiteLLM's "
+              f"{theirs_alone:.2f} ms, {theirs_alone / ours_alone:.2f}x (not the goal's measure: context for it)")
 
     print(f"\nStreamed misses ({args.streams} each, {8} tokens {args.token_ms} ms apart), time to first token p50 (p99) ms")
     for name, samples in streams.items():
