@@ -40,6 +40,7 @@ LITELLM_VERSION = "1.79.3"
 LITELLM_VENV = ROOT / "build" / "bench" / f"litellm-{LITELLM_VERSION}"
 LITELLM_KEY = "sk-bench-litellm"
 GOALS = {"hit": 4.0, "miss": 1.5, "ttft_ms": 20.0}
+BACK_TO_BACK_BLOCK = 50  # HITs in a row per gateway, for the back-to-back figure
 
 
 # -- LiteLLM --------------------------------------------------------------------------------
@@ -202,18 +203,17 @@ def interleaved(gateways: dict[str, Client], rounds: int, run_id: str) -> dict:
     return out
 
 
-def back_to_back(gateways: dict[str, Client], rounds: int, run_id: str, block: int = 50) -> dict[str, list[float]]:
-    """HIT latencies with each gateway alone, `block` HITs in a row, blocks alternating. In
-    the interleaved rounds a gateway's HIT comes after 10-20 ms in which it was idle (the
-    other gateway's turn, its own MISS), and on this kind of machine the first request
-    after an idle spell runs slower, in proportion to its work (docs/decisions.md, issue 25):
-    this is the same HIT without the spell."""
+def back_to_back(gateways: dict[str, Client], hit_body: dict, rounds: int) -> dict[str, list[float]]:
+    """HIT latencies with each gateway alone, BACK_TO_BACK_BLOCK HITs in a row, blocks
+    alternating. In the interleaved rounds a gateway's HIT comes after 10-20 ms in which it
+    was idle (the other gateway's turn, its own MISS), and on this kind of machine the first
+    request after an idle spell runs slower (docs/decisions.md, issue 25): this is the same
+    HIT without the spell."""
     out: dict[str, list[float]] = {name: [] for name in gateways}
-    body = chat(f"{run_id} the repeated question")
-    for _ in range(max(1, rounds // block)):
+    for _ in range(max(1, rounds // BACK_TO_BACK_BLOCK)):
         for name, client in gateways.items():
-            for _ in range(block):
-                out[name].append(client.post(body)[0])
+            for _ in range(BACK_TO_BACK_BLOCK):
+                out[name].append(client.post(hit_body)[0])
     return out
 
 
@@ -287,7 +287,8 @@ def measure(args, run_id: str, workdir: Path, env: dict, on_line, backend, litel
         s3_before = s3_stats(run)
         results = interleaved(gateways, args.rounds, run_id)
         s3_after = s3_stats(run)
-        for name, samples in back_to_back(gateways, args.rounds, run_id).items():
+        hit_body = chat(f"{run_id} the repeated question")
+        for name, samples in back_to_back(gateways, hit_body, args.rounds).items():
             results[name]["hit_back_to_back"] = samples
         streams = {"backend itself": [], "this project": [], **({"LiteLLM": []} if litellm else {})}
         direct = Client(backend.url, None)
@@ -296,7 +297,6 @@ def measure(args, run_id: str, workdir: Path, env: dict, on_line, backend, litel
             streams["backend itself"].append(direct.first_token(body))
             for name, client in gateways.items():
                 streams[name].append(client.first_token(body))
-        hit_body = chat(f"{run_id} the repeated question")
         rps = {name: [] for name in gateways}
         for _ in range(3):  # alternating blocks
             rps["this project"].append(throughput(run["listening"], api_key, hit_body, 4, args.seconds))
@@ -337,7 +337,7 @@ def report(args, results, rps, streams, s3_before, s3_after, answered, why_not, 
             second = [s for i, s in enumerate(results[name]["hit"]) if i and (i % 2 == 0) != (index == 0)]
             print(f"  {name}: HIT p50 right after its own MISS {p50(first):.2f} ms, after the other gateway's requests {p50(second):.2f} ms")
         ours_alone, theirs_alone = p50(ours["hit_back_to_back"]), p50(theirs["hit_back_to_back"])
-        print(f"HIT p50 back to back (each gateway alone, blocks of 50 in a row): {ours_alone:.2f} ms against LiteLLM's "
+        print(f"HIT p50 back to back (each gateway alone, blocks of {BACK_TO_BACK_BLOCK} in a row): {ours_alone:.2f} ms against LiteLLM's "
               f"{theirs_alone:.2f} ms, {theirs_alone / ours_alone:.2f}x (not the goal's measure: context for it)")
 
     print(f"\nStreamed misses ({args.streams} each, {8} tokens {args.token_ms} ms apart), time to first token p50 (p99) ms")
