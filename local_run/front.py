@@ -14,7 +14,9 @@ adapter code.
 
 An ASGI app on uvicorn: many requests in flight at once, as CloudFront and Lambda serve
 them. The edge code is synchronous; each call runs on a worker thread, as each Lambda
-execution environment runs one request at a time.
+execution environment runs one request at a time. A bare ASGI callable and the event
+loop's own thread pool: Starlette's router and middleware and anyio's worker threads cost
+a HIT ~40% more of the front's time (bench/bench_vs_litellm.py's figures, docs/decisions.md).
 
 The viewer-request functions' verdicts are remembered per request headers and key store
 version: each function is deterministic (no clock, no randomness, no state between runs), so the
@@ -25,10 +27,11 @@ time in their Server-Timing (`key-check`, a local stand-in's: CloudFront reports
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
+import concurrent.futures
 import html
-import json
 import os
 import pickle
 import re
@@ -40,16 +43,13 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import anyio
-import anyio.to_thread
 import httpx2
 import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from config.settings import StageSettings
 from lambdas.contract import (
@@ -154,16 +154,24 @@ class LocalFront:
         self.edge_cache = EdgeCopies(EDGE_CACHE_BYTES)
         self.verdicts = KeyCheckVerdicts(key_check.key_store_file if key_check else None)
         self.cache_read_verdicts = KeyCheckVerdicts(cache_read_check.key_store_file if cache_read_check else None)
-        self._limiter: anyio.CapacityLimiter | None = None  # made on the server's event loop
-        self.app = _refuse_oversized_bodies(Starlette(routes=[Route("/{path:path}", self._any, methods=_METHODS)]))
+        self._environments = concurrent.futures.ThreadPoolExecutor(LAMBDA_CONCURRENCY, thread_name_prefix="lambda")
+        self.app = _refuse_oversized_bodies(self._serve)
 
     def attach(self, edge_module, origin_url: str) -> None:
         self.edge, self.origin_url = edge_module, origin_url.rstrip("/")
 
     async def _in_worker(self, function, *args):
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(LAMBDA_CONCURRENCY)
-        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        return await asyncio.get_running_loop().run_in_executor(self._environments, function, *args)
+
+    async def _serve(self, scope, receive, send) -> None:
+        """The ASGI app: every path is one of the distribution's behaviors."""
+        if scope["type"] != "http":  # lifespan is off; nothing else is served
+            return
+        if scope["method"] not in _METHODS:
+            response = PlainTextResponse("Method Not Allowed", status_code=405, headers={"allow": ", ".join(_METHODS)})
+        else:
+            response = await self._any(Request(scope, receive))
+        await response(scope, receive, send)
 
     # -- the distribution's behaviors -----------------------------------------------------
     async def _any(self, request: Request) -> Response:
@@ -171,7 +179,8 @@ class LocalFront:
         before any of the body is read (a request it refuses is answered, its body never
         read, the connection closed); then the body, bounded; then the behavior."""
         started = time.perf_counter()
-        method, uri, query = request.method, request.url.path, request.url.query
+        scope = request.scope
+        method, uri, query = scope["method"], scope["path"], scope["query_string"].decode()
         headers = viewer_headers(request.headers.raw)
         unread_body = _may_have_body(request)
         if uri.startswith(RESULTS_PATH):
@@ -179,11 +188,12 @@ class LocalFront:
                 # The /_cache/* viewer-request function first (only the edge function reads);
                 # its verdicts remembered as the key check's. Then a copy this edge holds is
                 # served at once; the bucket is read on a worker.
-                event = viewer_request_event(method, uri, headers, query)
-                refusal, version = self.cache_read_verdicts.get(event)
+                seen_as = viewer_request_identity(method, uri, query, headers)
+                refusal, version = self.cache_read_verdicts.get(seen_as)
                 if refusal is None:
+                    event = viewer_request_event(method, uri, headers, query)
                     refusal = await self._in_worker(self.cache_read_refusal, event)
-                    self.cache_read_verdicts.put(event, refusal, version)
+                    self.cache_read_verdicts.put(seen_as, refusal, version)
                 if refusal is not _READ_ALLOWED:
                     status, out, data = refusal
                 else:
@@ -193,11 +203,11 @@ class LocalFront:
                 status, out, data = 403, {"content-type": "text/plain"}, b"method not allowed on this path"
         elif uri.startswith("/v1/") or uri == INVOCATIONS_ROUTE or method in ("GET", "HEAD", "OPTIONS"):
             checked = time.perf_counter()
-            event = self.key_check_event(method, uri, query, headers)
-            verdict, version = self.verdicts.get(event)
+            seen_as = viewer_request_identity(method, uri, query, headers) if self.key_check else None
+            verdict, version = self.verdicts.get(seen_as)
             if verdict is None:  # not seen against this key store: the JavaScript decides
-                verdict = await self._in_worker(self.viewer_request, method, uri, query, headers, event)
-                self.verdicts.put(event, verdict, version)
+                verdict = await self._in_worker(self.viewer_request, method, uri, query, headers)
+                self.verdicts.put(seen_as, verdict, version)
             key_check_ms = (time.perf_counter() - checked) * 1000
             if isinstance(verdict, dict):
                 body = await _bounded_body(request, MAX_REQUEST_BYTES)
@@ -226,19 +236,13 @@ class LocalFront:
             # One write per line: lines of concurrent requests never interleave.
             sys.stdout.write(f"{method} {uri} -> {status} {cache} ({(time.perf_counter() - started) * 1000:.1f} ms)\n")
 
-    def key_check_event(self, method: str, uri: str, query: str, headers: dict) -> dict | None:
-        """The viewer-request function's event for this request (None: no key check)."""
-        return None if self.key_check is None else viewer_request_event(method, uri, headers, query)
-
-    def viewer_request(
-        self, method: str, uri: str, query: str, headers: dict, event: dict | None = None
-    ) -> dict | tuple[int, dict, bytes]:
+    def viewer_request(self, method: str, uri: str, query: str, headers: dict) -> dict | tuple[int, dict, bytes]:
         """The viewer-request function (the API key check), which sees the headers, every
         value of a repeated one included, and never the body: the request's headers as the
         function lets them through, or its answer."""
         if self.key_check is None:
             return {name: ", ".join(value) if isinstance(value, list) else value for name, value in headers.items()}
-        result = self.key_check.handle(event or viewer_request_event(method, uri, headers, query))
+        result = self.key_check.handle(viewer_request_event(method, uri, headers, query))
         if is_response(result):
             out = {k: v["value"] for k, v in result.get("headers", {}).items()}
             data = result.get("body", {}).get("data", "")
@@ -402,17 +406,25 @@ class _Relayed(StreamingResponse):
 _READ_ALLOWED = True  # the /_cache/* function let the request through
 
 
+def viewer_request_identity(method: str, uri: str, query: str, headers: dict) -> tuple:
+    """What a viewer-request function's event is made of (viewer_request_event), as one
+    hashable value: two requests alike in it get the same event. Header order counts (the
+    stricter reading: an event's headers are in the order they came)."""
+    return method, uri, query, tuple((k, v if isinstance(v, str) else tuple(v)) for k, v in headers.items())
+
+
 class KeyCheckVerdicts:
-    """The API key check's verdicts by event, valid for one version of the key store file
-    (its inode, size and mtime, as the Node host's cf.kvs() stand-in tells versions apart):
-    a new, rotated or revoked key changes the file, and every verdict is forgotten."""
+    """The API key check's verdicts by request (viewer_request_identity), valid for one
+    version of the key store file (its inode, size and mtime, as the Node host's cf.kvs()
+    stand-in tells versions apart): a new, rotated or revoked key changes the file, and
+    every verdict is forgotten."""
 
     LIMIT = 4096  # events remembered (past it, all are forgotten: a bound, not an LRU)
 
     def __init__(self, key_store_file) -> None:
         self.key_store_file = key_store_file
         self._version: tuple | None = None
-        self._verdicts: dict[str, object] = {}
+        self._verdicts: dict[tuple, object] = {}
         self._lock = threading.Lock()
 
     def _current_version(self) -> tuple | None:
@@ -422,28 +434,28 @@ class KeyCheckVerdicts:
             return None
         return st.st_ino, st.st_size, st.st_mtime_ns
 
-    def get(self, event: dict | None) -> tuple[object | None, tuple | None]:
+    def get(self, request: tuple | None) -> tuple[object | None, tuple | None]:
         """(the remembered verdict or None, the key store's version now)."""
-        if event is None or self.key_store_file is None:
+        if request is None or self.key_store_file is None:
             return None, None
         version = self._current_version()
         with self._lock:
             if version != self._version:
                 self._version, self._verdicts = version, {}
                 return None, version
-            return self._verdicts.get(json.dumps(event, sort_keys=True)), version
+            return self._verdicts.get(request), version
 
-    def put(self, event: dict | None, verdict, version: tuple | None) -> None:
+    def put(self, request: tuple | None, verdict, version: tuple | None) -> None:
         """Remember a verdict the function gave while the store was at `version` (read
         before it ran): only if the file has not changed since, else it may be stale."""
-        if event is None or self.key_store_file is None or version is None:
+        if request is None or self.key_store_file is None or version is None:
             return
         with self._lock:
             if self._current_version() != version or self._version != version:
                 return
             if len(self._verdicts) >= self.LIMIT:
                 self._verdicts = {}
-            self._verdicts[json.dumps(event, sort_keys=True)] = verdict
+            self._verdicts[request] = verdict
 
 
 def _with_key_check(server_timing: str, key_check_ms: float) -> str:

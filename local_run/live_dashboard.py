@@ -298,9 +298,8 @@ class LiveDashboard:
             seen: dict = {}
 
             async def watching(message):
-                if message["type"] == "http.response.start":
-                    seen["status"] = message["status"]
-                    seen["headers"] = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+                if message["type"] == "http.response.start":  # read once the answer is out, not before
+                    seen["status"], seen["headers"] = message["status"], message.get("headers", [])
                 elif message["type"] == "http.response.body" and not message.get("more_body", False):
                     seen.setdefault("ended", time.perf_counter())
                 await send(message)
@@ -310,7 +309,8 @@ class LiveDashboard:
             finally:  # a client may go once it has what it wanted (a stream's [DONE]) before the last message
                 if "status" in seen:
                     ended = seen.get("ended", time.perf_counter())
-                    self.metrics.observe_answer(seen["status"], seen["headers"], (ended - started) * 1000)
+                    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in seen["headers"]}
+                    self.metrics.observe_answer(seen["status"], headers, (ended - started) * 1000)
 
         return wrapped
 

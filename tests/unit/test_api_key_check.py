@@ -308,26 +308,29 @@ def test_remembered_verdicts_hold_only_for_the_key_store_they_were_given_against
     same event against the same store gets the same verdict; a revoked key is refused at
     once (the file changed: every verdict forgotten); a verdict the function gave while
     the store changed under it is not kept."""
-    from local_run.front import KeyCheckVerdicts
+    from local_run.front import KeyCheckVerdicts, viewer_request_identity
 
     keys = LocalKeyStore(tmp_path / "api-keys.json")
     issued = create_key(keys, "acme")
     verdicts = KeyCheckVerdicts(keys.path)
     with ViewerRequestFunction(API_KEY_CHECK, keys.path, node=node) as function:
-        event = viewer_request_event("POST", CHAT, {"authorization": f"Bearer {issued['key']}"})
-        remembered, version = verdicts.get(event)
+        headers = {"authorization": f"Bearer {issued['key']}"}
+        event, request = viewer_request_event("POST", CHAT, headers), viewer_request_identity("POST", CHAT, "", headers)
+        remembered, version = verdicts.get(request)
         assert remembered is None
         verdict = function.handle(event)
-        verdicts.put(event, verdict, version)
-        assert verdicts.get(event)[0] == verdict and verdict["headers"]["x-inference-tenant"]["value"] == "acme"
+        verdicts.put(request, verdict, version)
+        assert verdicts.get(request)[0] == verdict and verdict["headers"]["x-inference-tenant"]["value"] == "acme"
+        other_key = viewer_request_identity("POST", CHAT, "", {"authorization": f"Bearer {issued['key']}x"})
+        assert verdicts.get(other_key)[0] is None  # another request: the function decides it
         revoke_key(keys, issued["key_id"])
-        assert verdicts.get(event)[0] is None  # the store changed: ask the function again
+        assert verdicts.get(request)[0] is None  # the store changed: ask the function again
         assert function.handle(event)["statusCode"] == 401
         # A verdict given against the store before a change is never kept under the new one.
-        _, before = verdicts.get(event)
+        _, before = verdicts.get(request)
         other = create_key(keys, "beta")  # the store changes while the (old) verdict is computed
-        verdicts.put(event, verdict, before)
-        assert verdicts.get(event)[0] is None
+        verdicts.put(request, verdict, before)
+        assert verdicts.get(request)[0] is None
         assert other["tenant"] == "beta"
 
 
