@@ -15,8 +15,8 @@ adapter code.
 An ASGI app on uvicorn: many requests in flight at once, as CloudFront and Lambda serve
 them. The edge code is synchronous; each call runs on a worker thread, as each Lambda
 execution environment runs one request at a time. A bare ASGI callable and the event
-loop's own thread pool: Starlette's router and middleware and anyio's worker threads cost
-a HIT ~40% more of the front's time (bench/bench_vs_litellm.py's figures, docs/decisions.md).
+loop's own thread pool: with Starlette's router and middleware and anyio's worker threads a
+HIT took 6-11 % longer, side by side (docs/decisions.md, issue 25).
 
 The viewer-request functions' verdicts are remembered per request headers and key store
 version: each function is deterministic (no clock, no randomness, no state between runs), so the
