@@ -235,6 +235,7 @@ class LocalRun:
     def stop(self) -> None:
         for server in self._servers:
             server.stop()
+        self.front.close()
         self.results.stop()
         for function in self._functions:
             function.close()

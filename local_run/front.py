@@ -160,6 +160,10 @@ class LocalFront:
     def attach(self, edge_module, origin_url: str) -> None:
         self.edge, self.origin_url = edge_module, origin_url.rstrip("/")
 
+    def close(self) -> None:
+        """Let the idle worker threads go (once the server stopped: nothing new comes)."""
+        self._environments.shutdown(wait=False, cancel_futures=True)
+
     async def _in_worker(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._environments, function, *args)
 

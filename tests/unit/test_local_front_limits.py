@@ -1,12 +1,15 @@
 """The local front's server holds what a front facing the internet must: connections that
 send a partial request line, unfinished headers or a trickling body are closed, and the
-local stand-in for CloudFront's cache evicts instead of growing. Real sockets against a
+local stand-in for CloudFront's cache evicts instead of growing; the Lambda code runs in
+environments side by side, which end with the front. Real sockets against a
 real uvicorn server on 127.0.0.1 (short timeouts here; the local run's are in
 local_run/servers.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import time
 
 import pytest
@@ -15,7 +18,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from local_run.front import EdgeCopies, viewer_headers
+from config.stages import STAGES
+from local_run.front import EdgeCopies, LocalFront, viewer_headers
 from local_run.servers import BackgroundServer
 
 TIMEOUT = 0.5
@@ -122,3 +126,29 @@ def test_the_edge_copies_of_stored_answers_are_bounded_and_least_recently_used_g
     assert copies.get("/_cache/149") is not None and copies.get("/_cache/0") is None
     copies.put("/_cache/huge", (0, 1, 200, {}, b""), 11 * 1024 * 1024)  # larger than the whole: not kept
     assert copies.get("/_cache/huge") is None and len(copies) == 10
+
+
+def test_the_fronts_lambda_code_runs_in_parallel_environments_that_go_when_it_closes():
+    """Edge and viewer-request code runs off the event loop, each call in an environment of
+    its own while others are busy (as Lambda runs one request per environment); once the
+    front closes, its idle environments' threads end."""
+    front = LocalFront(settings=STAGES["dev"], results_url="http://127.0.0.1:9", bucket="b", key_check=None,
+                       cache_read_check=None, origin_read_seconds=60, quiet=True)
+
+    def environment() -> tuple[int, bool]:
+        time.sleep(0.1)
+        return threading.get_ident(), threading.current_thread() is threading.main_thread()
+
+    async def four_at_once():
+        return await asyncio.gather(*(front._in_worker(environment) for _ in range(4)))
+
+    started = time.monotonic()
+    ran = asyncio.run(four_at_once())
+    assert time.monotonic() - started < 0.35  # side by side, not one after another (0.4 s)
+    idents = {ident for ident, on_main in ran if not on_main}
+    assert len(idents) == 4
+    front.close()
+    deadline = time.monotonic() + 5
+    while any(t.ident in idents for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.ident in idents for t in threading.enumerate())
