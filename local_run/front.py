@@ -423,7 +423,7 @@ class KeyCheckVerdicts:
     stand-in tells versions apart): a new, rotated or revoked key changes the file, and
     every verdict is forgotten."""
 
-    LIMIT = 4096  # events remembered (past it, all are forgotten: a bound, not an LRU)
+    LIMIT = 4096  # requests remembered (past it, all are forgotten: a bound, not an LRU)
 
     def __init__(self, key_store_file) -> None:
         self.key_store_file = key_store_file
