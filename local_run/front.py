@@ -40,7 +40,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx2
@@ -184,7 +184,7 @@ class LocalFront:
         read, the connection closed); then the body, bounded; then the behavior."""
         started = time.perf_counter()
         scope = request.scope
-        method, uri, query = scope["method"], scope["path"], scope["query_string"].decode()
+        method, uri, query = scope["method"], _request_uri(scope["path"]), scope["query_string"].decode()
         headers = viewer_headers(request.headers.raw)
         unread_body = _may_have_body(request)
         if uri.startswith(RESULTS_PATH):
@@ -517,6 +517,13 @@ def viewer_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str | list[str]]
         else:
             headers[name] = value
     return headers
+
+
+def _request_uri(path: str) -> str:
+    """The URI the functions see: the decoded path with `?`, `#` and `\\` escaped again, as
+    Starlette's URL gives it (a decoded `?` must not turn the rest of a path into a query:
+    `/v1/chat/completions%3Fx` is no route)."""
+    return urlsplit("http://front" + path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")).path
 
 
 def _may_have_body(request: Request) -> bool:

@@ -5,6 +5,7 @@ repeated header seen by the function, slow clients cut off) and cleans up after 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import threading
@@ -81,6 +82,26 @@ def test_a_repeated_authorization_header_is_refused_as_the_deployed_function_ref
     connection.endheaders(body)
     answer = connection.getresponse()
     assert answer.status == 401 and b"Malformed" in answer.read()
+
+
+def test_an_escaped_question_mark_leaves_the_path_no_route(local_run):
+    """`/v1/chat/completions%3Fx` is not the chat route (CloudFront hands the function the
+    URI as sent; the origin's router decodes it and finds nothing): 404 each time, nothing
+    stored. Read back decoded as the front once did, the `?` split it into the chat route
+    and a query, and it was answered and stored as a chat completion."""
+    host, port = _address(local_run)
+    body = json.dumps({"model": "local", "messages": [{"role": "user", "content": f"escaped {time.time_ns()}"}],
+                       "temperature": 0})
+    headers = {"Authorization": f"Bearer {local_run['api_key']}", "Content-Type": "application/json"}
+    answers = []
+    for path in (CHAT + "%3Fx", CHAT + "%3Fx", CHAT):
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        connection.request("POST", path, body, headers)
+        answer = connection.getresponse()
+        answer.read()
+        answers.append((answer.status, answer.getheader("x-inference-cache")))
+        connection.close()
+    assert answers == [(404, "BYPASS"), (404, "BYPASS"), (200, "MISS")]
 
 
 def test_a_partial_request_line_does_not_hold_a_connection_open(local_run):
