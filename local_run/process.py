@@ -24,12 +24,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def launched(*args: str, env: dict | None = None, on_line: Callable[[str], None] | None = None) -> Iterator[dict]:
-    """`python -m local_run --port <free> --quiet *args`; yields its start-up record
+    """`python -m local_run --port 0 --quiet *args`; yields its start-up record
     (where it listens, which model serves what) and stops it, with all it started.
     `env`: more environment for it; `on_line`: called with each line it prints after it
     started (its log lines), from a reader thread."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "local_run", "--port", str(free_port()), "--quiet", *args],
+        # Port 0: the front binds a port the system picks and names it in its start-up line
+        # (a port picked here first may be taken by another process before the run binds it).
+        [sys.executable, "-m", "local_run", "--port", "0", "--quiet", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -116,6 +116,23 @@ def test_a_partial_request_line_does_not_hold_a_connection_open(local_run):
         assert time.monotonic() - started < HEADER_SECONDS + 5
 
 
+def test_a_local_run_starts_when_the_port_a_test_would_have_picked_is_taken(tmp_path, monkeypatch):
+    """Tests once picked a free port and handed it to the run, which bound it seconds later:
+    another process took it in between and CI failed (`Address already in use`). The run
+    binds a port the system picks and names it in its start-up line."""
+    import local_run.process
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setattr(local_run.process, "free_port", lambda: taken.getsockname()[1])
+        with launched("--stage", "dev", "--key-store-file", str(tmp_path / "keys.json")) as started:
+            port = int(started["listening"].rsplit(":", 1)[1])
+            assert port != taken.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+
+
 def test_a_stopped_local_run_leaves_nothing_in_the_temporary_directory(tmp_path, monkeypatch):
     """Every run once left an 88 MB copy of the model (and its settings) in /tmp."""
     scratch = tmp_path / "tmp"
