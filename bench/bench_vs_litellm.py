@@ -181,17 +181,17 @@ def s3_stats(run: dict) -> dict:
 
 
 # -- the measurements ------------------------------------------------------------------------
-def interleaved(gateways: dict[str, Client], rounds: int, run_id: str) -> dict:
+def interleaved(gateways: dict[str, Client], hit_body: dict, rounds: int, run_id: str) -> dict:
     """HIT and MISS latencies, every gateway in turn each round (who goes first alternates)."""
     names = list(gateways)
     out = {name: {"hit": [], "miss": [], "hit_status": [], "miss_status": [], "timings": []} for name in names}
     for client in gateways.values():  # the HIT prompt, stored once
         for _ in range(2):
-            client.post(chat(f"{run_id} the repeated question"))
+            client.post(hit_body)
     for i in range(rounds):
         order = names if i % 2 == 0 else names[::-1]
         for name in order:
-            seconds, status, headers, _ = gateways[name].post(chat(f"{run_id} the repeated question"))
+            seconds, status, headers, _ = gateways[name].post(hit_body)
             out[name]["hit"].append(seconds)
             out[name]["hit_status"].append((status, headers.get(STATUS_HEADER) or headers.get("x-litellm-cache-key", "")[:1]))
         for name in order:
@@ -285,9 +285,9 @@ def measure(args, run_id: str, workdir: Path, env: dict, on_line, backend, litel
             gateways["LiteLLM"] = Client(litellm.url, LITELLM_KEY)
         load_before = os.getloadavg()
         s3_before = s3_stats(run)
-        results = interleaved(gateways, args.rounds, run_id)
-        s3_after = s3_stats(run)
         hit_body = chat(f"{run_id} the repeated question")
+        results = interleaved(gateways, hit_body, args.rounds, run_id)
+        s3_after = s3_stats(run)
         for name, samples in back_to_back(gateways, hit_body, args.rounds).items():
             results[name]["hit_back_to_back"] = samples
         streams = {"backend itself": [], "this project": [], **({"LiteLLM": []} if litellm else {})}
