@@ -117,13 +117,11 @@ def test_the_origin_adapter_bundle_serves_a_streamed_answer_as_lambda_runs_it(tm
     bare.mkdir()
     (bare / "python").write_text(f'#!/bin/sh\nexec "{sys._base_executable}" -S "$@"\n')  # -S: no site-packages
     (bare / "python").chmod(0o755)
-    port = free_port()
     model = BackgroundServer(ModelServer().app, name="bundle-model").start()
     env = {
         "PATH": f"{bare}:/usr/bin:/bin",
         "LAMBDA_TASK_ROOT": str(bundle),
         "LAMBDA_RUNTIME_DIR": str(runtime),
-        "AWS_LWA_PORT": str(port),
         ENDPOINT_NAME_ENV: "inference-cache-dev",
         RESULTS_BUCKET_ENV: "results",
         ENDPOINT_READ_TIMEOUT_ENV: "48",
@@ -134,20 +132,9 @@ def test_the_origin_adapter_bundle_serves_a_streamed_answer_as_lambda_runs_it(tm
         "AWS_SECRET_ACCESS_KEY": "local",
         "POWERTOOLS_METRICS_DISABLED": "true",
     }
-    # Lambda starts it in the task root, /var/task.
-    process = subprocess.Popen([str(bundle / ORIGIN_ADAPTER_HANDLER)], cwd=bundle, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    process = None
     try:
-        deadline = time.monotonic() + 30
-        while True:  # Lambda Web Adapter's readiness check
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}{HEALTH_ROUTE}", timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            assert process.poll() is None, process.stdout.read().decode()
-            assert time.monotonic() < deadline, "the app never became ready"
-            time.sleep(0.1)
+        process, port = _ready(bundle, env)
         body = {"model": "m", "messages": [{"role": "user", "content": "hi [[tokens:4]]"}], "temperature": 0, "stream": True}
         answer = httpx2.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers={"cache-control": "no-store"},
                              timeout=30)
@@ -156,9 +143,36 @@ def test_the_origin_adapter_bundle_serves_a_streamed_answer_as_lambda_runs_it(tm
         events = [e.removeprefix("data: ") for e in answer.text.split("\n\n") if e]
         assert events[-1] == "[DONE]" and len(events) == 1 + 4 + 1 + 1  # role, 4 tokens, finish, [DONE]
     finally:
-        process.terminate()
-        process.wait(10)
+        if process is not None:
+            process.terminate()
+            process.wait(10)
         model.stop()
+
+
+def _ready(bundle: Path, env: dict, tries: int = 3) -> tuple[subprocess.Popen, int]:
+    """run.sh started as Lambda starts it (in the task root, /var/task), on AWS_LWA_PORT, once
+    it answers Lambda Web Adapter's readiness check. The port is picked before the app binds
+    it, as the adapter's is known ahead; another process that takes it in between makes the
+    app exit with "address already in use", and it is started again on another port."""
+    attempt = 0
+    while True:
+        attempt += 1
+        port = free_port()
+        process = subprocess.Popen([str(bundle / ORIGIN_ADAPTER_HANDLER)], cwd=bundle, env={**env, "AWS_LWA_PORT": str(port)},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while process.poll() is None:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}{HEALTH_ROUTE}", timeout=1).status_code == 200:
+                    return process, port
+            except httpx2.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the app never became ready:\n{_output(process)}")
+            time.sleep(0.1)
+        output = process.stdout.read().decode()
+        if "address already in use" not in output or attempt == tries:
+            raise AssertionError(output)
 
 
 def _output(process: subprocess.Popen) -> str:
