@@ -46,7 +46,7 @@ from local_run.live_dashboard import EmfTap, LiveDashboard, LiveMetrics
 from local_run.model_store import fetch_model, local_s3_client, publish_model
 from local_run.s3 import LocalS3Process
 from local_run.servers import BackgroundServer
-from local_run.service_processes import EmbeddingsServing, model_process, origin_process
+from local_run.service_processes import EmbeddingsServing, LineAtomicWriter, model_process, origin_process
 from local_run.viewer_request_host import API_KEY_CHECK, CACHE_READ_CHECK, ViewerRequestFunction
 
 RESULTS_BUCKET = "local-results"
@@ -308,32 +308,6 @@ def main() -> int:
     finally:
         run.stop()
     return 0
-
-
-class LineAtomicWriter:
-    """stdout for a process whose threads print: each thread's text is written out a whole
-    line at a time, under one lock, so lines never interleave."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._pending = threading.local()
-
-    def write(self, text: str) -> int:
-        pending = getattr(self._pending, "text", "") + text
-        complete, newline, rest = pending.rpartition("\n")
-        self._pending.text = rest
-        if newline:
-            with self._lock:
-                self._stream.write(complete + newline)
-                self._stream.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
 
 
 if __name__ == "__main__":

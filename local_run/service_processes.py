@@ -78,6 +78,32 @@ class ServerProcess:
         self._process = None
 
 
+class LineAtomicWriter:
+    """stdout for a process whose threads print: each thread's text is written out a whole
+    line at a time, under one lock, so lines never interleave."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._pending = threading.local()
+
+    def write(self, text: str) -> int:
+        pending = getattr(self._pending, "text", "") + text
+        complete, newline, rest = pending.rpartition("\n")
+        self._pending.text = rest
+        if newline:
+            with self._lock:
+                self._stream.write(complete + newline)
+                self._stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def origin_process(environments: int) -> ServerProcess:
     """The origin adapter's web app, served as Lambda Web Adapter serves it, with as many
     execution environments as requests the front runs at once."""
@@ -124,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     model_args.add_argument("--embeddings-endpoint")
     model_args.add_argument("--tei-limits")
     args = parser.parse_args(argv)
+    # Its threads (the origin's execution environments) print log lines and EMF records at
+    # once; print writes a line and its newline apart, and a line cut in two is an EMF
+    # record lost (each is a log event of its own on AWS).
+    sys.stdout = LineAtomicWriter(sys.stdout)
     from local_run.servers import BackgroundServer
 
     also: list = []  # the TEI stand-in's own container face, stopped with the process
