@@ -246,6 +246,15 @@ _SCRIPT = """
     }).join('');
     document.getElementById('emf-off').style.display = s.emf_enabled ? 'none' : 'block';
   }
+  // An update that failed says so on the page (and in data-poll-error), and the next one
+  // tries again: numbers that silently stop changing would read as a quiet local run.
+  function shown(error) {
+    var el = document.getElementById('poll-error');
+    el.textContent = error ? 'update failed: ' + error : '';
+    el.style.display = error ? 'block' : 'none';
+    if (error) { document.body.setAttribute('data-poll-error', String(error)); }
+    else { document.body.removeAttribute('data-poll-error'); }
+  }
   function poll() {
     fetch('%(path)s?format=json', {cache: 'no-store'}).then(function (r) { return r.json(); }).then(function (data) {
       Object.keys(data.charts).forEach(function (id) {
@@ -254,7 +263,8 @@ _SCRIPT = """
       kpis(data.summary);
       document.body.setAttribute('data-updated', String(Date.now()));
       document.body.setAttribute('data-answers', String(data.summary.answers));
-    }).catch(function () {}).finally(function () { setTimeout(poll, %(poll)d); });
+      shown(null);
+    }).catch(shown).finally(function () { setTimeout(poll, %(poll)d); });
   }
   poll();
 })();
@@ -277,6 +287,7 @@ class LiveDashboard:
                 f"{POLL_MS // 1000} s; 5-second intervals, up to the last 15 minutes. Local only: nothing like it is deployed.</p>"
                 "<p class='meta' id='emf-off' style='display:none'><span class='label'>EMF off</span> "
                 "POWERTOOLS_METRICS_DISABLED is set: no origin adapter metrics.</p>"
+                "<p class='meta' id='poll-error' style='display:none'></p>"
                 "<div class='kpis' id='kpis'></div><div class='cards'>" + "".join(c.html() for c in _charts()) + "</div>"
             )
             script = _SCRIPT % {"path": DASHBOARD_PATH, "poll": POLL_MS}
