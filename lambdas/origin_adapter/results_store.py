@@ -14,18 +14,26 @@ import threading
 import time
 
 import boto3
+from botocore import handlers as botocore_handlers
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.utils import determine_content_length
 
 from lambdas.contract import EXPIRES_METADATA, RESULTS_PREFIX, STORED_AT_METADATA
+
+# Bodies from this size on are sent after S3's `100 Continue`, as the AWS SDKs for Go v2
+# and Kotlin do by default (continueHeaderThresholdBytes: 2 MB); botocore asks for it before
+# every PutObject body, however small.
+EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024
 
 
 def results_bucket_client(*, connect_timeout: float, read_timeout: float, max_connections: int = 10):
     """The process's one S3 client for the results bucket (leases, polls, stores): botocore's
     retries off (a retry on the answer's path is time the client waits), TCP keepalive on
-    the pooled connections."""
-    return boto3.client(
+    the pooled connections, and no `Expect: 100-continue` wait before a small body (a lease,
+    an answer: at most 1 MB), which costs every lease on a miss's path a round trip."""
+    client = boto3.client(
         "s3",
         config=Config(
             connect_timeout=connect_timeout,
@@ -35,6 +43,15 @@ def results_bucket_client(*, connect_timeout: float, read_timeout: float, max_co
             tcp_keepalive=True,
         ),
     )
+    client.meta.events.unregister("before-call.s3", botocore_handlers.add_expect_header)
+    client.meta.events.register("before-call.s3", _expect_continue_for_large_bodies)
+    return client
+
+
+def _expect_continue_for_large_bodies(model, params, **kwargs) -> None:
+    length = determine_content_length(params.get("body"))
+    if length is None or length >= EXPECT_CONTINUE_MIN_BYTES:  # unknown: botocore's own rule
+        botocore_handlers.add_expect_header(model, params, **kwargs)
 
 
 class BucketHealth:
