@@ -46,7 +46,7 @@ from local_run.live_dashboard import EmfTap, LiveDashboard, LiveMetrics
 from local_run.model_store import fetch_model, local_s3_client, publish_model
 from local_run.s3 import LocalS3Process
 from local_run.servers import BackgroundServer
-from local_run.service_processes import EmbeddingsServing, LineAtomicWriter, model_process, origin_process
+from local_run.service_processes import EmbeddingsServing, model_process, origin_process
 from local_run.viewer_request_host import API_KEY_CHECK, CACHE_READ_CHECK, ViewerRequestFunction
 
 RESULTS_BUCKET = "local-results"
@@ -110,7 +110,9 @@ def start(
     )
     # GET /_local/dashboard: charts of this run's own metrics (local_run/live_dashboard.py).
     live = LiveMetrics(emf_enabled=os.environ.get("POWERTOOLS_METRICS_DISABLED", "false").lower() not in ("1", "true"))
-    sys.stdout = EmfTap(sys.stdout, live.observe_emf)  # the origin adapter's EMF records, as CloudWatch takes them
+    # The origin adapter's EMF records, as CloudWatch takes them; every other line written
+    # whole (log lines of concurrent requests never interleave).
+    sys.stdout = EmfTap(sys.stdout, live.observe_emf)
     front_server = BackgroundServer(LiveDashboard(live).around(front.app), port=port, name="local-front")
     front.url = front_server.url
 
@@ -263,8 +265,6 @@ def main() -> int:
                         help="serve the stage as if it had no embeddings model (/v1/embeddings: 404 model_not_found)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
-    # One write per line: log lines of concurrent requests never interleave.
-    sys.stdout = LineAtomicWriter(sys.stdout)
     run = start(
         args.port, args.stage, args.chat_url, args.quiet, args.key_store_file, args.model_dir, not args.no_embeddings
     )

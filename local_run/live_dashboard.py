@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 from cli import charts
 from cli.server_timing import parse_server_timing
 from lambdas.contract import COALESCED_HEADER, INVOCATIONS_ROUTE, SERVER_TIMING_HEADER, STATUS_HEADER, Metric
+from local_run.service_processes import LineAtomicWriter
 
 DASHBOARD_PATH = "/_local/dashboard"
 BUCKET_SECONDS = 5
@@ -341,21 +342,18 @@ class LiveDashboard:
         await send({"type": "http.response.body", "body": data if scope.get("method") != "HEAD" else b""})
 
 
-class EmfTap:
+class EmfTap(LineAtomicWriter):
     """stdout for the local run: EMF records (one JSON object a line, with `_aws`) go to
     `sink`, as CloudWatch Logs takes them out of a function's log; every other line passes
-    on. Lines are put back together per thread (print writes text and newline apart)."""
+    on, a whole line at a time."""
 
     def __init__(self, stream, sink: Callable[[dict], None]) -> None:
-        self._stream, self._sink = stream, sink
-        self._pending = threading.local()
+        super().__init__(stream)
+        self._sink = sink
 
-    def write(self, text: str) -> int:
-        pending = getattr(self._pending, "text", "") + text
-        *complete, rest = pending.split("\n")
-        self._pending.text = rest
+    def passed_on(self, lines: str) -> str:
         passed = []
-        for line in complete:
+        for line in lines[:-1].split("\n"):
             # EMF: a log event that is one JSON object with an `_aws` member at its root
             # (CloudWatch's "Specification: Embedded metric format").
             if line.startswith("{") and '"_aws"' in line:
@@ -367,12 +365,4 @@ class EmfTap:
                     self._sink(record)
                     continue
             passed.append(line + "\n")
-        if passed:
-            self._stream.write("".join(passed))
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
+        return "".join(passed)

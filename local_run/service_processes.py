@@ -80,7 +80,8 @@ class ServerProcess:
 
 class LineAtomicWriter:
     """stdout for a process whose threads print: each thread's text is written out a whole
-    line at a time, under one lock, so lines never interleave."""
+    line at a time, under one lock, so lines never interleave. `passed_on` sees each
+    thread's whole lines first (a subclass may keep some)."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -91,11 +92,15 @@ class LineAtomicWriter:
         pending = getattr(self._pending, "text", "") + text
         complete, newline, rest = pending.rpartition("\n")
         self._pending.text = rest
-        if newline:
+        if newline and (lines := self.passed_on(complete + newline)):
             with self._lock:
-                self._stream.write(complete + newline)
+                self._stream.write(lines)
                 self._stream.flush()
         return len(text)
+
+    def passed_on(self, lines: str) -> str:
+        """Of one thread's whole lines (each ending in a newline), those written out."""
+        return lines
 
     def flush(self) -> None:
         self._stream.flush()

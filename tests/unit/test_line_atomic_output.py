@@ -1,7 +1,8 @@
-"""stdout of the local run's processes (service_processes.LineAtomicWriter): the origin
-adapter's threads print log lines and EMF records at once, and `print` writes a line and
-its newline apart. A line cut by another thread's line is an EMF record the live dashboard
-never sees (CloudWatch Logs would have had each as an event of its own)."""
+"""stdout of the local run's processes (service_processes.LineAtomicWriter, and the front's
+live_dashboard.EmfTap built on it): the origin adapter's threads print log lines and EMF
+records at once, and `print` writes a line and its newline apart. A line cut by another
+thread's line is an EMF record the live dashboard never sees (CloudWatch Logs would have
+had each as an event of its own)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import threading
 
 from local_run.process import ROOT
+from local_run.live_dashboard import EmfTap
 from local_run.service_processes import LineAtomicWriter
 
 
@@ -54,6 +56,16 @@ def test_a_line_is_written_whole_while_another_thread_prints():
     _while_a_line_is_half_written(LineAtomicWriter(recorded))
     assert "".join(recorded.writes).splitlines() == ['{"message": "answered"}', '{"_aws": {}, "a": 1}']
     assert all(w.endswith("\n") for w in recorded.writes)  # whole lines only reach the stream
+
+
+def test_the_front_takes_the_record_whole_while_another_thread_prints():
+    """The front's stdout (live_dashboard.EmfTap, the writer that also takes EMF records
+    off): the record written in two parts still reaches the dashboard, the other line the
+    stream."""
+    recorded, records = _Recorded(), []
+    _while_a_line_is_half_written(EmfTap(recorded, records.append))
+    assert records == [{"_aws": {}, "a": 1}]
+    assert recorded.writes == ['{"message": "answered"}\n']
 
 
 def test_without_it_the_lines_interleave():
