@@ -12,8 +12,8 @@ import subprocess
 import sys
 import threading
 
-from local_run.process import ROOT
 from local_run.live_dashboard import EmfTap
+from local_run.process import ROOT
 from local_run.service_processes import LineAtomicWriter
 
 
