@@ -6,6 +6,7 @@ had each as an event of its own)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -27,6 +28,9 @@ class _Recorded:
 
     def flush(self) -> None:
         pass
+
+    def isatty(self) -> bool:  # uvicorn's log setup asks
+        return False
 
 
 def _while_a_line_is_half_written(stream) -> None:
@@ -104,3 +108,16 @@ def test_concurrent_records_reach_a_pipe_one_json_object_a_line():
     assert len(lines) == 4 * 1000 * 2
     records = [json.loads(line) for line in lines]  # a cut line fails here
     assert sum("_aws" in r for r in records) == 4000
+
+
+def test_a_service_process_writes_through_the_writer(monkeypatch):
+    """service_processes.main(), as the local run starts the model server (its input closed
+    at once: it stops): what it prints goes through a LineAtomicWriter."""
+    from local_run import service_processes
+
+    printed = _Recorded()
+    monkeypatch.setattr(sys, "stdout", printed)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert service_processes.main(["model", "--endpoint", "e", "--max-model-len", "64"]) == 0
+    assert isinstance(sys.stdout, LineAtomicWriter) and sys.stdout._stream is printed
+    assert len(printed.writes) == 1 and printed.writes[0].startswith("serving http://127.0.0.1:")
