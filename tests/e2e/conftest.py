@@ -4,9 +4,15 @@ key store; `api_key` is a key created in it, as `bin/api-keys --local create` ma
 
 from __future__ import annotations
 
+import time
+
+import boto3
 import openai
 import pytest
+from botocore.exceptions import ClientError
 
+from lambdas.contract import KEY_HEADER, RESULTS_PREFIX
+from local_run.__main__ import RESULTS_BUCKET
 from local_run.process import create_api_key, launched
 
 
@@ -22,3 +28,24 @@ def client(local_run):
     """The official openai client against the local run, with the run's API key; no
     retries, so each call is one request."""
     return openai.OpenAI(base_url=local_run["listening"] + "/v1", api_key=local_run["api_key"], max_retries=0)
+
+
+def results_bucket(run: dict):
+    """The run's results bucket (the local S3), read as the tests read it."""
+    return boto3.client("s3", endpoint_url=run["results_store"], region_name="us-west-2",
+                        aws_access_key_id="local", aws_secret_access_key="local")
+
+
+def wait_stored(run: dict, miss, seconds: float = 15) -> None:
+    """Until the answer of `miss` (a raw response) is in the results bucket. Its store runs
+    after the answer: a repeat sent before it ends finds nothing at the edge and is
+    coalesced at the origin (a HIT too, but not the edge's)."""
+    key, bucket = f"{RESULTS_PREFIX}{miss.headers[KEY_HEADER]}", results_bucket(run)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            bucket.head_object(Bucket=RESULTS_BUCKET, Key=key)
+            return
+        except ClientError:
+            assert time.monotonic() < deadline, f"{key} not stored in {seconds} s"
+            time.sleep(0.02)

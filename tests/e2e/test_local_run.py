@@ -14,6 +14,7 @@ import pytest
 
 from lambdas.contract import COALESCED_HEADER, SERVER_TIMING_HEADER, TimingStep
 from tests.conftest import ROOT
+from tests.e2e.conftest import wait_stored
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +23,10 @@ def cache_status(raw) -> str:
     return raw.headers.get("x-inference-cache")
 
 
-def test_chat_completion_miss_then_hit_with_identical_answer(client):
+def test_chat_completion_miss_then_hit_with_identical_answer(client, local_run):
     ask = dict(model="local", messages=[{"role": "user", "content": "What does the edge cache save?"}], temperature=0)
     first = client.chat.completions.with_raw_response.create(**ask)
+    wait_stored(local_run, first)
     second = client.chat.completions.with_raw_response.create(**ask)
     assert (cache_status(first), cache_status(second)) == ("MISS", "HIT")
     assert second.parse().model_dump() == first.parse().model_dump()

@@ -11,14 +11,15 @@ import time
 import urllib.error
 import urllib.request
 
-import boto3
 import openai
 import pytest
 
 from config.stages import STAGES
 from lambdas.contract import CACHE_READ_CONTEXT, RESULTS_PREFIX
+from local_run.__main__ import RESULTS_BUCKET
 from local_run.process import create_api_key, launched
 from tests.conftest import ROOT
+from tests.e2e.conftest import results_bucket
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +40,6 @@ def _credential(secret: str) -> str:
     return hmac.digest(secret.encode(), CACHE_READ_CONTEXT.encode(), "sha256").hex()
 
 
-def _results_bucket(local_run):
-    return boto3.client("s3", endpoint_url=local_run["results_store"], region_name="us-west-2",
-                        aws_access_key_id="local", aws_secret_access_key="local")
-
-
 def _cache_key(*args: str, body: dict) -> str:
     result = subprocess.run([str(ROOT / "bin" / "cache-key"), "--path", "/v1/chat/completions", *args],
                             input=json.dumps(body).encode(), capture_output=True, timeout=60, check=True)
@@ -60,7 +56,7 @@ def test_a_stored_answer_is_read_by_the_edge_only(local_run, tmp_path):
     second = client.chat.completions.with_raw_response.create(**ask)
     assert (first.headers["x-inference-cache"], second.headers["x-inference-cache"]) == ("MISS", "HIT")
     key = first.headers["x-inference-cache-key"]
-    stored = _results_bucket(local_run).get_object(Bucket="local-results", Key=f"{RESULTS_PREFIX}{key}")["Body"].read()
+    stored = results_bucket(local_run).get_object(Bucket=RESULTS_BUCKET, Key=f"{RESULTS_PREFIX}{key}")["Body"].read()
     url = f"{local_run['listening']}/{RESULTS_PREFIX}{key}"
     for headers in (
         {},
