@@ -1,6 +1,7 @@
 """The local run (`make serve`) started as a subprocess on a free port, once per
 session, and stopped (with everything it started) afterwards. Each run has its own API
-key store; `api_key` is a key created in it, as `bin/api-keys --local create` makes one."""
+key store; `api_key` is a key created in it, as `bin/api-keys --local create` makes one.
+`results_bucket` and `wait_stored` read a run's results bucket (the local S3)."""
 
 from __future__ import annotations
 
