@@ -12,9 +12,23 @@ import lambdas
 from config.stages import STAGES
 from lambdas.contract import LOOKUP_BASE_ENV, SETTINGS_ENV, SETTINGS_FILE
 from local_run import cloudfront_rules
+from local_run.s3 import LocalS3
 
 # Loaded afresh per test (its settings are read at import), from the package's own file.
 EDGE_HANDLER = Path(lambdas.__file__).parent / "edge" / "handler.py"
+
+
+@pytest.fixture
+def local_s3_environment(tmp_path, monkeypatch):
+    """moto's S3 server on 127.0.0.1 (LocalS3), reached by boto3 clients through the
+    environment (endpoint, path-style addressing, local credentials), as the local run
+    points the origin adapter at it."""
+    (tmp_path / "aws_config").write_text("[default]\ns3 =\n    addressing_style = path\n")
+    with LocalS3() as s3:
+        for name, value in {"AWS_ENDPOINT_URL_S3": s3.url, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "aws_config")}.items():
+            monkeypatch.setenv(name, value)
+        yield s3
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from lambdas.origin_adapter.adapter import InferenceAdapter
 from lambdas.origin_adapter.endpoint import SageMakerEndpoint
 from lambdas.origin_adapter.invocations import EXTENSION_NAME, Invocations, hold_invocations
 from lambdas.origin_adapter.results_store import ResultsStore, results_bucket_client
-from local_run.s3 import LocalS3
 from local_run.servers import BackgroundServer
 from tests.stage_secret import WITH_SECRET
 
@@ -94,30 +93,26 @@ class RuntimeApi:
 
 
 @pytest.fixture
-def lambda_world(tmp_path, monkeypatch):
+def lambda_world(local_s3_environment):
     """A slow results bucket (each call 1 s), a stubbed endpoint, the web app with its hold."""
-    (tmp_path / "aws_config").write_text("[default]\ns3 =\n    addressing_style = path\n")
-    with LocalS3() as s3:
-        for name, value in {"AWS_ENDPOINT_URL_S3": s3.url, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "aws_config")}.items():
-            monkeypatch.setenv(name, value)
-        bucket = results_bucket_client(connect_timeout=0.5, read_timeout=2.0)
-        bucket.create_bucket(Bucket=BUCKET)
-        s3.checks.set_fault(BUCKET, delay_seconds=1.0)
-        endpoint = SageMakerEndpoint("e", connect_timeout=1, read_timeout=5, throttle_retries=0,
-                                     client=boto3.client("sagemaker-runtime", region_name="us-east-1"))
-        adapter = InferenceAdapter(STAGES["dev"].edge_cache_settings(), endpoint, ResultsStore(BUCKET, bucket), logging.getLogger("t"))
-        runtime = RuntimeApi()
-        invocations = Invocations()
-        hold = hold_invocations(runtime.address, invocations)
-        web = BackgroundServer(origin_app.create_app(lambda: adapter, environments=1, invocations=invocations), name="origin").start()
-        try:
-            with Stubber(endpoint.client) as sagemaker:
-                yield runtime, hold, web, sagemaker, s3, bucket
-        finally:
-            runtime.stop()
-            web.stop()
-            s3.checks.set_fault(None)
+    s3 = local_s3_environment
+    bucket = results_bucket_client(connect_timeout=0.5, read_timeout=2.0)
+    bucket.create_bucket(Bucket=BUCKET)
+    s3.checks.set_fault(BUCKET, delay_seconds=1.0)
+    endpoint = SageMakerEndpoint("e", connect_timeout=1, read_timeout=5, throttle_retries=0,
+                                 client=boto3.client("sagemaker-runtime", region_name="us-east-1"))
+    adapter = InferenceAdapter(STAGES["dev"].edge_cache_settings(), endpoint, ResultsStore(BUCKET, bucket), logging.getLogger("t"))
+    runtime = RuntimeApi()
+    invocations = Invocations()
+    hold = hold_invocations(runtime.address, invocations)
+    web = BackgroundServer(origin_app.create_app(lambda: adapter, environments=1, invocations=invocations), name="origin").start()
+    try:
+        with Stubber(endpoint.client) as sagemaker:
+            yield runtime, hold, web, sagemaker, s3, bucket
+    finally:
+        runtime.stop()
+        web.stop()
+        s3.checks.set_fault(None)
 
 
 def test_the_extension_registers_for_invokes_and_is_waiting_before_the_first(lambda_world):

@@ -7,23 +7,17 @@ from __future__ import annotations
 import pytest
 
 from lambdas.origin_adapter.results_store import EXPECT_CONTINUE_MIN_BYTES, results_bucket_client
-from local_run.s3 import LocalS3
 
 BUCKET = "client-results"
 
 
 @pytest.fixture
-def bucket(tmp_path, monkeypatch):
-    (tmp_path / "aws_config").write_text("[default]\ns3 =\n    addressing_style = path\n")
-    with LocalS3() as s3:
-        for name, value in {"AWS_ENDPOINT_URL_S3": s3.url, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(tmp_path / "aws_config")}.items():
-            monkeypatch.setenv(name, value)
-        client = results_bucket_client(connect_timeout=1.0, read_timeout=5.0)
-        client.create_bucket(Bucket=BUCKET)
-        sent = []
-        client.meta.events.register("before-send", lambda request, **_: sent.append(request))
-        yield client, sent
+def bucket(local_s3_environment):
+    client = results_bucket_client(connect_timeout=1.0, read_timeout=5.0)
+    client.create_bucket(Bucket=BUCKET)
+    sent = []
+    client.meta.events.register("before-send", lambda request, **_: sent.append(request))
+    return client, sent
 
 
 def test_a_small_body_goes_without_waiting_for_100_continue(bucket):
