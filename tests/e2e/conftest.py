@@ -1,7 +1,8 @@
 """The local run (`make serve`) started as a subprocess on a free port, once per
 session, and stopped (with everything it started) afterwards. Each run has its own API
 key store; `api_key` is a key created in it, as `bin/api-keys --local create` makes one.
-`results_bucket` and `wait_stored` read a run's results bucket (the local S3)."""
+`results_bucket` and `wait_stored` read a run's results bucket (the local S3); `wait_for`
+polls a condition."""
 
 from __future__ import annotations
 
@@ -37,16 +38,27 @@ def results_bucket(run: dict):
                         aws_access_key_id="local", aws_secret_access_key="local")
 
 
+def wait_for(predicate, seconds: float = 15.0):
+    """predicate()'s first truthy value, polled every 0.1 s for `seconds`; else its last."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := predicate():
+            return found
+        time.sleep(0.1)
+    return predicate()
+
+
 def wait_stored(run: dict, miss, seconds: float = 15) -> None:
     """Until the answer of `miss` (a raw response) is in the results bucket. Its store runs
     after the answer: a repeat sent before it ends finds nothing at the edge and is
     coalesced at the origin (a HIT too, but not the edge's)."""
     key, bucket = f"{RESULTS_PREFIX}{miss.headers[KEY_HEADER]}", results_bucket(run)
-    deadline = time.monotonic() + seconds
-    while True:
+
+    def stored() -> bool:
         try:
             bucket.head_object(Bucket=RESULTS_BUCKET, Key=key)
-            return
+            return True
         except ClientError:
-            assert time.monotonic() < deadline, f"{key} not stored in {seconds} s"
-            time.sleep(0.02)
+            return False
+
+    assert wait_for(stored, seconds), f"{key} not stored in {seconds} s"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.request
 
 import pytest
@@ -16,6 +15,7 @@ from openai import OpenAI
 from local_run.live_dashboard import DASHBOARD_PATH, parse_server_timing
 from local_run.process import create_api_key, launched
 from tests.chromium import chromium_page, drawn_charts, non_blank_fraction
+from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,17 +57,6 @@ def _wait_for(page, url: str, condition: str) -> None:
         ) from e
 
 
-def _wait_for_summary(url: str, condition, seconds: float = 15) -> dict:
-    """The run's own counts (the page's data) once `condition(counted)` holds."""
-    deadline = time.monotonic() + seconds
-    while True:
-        counted = _counted(url)
-        if condition(counted):
-            return counted
-        assert time.monotonic() < deadline, f"not counted in {seconds} s: {counted}"
-        time.sleep(0.05)
-
-
 def _series(drawn: dict, chart: str, name: str) -> list:
     return drawn[chart]["values"][drawn[chart]["names"].index(name)]
 
@@ -90,7 +79,7 @@ def test_live_dashboard_draws_what_the_local_run_served(fresh_run):
                 # The miss's store and lease release run after its answer; a repeat sent
                 # before they end finds nothing at the edge and is coalesced at the origin
                 # (a HIT with an EMF record of its own). Its record comes after both.
-                _wait_for_summary(url, lambda counted: counted["emf_records"] == 1)
+                assert wait_for(lambda: _counted(url)["emf_records"] == 1), f"not counted in 15 s: {_counted(url)}"
         for _ in range(2):
             raw = client.chat.completions.with_raw_response.create(**{**greedy, "temperature": 0.7})
             statuses.append(raw.headers["x-inference-cache"])

@@ -20,6 +20,7 @@ import pytest
 from lambdas.contract import COALESCING_ENV, RESULTS_BUCKET_PAUSE_ENV, SERVER_TIMING_HEADER, STATUS_HEADER
 from local_run.__main__ import RESULTS_BUCKET
 from local_run.process import create_api_key, launched
+from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -69,15 +70,6 @@ def answered_lines(run, key: str) -> list[dict]:
 def logged_at(line: dict) -> float:
     """When the adapter wrote its record (after the store and the release), epoch seconds."""
     return datetime.strptime(line["timestamp"], "%Y-%m-%d %H:%M:%S,%f%z").timestamp()
-
-
-def wait_for(predicate, seconds: float = 15.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if found := predicate():
-            return found
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_whole_answers_are_not_held_by_the_bucket_and_are_not_stored(run, fault):
